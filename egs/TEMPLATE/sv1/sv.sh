@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The stage script shared by every egs/<corpus>/sv1 recipe: run.sh sets corpus
+# options and calls it; users add flags (later flags win).
+set -euo pipefail
+
+log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') ($(basename "$0"):${BASH_LINENO[0]}) $*" 1>&2; }
+
+# General
+stage=0                 # first stage to run
+stop_stage=100          # last stage to run
+nj=2                    # parallel jobs for extraction
+python=python3
+dumpdir=dump            # layer stacks
+expdir=exp              # models, embeddings, scores, RESULTS.md
+# Stage 0: data preparation
+local_data_opts=""      # options for local/data.sh
+# Stage 1: layer stacks
+upstream=wavlm_base_plus   # any S3PRL upstream name (wavlm_local etc. need --upstream_ckpt)
+upstream_ckpt=""           # checkpoint path for *_local upstreams
+tiny_upstream=false        # true: build a tiny random-init <kind>_local checkpoint when none is given (offline tests)
+storage=float32            # float32 | float16 | compressed (see upmp/upstream/layer_stack.py)
+extract_device=cpu
+extract_max_batch_seconds=60
+# Stage 2: backend training
+train_config=conf/train_upmp.yaml
+train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
+exp_tag=""              # suffix of the experiment dir name
+# Stages 3-5: embeddings, scoring, metrics
+scoring=cosine
+train_set=""            # data/<train_set>
+test_sets=""            # space-separated data/<set> names, each with data/<set>/trials
+
+help_message=$(cat <<EOF
+Usage: $0 --train_set <set> --test_sets "<set> ..." [options]
+
+Stages:
+  0: data preparation (local/data.sh): Kaldi data dirs under data/ and trials
+  1: layer stacks of every hidden state of the frozen upstream -> ${dumpdir}/<upstream>/<set>
+  2: backend training (python -m upmp.bin.train)
+  3: embedding extraction (xvector.scp per set)
+  4: scoring of data/<test_set>/trials
+  5: metrics: EER / minDCF -> <exp>/RESULTS.md
+
+Options (default in brackets):
+  --stage <n> [${stage}]  --stop_stage <n> [${stop_stage}]  --nj <n> [${nj}]
+  --upstream <name> [${upstream}]  --upstream_ckpt <path> [${upstream_ckpt}]
+  --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
+  --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
+  --train_config <yaml> [${train_config}]  --train_args "<--key value ...>" [${train_args}]
+  --exp_tag <tag> [${exp_tag}]  --scoring <cosine> [${scoring}]
+  --train_set <name> [${train_set}]  --test_sets "<names>" [${test_sets}]
+  --local_data_opts "<opts>" [${local_data_opts}]  --dumpdir <dir> [${dumpdir}]  --expdir <dir> [${expdir}]
+EOF
+)
+
+. ./path.sh
+. ./cmd.sh
+. utils/parse_options.sh
+
+if [ $# -ne 0 ]; then log "unexpected arguments: $*\n${help_message}"; exit 1; fi
+if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --test_sets are required"; exit 1; fi
+if [ "${scoring}" != cosine ]; then log "unknown --scoring ${scoring} (cosine)"; exit 1; fi
+
+if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
+  if ! "${tiny_upstream}"; then log "--upstream ${upstream} needs --upstream_ckpt (or --tiny_upstream true)"; exit 1; fi
+  upstream_ckpt=${expdir}/upstream/${upstream%_local}_tiny.pt
+fi
+upstream_tag=${upstream}
+[ -n "${upstream_ckpt}" ] && upstream_tag=${upstream}_$(basename "${upstream_ckpt%.*}")
+dump=${dumpdir}/${upstream_tag}
+backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
+exp=${expdir}/${backend_tag}_${upstream_tag}${exp_tag:+_${exp_tag}}
+
+num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
+
+if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
+  log "Stage 0: data preparation"
+  if [ -x local/data.sh ]; then
+    # shellcheck disable=SC2086
+    local/data.sh ${local_data_opts}
+  else
+    log "no local/data.sh in this recipe: bring your own Kaldi data dirs under data/"
+  fi
+  for set in ${train_set} ${test_sets}; do utils/validate_data_dir.sh --no-text --no-feats "data/${set}"; done
+fi
+
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+  log "Stage 1: layer stacks of ${upstream} -> ${dump}"
+  if [ -n "${upstream_ckpt}" ] && [ ! -f "${upstream_ckpt}" ]; then
+    if "${tiny_upstream}"; then
+      log "building tiny random-init ${upstream} checkpoint ${upstream_ckpt}"
+      ${python} -m upmp.bin.build_tiny_upstream --kind "${upstream%_local}" --out "${upstream_ckpt}"
+    else
+      log "upstream checkpoint ${upstream_ckpt} not found"; exit 1
+    fi
+  fi
+  for set in ${train_set} ${test_sets}; do
+    out=${dump}/${set}
+    if [ "$(num_lines "${out}/layers.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ] && [ -f "${out}/layer_stack.json" ]; then
+      log "${out}/layers.scp is complete, skipping (delete it to extract again)"; continue
+    fi
+    utils/split_data.sh --per-utt "data/${set}" "${nj}"
+    mkdir -p "${out}/log"
+    # shellcheck disable=SC2154
+    ${train_cmd} JOB=1:"${nj}" "${out}/log/extract.JOB.log" \
+      ${python} -m upmp.bin.extract_layers --data_dir "data/${set}/split${nj}utt/JOB" \
+        --out_prefix "${out}/layers.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
+        --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
+    for n in $(seq "${nj}"); do cat "${out}/layers.${n}.scp"; done | sort > "${out}/layers.scp"
+    log "$(num_lines "${out}/layers.scp") layer stacks in ${out}/layers.scp"
+  done
+fi
+
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+  log "Stage 2: backend training -> ${exp}"
+  if [ -f "${exp}/model.pt" ]; then
+    log "${exp}/model.pt exists, skipping (delete it, or set --exp_tag, to train again)"
+  else
+    mkdir -p "${exp}"
+    # shellcheck disable=SC2086,SC2154
+    ${cuda_cmd} "${exp}/train.stdout.log" \
+      ${python} -m upmp.bin.train --config "${train_config}" --train_scp "${dump}/${train_set}/layers.scp" \
+        --utt2spk "data/${train_set}/utt2spk" --exp_dir "${exp}" ${train_args}
+  fi
+fi
+
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+  log "Stage 3: embeddings"
+  for set in ${train_set} ${test_sets}; do
+    out=${exp}/embeddings/${set}
+    mkdir -p "${out}"
+    # shellcheck disable=SC2154
+    ${decode_cmd} "${out}/extract.log" \
+      ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" \
+        --layers_scp "${dump}/${set}/layers.scp" --utt2spk "data/${set}/utt2spk" --out_dir "${out}"
+  done
+fi
+
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+  log "Stage 4: ${scoring} scoring"
+  mkdir -p "${exp}/scores"
+  for set in ${test_sets}; do
+    ${python} -m upmp.bin.score --method "${scoring}" --embeddings "${exp}/embeddings/${set}/xvector.scp" \
+      --trials "data/${set}/trials" --out "${exp}/scores/${set}.${scoring}"
+  done
+fi
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+  log "Stage 5: metrics -> ${exp}/RESULTS.md"
+  ${python} -m upmp.bin.write_results --exp_dir "${exp}" --scoring "${scoring}" \
+    --upstream "${upstream}" --test_sets ${test_sets}
+  cat "${exp}/RESULTS.md"
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

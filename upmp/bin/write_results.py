@@ -1,0 +1,93 @@
+"""Stage 5: metrics of every test set's scores -> <exp_dir>/RESULTS.md and det.png.
+
+    python -m upmp.bin.write_results --exp_dir exp/upmp_x --scoring cosine --test_sets voxceleb1_test
+Reads data/<set>/trials and <exp_dir>/scores/<set>.<scoring>.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from upmp.bin.common import fail
+from upmp.bin.compute_metrics import compute_all
+from upmp.data.kaldi_dir import DataDirError, atomic_write_text
+from upmp.data.trials import align_scores
+from upmp.metrics import EER_CONVENTION, operating_points
+
+
+def plot_det(curves: dict, png: Path) -> None:
+    """DET curves (probit axes) of {label: (scores, labels)}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+    ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    for label, (scores, labels) in curves.items():
+        p_miss, p_fa = operating_points(scores, labels)
+        ax.plot(norm.ppf(np.clip(p_fa, 1e-4, 1 - 1e-4)), norm.ppf(np.clip(p_miss, 1e-4, 1 - 1e-4)), label=label)
+    ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_xlim(norm.ppf(0.0005), norm.ppf(0.5))
+    ax.set_ylim(norm.ppf(0.0005), norm.ppf(0.5))
+    ax.plot(ax.get_xlim(), ax.get_ylim(), ":", color="gray", linewidth=0.8)
+    ax.set_xlabel("false alarm rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dir", required=True)
+    p.add_argument("--scoring", default="cosine")
+    p.add_argument("--upstream", default="")
+    p.add_argument("--data_root", default="data")
+    p.add_argument("--test_sets", nargs="+", required=True)
+    args = p.parse_args(argv)
+    exp = Path(args.exp_dir)
+    rows, curves, results = [], {}, {}
+    try:
+        for name in args.test_sets:
+            trials, scores = f"{args.data_root}/{name}/trials", str(exp / "scores" / f"{name}.{args.scoring}")
+            m = compute_all(trials, scores)
+            results[name] = m
+            curves[f"{name} ({args.scoring})"] = align_scores(trials, scores)
+            rows.append(f"| {name} | {args.scoring} | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | "
+                        f"{m['mindcf_0.05']:.4f} | {m['n_target']} | {m['n_nontarget']} |")
+    except (DataDirError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
+    import torch
+    model = torch.load(exp / "model.pt", map_location="cpu", weights_only=False) if (exp / "model.pt").is_file() else {}
+    plot_det(curves, exp / "det.png")
+    lines = [
+        f"# Results: {exp.name}",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- upstream: {args.upstream}",
+        f"- backend: {cfg.get('backend', '?')} ({model.get('num_params', '?')} trainable parameters, "
+        f"loss head excluded); config: {exp / 'config.yaml'}",
+        f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1",
+        "",
+        "| test set | scoring | EER (%) | minDCF (0.01) | minDCF (0.05) | target trials | nontarget trials |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "DET curves: det.png; training curve: train_curve.png",
+        "",
+    ]
+    atomic_write_text(exp / "RESULTS.md", "\n".join(lines))
+    atomic_write_text(exp / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""YAML configs with command-line overrides that refuse unknown keys.
+
+    cfg = load_config("conf/train_upmp.yaml", ["--train_conf.steps", "500", "--seed=3"])
+
+An override names an existing key (dotted for nested keys; `-` and `_` are
+the same) and its value is parsed as YAML (`3e-3`, `true`, `[1, 2]`). A key
+that is not in the YAML is an error, so a typo never trains the wrong model.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import yaml
+
+from upmp.data.kaldi_dir import atomic_write_text
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_overrides(argv: Sequence[str]) -> List[tuple]:
+    """['--a.b', '1', '--c=x'] -> [('a.b', 1), ('c', 'x')]."""
+    pairs, i = [], 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"expected --key value, got {arg!r}")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"option {arg} has no value")
+            key, raw = arg[2:], argv[i + 1]
+            i += 2
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[tuple], source: str = "config") -> Dict[str, Any]:
+    cfg = copy.deepcopy(cfg)
+    for key, value in overrides:
+        node, parts = cfg, key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
+                raise ConfigError(f"unknown config key {'.'.join(parts[:depth + 1])!r} (not in {source}); "
+                                  f"known keys here: {known}")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return cfg
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return apply_overrides(cfg, parse_overrides(overrides), source=path)
+
+
+def versions() -> Dict[str, str]:
+    """Versions of Python and the packages that shape results."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("upmp", "torch", "torchaudio", "s3prl", "espnet", "kaldiio", "numpy", "scipy"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", "unknown")
+        except Exception:  # an optional package may be absent or fail to import
+            out[name] = "not installed"
+    return out
+
+
+def dump_resolved(cfg: Dict[str, Any], exp_dir: str) -> None:
+    """Write config.yaml (resolved) and versions.json into the experiment dir."""
+    atomic_write_text(Path(exp_dir) / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(Path(exp_dir) / "versions.json", json.dumps(versions(), indent=2) + "\n")

@@ -1,0 +1,333 @@
+"""Kaldi data directories: wav.scp, utt2spk, spk2utt, segments, utt2dur.
+
+Semantics follow Kaldi's utils/ (validate_data_dir.sh --no-text --no-feats,
+split_data.sh, fix_data_dir.sh, utt2spk_to_spk2utt.pl): every file is text, one
+record per line, sorted by the first field in C-locale (byte) order, unique keys.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class DataDirError(ValueError):
+    """A Kaldi data file or directory breaks Kaldi's rules (message names file and line)."""
+
+
+def c_sort_key(key: str) -> bytes:
+    """Sort key equal to `LC_ALL=C sort` on the first field."""
+    return key.encode("utf-8")
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a crash
+    or bad input never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_table(path: PathLike, min_fields: int = 2, max_fields: Optional[int] = 2,
+               ) -> Dict[str, str]:
+    """Read a Kaldi `<key> <value...>` file into an insertion-ordered dict.
+
+    `value` is the rest of the line after the first run of whitespace (so
+    wav.scp pipes keep their spaces). Raises DataDirError naming file and line
+    for empty lines, too few/many fields and duplicate keys.
+    """
+    table: Dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            parts = line.split(None, 1)
+            where = f"{path}:{lineno}"
+            if not parts:
+                raise DataDirError(f"{where}: empty line")
+            nfields = len(line.split())
+            if nfields < min_fields:
+                raise DataDirError(f"{where}: expected at least {min_fields} fields, got {nfields}: {line!r}")
+            if max_fields is not None and nfields > max_fields:
+                raise DataDirError(f"{where}: expected at most {max_fields} fields, got {nfields}: {line!r}")
+            key = parts[0]
+            if key in table:
+                raise DataDirError(f"{where}: duplicate key {key!r}")
+            table[key] = parts[1].strip() if len(parts) > 1 else ""
+    return table
+
+
+def write_table(path: PathLike, table: Union[Mapping[str, str], Iterable[Tuple[str, str]]],
+                sort: bool = True) -> None:
+    """Write `<key> <value>` lines atomically, C-sorted by key unless sort=False."""
+    items = list(table.items()) if isinstance(table, Mapping) else list(table)
+    if sort:
+        items.sort(key=lambda kv: c_sort_key(kv[0]))
+    atomic_write_text(path, "".join(f"{k} {v}\n" for k, v in items))
+
+
+def check_sorted_unique(path: PathLike, keys: Sequence[str]) -> None:
+    """Raise if `keys` (the first fields of `path`, in file order) are not C-sorted and unique."""
+    for i in range(1, len(keys)):
+        a, b = c_sort_key(keys[i - 1]), c_sort_key(keys[i])
+        if a >= b:
+            problem = "duplicate key" if a == b else "not sorted (LC_ALL=C)"
+            raise DataDirError(f"{path}:{i + 1}: {problem}: {keys[i - 1]!r} then {keys[i]!r}")
+
+
+def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> Dict[str, List[str]]:
+    """Invert utt2spk; utterance lists keep utt2spk's order, speakers are C-sorted."""
+    spk2utt: Dict[str, List[str]] = {}
+    for utt, spk in utt2spk.items():
+        spk2utt.setdefault(spk, []).append(utt)
+    return {s: spk2utt[s] for s in sorted(spk2utt, key=c_sort_key)}
+
+
+@dataclass
+class Segment:
+    reco: str
+    start: float
+    end: float
+
+
+@dataclass
+class DataDir:
+    """In-memory Kaldi data dir. `wav_scp` is keyed by utterance, or by recording
+    when `segments` is present."""
+
+    wav_scp: Dict[str, str]
+    utt2spk: Dict[str, str]
+    segments: Optional[Dict[str, Segment]] = None
+    utt2dur: Optional[Dict[str, float]] = None
+    extra: Dict[str, Dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def utts(self) -> List[str]:
+        return list(self.utt2spk)
+
+    @property
+    def spk2utt(self) -> Dict[str, List[str]]:
+        return utt2spk_to_spk2utt(self.utt2spk)
+
+    def wav_entry(self, utt: str) -> Tuple[str, Optional[Segment]]:
+        """(wav.scp value, segment or None) for an utterance."""
+        if self.segments is not None:
+            seg = self.segments[utt]
+            return self.wav_scp[seg.reco], seg
+        return self.wav_scp[utt], None
+
+    @classmethod
+    def load(cls, directory: PathLike, validate: bool = True) -> "DataDir":
+        d = Path(directory)
+        if not d.is_dir():
+            raise DataDirError(f"{d}: not a directory")
+        for name in ("wav.scp", "utt2spk"):
+            if not (d / name).is_file():
+                raise DataDirError(f"{d / name}: missing (required in a Kaldi data dir)")
+        if validate:
+            validate_data_dir(d)
+        wav_scp = read_table(d / "wav.scp", max_fields=None)
+        utt2spk = read_table(d / "utt2spk")
+        segments = None
+        if (d / "segments").is_file():
+            segments = {u: _parse_segment(d / "segments", i, v)
+                        for i, (u, v) in enumerate(read_table(d / "segments", 4, 4).items(), 1)}
+        utt2dur = None
+        if (d / "utt2dur").is_file():
+            utt2dur = {u: _parse_positive(d / "utt2dur", i, v)
+                       for i, (u, v) in enumerate(read_table(d / "utt2dur").items(), 1)}
+        return cls(wav_scp, utt2spk, segments, utt2dur)
+
+    def write(self, directory: PathLike) -> None:
+        """Write sorted files (and spk2utt derived from utt2spk)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        write_table(d / "wav.scp", self.wav_scp)
+        write_table(d / "utt2spk", self.utt2spk)
+        write_table(d / "spk2utt", {s: " ".join(sorted(u, key=c_sort_key))
+                                    for s, u in self.spk2utt.items()})
+        if self.segments is not None:
+            write_table(d / "segments", {u: f"{s.reco} {s.start:.3f} {s.end:.3f}"
+                                         for u, s in self.segments.items()})
+        if self.utt2dur is not None:
+            write_table(d / "utt2dur", {u: f"{v:.3f}" for u, v in self.utt2dur.items()})
+
+    def subset(self, utts: Iterable[str]) -> "DataDir":
+        keep = [u for u in utts if u in self.utt2spk]
+        utt2spk = {u: self.utt2spk[u] for u in keep}
+        if self.segments is not None:
+            segments = {u: self.segments[u] for u in keep}
+            recos = {s.reco for s in segments.values()}
+            wav_scp = {r: v for r, v in self.wav_scp.items() if r in recos}
+        else:
+            segments = None
+            wav_scp = {u: self.wav_scp[u] for u in keep}
+        utt2dur = None if self.utt2dur is None else {u: self.utt2dur[u] for u in keep}
+        return DataDir(wav_scp, utt2spk, segments, utt2dur)
+
+
+def _parse_segment(path: Path, lineno: int, value: str) -> Segment:
+    reco, start, end = value.split()
+    try:
+        s, e = float(start), float(end)
+    except ValueError:
+        raise DataDirError(f"{path}:{lineno}: start/end times are not numbers: {value!r}") from None
+    if s < 0 or (e != -1 and e <= s):
+        raise DataDirError(f"{path}:{lineno}: bad segment times {start} {end} (need 0 <= start < end)")
+    return Segment(reco, s, e)
+
+
+def _parse_positive(path: Path, lineno: int, value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise DataDirError(f"{path}:{lineno}: not a number: {value!r}") from None
+    if not v > 0:
+        raise DataDirError(f"{path}:{lineno}: must be positive, got {value}")
+    return v
+
+
+def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
+    """Kaldi's validate_data_dir.sh --no-text --no-feats, raising DataDirError.
+
+    Checks: required files, one record per line, C-sorted unique keys, utt2spk
+    and spk2utt agree, utt2spk also sorted when ordered by speaker (speaker ids
+    must prefix utterance ids; disable with spk_sort=False as --no-spk-sort),
+    wav.scp/segments cover exactly the utterances, utt2dur keys and values.
+    """
+    d = Path(directory)
+    utt2spk = read_table(d / "utt2spk")
+    utts = list(utt2spk)
+    check_sorted_unique(d / "utt2spk", utts)
+    if spk_sort:
+        by_spk = sorted(utts, key=lambda u: (c_sort_key(utt2spk[u]), c_sort_key(u)))
+        if by_spk != utts:
+            bad = next(i for i, (a, b) in enumerate(zip(by_spk, utts)) if a != b)
+            raise DataDirError(
+                f"{d / 'utt2spk'}:{bad + 1}: utt2spk is not in sorted order when sorted first on "
+                f"speaker-id (make speaker-ids prefixes of utt-ids): {utts[bad]!r}")
+    if not (d / "spk2utt").is_file():
+        raise DataDirError(f"{d / 'spk2utt'}: missing (create it with utils/utt2spk_to_spk2utt.pl)")
+    spk2utt = read_table(d / "spk2utt", max_fields=None)
+    check_sorted_unique(d / "spk2utt", list(spk2utt))
+    expected = utt2spk_to_spk2utt(utt2spk)
+    for lineno, (spk, value) in enumerate(spk2utt.items(), 1):
+        if sorted(value.split()) != sorted(expected.get(spk, [])):
+            raise DataDirError(f"{d / 'spk2utt'}:{lineno}: speaker {spk!r} does not match utt2spk")
+    missing_spk = set(expected) - set(spk2utt)
+    if missing_spk:
+        raise DataDirError(f"{d / 'spk2utt'}: speakers in utt2spk but not here: {sorted(missing_spk)[:3]}")
+
+    wav_scp = read_table(d / "wav.scp", max_fields=None)
+    check_sorted_unique(d / "wav.scp", list(wav_scp))
+    if (d / "segments").is_file():
+        segments = read_table(d / "segments", 4, 4)
+        check_sorted_unique(d / "segments", list(segments))
+        _same_keys(d / "segments", list(segments), utts)
+        for lineno, (utt, value) in enumerate(segments.items(), 1):
+            seg = _parse_segment(d / "segments", lineno, value)
+            if seg.reco not in wav_scp:
+                raise DataDirError(f"{d / 'segments'}:{lineno}: recording {seg.reco!r} not in wav.scp")
+    else:
+        _same_keys(d / "wav.scp", list(wav_scp), utts)
+    if (d / "utt2dur").is_file():
+        utt2dur = read_table(d / "utt2dur")
+        check_sorted_unique(d / "utt2dur", list(utt2dur))
+        _same_keys(d / "utt2dur", list(utt2dur), utts)
+        for lineno, value in enumerate(utt2dur.values(), 1):
+            _parse_positive(d / "utt2dur", lineno, value)
+
+
+def _same_keys(path: Path, keys: List[str], utts: List[str]) -> None:
+    if keys == utts:
+        return
+    extra = sorted(set(keys) - set(utts), key=c_sort_key)
+    missing = sorted(set(utts) - set(keys), key=c_sort_key)
+    if extra:
+        lineno = keys.index(extra[0]) + 1
+        raise DataDirError(f"{path}:{lineno}: utterance {extra[0]!r} is not in utt2spk")
+    raise DataDirError(f"{path}: utterance {missing[0]!r} of utt2spk is missing ({len(missing)} in all)")
+
+
+def fix_data_dir(directory: PathLike) -> List[str]:
+    """Like Kaldi's fix_data_dir.sh: sort every file and keep the utterances present
+    in all of them. Returns warnings (what was dropped or re-sorted)."""
+    d = Path(directory)
+    warnings: List[str] = []
+    wav_scp = read_table(d / "wav.scp", max_fields=None)
+    utt2spk = read_table(d / "utt2spk")
+    segments = read_table(d / "segments", 4, 4) if (d / "segments").is_file() else None
+    utt2dur = read_table(d / "utt2dur") if (d / "utt2dur").is_file() else None
+    keep = set(utt2spk)
+    if segments is not None:
+        keep &= {u for u, v in segments.items() if v.split()[0] in wav_scp}
+    else:
+        keep &= set(wav_scp)
+    if utt2dur is not None:
+        keep &= set(utt2dur)
+    if len(keep) < len(utt2spk):
+        warnings.append(f"{d}: dropped {len(utt2spk) - len(keep)} utterances not present in every file")
+    for name, table in (("utt2spk", utt2spk), ("wav.scp", wav_scp)):
+        keys = list(table)
+        if keys != sorted(keys, key=c_sort_key):
+            warnings.append(f"{d / name}: was not sorted (LC_ALL=C); sorted it")
+    data = DataDir(
+        wav_scp={},
+        utt2spk={u: s for u, s in utt2spk.items() if u in keep},
+        segments=None if segments is None else {
+            u: _parse_segment(d / "segments", i, v)
+            for i, (u, v) in enumerate(segments.items(), 1) if u in keep},
+        utt2dur=None if utt2dur is None else {u: float(v) for u, v in utt2dur.items() if u in keep},
+    )
+    recos = {s.reco for s in data.segments.values()} if data.segments is not None else keep
+    data.wav_scp = {k: v for k, v in wav_scp.items() if k in recos}
+    data.write(d)
+    return warnings
+
+
+def split_data_dir(directory: PathLike, num_jobs: int, per_utt: bool = False) -> List[Path]:
+    """Kaldi's split_data.sh: write directory/split{N}/{1..N} and return their paths.
+
+    By default a speaker's utterances stay in one part (parts balanced by
+    utterance count); per_utt=True splits utterances evenly regardless of speaker.
+    """
+    if num_jobs < 1:
+        raise DataDirError(f"split_data_dir: number of jobs must be >= 1, got {num_jobs}")
+    d = Path(directory)
+    data = DataDir.load(d, validate=False)
+    suffix = "utt" if per_utt else ""
+    if per_utt:
+        units = [[u] for u in data.utts]
+    else:
+        units = [[u for u in data.utts if data.utt2spk[u] == s] for s in data.spk2utt]
+    if len(units) < num_jobs:
+        raise DataDirError(f"{d}: cannot split {len(units)} {'utterances' if per_utt else 'speakers'} "
+                           f"into {num_jobs} parts")
+    # Contiguous chunks of near-equal utterance count (what split_scp.pl does).
+    total = sum(len(u) for u in units)
+    parts: List[List[str]] = [[] for _ in range(num_jobs)]
+    done, j = 0, 0
+    for i, unit in enumerate(units):
+        remaining_units = len(units) - i
+        if j < num_jobs - 1 and parts[j] and (done >= total * (j + 1) / num_jobs
+                                              or remaining_units <= num_jobs - 1 - j):
+            j += 1
+        parts[j].extend(unit)
+        done += len(unit)
+    out = []
+    for n, utts in enumerate(parts, 1):
+        sub = d / f"split{num_jobs}{suffix}" / str(n)
+        data.subset(utts).write(sub)
+        out.append(sub)
+    return out

@@ -1,0 +1,271 @@
+"""Parallel job wrappers with Kaldi's calling form: run.pl, queue.pl (SGE), slurm.pl.
+
+    run.pl [--mem 4G] [--gpu N] [--num-threads K] [--max-jobs-run M] JOB=1:N dir/log/name.JOB.log program args ... JOB ...
+
+Every occurrence of the job variable (any name, e.g. JOB) in the log file and
+the command is replaced by 1..N; each job's output goes to its numbered log
+file with Kaldi's header and footer; the wrapper exits 1 if any job failed.
+Arguments without whitespace are passed to bash as they are (so `\\|` or `">"`
+build pipelines), others are single-quoted, as Kaldi's run.pl does.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+USAGE = ("usage: {prog} [--mem <mem>] [--gpu <0|N>] [--num-threads <K>] [--max-jobs-run <M>] "
+         "[JOB=1:N] <log-file> <command...>")
+
+VALUE_OPTIONS = ("mem", "gpu", "num-threads", "max-jobs-run", "time", "partition", "queue", "config")
+
+
+class JobArgsError(ValueError):
+    pass
+
+
+@dataclass
+class JobSpec:
+    log_file: str
+    command: str
+    var: Optional[str] = None
+    start: int = 1
+    end: int = 1
+    options: Dict[str, str] = field(default_factory=dict)
+
+    def job_ids(self) -> List[int]:
+        return list(range(self.start, self.end + 1))
+
+    def substitute(self, text: str, job_id: int) -> str:
+        return text if self.var is None else text.replace(self.var, str(job_id))
+
+
+def quote_command(args: List[str]) -> str:
+    return " ".join(a if re.fullmatch(r"\S+", a) else shlex.quote(a) for a in args)
+
+
+def parse_job_args(argv: List[str]) -> JobSpec:
+    options: Dict[str, str] = {}
+    argv = list(argv)
+    while argv and argv[0].startswith("--"):
+        name = argv.pop(0)[2:].replace("_", "-")
+        if "=" in name:
+            name, value = name.split("=", 1)
+        else:
+            if not argv:
+                raise JobArgsError(f"option --{name} needs a value")
+            value = argv.pop(0)
+        if name not in VALUE_OPTIONS:
+            raise JobArgsError(f"unknown option --{name}")
+        options[name] = value
+    spec_var, start, end = None, 1, 1
+    if argv:
+        m = re.fullmatch(r"([A-Za-z_]\w*)=(\d+)(?::(\d+))?", argv[0])
+        if m:
+            argv.pop(0)
+            spec_var, start = m.group(1), int(m.group(2))
+            end = int(m.group(3)) if m.group(3) else start
+            if end < start:
+                raise JobArgsError(f"invalid job range {m.group(0)}: end < start")
+    if len(argv) < 2:
+        raise JobArgsError("need a log file and a command")
+    log_file, command = argv[0], quote_command(argv[1:])
+    if spec_var is not None and end > start and spec_var not in log_file:
+        raise JobArgsError(f"log file {log_file} must contain {spec_var} when running several jobs")
+    return JobSpec(log_file, command, spec_var, start, end, options)
+
+
+def _now() -> str:
+    return time.strftime("%a %b %d %H:%M:%S %Z %Y")
+
+
+def _header(command: str) -> str:
+    return f"# {command}\n# Started at {_now()}\n#\n"
+
+
+def _footer(code: int, elapsed: float, threads: int) -> str:
+    return (f"# Accounting: time={int(elapsed)} threads={threads}\n"
+            f"# Ended (code {code}) at {_now()}, elapsed time {int(elapsed)} seconds\n")
+
+
+def run_local_job(spec: JobSpec, job_id: int) -> int:
+    log = Path(spec.substitute(spec.log_file, job_id))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = spec.substitute(spec.command, job_id)
+    threads = int(spec.options.get("num-threads", 1))
+    with open(log, "w") as f:
+        f.write(_header(command))
+        f.flush()
+        t0 = time.time()
+        code = subprocess.call(["bash", "-c", f"set -o pipefail; {command}"], stdout=f, stderr=subprocess.STDOUT)
+        f.write(_footer(code, time.time() - t0, threads))
+    return code
+
+
+def run_local(spec: JobSpec) -> int:
+    """Kaldi run.pl: jobs on this machine, at most --max-jobs-run (default: #CPUs) at a time."""
+    max_jobs = int(spec.options.get("max-jobs-run", os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=max(1, max_jobs)) as pool:
+        codes = list(pool.map(lambda j: run_local_job(spec, j), spec.job_ids()))
+    return _report("run.pl", spec, codes)
+
+
+def _report(prog: str, spec: JobSpec, codes: List[int]) -> int:
+    failed = [j for j, c in zip(spec.job_ids(), codes) if c != 0]
+    if not failed:
+        return 0
+    if len(codes) == 1:
+        print(f"{prog}: job failed, log is in {spec.substitute(spec.log_file, failed[0])}", file=sys.stderr)
+    else:
+        pattern = spec.log_file.replace(spec.var or "JOB", "*")
+        print(f"{prog}: {len(failed)} / {len(codes)} failed, log is in {pattern}", file=sys.stderr)
+    return 1
+
+
+# --- cluster back-ends: a job script per call, an array job, done-files to wait on ---------------
+
+def _queue_dir(spec: JobSpec) -> Path:
+    return Path(spec.log_file).parent / "q"
+
+
+def _job_name(spec: JobSpec) -> str:
+    name = Path(spec.log_file).name.replace(f".{spec.var}", "") if spec.var else Path(spec.log_file).name
+    return re.sub(r"\.log$", "", name)
+
+
+def write_job_script(spec: JobSpec, task_id_var: str) -> Path:
+    """A bash script that runs job $task_id_var with Kaldi's log header/footer and
+    writes its exit code to q/done.<name>.<job>."""
+    qdir = _queue_dir(spec)
+    qdir.mkdir(parents=True, exist_ok=True)
+    name = _job_name(spec)
+    var = spec.var or "JOB"
+    lines = [
+        "#!/bin/bash",
+        f"cd {shlex.quote(os.getcwd())}",
+        f"export PATH={shlex.quote(os.environ.get('PATH', ''))}",
+        f"{var}=${{{task_id_var}:-{spec.start}}}",
+        f"log={_bash_sub(spec.log_file, spec.var)}",
+        'mkdir -p "$(dirname "$log")"',
+        f"cmd={_bash_sub(spec.command, spec.var)}",
+        'echo "# $cmd" > "$log"; echo "# Started at $(date)" >> "$log"; echo "#" >> "$log"',
+        "t0=$(date +%s)",
+        '( set -o pipefail; eval "$cmd" ) >> "$log" 2>&1; ret=$?',
+        "t1=$(date +%s)",
+        f'echo "# Accounting: time=$((t1 - t0)) threads={spec.options.get("num-threads", "1")}" >> "$log"',
+        'echo "# Ended (code $ret) at $(date), elapsed time $((t1 - t0)) seconds" >> "$log"',
+        f'echo $ret > {shlex.quote(str(qdir))}/done.{name}.${{{var}}}',
+        "exit $ret",
+    ]
+    script = qdir / f"{name}.sh"
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def _bash_sub(text: str, var: Optional[str]) -> str:
+    """Quote text for bash so that the job variable expands and nothing else does."""
+    if var is None:
+        return shlex.quote(text)
+    return "\"${" + var + "}\"".join(shlex.quote(p) for p in text.split(var))
+
+
+def sbatch_command(spec: JobSpec, script: Path) -> List[str]:
+    qdir, name = _queue_dir(spec), _job_name(spec)
+    array = f"{spec.start}-{spec.end}"
+    if "max-jobs-run" in spec.options:
+        array += f"%{spec.options['max-jobs-run']}"
+    cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--array={array}",
+           f"--output={qdir}/{name}.%a.out", "--ntasks=1"]
+    if "mem" in spec.options:
+        cmd.append(f"--mem={spec.options['mem']}")
+    if "num-threads" in spec.options:
+        cmd.append(f"--cpus-per-task={spec.options['num-threads']}")
+    if int(spec.options.get("gpu", "0")) > 0:
+        cmd.append(f"--gres=gpu:{spec.options['gpu']}")
+    if "time" in spec.options:
+        cmd.append(f"--time={spec.options['time']}")
+    if "partition" in spec.options:
+        cmd.append(f"--partition={spec.options['partition']}")
+    return cmd + [str(script)]
+
+
+def qsub_command(spec: JobSpec, script: Path) -> List[str]:
+    qdir, name = _queue_dir(spec), _job_name(spec)
+    cmd = ["qsub", "-v", "PATH", "-cwd", "-S", "/bin/bash", "-j", "y", "-N", name,
+           "-o", f"{qdir}/{name}.$TASK_ID.out", "-t", f"{spec.start}:{spec.end}"]
+    if "max-jobs-run" in spec.options:
+        cmd += ["-tc", spec.options["max-jobs-run"]]
+    if "mem" in spec.options:
+        cmd += ["-l", f"mem_free={spec.options['mem']},ram_free={spec.options['mem']}"]
+    if "num-threads" in spec.options:
+        cmd += ["-pe", "smp", spec.options["num-threads"]]
+    if int(spec.options.get("gpu", "0")) > 0:
+        cmd += ["-l", f"gpu={spec.options['gpu']}"]
+    if "queue" in spec.options:
+        cmd += ["-q", spec.options["queue"]]
+    return cmd + [str(script)]
+
+
+def run_cluster(spec: JobSpec, backend: str, poll_seconds: float = 5.0) -> int:
+    prog = "slurm.pl" if backend == "slurm" else "queue.pl"
+    task_var = "SLURM_ARRAY_TASK_ID" if backend == "slurm" else "SGE_TASK_ID"
+    script = write_job_script(spec, task_var)
+    qdir, name = _queue_dir(spec), _job_name(spec)
+    for j in spec.job_ids():
+        done = qdir / f"done.{name}.{j}"
+        if done.exists():
+            done.unlink()
+    cmd = sbatch_command(spec, script) if backend == "slurm" else qsub_command(spec, script)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        print(f"{prog}: submission failed: {' '.join(cmd)}: {proc.stderr.strip()}", file=sys.stderr)
+        return 1
+    job_id = proc.stdout.strip().split(";")[0].split()[-1] if proc.stdout.strip() else ""
+    codes: Dict[int, int] = {}
+    gone_polls = 0
+    while len(codes) < len(spec.job_ids()):
+        for j in spec.job_ids():
+            done = qdir / f"done.{name}.{j}"
+            if j not in codes and done.exists():
+                text = done.read_text().strip()
+                codes[j] = int(text) if text.lstrip("-").isdigit() else 1
+        if len(codes) == len(spec.job_ids()):
+            break
+        # A job killed by the scheduler never writes its done-file: once the
+        # scheduler no longer knows the job, give it two more polls, then fail it.
+        gone_polls = gone_polls + 1 if job_id and not _job_alive(backend, job_id) else 0
+        if gone_polls > 2:
+            for j in spec.job_ids():
+                codes.setdefault(j, 1)
+            break
+        time.sleep(poll_seconds)
+    return _report(prog, spec, [codes[j] for j in spec.job_ids()])
+
+
+def _job_alive(backend: str, job_id: str) -> bool:
+    cmd = ["squeue", "-h", "-j", job_id] if backend == "slurm" else ["qstat", "-j", job_id]
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except FileNotFoundError:
+        return True  # cannot ask; keep waiting for done-files
+    return proc.returncode == 0 and (backend == "sge" or bool(proc.stdout.strip()))
+
+
+def main(backend: str, argv: List[str]) -> int:
+    prog = {"local": "run.pl", "slurm": "slurm.pl", "sge": "queue.pl"}[backend]
+    try:
+        spec = parse_job_args(argv)
+    except JobArgsError as e:
+        print(f"{prog}: {e}\n{USAGE.format(prog=prog)}", file=sys.stderr)
+        return 1
+    if backend == "local":
+        return run_local(spec)
+    return run_cluster(spec, backend)
