@@ -174,7 +174,8 @@ def _bash_sub(text: str, var: Optional[str]) -> str:
     """Quote text for bash so that the job variable expands and nothing else does."""
     if var is None:
         return shlex.quote(text)
-    return "\"${" + var + "}\"".join(shlex.quote(p) for p in text.split(var))
+    separator = '"${' + var + '}"'
+    return separator.join(shlex.quote(p) for p in text.split(var))
 
 
 def sbatch_command(spec: JobSpec, script: Path) -> List[str]:

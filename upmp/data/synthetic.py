@@ -31,6 +31,7 @@ import numpy as np
 import soundfile
 from scipy.signal import lfilter
 
+from upmp.data.audio import resample
 from upmp.data.kaldi_dir import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -156,20 +157,28 @@ def _run(cmd: Sequence[str]) -> None:
 def synthesize(spk: Speaker, session: Session, text: str, rng: np.random.Generator,
                max_seconds: float, workdir: str) -> np.ndarray:
     """TTS + speaker colouring + session channel -> float32 samples at 16 kHz."""
-    raw, colored = os.path.join(workdir, "raw.wav"), os.path.join(workdir, "col.wav")
+    raw, sped, colored = (os.path.join(workdir, f) for f in ("raw.wav", "sped.wav", "col.wav"))
     if spk.engine == "espeak":
         _run(["espeak-ng", "-v", spk.voice, "-p", str(spk.pitch), "-s", str(spk.rate), "-w", raw, text])
     else:
         _run(["flite", "-voice", spk.voice, "--setf", f"int_f0_target_mean={spk.pitch}",
               "--setf", f"duration_stretch={spk.rate / 100:.2f}", "-t", text, "-o", raw])
+    # Formant-like shift: play the voice faster by `formant` (pitch, envelope and tempo all
+    # scale), then pitch back down with sox (WSOLA keeps the new envelope). The speed-up is
+    # done here: sox's `speed` effect crashes on some inputs.
+    x, rate = soundfile.read(raw, dtype="float64")
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    x = resample(x, int(round(rate * spk.formant)), SAMPLE_RATE)
+    soundfile.write(sped, x, SAMPLE_RATE, subtype="FLOAT")
     cents = -1200.0 * np.log2(spk.formant)
-    effects = ["speed", f"{spk.formant:.4f}", "pitch", f"{cents:.1f}", "rate", str(SAMPLE_RATE),
+    effects = ["pitch", f"{cents:.1f}", "rate", str(SAMPLE_RATE),
                "sinc", f"{session.highpass}-{session.lowpass}" if session.highpass else f"-{session.lowpass}",
                "equalizer", str(session.eq_freq), "1.0q", f"{session.eq_gain:.1f}"]
     if session.reverb:
         effects += ["reverb", str(session.reverb), "50", "30"]
     effects += ["trim", "0", f"{max_seconds:.2f}"]
-    _run(["sox", "-R", "-q", raw, "-c", "1", "-b", "32", "-e", "floating-point", colored] + effects)
+    _run(["sox", "-R", "-q", sped, "-c", "1", "-b", "32", "-e", "floating-point", colored] + effects)
     x, rate = soundfile.read(colored, dtype="float32")
     assert rate == SAMPLE_RATE, rate
     if x.ndim == 2:
@@ -254,7 +263,7 @@ def make_corpus(root: str, num_speakers: int = 48, num_test_speakers: int = 12,
             jobs.append((spk, session, index, seed, str(root_p), min_seconds, max_seconds))
     from tqdm import tqdm
     with ProcessPoolExecutor(max_workers=num_workers) as pool:
-        results = list(tqdm(pool.map(_make_utterance, jobs, chunksize=4), total=len(jobs),
+        results = list(tqdm(pool.map(_make_utterance, jobs, chunksize=4), total=len(jobs), mininterval=5,
                             desc="synthesising", disable=not progress))
     meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
     for spk in speakers:

@@ -1,0 +1,65 @@
+"""Shared fixtures: small audio data dirs, tiny upstream checkpoints, a small synthetic corpus."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "egs" / "TEMPLATE" / "sv1"
+
+
+def tone(seconds: float, freq: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A sine plus a little noise, float32 in [-1, 1]."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    return (0.4 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def write_data_dir(directory: Path, utts: dict, rate: int = 16000) -> Path:
+    """utts: {utt_id: (spk, seconds, freq)} -> Kaldi data dir with wav files under directory/wav."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wav_dir = directory / "wav"
+    wav_dir.mkdir(exist_ok=True)
+    wav_scp, utt2spk = {}, {}
+    for i, (utt, (spk, seconds, freq)) in enumerate(sorted(utts.items())):
+        path = wav_dir / f"{utt}.wav"
+        soundfile.write(path, tone(seconds, freq, rate, seed=i), rate, subtype="PCM_16")
+        wav_scp[utt], utt2spk[utt] = str(path), spk
+    from upmp.data.kaldi_dir import DataDir
+    DataDir(wav_scp, utt2spk).write(directory)
+    return directory
+
+
+@pytest.fixture
+def small_data_dir(tmp_path) -> Path:
+    utts = {f"spk{s}-utt{u}": (f"spk{s}", 1.0 + 0.37 * u + 0.11 * s, 200 + 50 * s + 7 * u)
+            for s in range(3) for u in range(3)}
+    return write_data_dir(tmp_path / "data", utts)
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm(tmp_path_factory) -> Path:
+    from upmp.upstream.tiny import build_tiny_checkpoint
+    return build_tiny_checkpoint("wavlm", str(tmp_path_factory.mktemp("ckpt") / "wavlm_tiny.pt"),
+                                 num_layers=2, dim=32, ffn_dim=64, heads=2, conv_dim=32)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A 8-speaker synthetic VoxCeleb1-layout corpus (3 test speakers)."""
+    from upmp.data.synthetic import make_corpus
+    root = tmp_path_factory.mktemp("corpus") / "vox1"
+    make_corpus(str(root), num_speakers=8, num_test_speakers=3, sessions_per_speaker=2,
+                utts_per_session=2, seed=7, num_workers=2, progress=False)
+    return root
+
+
+def bash_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["LC_ALL"] = "C"
+    return env
