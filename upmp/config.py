@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -22,6 +23,24 @@ from upmp.data.kaldi_dir import atomic_write_text
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def parse_overrides(argv: Sequence[str]) -> List[tuple]:
@@ -41,7 +60,7 @@ def parse_overrides(argv: Sequence[str]) -> List[tuple]:
             key, raw = arg[2:], argv[i + 1]
             i += 2
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             value = raw
         pairs.append((key.replace("-", "_"), value))
@@ -69,7 +88,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        cfg = yaml.safe_load(p.read_text()) or {}
+        cfg = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(cfg, dict):

@@ -32,7 +32,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", required=True, help="S3PRL upstream name, e.g. wavlm_base_plus, wavlm_local")
     p.add_argument("--upstream_ckpt", default=None, help="checkpoint path for *_local upstreams")
     p.add_argument("--storage", default="float32", choices=STORAGE_TYPES)
-    p.add_argument("--max_batch_seconds", type=float, default=60.0, help="padded audio per batch")
+    p.add_argument("--max_batch_seconds", type=float, default=0.0,
+                   help="padded audio per batch; 0 (default): one utterance per forward, which keeps "
+                        "features independent of batching (padding changes them for GroupNorm front ends)")
     p.add_argument("--chunk_size", type=int, default=256, help="utterances loaded at once")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num_threads", type=int, default=1)

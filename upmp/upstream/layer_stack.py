@@ -104,6 +104,12 @@ class LayerStackExtractor(torch.nn.Module):
     """A frozen upstream that returns every hidden state.
 
     forward(wavs (B, N) float, wav_lens (B,)) -> (stack (B, D, L, T), lengths (B,))
+
+    Frame counts follow S3PRL: ceil(N / 320) for a 20 ms upstream. Padding
+    is not neutral for these models: the Base models' first CNN layer
+    normalises each channel over the whole (padded) input, so a batched
+    utterance gets slightly different features than alone. Extraction
+    therefore runs one utterance per forward unless a batch size is asked for.
     """
 
     def __init__(self, name: str, ckpt: Optional[str] = None):
@@ -138,8 +144,12 @@ class LayerStackExtractor(torch.nn.Module):
 
 
 def batches_by_length(lengths: List[int], max_samples: int, max_batch: int = 64) -> Iterable[List[int]]:
-    """Indices grouped longest first so each padded batch holds <= max_samples samples."""
+    """Indices grouped longest first so each padded batch holds <= max_samples samples
+    (max_samples <= 0: one index per batch)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if max_samples <= 0:
+        yield from ([i] for i in order)
+        return
     batch: List[int] = []
     for i in order:
         if batch and (len(batch) + 1) * lengths[batch[0]] > max_samples or len(batch) >= max_batch:

@@ -20,7 +20,7 @@ upstream_ckpt=""           # checkpoint path for *_local upstreams
 tiny_upstream=false        # true: build a tiny random-init <kind>_local checkpoint when none is given (offline tests)
 storage=float32            # float32 | float16 | compressed (see upmp/upstream/layer_stack.py)
 extract_device=cpu
-extract_max_batch_seconds=60
+extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding changes Base models' features slightly)
 # Stage 2: backend training
 train_config=conf/train_upmp.yaml
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
