@@ -1,0 +1,120 @@
+"""Training on cached layer stacks: determinism, resume, outputs, config errors."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from upmp.train.data import LayerStackCrops, wrap_crop
+from upmp.upstream.layer_stack import LayerStackMeta, LayerStackWriter
+
+CONFIG = {
+    "seed": 0, "use_hidden0": True, "backend": "upmp",
+    "backend_conf": {"conv_dim": 4, "n_blocks": 1, "heads": 2, "embed_dim": 8},
+    "loss": "aamsoftmax", "loss_conf": {"margin": 0.2, "scale": 30},
+    "optim_conf": {"lr": 3.0e-3, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0},
+    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "log_every": 4, "ckpt_every": 6,
+                   "preload": True, "num_threads": 1, "device": "cpu"},
+}
+
+
+@pytest.fixture
+def dump(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "dump"
+    d.mkdir()
+    with LayerStackWriter(str(d / "layers"), "float32") as w:
+        utt2spk = {}
+        for s in range(3):
+            for u in range(3):
+                utt = f"s{s}-u{u}"
+                w.write(utt, (rng.normal(size=(3, 10 + 9 * u, 8)) + s).astype(np.float32))
+                utt2spk[utt] = f"s{s}"
+    LayerStackMeta(3, 8, 0.02, "test").write(str(d))
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(CONFIG))
+    return tmp_path
+
+
+def train(dump, exp, *overrides):
+    return subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
+                           "--train_scp", str(dump / "dump" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"),
+                           "--exp_dir", str(exp), *overrides], capture_output=True, text=True)
+
+
+def test_wrap_crop():
+    m = np.arange(5)[:, None]
+    assert wrap_crop(m, 1, 3)[:, 0].tolist() == [1, 2, 3]
+    assert wrap_crop(m, 3, 8)[:, 0].tolist() == [3, 4, 0, 1, 2, 3, 4, 0]
+
+
+def test_batches_depend_only_on_seed_and_step(dump):
+    a = LayerStackCrops(str(dump / "dump/layers.scp"), str(dump / "utt2spk"), 3, 20, 4, seed=1)
+    b = LayerStackCrops(str(dump / "dump/layers.scp"), str(dump / "utt2spk"), 3, 20, 4, seed=1, preload=False)
+    xa, ya = a.batch(5)
+    xb, yb = b.batch(5)
+    assert xa.shape == (4, 8, 3, 20)
+    torch.testing.assert_close(xa, xb)
+    assert ya.tolist() == yb.tolist()
+    assert not torch.equal(a.batch(6)[0], xa)
+
+
+def test_train_outputs_and_determinism(dump):
+    r = train(dump, dump / "exp1")
+    assert r.returncode == 0, r.stderr
+    exp = dump / "exp1"
+    for name in ("model.pt", "config.yaml", "versions.json", "train.log", "train_metrics.tsv",
+                 "train_curve.png", "checkpoints/last.pt"):
+        assert (exp / name).is_file(), name
+    rows = (exp / "train_metrics.tsv").read_text().splitlines()
+    assert rows[0] == "step\tloss\taccuracy\tlr" and [r.split()[0] for r in rows[1:]] == ["4", "8", "12"]
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train_conf"]["steps"] == 12
+    assert "torch" in (exp / "versions.json").read_text()
+    r = train(dump, dump / "exp2")
+    a = torch.load(exp / "model.pt", weights_only=False)["model"]
+    b = torch.load(dump / "exp2" / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(dump):
+    import os
+    import signal
+    import time
+    args = ["--train_conf.steps", "300", "--train_conf.ckpt_every", "20", "--train_conf.log_every", "20"]
+    assert train(dump, dump / "full", *args).returncode == 0
+    cmd = [sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"), "--train_scp",
+           str(dump / "dump" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"), "--exp_dir", str(dump / "cut"), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = dump / "cut" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (dump / "cut" / "model.pt").exists(), "training finished before it could be killed"
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < step < 300
+    r = train(dump, dump / "cut", *args)
+    assert r.returncode == 0 and f"resumed from {ckpt} at step {step}" in r.stderr
+    a = torch.load(dump / "full" / "model.pt", weights_only=False)["model"]
+    b = torch.load(dump / "cut" / "model.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_unknown_override_is_an_error(dump):
+    r = train(dump, dump / "x", "--train_conf.stesp", "3")
+    assert r.returncode == 1 and "unknown config key 'train_conf.stesp'" in r.stderr
+    assert not (dump / "x" / "model.pt").exists()
+
+
+def test_missing_key_is_an_error(dump):
+    cfg = dict(CONFIG)
+    del cfg["optim_conf"]
+    (dump / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "bad.yaml"), "--train_scp",
+                        str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"), "--exp_dir", str(dump / "e")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "missing config key(s): optim_conf" in r.stderr
