@@ -118,3 +118,32 @@ def test_missing_key_is_an_error(dump):
                         str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"), "--exp_dir", str(dump / "e")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "missing config key(s): optim_conf" in r.stderr
+
+
+def test_extract_embeddings_batched_equals_single(dump):
+    import kaldiio
+    assert train(dump, dump / "exp").returncode == 0
+    outs = {}
+    for name, frames in (("batched", 10000), ("single", 1)):
+        r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(dump / "exp/model.pt"),
+                            "--layers_scp", str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"),
+                            "--out_dir", str(dump / name), "--max_batch_frames", str(frames)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs[name] = dict(kaldiio.load_scp(str(dump / name / "xvector.scp")))
+    assert sorted(outs["batched"]) == [f"s{s}-u{u}" for s in range(3) for u in range(3)]
+    for k, v in outs["single"].items():
+        assert v.shape == (8,)
+        np.testing.assert_allclose(outs["batched"][k], v, atol=1e-5)
+    spk = dict(kaldiio.load_scp(str(dump / "single" / "spk_xvector.scp")))
+    members = [outs["single"][f"s1-u{u}"] for u in range(3)]
+    np.testing.assert_allclose(spk["s1"], np.mean([m / np.linalg.norm(m) for m in members], axis=0), atol=1e-6)
+
+
+def test_extract_embeddings_rejects_other_layer_stacks(dump):
+    assert train(dump, dump / "exp").returncode == 0
+    LayerStackMeta(5, 8, 0.02, "other").write(str(dump / "dump"))
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(dump / "exp/model.pt"),
+                        "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(dump / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "layer stacks are L=5 x D=8 (other) but the model was trained on L=3 x D=8" in r.stderr

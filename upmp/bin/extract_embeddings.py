@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from upmp.bin.common import fail, set_num_threads, setup_logging
 from upmp.data.kaldi_dir import DataDirError, read_table, utt2spk_to_spk2utt
-from upmp.upstream.layer_stack import batches_by_length, load_stack
+from upmp.upstream.layer_stack import LayerStackMeta, batches_by_length, load_stack
 
 logger = logging.getLogger("extract_embeddings")
 
@@ -41,13 +41,16 @@ def main(argv=None) -> None:
     import kaldiio
     from upmp.train.trainer import load_model
     try:
-        model = load_model(args.model, args.device)
+        model, meta = load_model(args.model, args.device)
         entries = read_table(args.layers_scp)
+        data_meta = LayerStackMeta.read(str(Path(args.layers_scp).parent))
     except (DataDirError, FileNotFoundError) as e:
         fail(str(e))
-    num_layers = torch.load(args.model, map_location="cpu", weights_only=False)["layer_stack"]["num_layers"]
+    if (data_meta.num_layers, data_meta.dim) != (meta.num_layers, meta.dim):
+        fail(f"{args.layers_scp}: layer stacks are L={data_meta.num_layers} x D={data_meta.dim} "
+             f"({data_meta.upstream}) but the model was trained on L={meta.num_layers} x D={meta.dim} ({meta.upstream})")
     utts = list(entries)
-    stacks = [load_stack(entries[u], num_layers) for u in utts]  # each (L, T, D)
+    stacks = [load_stack(entries[u], meta.num_layers) for u in utts]  # each (L, T, D)
     lengths = [s.shape[1] for s in stacks]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,6 @@ class LayerStackCrops:
         if preload:
             for i in range(len(self.utts)):
                 self._cache[i] = self._read(i)
-        self.num_frames = np.array([self._matrix(i).shape[0] for i in range(len(self.utts))]) \
-            if preload else None
 
     def _read(self, i: int) -> np.ndarray:
         return np.asarray(self._load(self._entries[i]))

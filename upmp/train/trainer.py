@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -48,12 +48,15 @@ def build_model(cfg: Dict[str, Any], meta: LayerStackMeta) -> SpeakerEmbeddingMo
                                  use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"])
 
 
-def load_model(path: str, device: str = "cpu") -> SpeakerEmbeddingModel:
-    """model.pt (written by train) -> eval-mode model on device."""
+def load_model(path: str, device: str = "cpu") -> Tuple[SpeakerEmbeddingModel, LayerStackMeta]:
+    """model.pt (written by train) -> (eval-mode model on device, layer-stack layout it expects)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: model not found; train it first (stage 2)")
     state = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(state["config"], LayerStackMeta(**state["layer_stack"]))
+    meta = LayerStackMeta(**state["layer_stack"])
+    model = build_model(state["config"], meta)
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model.to(device).eval(), meta
 
 
 def _add_file_log(exp_dir: Path) -> logging.Handler:
