@@ -98,3 +98,30 @@ def test_prepare_voxceleb1_errors(tmp_path, small_corpus):
     (root / "veri_test2.txt").write_text("1 a.wav\n")
     with pytest.raises(DataDirError, match=r"veri_test2.txt:1: expected '<1\|0> <enroll.wav> <test.wav>'"):
         prepare_voxceleb1(str(root), str(tmp_path / "data"))
+
+
+def test_prepare_voxceleb1_validation_split(tmp_path, small_corpus):
+    out = prepare_voxceleb1(str(small_corpus), str(tmp_path / "data"), valid_speakers=2, seed=3)
+    valid, dev = DataDir.load(out["voxceleb1_valid"]), DataDir.load(out["voxceleb1_dev"])
+    assert len(valid.spk2utt) == 2 and len(dev.spk2utt) == 3 and not set(valid.spk2utt) & set(dev.spk2utt)
+    trials = read_kaldi_trials(str(out["voxceleb1_valid"] / "trials"))
+    # 2 speakers x 2 sessions x 2 utts: 4 cross-session targets each, as many nontargets
+    assert sum(t for *_, t in trials) == 8 and len(trials) == 16
+    assert {u for a, b, _ in trials for u in (a, b)} <= set(valid.utts)
+    with pytest.raises(DataDirError, match="cannot hold out 4 of 5"):
+        prepare_voxceleb1(str(small_corpus), str(tmp_path / "data2"), valid_speakers=4)
+
+
+def test_balanced_trials_generator():
+    from upmp.data.trials import make_balanced_trials
+    utt2spk = {f"{s}-{v}-{u}": s for s in "abc" for v in ("v1", "v2") for u in range(3)}
+    sessions = {u: u.split("-")[1] for u in utt2spk}
+    trials = make_balanced_trials(utt2spk, seed=0, utt2session=sessions)
+    targets = [(a, b) for a, b, t in trials if t]
+    assert len(targets) == 3 * 9 and len(trials) == 54
+    assert all(sessions[a] != sessions[b] for a, b in targets)
+    assert len({frozenset(p[:2]) for p in trials}) == 54  # no repeated pair
+    assert make_balanced_trials(utt2spk, seed=0, utt2session=sessions) == trials
+    assert make_balanced_trials(utt2spk, seed=1, utt2session=sessions) != trials
+    capped = make_balanced_trials(utt2spk, seed=0, max_targets_per_speaker=2)
+    assert sum(t for *_, t in capped) == 6

@@ -18,10 +18,15 @@ def main(argv=None) -> None:
     p.add_argument("--trials", default="veri_test2.txt", help="trial list file name under --root")
     p.add_argument("--dev_name", default="voxceleb1_dev")
     p.add_argument("--test_name", default="voxceleb1_test")
+    p.add_argument("--valid_speakers", type=int, default=0,
+                   help="hold out this many dev speakers as a validation set with balanced trials")
+    p.add_argument("--valid_name", default="voxceleb1_valid")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation trials")
     args = p.parse_args(argv)
     setup_logging()
     try:
-        prepare_voxceleb1(args.root, args.out, args.trials, args.dev_name, args.test_name)
+        prepare_voxceleb1(args.root, args.out, args.trials, args.dev_name, args.test_name,
+                          args.valid_speakers, args.valid_name, args.seed)
     except DataDirError as e:
         fail(str(e))
 

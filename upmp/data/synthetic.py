@@ -33,6 +33,7 @@ from scipy.signal import lfilter
 
 from upmp.data.audio import resample
 from upmp.data.kaldi_dir import atomic_write_text
+from upmp.data.trials import make_balanced_trials
 
 logger = logging.getLogger(__name__)
 
@@ -211,34 +212,6 @@ def _make_utterance(job: Tuple[Speaker, Session, int, int, str, float, float]) -
     return str(out), len(x) / SAMPLE_RATE
 
 
-def make_trials(test_utts: Dict[str, List[Tuple[str, str]]], seed: int,
-                nontarget_ratio: float = 1.0) -> List[Tuple[int, str, str]]:
-    """Balanced trials over {spk: [(session, relpath)]}: every cross-session target
-    pair once, and nontarget pairs (different speakers) drawn without repetition."""
-    rng = _rng(seed, "trials")
-    targets = []
-    for spk, items in test_utts.items():
-        for i, (sa, a) in enumerate(items):
-            for sb, b in items[i + 1:]:
-                if sa != sb:
-                    targets.append((1, a, b))
-    all_utts = [(spk, rel) for spk, items in test_utts.items() for _, rel in items]
-    n_non = int(round(len(targets) * nontarget_ratio))
-    seen, nontargets = set(), []
-    max_pairs = sum(1 for i in range(len(all_utts)) for j in range(i + 1, len(all_utts))
-                    if all_utts[i][0] != all_utts[j][0])
-    n_non = min(n_non, max_pairs)
-    while len(nontargets) < n_non:
-        i, j = rng.integers(len(all_utts), size=2)
-        if all_utts[i][0] == all_utts[j][0] or (min(i, j), max(i, j)) in seen:
-            continue
-        seen.add((min(i, j), max(i, j)))
-        nontargets.append((0, all_utts[i][1], all_utts[j][1]))
-    trials = targets + nontargets
-    order = rng.permutation(len(trials))
-    return [trials[k] for k in order]
-
-
 def make_corpus(root: str, num_speakers: int = 48, num_test_speakers: int = 12,
                 sessions_per_speaker: int = 3, utts_per_session: int = 4,
                 min_seconds: float = 3.0, max_seconds: float = 8.0, seed: int = 0,
@@ -270,13 +243,13 @@ def make_corpus(root: str, num_speakers: int = 48, num_test_speakers: int = 12,
         meta.append(f"{spk.spk_id}\tSynth_{spk.engine}_{spk.voice.replace('+', '_')}\t{spk.gender}\t"
                     f"synthetic\t{'test' if spk.spk_id in test_ids else 'dev'}")
     atomic_write_text(root_p / "vox1_meta.csv", "\n".join(meta) + "\n")
-    test_utts: Dict[str, List[Tuple[str, str]]] = {}
-    for (spk, session, index, *_), _ in zip(jobs, results):
-        if spk.spk_id in test_ids:
-            test_utts.setdefault(spk.spk_id, []).append(
-                (session.session_id, f"{spk.spk_id}/{session.session_id}/{index:05d}.wav"))
-    trials = make_trials(test_utts, seed)
-    atomic_write_text(root_p / "veri_test2.txt", "".join(f"{t} {a} {b}\n" for t, a, b in trials))
+    test_jobs = [(spk, session, index) for spk, session, index, *_ in jobs if spk.spk_id in test_ids]
+    rel = {f"{spk.spk_id}/{session.session_id}/{index:05d}.wav": (spk.spk_id, session.session_id)
+           for spk, session, index in test_jobs}
+    trials = make_balanced_trials({r: v[0] for r, v in rel.items()}, seed,
+                                  utt2session={r: v[1] for r, v in rel.items()})
+    atomic_write_text(root_p / "veri_test2.txt",
+                      "".join(f"{int(t)} {a} {b}\n" for a, b, t in trials))
     hours = sum(d for _, d in results) / 3600
     logger.info("synthetic corpus: %d speakers (%d test), %d utterances, %.2f h, %d trials",
                 num_speakers, num_test_speakers, len(results), hours, len(trials))

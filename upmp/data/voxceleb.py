@@ -16,7 +16,7 @@ from typing import Dict, Set
 import soundfile
 
 from upmp.data.kaldi_dir import DataDir, DataDirError
-from upmp.data.trials import read_voxceleb_trials, write_kaldi_trials
+from upmp.data.trials import make_balanced_trials, read_voxceleb_trials, write_kaldi_trials
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,23 @@ def make_data_dir(utts: Dict[str, Path], with_durations: bool = True) -> DataDir
     return DataDir(wav_scp, utt2spk, utt2dur=utt2dur)
 
 
+def utt_session(utt: str) -> str:
+    """`id10270-x6uYqmx31kE-00001` -> `x6uYqmx31kE` (video ids may contain '-')."""
+    return utt.split("-", 1)[1].rsplit("-", 1)[0]
+
+
 def prepare_voxceleb1(root: str, out_dir: str, trials_file: str = "veri_test2.txt",
                       dev_name: str = "voxceleb1_dev", test_name: str = "voxceleb1_test",
+                      valid_speakers: int = 0, valid_name: str = "voxceleb1_valid", seed: int = 0,
                       ) -> Dict[str, Path]:
     """Write <out_dir>/<dev_name> and <out_dir>/<test_name> (with `trials`).
 
     Test speakers come from vox1_meta.csv's Set column when the file exists,
     otherwise from the speakers of the trial list. Every trial utterance must
-    exist in the wav tree.
+    exist in the wav tree. With valid_speakers > 0, that many development
+    speakers (the last in sorted order) are held out as <valid_name> with
+    balanced cross-session trials: a validation / calibration list that is
+    neither the test list nor trained on.
     """
     root_p, out = Path(root), Path(out_dir)
     trials_path = root_p / trials_file
@@ -92,11 +101,24 @@ def prepare_voxceleb1(root: str, out_dir: str, trials_file: str = "veri_test2.tx
     test = {u: p for u, p in utts.items() if u.split("-", 1)[0] in test_spk}
     if not dev:
         raise DataDirError(f"{root_p}: no development (training) speakers found")
+    sets = [(dev_name, dev), (test_name, test)]
+    if valid_speakers > 0:
+        dev_spk = sorted({u.split("-", 1)[0] for u in dev})
+        if valid_speakers >= len(dev_spk) - 1:
+            raise DataDirError(f"{root_p}: cannot hold out {valid_speakers} of {len(dev_spk)} development speakers")
+        held = set(dev_spk[-valid_speakers:])
+        valid = {u: p for u, p in dev.items() if u.split("-", 1)[0] in held}
+        dev = {u: p for u, p in dev.items() if u.split("-", 1)[0] not in held}
+        sets = [(dev_name, dev), (valid_name, valid), (test_name, test)]
     outputs = {}
-    for name, subset in ((dev_name, dev), (test_name, test)):
+    for name, subset in sets:
         make_data_dir(subset).write(out / name)
         outputs[name] = out / name
     write_kaldi_trials(str(out / test_name / "trials"), trials)
+    if valid_speakers > 0:
+        valid_trials = make_balanced_trials({u: u.split("-", 1)[0] for u in valid}, seed,
+                                            utt2session={u: utt_session(u) for u in valid})
+        write_kaldi_trials(str(out / valid_name / "trials"), valid_trials)
     logger.info("VoxCeleb1: %d dev utterances (%d speakers), %d test utterances (%d speakers), %d trials",
                 len(dev), len({u.split('-', 1)[0] for u in dev}), len(test), len(test_spk), len(trials))
     return outputs
