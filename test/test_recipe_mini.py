@@ -40,7 +40,8 @@ def small_recipe(tmp_path_factory):
     (recipe / "conf" / "corpus.yaml").write_text(
         "num_speakers: 10\nnum_test_speakers: 4\nsessions_per_speaker: 2\nutts_per_session: 2\n"
         "min_seconds: 3.0\nmax_seconds: 4.0\nnj: 2\n")
-    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--train_args", "--train_conf.steps 20 --train_conf.batch_size 8")
+    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--local_data_opts", "--seed 0 --valid_speakers 2",
+            "--train_args", "--train_conf.steps 20 --train_conf.batch_size 8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return recipe, r
 
@@ -49,12 +50,14 @@ def test_small_recipe_stages_0_to_5(small_recipe):
     recipe, r = small_recipe
     exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
     results = (exp / "RESULTS.md").read_text()
-    assert "| voxceleb1_test | cosine |" in results and "EER" in results
-    metrics = json.loads((exp / "results.json").read_text())["voxceleb1_test"]
-    assert metrics["n_target"] == 16 and metrics["n_nontarget"] == 16
-    assert 0 <= metrics["eer"] <= 100
-    assert (exp / "det.png").stat().st_size > 1000
-    for d in ("data/voxceleb1_dev", "data/voxceleb1_test"):
+    for system in ("cosine", "cosine.asnorm", "plda", "plda.asnorm"):
+        assert f"| voxceleb1_test | {system} |" in results
+        metrics = json.loads((exp / "results.json").read_text())[f"voxceleb1_test/{system}"]
+        assert metrics["n_target"] == 16 and metrics["n_nontarget"] == 16
+        assert 0 <= metrics["eer"] <= 100 and 0 <= metrics["cllr"]
+        assert (exp / "scores" / f"voxceleb1_test.{system}.llr").is_file()
+    assert (exp / "det_voxceleb1_test.png").stat().st_size > 1000
+    for d in ("data/voxceleb1_dev", "data/voxceleb1_valid", "data/voxceleb1_test"):
         assert "Successfully validated" in subprocess.run(
             ["utils/validate_data_dir.sh", "--no-text", "--no-feats", d], cwd=recipe, capture_output=True,
             text=True).stdout
@@ -69,7 +72,7 @@ def test_stage_range_and_skipping(small_recipe):
     r = run(recipe, "--stage", "1", "--stop_stage", "2")
     assert r.returncode == 0, r.stderr
     assert "Stage 1" in r.stderr and "Stage 2" in r.stderr and "Stage 3" not in r.stderr and "Stage 0" not in r.stderr
-    assert r.stderr.count("is complete, skipping") == 2
+    assert r.stderr.count("is complete, skipping") == 3
     assert "model.pt exists, skipping" in r.stderr
 
 
@@ -107,11 +110,14 @@ def test_full_mini_recipe_eer_and_repeatability(tmp_path):
     r = run(recipe, "--stage", "0", "--stop_stage", "5")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
-    first = json.loads((exp / "results.json").read_text())["voxceleb1_test"]
-    assert first["eer"] < 25.0, first
+    results = json.loads((exp / "results.json").read_text())
+    first = results["voxceleb1_test/cosine"]
+    assert first["eer"] < 25.0, results
+    assert results["voxceleb1_test/plda"]["eer"] < 25.0, results
     assert first["n_target"] == 576 and first["n_nontarget"] == 576
     r = run(recipe, "--stage", "2", "--stop_stage", "5", "--exp_tag", "again")
     assert r.returncode == 0, r.stderr[-3000:]
     again = exp.parent / (exp.name + "_again")
-    assert (again / "scores" / "voxceleb1_test.cosine").read_text() == \
-        (exp / "scores" / "voxceleb1_test.cosine").read_text()
+    for system in ("cosine", "plda.asnorm"):
+        assert (again / "scores" / f"voxceleb1_test.{system}").read_text() == \
+            (exp / "scores" / f"voxceleb1_test.{system}").read_text()

@@ -48,27 +48,36 @@ def plot_det(curves: dict, png: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp_dir", required=True)
-    p.add_argument("--scoring", default="cosine")
+    p.add_argument("--systems", nargs="+", default=["cosine"],
+                   help="score-file suffixes, e.g. cosine plda.asnorm (<exp>/scores/<set>.<system>)")
     p.add_argument("--upstream", default="")
     p.add_argument("--data_root", default="data")
     p.add_argument("--test_sets", nargs="+", required=True)
     args = p.parse_args(argv)
     exp = Path(args.exp_dir)
-    rows, curves, results = [], {}, {}
+    rows, results = [], {}
     try:
         for name in args.test_sets:
-            trials, scores = f"{args.data_root}/{name}/trials", str(exp / "scores" / f"{name}.{args.scoring}")
-            m = compute_all(trials, scores)
-            results[name] = m
-            curves[f"{name} ({args.scoring})"] = align_scores(trials, scores)
-            rows.append(f"| {name} | {args.scoring} | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | "
-                        f"{m['mindcf_0.05']:.4f} | {m['n_target']} | {m['n_nontarget']} |")
+            curves = {}
+            trials = f"{args.data_root}/{name}/trials"
+            for system in args.systems:
+                scores = exp / "scores" / f"{name}.{system}"
+                m = compute_all(trials, str(scores))
+                llr = scores.with_name(scores.name + ".llr")
+                if llr.is_file():
+                    c = compute_all(trials, str(llr), llr=True)
+                    m.update({k: c[k] for k in ("cllr", "actdcf_0.01", "actdcf_0.05")})
+                results[f"{name}/{system}"] = m
+                curves[system] = align_scores(trials, str(scores))
+                calib = (f"{m['cllr']:.3f} | {m['actdcf_0.01']:.4f}" if "cllr" in m else "- | -")
+                rows.append(f"| {name} | {system} | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | "
+                            f"{m['mindcf_0.05']:.4f} | {calib} | {m['n_target']} / {m['n_nontarget']} |")
+            plot_det(curves, exp / f"det_{name}.png")
     except (DataDirError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
     import torch
     model = torch.load(exp / "model.pt", map_location="cpu", weights_only=False) if (exp / "model.pt").is_file() else {}
-    plot_det(curves, exp / "det.png")
     lines = [
         f"# Results: {exp.name}",
         "",
@@ -77,12 +86,14 @@ def main(argv=None) -> None:
         f"- backend: {cfg.get('backend', '?')} ({model.get('num_params', '?')} trainable parameters, "
         f"loss head excluded); config: {exp / 'config.yaml'}",
         f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1",
+        "- systems: <scoring>[.<score norm>]; Cllr (bits) and actDCF after logistic calibration on the "
+        "validation trials, where a validation set is given",
         "",
-        "| test set | scoring | EER (%) | minDCF (0.01) | minDCF (0.05) | target trials | nontarget trials |",
-        "|---|---|---|---|---|---|---|",
+        "| test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) | Cllr | actDCF (0.01) | target / nontarget |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "DET curves: det.png; training curve: train_curve.png",
+        "DET curves: " + ", ".join(f"det_{n}.png" for n in args.test_sets) + "; training curve: train_curve.png",
         "",
     ]
     atomic_write_text(exp / "RESULTS.md", "\n".join(lines))

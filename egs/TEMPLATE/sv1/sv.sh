@@ -26,8 +26,12 @@ train_config=conf/train_upmp.yaml
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
 exp_tag=""              # suffix of the experiment dir name
 # Stages 3-5: embeddings, scoring, metrics
-scoring=cosine
+scoring=cosine          # cosine and/or plda (a space-separated list scores with each)
+score_norm=none         # none, snorm and/or asnorm (list); cohort = training speakers' mean embeddings
+cohort_top_n=300        # AS-norm: top-N cohort scores per side
+lda_dim=200             # PLDA: LDA dimension (capped at #speakers - 1)
 train_set=""            # data/<train_set>
+valid_set=""            # data/<valid_set> with trials: held-out list for calibration (optional)
 test_sets=""            # space-separated data/<set> names, each with data/<set>/trials
 
 help_message=$(cat <<EOF
@@ -47,8 +51,9 @@ Options (default in brackets):
   --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
   --train_config <yaml> [${train_config}]  --train_args "<--key value ...>" [${train_args}]
-  --exp_tag <tag> [${exp_tag}]  --scoring <cosine> [${scoring}]
-  --train_set <name> [${train_set}]  --test_sets "<names>" [${test_sets}]
+  --exp_tag <tag> [${exp_tag}]  --scoring "<cosine plda>" [${scoring}]
+  --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
+  --train_set <name> [${train_set}]  --valid_set <name> [${valid_set}]  --test_sets "<names>" [${test_sets}]
   --local_data_opts "<opts>" [${local_data_opts}]  --dumpdir <dir> [${dumpdir}]  --expdir <dir> [${expdir}]
 EOF
 )
@@ -59,7 +64,10 @@ EOF
 
 if [ $# -ne 0 ]; then log "unexpected arguments: $*\n${help_message}"; exit 1; fi
 if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --test_sets are required"; exit 1; fi
-if [ "${scoring}" != cosine ]; then log "unknown --scoring ${scoring} (cosine)"; exit 1; fi
+for m in ${scoring}; do case ${m} in cosine|plda) ;; *) log "unknown --scoring ${m} (cosine, plda)"; exit 1 ;; esac; done
+for n in ${score_norm}; do case ${n} in none|snorm|asnorm) ;; *) log "unknown --score_norm ${n} (none, snorm, asnorm)"; exit 1 ;; esac; done
+systems=""
+for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == none ] || echo ".${n}")"; done; done
 
 if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
   if ! "${tiny_upstream}"; then log "--upstream ${upstream} needs --upstream_ckpt (or --tiny_upstream true)"; exit 1; fi
@@ -81,7 +89,7 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   else
     log "no local/data.sh in this recipe: bring your own Kaldi data dirs under data/"
   fi
-  for set in ${train_set} ${test_sets}; do utils/validate_data_dir.sh --no-text --no-feats "data/${set}"; done
+  for set in ${train_set} ${valid_set} ${test_sets}; do utils/validate_data_dir.sh --no-text --no-feats "data/${set}"; done
 fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
@@ -94,7 +102,7 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       log "upstream checkpoint ${upstream_ckpt} not found"; exit 1
     fi
   fi
-  for set in ${train_set} ${test_sets}; do
+  for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${dump}/${set}
     if [ "$(num_lines "${out}/layers.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ] && [ -f "${out}/layer_stack.json" ]; then
       log "${out}/layers.scp is complete, skipping (delete it to extract again)"; continue
@@ -126,7 +134,7 @@ fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
   log "Stage 3: embeddings"
-  for set in ${train_set} ${test_sets}; do
+  for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${exp}/embeddings/${set}
     mkdir -p "${out}"
     # shellcheck disable=SC2154
@@ -137,17 +145,30 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
 fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-  log "Stage 4: ${scoring} scoring"
+  log "Stage 4: scoring (${systems# }), then calibration on ${valid_set:-no validation set}"
   mkdir -p "${exp}/scores"
-  for set in ${test_sets}; do
-    ${python} -m upmp.bin.score --method "${scoring}" --embeddings "${exp}/embeddings/${set}/xvector.scp" \
-      --trials "data/${set}/trials" --out "${exp}/scores/${set}.${scoring}"
+  for set in ${valid_set} ${test_sets}; do
+    for m in ${scoring}; do
+      for n in ${score_norm}; do
+        system=${m}$([ "${n}" == none ] || echo ".${n}")
+        ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" --cohort_top_n "${cohort_top_n}" \
+          --lda_dim "${lda_dim}" --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
+          --train_embeddings "${exp}/embeddings/${train_set}/xvector.scp" --utt2spk "data/${train_set}/utt2spk" \
+          --out "${exp}/scores/${set}.${system}"
+        if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
+          ${python} -m upmp.bin.calibrate --dev_trials "data/${valid_set}/trials" \
+            --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${exp}/scores/${set}.${system}" \
+            --out "${exp}/scores/${set}.${system}.llr" > "${exp}/scores/${set}.${system}.calibration.json"
+        fi
+      done
+    done
   done
 fi
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
   log "Stage 5: metrics -> ${exp}/RESULTS.md"
-  ${python} -m upmp.bin.write_results --exp_dir "${exp}" --scoring "${scoring}" \
+  # shellcheck disable=SC2086
+  ${python} -m upmp.bin.write_results --exp_dir "${exp}" --systems ${systems} \
     --upstream "${upstream}" --test_sets ${test_sets}
   cat "${exp}/RESULTS.md"
 fi

@@ -7,7 +7,8 @@ set -euo pipefail
 
 seed=0
 corpus_conf=conf/corpus.yaml
-help_message="Usage: $0 [--seed N] [--corpus_conf conf/corpus.yaml]"
+valid_speakers=6
+help_message="Usage: $0 [--seed N] [--corpus_conf conf/corpus.yaml] [--valid_speakers N]"
 . utils/parse_options.sh
 
 root=${MINI_VOX1}
@@ -19,4 +20,6 @@ else
     $(python3 -c 'import sys, yaml; print(" ".join(f"--{k} {v}" for k, v in yaml.safe_load(open(sys.argv[1])).items()))' "${corpus_conf}")
   touch "${stamp}"
 fi
-python3 -m upmp.bin.prepare_voxceleb1 --root "${root}" --out data --trials veri_test2.txt
+# 6 development speakers are held out as data/voxceleb1_valid (validation / calibration trials)
+python3 -m upmp.bin.prepare_voxceleb1 --root "${root}" --out data --trials veri_test2.txt \
+  --valid_speakers "${valid_speakers}" --seed "${seed}"
