@@ -17,7 +17,8 @@ from upmp.scoring.plda import PLDA
 
 
 def length_normalise(X: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    return X * (scale / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12))
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
+    return X * (scale / np.maximum(norms, 1e-12))
 
 
 class CosineScorer:
@@ -107,7 +108,7 @@ def speaker_means(X: np.ndarray, labels: Sequence) -> np.ndarray:
 
 def score_trials(scorer, embeddings: dict, trials: Sequence, source: str = "embeddings",
                  cohort: Optional[np.ndarray] = None, norm: str = "none", top_n: Optional[int] = None,
-                 chunk: int = 200_000) -> np.ndarray:
+                 chunk: int = 8192) -> np.ndarray:
     """Scores of (enroll, test, label) trials; each utterance is prepared once.
 
     norm: "none", "snorm" (whole cohort) or "asnorm" (top_n cohort scores per side).
@@ -115,17 +116,18 @@ def score_trials(scorer, embeddings: dict, trials: Sequence, source: str = "embe
     """
     from upmp.data.kaldi_dir import DataDirError
     from upmp.scoring.normalization import cohort_stats, s_norm
-    keys = sorted({u for t in trials for u in t[:2]})
+    n = len(trials)
+    sides = np.array([t[0] for t in trials] + [t[1] for t in trials])
+    keys, inverse = np.unique(sides, return_inverse=True)  # C-speed string sort, no per-trial dict look-ups
+    keys = keys.tolist()  # plain str: dict look-ups with numpy strings are several times slower
     missing = [k for k in keys if k not in embeddings]
     if missing:
         raise DataDirError(f"{source}: no embedding for trial utterance {missing[0]!r} "
                            f"({len(missing)} trial utterance(s) missing)")
-    index = {k: i for i, k in enumerate(keys)}
     R = scorer.prepare(np.stack([np.asarray(embeddings[k], dtype=np.float64) for k in keys]))
-    e = np.fromiter((index[t[0]] for t in trials), dtype=np.int64, count=len(trials))
-    t = np.fromiter((index[t[1]] for t in trials), dtype=np.int64, count=len(trials))
+    e, t = inverse[:n], inverse[n:]
     scores = np.concatenate([scorer.score_pairs(R[e[i:i + chunk]], R[t[i:i + chunk]])
-                             for i in range(0, len(trials), chunk)]) if len(trials) else np.empty(0)
+                             for i in range(0, n, chunk)]) if n else np.empty(0)
     if norm == "none":
         return scores
     if norm not in ("snorm", "asnorm"):
