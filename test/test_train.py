@@ -147,3 +147,52 @@ def test_extract_embeddings_rejects_other_layer_stacks(dump):
                         "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(dump / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "layer stacks are L=5 x D=8 (other) but the model was trained on L=3 x D=8" in r.stderr
+
+
+def test_multi_crop_embeddings():
+    from upmp.embeddings import crops, embed_utterances
+    stack = np.arange(2 * 10 * 3, dtype=np.float32).reshape(2, 10, 3)
+    cs = crops(stack, 4, 3)
+    assert [c.shape for c in cs] == [(2, 4, 3)] * 3
+    np.testing.assert_array_equal(cs[0], stack[:, 0:4]) and np.testing.assert_array_equal(cs[2], stack[:, 6:10])
+    np.testing.assert_array_equal(crops(stack, 14, 1)[0][:, 10:], stack[:, :4])  # wrapped
+    from upmp.backends import SpeakerEmbeddingModel
+    torch.manual_seed(0)
+    model = SpeakerEmbeddingModel("upmp", 3, 2, use_hidden0=True,
+                                  backend_conf=dict(conv_dim=4, heads=2, embed_dim=6)).eval()
+    rng = np.random.default_rng(0)
+    stacks = [rng.normal(size=(2, t, 3)).astype(np.float32) for t in (12, 30)]
+    full = embed_utterances(model, stacks)
+    # one crop as long as the utterance = the full utterance, length-normalised
+    one = embed_utterances(model, stacks[:1], crop_frames=12, num_crops=1)
+    np.testing.assert_allclose(one[0], full[0] / np.linalg.norm(full[0]), atol=1e-5)
+    multi = embed_utterances(model, stacks, crop_frames=8, num_crops=3)
+    assert multi.shape == (2, 6)
+
+
+def test_online_embeddings_equal_cached(small_data_dir, tiny_wavlm, tmp_path):
+    """Embeddings straight from audio equal those from cached float32 layer stacks."""
+    import kaldiio
+    dump = tmp_path / "dump"
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_layers", "--data_dir", str(small_data_dir),
+                        "--out_prefix", str(dump / "layers"), "--upstream", "wavlm_local",
+                        "--upstream_ckpt", str(tiny_wavlm)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = dict(CONFIG, train_conf=dict(CONFIG["train_conf"], steps=4, crop_seconds=0.3))
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(tmp_path / "conf.yaml"),
+                        "--train_scp", str(dump / "layers.scp"), "--utt2spk", str(small_data_dir / "utt2spk"),
+                        "--exp_dir", str(tmp_path / "exp")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    common = [sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(tmp_path / "exp/model.pt")]
+    r1 = subprocess.run(common + ["--layers_scp", str(dump / "layers.scp"), "--out_dir", str(tmp_path / "cached")],
+                        capture_output=True, text=True)
+    r2 = subprocess.run(common + ["--data_dir", str(small_data_dir), "--upstream", "wavlm_local", "--upstream_ckpt",
+                                  str(tiny_wavlm), "--out_dir", str(tmp_path / "online")], capture_output=True, text=True)
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    cached = dict(kaldiio.load_scp(str(tmp_path / "cached/xvector.scp")))
+    online = dict(kaldiio.load_scp(str(tmp_path / "online/xvector.scp")))
+    assert sorted(cached) == sorted(online) and len(cached) == 9
+    for k in cached:
+        np.testing.assert_allclose(online[k], cached[k], atol=1e-4)
+    assert (tmp_path / "online" / "spk_xvector.scp").read_text().count("\n") == 3

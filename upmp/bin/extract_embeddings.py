@@ -1,13 +1,17 @@
-"""Speaker embeddings from a trained backend over full utterances.
+"""Speaker embeddings from a trained backend, from cached layer stacks or straight from audio.
 
+    # cached: the layer stacks of stage 1
     python -m upmp.bin.extract_embeddings --model exp/upmp/model.pt \
         --layers_scp dump/voxceleb1_test/layers.scp --out_dir exp/upmp/embeddings/voxceleb1_test \
-        [--utt2spk data/voxceleb1_test/utt2spk]
+        [--utt2spk data/voxceleb1_test/utt2spk] [--crop_seconds 3 --num_crops 5]
+    # online: the frozen upstream runs here, nothing is cached
+    python -m upmp.bin.extract_embeddings --model exp/upmp/model.pt --data_dir data/voxceleb1_test \
+        --upstream wavlm_base_plus --out_dir exp/upmp/embeddings/voxceleb1_test
 
 Writes xvector.ark/scp (one float vector per utterance, Kaldi/WeSpeaker style)
-and, with --utt2spk, spk_xvector.ark/scp (mean of length-normalised
-utterance embeddings per speaker). Utterances are batched by length with
-frame masks; the backend's masking makes padding leave embeddings unchanged.
+and, with --utt2spk (or --data_dir), spk_xvector.ark/scp (mean of the
+length-normalised utterance embeddings per speaker). Full utterances by
+default, as in the paper; --crop_seconds/--num_crops average evenly spaced crops.
 """
 from __future__ import annotations
 
@@ -20,64 +24,91 @@ import torch
 from tqdm import tqdm
 
 from upmp.bin.common import fail, set_num_threads, setup_logging
-from upmp.data.kaldi_dir import DataDirError, read_table, utt2spk_to_spk2utt
-from upmp.upstream.layer_stack import LayerStackMeta, batches_by_length, load_stack
+from upmp.data.audio import AudioError, load_audio
+from upmp.data.kaldi_dir import DataDir, DataDirError, read_table, utt2spk_to_spk2utt
+from upmp.embeddings import embed_utterances
+from upmp.upstream.layer_stack import LayerStackExtractor, LayerStackMeta, load_stack
 
 logger = logging.getLogger("extract_embeddings")
+
+
+def write_embeddings(out: Path, embeddings: dict, utt2spk: dict = None) -> None:
+    import kaldiio
+    out.mkdir(parents=True, exist_ok=True)
+    with kaldiio.WriteHelper(f"ark,scp:{out}/xvector.ark,{out}/xvector.scp") as w:
+        for u in sorted(embeddings):
+            w(u, embeddings[u])
+    if utt2spk:
+        spk2utt = utt2spk_to_spk2utt({u: s for u, s in utt2spk.items() if u in embeddings})
+        with kaldiio.WriteHelper(f"ark,scp:{out}/spk_xvector.ark,{out}/spk_xvector.scp") as w:
+            for spk, members in spk2utt.items():
+                e = np.stack([embeddings[u] / np.linalg.norm(embeddings[u]) for u in members])
+                w(spk, e.mean(axis=0).astype(np.float32))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model.pt written by upmp.bin.train")
-    p.add_argument("--layers_scp", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--layers_scp", help="cached layer stacks (stage 1)")
+    src.add_argument("--data_dir", help="Kaldi data dir: run the upstream online")
+    p.add_argument("--upstream", default=None, help="online: S3PRL upstream name")
+    p.add_argument("--upstream_ckpt", default=None)
     p.add_argument("--out_dir", required=True)
     p.add_argument("--utt2spk", default=None, help="also write per-speaker mean embeddings")
+    p.add_argument("--crop_seconds", type=float, default=0.0, help="0: full utterances")
+    p.add_argument("--num_crops", type=int, default=1)
     p.add_argument("--max_batch_frames", type=int, default=6000)
+    p.add_argument("--chunk_size", type=int, default=256, help="utterances held in memory at once")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num_threads", type=int, default=2)
     args = p.parse_args(argv)
     setup_logging()
     set_num_threads(args.num_threads)
-    import kaldiio
     from upmp.train.trainer import load_model
     try:
         model, meta = load_model(args.model, args.device)
-        entries = read_table(args.layers_scp)
-        data_meta = LayerStackMeta.read(str(Path(args.layers_scp).parent))
-    except (DataDirError, FileNotFoundError) as e:
+        if args.layers_scp:
+            entries = read_table(args.layers_scp)
+            data_meta = LayerStackMeta.read(str(Path(args.layers_scp).parent))
+            utts, utt2spk = list(entries), read_table(args.utt2spk) if args.utt2spk else None
+        else:
+            if not args.upstream:
+                raise ValueError("--data_dir needs --upstream")
+            data = DataDir.load(args.data_dir)
+            extractor = LayerStackExtractor(args.upstream, args.upstream_ckpt).to(args.device)
+            data_meta = LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift, args.upstream)
+            utts, utt2spk = data.utts, data.utt2spk
+    except (DataDirError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     if (data_meta.num_layers, data_meta.dim) != (meta.num_layers, meta.dim):
-        fail(f"{args.layers_scp}: layer stacks are L={data_meta.num_layers} x D={data_meta.dim} "
+        fail(f"{args.layers_scp or args.upstream}: layer stacks are L={data_meta.num_layers} x D={data_meta.dim} "
              f"({data_meta.upstream}) but the model was trained on L={meta.num_layers} x D={meta.dim} ({meta.upstream})")
-    utts = list(entries)
-    stacks = [load_stack(entries[u], meta.num_layers) for u in utts]  # each (L, T, D)
-    lengths = [s.shape[1] for s in stacks]
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    crop_frames = int(round(args.crop_seconds / meta.frame_shift)) if args.crop_seconds > 0 else 0
+
+    def stacks_of(chunk):
+        for utt in chunk:
+            if args.layers_scp:
+                yield load_stack(entries[utt], meta.num_layers)
+                continue
+            entry, segment = data.wav_entry(utt)
+            try:
+                wav = torch.from_numpy(load_audio(entry, segment, name=utt))[None].to(args.device)
+            except AudioError as e:
+                fail(f"{args.data_dir}/wav.scp: utterance {utt}: {e}")
+            stack, _ = extractor(wav, torch.tensor([wav.shape[1]], device=args.device))
+            yield stack[0].permute(1, 2, 0).float().cpu().numpy()  # (L, T, D)
+
     embeddings = {}
-    with torch.no_grad(), tqdm(total=len(utts), desc="embeddings", mininterval=5) as bar:
-        for batch in batches_by_length(lengths, args.max_batch_frames):
-            T = max(lengths[i] for i in batch)
-            L, _, D = stacks[batch[0]].shape
-            x = np.zeros((len(batch), D, L, T), dtype=np.float32)
-            mask = torch.zeros(len(batch), T, dtype=torch.bool)
-            for row, i in enumerate(batch):
-                x[row, :, :, :lengths[i]] = stacks[i].transpose(2, 0, 1)
-                mask[row, :lengths[i]] = True
-            emb = model(torch.from_numpy(x).to(args.device), mask.to(args.device)).cpu().numpy()
-            for row, i in enumerate(batch):
-                embeddings[utts[i]] = emb[row].astype(np.float32)
-            bar.update(len(batch))
-    with kaldiio.WriteHelper(f"ark,scp:{out}/xvector.ark,{out}/xvector.scp") as w:
-        for u in sorted(embeddings):
-            w(u, embeddings[u])
-    if args.utt2spk:
-        spk2utt = utt2spk_to_spk2utt({u: s for u, s in read_table(args.utt2spk).items() if u in embeddings})
-        with kaldiio.WriteHelper(f"ark,scp:{out}/spk_xvector.ark,{out}/spk_xvector.scp") as w:
-            for spk, members in spk2utt.items():
-                e = np.stack([embeddings[u] / np.linalg.norm(embeddings[u]) for u in members])
-                w(spk, e.mean(axis=0).astype(np.float32))
-    logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, out)
+    with tqdm(total=len(utts), desc="embeddings", mininterval=5) as bar:
+        for start in range(0, len(utts), args.chunk_size):
+            chunk = utts[start:start + args.chunk_size]
+            emb = embed_utterances(model, stacks_of(chunk), crop_frames, args.num_crops,
+                                   args.max_batch_frames, args.device)
+            embeddings.update(zip(chunk, emb))
+            bar.update(len(chunk))
+    write_embeddings(Path(args.out_dir), embeddings, utt2spk)
+    logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, args.out_dir)
 
 
 if __name__ == "__main__":
