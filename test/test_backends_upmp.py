@@ -80,3 +80,32 @@ def test_gradients_reach_every_parameter():
     m = small()
     m(torch.randn(4, 24, 5, 30)).pow(2).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def upmp_params_from_description(D, L, c=128, n_blocks=1, h=4, E=192):
+    """Trainable parameters of the backend counted from method.md, term by term."""
+    W = 4 * c
+    projection = D * W + W + 2 * W                                   # 1x1 conv (bias) + BN2d
+    vad = L * L + L * W + L                                          # mixing logits, w_i, b_i
+    dense = (W * c + c) + 6 * (2 * c + 9 * c * c + c)                # entry 1x1 + 6 x (BN, 3x3 conv)
+    channel_attention = 2 * ((W * c + c) + 2 * c + (c * W + W))      # avg and max MLPs
+    block = vad + dense + channel_attention
+    Win = W * n_blocks
+    layer_mlp = h * (L * (L // 2) + L // 2 + (L // 2) * L + L)
+    lap = 2 * Win + Win * W + layer_mlp + W * W + 2 * W              # BN, 1x1 (no bias), MLPs, Conv1d + BN
+    asp = (3 * W * (W // 2) + W // 2) + W + (W // 2 * W + W) + 2 * (2 * W) + (2 * W * E + E) + 2 * E
+    return projection + n_blocks * block + lap + asp
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 3])
+def test_parameter_count_matches_the_description(n_blocks):
+    m = UPMPBackend(input_dim=768, num_layers=12, n_blocks=n_blocks)
+    n = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert n == upmp_params_from_description(768, 12, n_blocks=n_blocks)
+
+
+def test_parameter_count_pinned_for_base_upstreams():
+    # D = 768, L = 12, defaults: equal to the reference implementation's backend (checked once
+    # by instantiating its modules: 1,617,692 + 526,984 + 724,800)
+    m = UPMPBackend(input_dim=768, num_layers=12)
+    assert sum(p.numel() for p in m.parameters()) == 2_869_476
