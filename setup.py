@@ -21,6 +21,7 @@ ENTRY_POINTS = {
     "upmp-extract-embeddings": "upmp.bin.extract_embeddings:main",
     "upmp-score": "upmp.bin.score:main",
     "upmp-compute-metrics": "upmp.bin.compute_metrics:main",
+    "upmp-model-info": "upmp.bin.model_info:main",
     "upmp-convert-trials": "upmp.bin.convert_trials:main",
     "upmp-write-results": "upmp.bin.write_results:main",
     "upmp-jobs": "upmp.bin.jobs:main",

@@ -52,7 +52,7 @@ def test_small_recipe_stages_0_to_5(small_recipe):
     results = (exp / "RESULTS.md").read_text()
     for system in ("cosine", "cosine.asnorm", "plda", "plda.asnorm"):
         assert f"| voxceleb1_test | {system} |" in results
-        metrics = json.loads((exp / "results.json").read_text())[f"voxceleb1_test/{system}"]
+        metrics = json.loads((exp / "results.json").read_text())["results"][f"voxceleb1_test/{system}"]
         assert metrics["n_target"] == 16 and metrics["n_nontarget"] == 16
         assert 0 <= metrics["eer"] <= 100 and 0 <= metrics["cllr"]
         assert (exp / "scores" / f"voxceleb1_test.{system}.llr").is_file()
@@ -110,7 +110,7 @@ def test_full_mini_recipe_eer_and_repeatability(tmp_path):
     r = run(recipe, "--stage", "0", "--stop_stage", "5")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
-    results = json.loads((exp / "results.json").read_text())
+    results = json.loads((exp / "results.json").read_text())["results"]
     first = results["voxceleb1_test/cosine"]
     assert first["eer"] < 25.0, results
     assert results["voxceleb1_test/plda"]["eer"] < 25.0, results

@@ -26,9 +26,12 @@ def crops(stack: np.ndarray, crop_frames: int, num_crops: int) -> List[np.ndarra
 @torch.no_grad()
 def embed_stacks(model, stacks: List[np.ndarray], max_batch_frames: int = 6000, device: str = "cpu",
                  ) -> np.ndarray:
-    """(N,) list of (L, T, D) -> (N, E) float32 embeddings."""
+    """(N,) list of (L, T, D) -> (N, E) float32 embeddings (one utterance per batch when the
+    backend is not padding-invariant)."""
     lengths = [s.shape[1] for s in stacks]
     out = np.empty((len(stacks), model.embed_dim), dtype=np.float32)
+    if not getattr(model, "padding_invariant", False):
+        max_batch_frames = 0
     for batch in batches_by_length(lengths, max_batch_frames):
         T = max(lengths[i] for i in batch)
         L, _, D = stacks[batch[0]].shape

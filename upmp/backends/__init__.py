@@ -10,10 +10,16 @@ from typing import Dict, Optional, Type
 import torch
 from torch import nn
 
+from upmp.backends.lap import LAPBackend
+from upmp.backends.superb_ecapa import SuperbEcapaBackend
 from upmp.backends.upmp import UPMPBackend
+from upmp.backends.xvector import XvectorBackend
 
 BACKENDS: Dict[str, Type[nn.Module]] = {
     "upmp": UPMPBackend,
+    "lap": LAPBackend,
+    "superb_ecapa": SuperbEcapaBackend,
+    "xvector": XvectorBackend,
 }
 
 
@@ -36,6 +42,8 @@ class SpeakerEmbeddingModel(nn.Module):
         self.backend = BACKENDS[backend](input_dim=input_dim, num_layers=used_layers,
                                          **(backend_conf or {}))
         self.embed_dim = self.backend.embed_dim
+        # whether padded batches give the same embeddings as single utterances
+        self.padding_invariant = getattr(self.backend, "padding_invariant", False)
 
     def forward(self, stack: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.use_hidden0:

@@ -105,11 +105,12 @@ class DenseMultiDilatedBlock(nn.Module):
 
 
 class LayerAttentivePooling(nn.Module):
-    """Step 3. (B, C_in, L, T) -> (B, C, T): per-head layer scores from the
-    channel mean and max, a per-head MLP over layers, then max over layers."""
+    """Step 3. (B, C_in, L, T) -> (B, C_out, T): per-head layer scores from the
+    channel mean and max, a per-head MLP over layers, then max over layers and a
+    1x1 Conv1d (C -> C_out, C_out = C unless given) with BN."""
 
     def __init__(self, in_channels: int, channels: int, num_layers: int, heads: int,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, out_channels: Optional[int] = None):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} must be divisible by heads {heads}")
@@ -125,7 +126,8 @@ class LayerAttentivePooling(nn.Module):
             for h in range(heads):
                 nn.init.xavier_uniform_(w[h])
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Sequential(nn.Conv1d(channels, channels, 1, bias=False), nn.BatchNorm1d(channels))
+        out_channels = out_channels or channels
+        self.out = nn.Sequential(nn.Conv1d(channels, out_channels, 1, bias=False), nn.BatchNorm1d(out_channels))
 
     def _layer_mlp(self, z: torch.Tensor) -> torch.Tensor:
         """(B, h, L, T) -> (B, h, L, T): an MLP over L for each head."""
@@ -151,6 +153,8 @@ class UPMPBackend(nn.Module):
             hidden state 0 when use_hidden0 is False).
         conv_dim: c; the block width is 4c.
     """
+
+    padding_invariant = True
 
     def __init__(self, input_dim: int, num_layers: int, conv_dim: int = 128, n_blocks: int = 1,
                  heads: int = 4, embed_dim: int = 192, dropout: float = 0.1):

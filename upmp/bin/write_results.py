@@ -84,7 +84,7 @@ def main(argv=None) -> None:
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
         f"- upstream: {args.upstream}",
         f"- backend: {cfg.get('backend', '?')} ({model.get('num_params', '?')} trainable parameters, "
-        f"loss head excluded); config: {exp / 'config.yaml'}",
+        f"loss head excluded; trained in {model.get('train_seconds', 0):.0f} s); config: {exp / 'config.yaml'}",
         f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1",
         "- systems: <scoring>[.<score norm>]; Cllr (bits) and actDCF after logistic calibration on the "
         "validation trials, where a validation set is given",
@@ -97,7 +97,10 @@ def main(argv=None) -> None:
         "",
     ]
     atomic_write_text(exp / "RESULTS.md", "\n".join(lines))
-    atomic_write_text(exp / "results.json", json.dumps(results, indent=2) + "\n")
+    summary = {"experiment": exp.name, "backend": cfg.get("backend"), "upstream": args.upstream,
+               "num_params": model.get("num_params"), "train_seconds": model.get("train_seconds"),
+               "results": results}
+    atomic_write_text(exp / "results.json", json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
 
     ckpt_path = exp / "checkpoints" / "last.pt"
     metrics_path = exp / "train_metrics.tsv"
-    start = 0
+    start, train_seconds = 0, 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -129,13 +129,14 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
+        train_seconds = state.get("train_seconds", 0.0)
         logger.info("resumed from %s at step %d", ckpt_path, start)
     if start == 0 or not metrics_path.is_file():
         atomic_write_text(metrics_path, "step\tloss\taccuracy\tlr\n")
 
     model.train()
     head.train()
-    t0, window = time.time(), []
+    t0, window, run_start = time.time(), [], time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", mininterval=5)
     for step in bar:
         torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout: a function of the step
@@ -160,11 +161,12 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
         if done % tc["ckpt_every"] == 0 or done == steps:
             atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "step": done}, ckpt_path)
+                               "step": done, "train_seconds": train_seconds + time.time() - run_start}, ckpt_path)
     bar.close()
     out = exp / "model.pt"
+    train_seconds += time.time() - run_start
     atomic_torch_save({"model": model.state_dict(), "config": cfg, "layer_stack": vars(meta),
-                       "speakers": data.speakers, "num_params": n_params}, out)
+                       "speakers": data.speakers, "num_params": n_params, "train_seconds": train_seconds}, out)
     plot_curve(metrics_path, exp / "train_curve.png")
     logger.info("wrote %s", out)
     return out

@@ -22,7 +22,8 @@ storage=float32            # float32 | float16 | compressed (see upmp/upstream/l
 extract_device=cpu
 extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding changes Base models' features slightly)
 # Stage 2: backend training
-train_config=conf/train_upmp.yaml
+backend=""             # upmp, lap, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
+train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
 exp_tag=""              # suffix of the experiment dir name
 # Stages 3-5: embeddings, scoring, metrics
@@ -50,7 +51,8 @@ Options (default in brackets):
   --upstream <name> [${upstream}]  --upstream_ckpt <path> [${upstream_ckpt}]
   --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
-  --train_config <yaml> [${train_config}]  --train_args "<--key value ...>" [${train_args}]
+  --backend "<upmp lap superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
+  --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
   --train_set <name> [${train_set}]  --valid_set <name> [${valid_set}]  --test_sets "<names>" [${test_sets}]
@@ -76,8 +78,14 @@ fi
 upstream_tag=${upstream}
 [ -n "${upstream_ckpt}" ] && upstream_tag=${upstream}_$(basename "${upstream_ckpt%.*}")
 dump=${dumpdir}/${upstream_tag}
-backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
-exp=${expdir}/${backend_tag}_${upstream_tag}${exp_tag:+_${exp_tag}}
+train_configs=${train_config}
+if [ -n "${backend}" ]; then
+  train_configs=""
+  for b in ${backend}; do
+    [ -f "conf/train_${b}.yaml" ] || { log "--backend ${b}: conf/train_${b}.yaml not found"; exit 1; }
+    train_configs+=" conf/train_${b}.yaml"
+  done
+fi
 
 num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 
@@ -119,58 +127,69 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   done
 fi
 
-if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
-  log "Stage 2: backend training -> ${exp}"
-  if [ -f "${exp}/model.pt" ]; then
-    log "${exp}/model.pt exists, skipping (delete it, or set --exp_tag, to train again)"
-  else
-    mkdir -p "${exp}"
-    # shellcheck disable=SC2086,SC2154
-    ${cuda_cmd} "${exp}/train.stdout.log" \
-      ${python} -m upmp.bin.train --config "${train_config}" --train_scp "${dump}/${train_set}/layers.scp" \
-        --utt2spk "data/${train_set}/utt2spk" --exp_dir "${exp}" ${train_args}
+for train_config in ${train_configs}; do
+  backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
+  exp=${expdir}/${backend_tag}_${upstream_tag}${exp_tag:+_${exp_tag}}
+
+  if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+    log "Stage 2: backend training -> ${exp}"
+    if [ -f "${exp}/model.pt" ]; then
+      log "${exp}/model.pt exists, skipping (delete it, or set --exp_tag, to train again)"
+    else
+      mkdir -p "${exp}"
+      # shellcheck disable=SC2086,SC2154
+      ${cuda_cmd} "${exp}/train.stdout.log" \
+        ${python} -m upmp.bin.train --config "${train_config}" --train_scp "${dump}/${train_set}/layers.scp" \
+          --utt2spk "data/${train_set}/utt2spk" --exp_dir "${exp}" ${train_args}
+    fi
   fi
-fi
 
-if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-  log "Stage 3: embeddings"
-  for set in ${train_set} ${valid_set} ${test_sets}; do
-    out=${exp}/embeddings/${set}
-    mkdir -p "${out}"
-    # shellcheck disable=SC2154
-    ${decode_cmd} "${out}/extract.log" \
-      ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" \
-        --layers_scp "${dump}/${set}/layers.scp" --utt2spk "data/${set}/utt2spk" --out_dir "${out}"
-  done
-fi
+  if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    log "Stage 3: embeddings"
+    for set in ${train_set} ${valid_set} ${test_sets}; do
+      out=${exp}/embeddings/${set}
+      mkdir -p "${out}"
+      # shellcheck disable=SC2154
+      ${decode_cmd} "${out}/extract.log" \
+        ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" \
+          --layers_scp "${dump}/${set}/layers.scp" --utt2spk "data/${set}/utt2spk" --out_dir "${out}"
+    done
+  fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-  log "Stage 4: scoring (${systems# }), then calibration on ${valid_set:-no validation set}"
-  mkdir -p "${exp}/scores"
-  for set in ${valid_set} ${test_sets}; do
-    for m in ${scoring}; do
-      for n in ${score_norm}; do
-        system=${m}$([ "${n}" == none ] || echo ".${n}")
-        ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" --cohort_top_n "${cohort_top_n}" \
-          --lda_dim "${lda_dim}" --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
-          --train_embeddings "${exp}/embeddings/${train_set}/xvector.scp" --utt2spk "data/${train_set}/utt2spk" \
-          --out "${exp}/scores/${set}.${system}"
-        if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
-          ${python} -m upmp.bin.calibrate --dev_trials "data/${valid_set}/trials" \
-            --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${exp}/scores/${set}.${system}" \
-            --out "${exp}/scores/${set}.${system}.llr" > "${exp}/scores/${set}.${system}.calibration.json"
-        fi
+  if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    log "Stage 4: scoring (${systems# }), then calibration on ${valid_set:-no validation set}"
+    mkdir -p "${exp}/scores"
+    for set in ${valid_set} ${test_sets}; do
+      for m in ${scoring}; do
+        for n in ${score_norm}; do
+          system=${m}$([ "${n}" == none ] || echo ".${n}")
+          ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" --cohort_top_n "${cohort_top_n}" \
+            --lda_dim "${lda_dim}" --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
+            --train_embeddings "${exp}/embeddings/${train_set}/xvector.scp" --utt2spk "data/${train_set}/utt2spk" \
+            --out "${exp}/scores/${set}.${system}"
+          if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
+            ${python} -m upmp.bin.calibrate --dev_trials "data/${valid_set}/trials" \
+              --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${exp}/scores/${set}.${system}" \
+              --out "${exp}/scores/${set}.${system}.llr" > "${exp}/scores/${set}.${system}.calibration.json"
+          fi
+        done
       done
     done
-  done
-fi
+  fi
+
+  if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    log "Stage 5: metrics -> ${exp}/RESULTS.md"
+    # shellcheck disable=SC2086
+    ${python} -m upmp.bin.write_results --exp_dir "${exp}" --systems ${systems} \
+      --upstream "${upstream}" --test_sets ${test_sets}
+    cat "${exp}/RESULTS.md"
+  fi
+done
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
-  log "Stage 5: metrics -> ${exp}/RESULTS.md"
-  # shellcheck disable=SC2086
-  ${python} -m upmp.bin.write_results --exp_dir "${exp}" --systems ${systems} \
-    --upstream "${upstream}" --test_sets ${test_sets}
-  cat "${exp}/RESULTS.md"
+  # one table over every experiment of this upstream that has results (the backend comparison)
+  ${python} -m upmp.bin.compare_results --out "${expdir}/RESULTS.md" --exp_dirs "${expdir}"/*_"${upstream_tag}"*/
+  log "comparison of backends: ${expdir}/RESULTS.md"
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

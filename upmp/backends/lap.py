@@ -1,0 +1,36 @@
+"""LAP + ASTP: layer attentive pooling straight on the hidden states (the 2025 follow-up).
+
+(B, D, L, T) + mask -> (B, E): 1x1 conv D -> D over every hidden state (hidden
+state 0 included through `use_hidden0: true` in the config), per-head channel
+mean/max with a per-head MLP over the layer axis (squeeze-excitation of layers),
+max over layers, Conv1d D -> 512 + BN, then attentive statistics pooling to E.
+The layer pooling is the UPMP module (upmp.backends.upmp.LayerAttentivePooling)
+with 16 heads.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from upmp.backends.pooling import AttentiveStatisticsPooling
+from upmp.backends.upmp import LayerAttentivePooling
+
+
+class LAPBackend(nn.Module):
+    padding_invariant = True
+
+    def __init__(self, input_dim: int, num_layers: int, heads: int = 16, channels: int = 512,
+                 embed_dim: int = 192, dropout: float = 0.1):
+        super().__init__()
+        self.layer_pooling = LayerAttentivePooling(input_dim, input_dim, num_layers, heads, dropout,
+                                                   out_channels=channels)
+        self.frame_pooling = AttentiveStatisticsPooling(channels, embed_dim, dropout)
+        self.embed_dim = embed_dim
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, D, L, T = x.shape
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        return self.frame_pooling(self.layer_pooling(x, mask), mask)

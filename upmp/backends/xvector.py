@@ -1,0 +1,35 @@
+"""One chosen layer + x-vector TDNN: the SUPERB ASV downstream.
+
+(B, D, L, T) + mask -> (B, E): hidden state `layer` (default -1, the last), the
+espnet2.spk x-vector TDNN (5 frame-level layers), statistics pooling over valid
+frames, then the segment-level affine layer whose output is the x-vector.
+The TDNN's context reaches into padding, so embed one utterance at a time.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class XvectorBackend(nn.Module):
+    padding_invariant = False
+
+    def __init__(self, input_dim: int, num_layers: int, layer: int = -1, ndim: int = 512,
+                 output_size: int = 1500, embed_dim: int = 512):
+        super().__init__()
+        from espnet2.spk.encoder.xvector_encoder import XvectorEncoder
+        from espnet2.spk.pooling.stat_pooling import StatsPooling
+        if not -num_layers <= layer < num_layers:
+            raise ValueError(f"layer {layer} out of range for {num_layers} hidden states")
+        self.layer = layer
+        self.encoder = XvectorEncoder(input_dim, ndim=ndim, output_size=output_size)
+        self.pooling = StatsPooling()
+        self.segment = nn.Linear(2 * output_size, embed_dim)
+        self.embed_dim = embed_dim
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        frames = self.encoder(x[:, :, self.layer].transpose(1, 2))  # (B, C, T)
+        lengths = None if mask is None else mask.sum(dim=1)
+        return self.segment(self.pooling(frames, lengths))
