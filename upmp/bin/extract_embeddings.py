@@ -27,7 +27,8 @@ from upmp.bin.common import fail, set_num_threads, setup_logging
 from upmp.data.audio import AudioError, load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, read_table, utt2spk_to_spk2utt
 from upmp.embeddings import embed_utterances
-from upmp.upstream.layer_stack import LayerStackExtractor, LayerStackMeta, load_stack
+from upmp.upstream import build_upstream
+from upmp.upstream.layer_stack import LayerStackMeta, load_stack
 
 logger = logging.getLogger("extract_embeddings")
 
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--layers_scp", help="cached layer stacks (stage 1)")
     src.add_argument("--data_dir", help="Kaldi data dir: run the upstream online")
-    p.add_argument("--upstream", default=None, help="online: S3PRL upstream name")
+    p.add_argument("--upstream", default=None, help="online: ge2e, hf:<dir> or an S3PRL name")
     p.add_argument("--upstream_ckpt", default=None)
     p.add_argument("--out_dir", required=True)
     p.add_argument("--utt2spk", default=None, help="also write per-speaker mean embeddings")
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
             if not args.upstream:
                 raise ValueError("--data_dir needs --upstream")
             data = DataDir.load(args.data_dir)
-            extractor = LayerStackExtractor(args.upstream, args.upstream_ckpt).to(args.device)
+            extractor = build_upstream(args.upstream, args.upstream_ckpt).to(args.device)
             data_meta = LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift, args.upstream)
             utts, utt2spk = data.utts, data.utt2spk
     except (DataDirError, FileNotFoundError, ValueError) as e:

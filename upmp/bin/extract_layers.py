@@ -19,8 +19,8 @@ from tqdm import tqdm
 from upmp.bin.common import fail, set_num_threads, setup_logging
 from upmp.data.audio import AudioError, load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError
-from upmp.upstream.layer_stack import (STORAGE_TYPES, LayerStackExtractor, LayerStackMeta,
-                                       LayerStackWriter, batches_by_length)
+from upmp.upstream import build_upstream
+from upmp.upstream.layer_stack import STORAGE_TYPES, LayerStackMeta, LayerStackWriter, batches_by_length
 
 logger = logging.getLogger("extract_layers")
 
@@ -29,7 +29,8 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True)
     p.add_argument("--out_prefix", required=True, help="writes <prefix>.ark and <prefix>.scp")
-    p.add_argument("--upstream", required=True, help="S3PRL upstream name, e.g. wavlm_base_plus, wavlm_local")
+    p.add_argument("--upstream", required=True,
+                   help="ge2e, hf:<dir>, or an S3PRL name (wavlm_base_plus, wavlm_local + --upstream_ckpt, ...)")
     p.add_argument("--upstream_ckpt", default=None, help="checkpoint path for *_local upstreams")
     p.add_argument("--storage", default="float32", choices=STORAGE_TYPES)
     p.add_argument("--max_batch_seconds", type=float, default=0.0,
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
     set_num_threads(args.num_threads)
     try:
         data = DataDir.load(args.data_dir)
-        extractor = LayerStackExtractor(args.upstream, args.upstream_ckpt).to(args.device)
+        extractor = build_upstream(args.upstream, args.upstream_ckpt).to(args.device)
     except (DataDirError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     out_dir = Path(args.out_prefix).parent
