@@ -66,7 +66,7 @@ def test_train_outputs_and_determinism(dump):
     assert r.returncode == 0, r.stderr
     exp = dump / "exp1"
     for name in ("model.pt", "config.yaml", "versions.json", "train.log", "train_metrics.tsv",
-                 "train_curve.png", "checkpoints/last.pt"):
+                 "train_curve.png", "layer_usage.png", "checkpoints/last.pt"):
         assert (exp / name).is_file(), name
     rows = (exp / "train_metrics.tsv").read_text().splitlines()
     assert rows[0] == "step\tloss\taccuracy\tlr" and [r.split()[0] for r in rows[1:]] == ["4", "8", "12"]
@@ -196,3 +196,19 @@ def test_online_embeddings_equal_cached(small_data_dir, tiny_wavlm, tmp_path):
     for k in cached:
         np.testing.assert_allclose(online[k], cached[k], atol=1e-4)
     assert (tmp_path / "online" / "spk_xvector.scp").read_text().count("\n") == 3
+
+
+def test_layer_usage_reports_each_backend():
+    from upmp.analysis import layer_usage
+    from upmp.backends import SpeakerEmbeddingModel
+    x = torch.randn(2, 8, 4, 20)
+    small = {"upmp": dict(conv_dim=4, heads=2, embed_dim=8), "lap": dict(heads=2, channels=8, embed_dim=8),
+             "superb_ecapa": dict(ndim=8, output_size=16, embed_dim=8), "xvector": dict(ndim=8, output_size=16)}
+    for name, conf in small.items():
+        m = SpeakerEmbeddingModel(name, 8, 4, use_hidden0=True, backend_conf=conf)
+        usage = layer_usage(m, x)
+        assert usage and all(a.shape[-1] == 4 for a in usage.values()), name
+    u = layer_usage(SpeakerEmbeddingModel("upmp", 8, 4, use_hidden0=True, backend_conf=small["upmp"]), x)
+    np.testing.assert_allclose(u["VAD mixing, block 1 (row: output layer)"].sum(axis=1), 1.0, rtol=1e-6)
+    scores = u["layer attention score (row: head)"]
+    assert scores.shape == (2, 4) and np.all((scores > 0) & (scores < 1))

@@ -139,6 +139,9 @@ class LayerAttentivePooling(nn.Module):
         B, C, L, T = x.shape
         xh = x.view(B, self.heads, C // self.heads, L, T)
         score = torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.amax(dim=2)))
+        # mean score per head and layer over valid frames: what plot_layer_usage shows
+        valid = mask[:, None, None, :].to(score.dtype)
+        self.last_scores = ((score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)).detach()
         score = self.dropout(score)
         pooled = (xh * score.unsqueeze(2)).view(B, C, L, T).amax(dim=2)
         return self.out(pooled)

@@ -168,5 +168,8 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
     atomic_torch_save({"model": model.state_dict(), "config": cfg, "layer_stack": vars(meta),
                        "speakers": data.speakers, "num_params": n_params, "train_seconds": train_seconds}, out)
     plot_curve(metrics_path, exp / "train_curve.png")
+    from upmp.analysis import layer_usage, plot_layer_usage
+    usage = layer_usage(model, data.batch(steps)[0].to(device))
+    plot_layer_usage(usage, exp / "layer_usage.png", first_layer=0 if cfg["use_hidden0"] else 1)
     logger.info("wrote %s", out)
     return out

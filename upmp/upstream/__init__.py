@@ -21,5 +21,5 @@ def build_upstream(name: str, ckpt: Optional[str] = None):
     if name.startswith("hf:"):
         from upmp.upstream.hf import HFUpstream
         return HFUpstream(name[3:])
-    from upmp.upstream.layer_stack import LayerStackExtractor
-    return LayerStackExtractor(name, ckpt)
+    from upmp.upstream.s3prl import S3PRLLayerStack
+    return S3PRLLayerStack(name, ckpt)

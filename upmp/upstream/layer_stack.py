@@ -1,4 +1,4 @@
-"""Layer stacks: all hidden states of a frozen upstream, and their Kaldi ark storage.
+"""Layer stacks: how all hidden states of an upstream are stored in Kaldi ark/scp.
 
 A layer stack of one utterance is a tensor (L, T, D): L hidden states (hidden
 state 0, the CNN/projection output, first), T frames, D channels. Backends take
@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List
 
 import numpy as np
-import torch
 
 from upmp.data.kaldi_dir import atomic_write_text
 
@@ -98,49 +97,6 @@ def load_stack(entry: str, num_layers: int) -> np.ndarray:
     import kaldiio
     mat = np.asarray(kaldiio.load_mat(entry), dtype=np.float32)
     return matrix_to_stack(mat, num_layers)
-
-
-class LayerStackExtractor(torch.nn.Module):
-    """A frozen upstream that returns every hidden state.
-
-    forward(wavs (B, N) float, wav_lens (B,)) -> (stack (B, D, L, T), lengths (B,))
-
-    Frame counts follow S3PRL: ceil(N / 320) for a 20 ms upstream. Padding
-    is not neutral for these models: the Base models' first CNN layer
-    normalises each channel over the whole (padded) input, so a batched
-    utterance gets slightly different features than alone. Extraction
-    therefore runs one utterance per forward unless a batch size is asked for.
-    """
-
-    def __init__(self, name: str, ckpt: Optional[str] = None):
-        super().__init__()
-        from s3prl.nn import S3PRLUpstream
-        if name.endswith("_local") and not ckpt:
-            raise ValueError(f"upstream {name!r} needs --upstream_ckpt <path>")
-        if ckpt and not Path(ckpt).is_file():
-            raise FileNotFoundError(f"upstream checkpoint not found: {ckpt}")
-        self.name = name
-        self.upstream = S3PRLUpstream(name, path_or_url=ckpt)
-        self.upstream.eval()  # S3PRLUpstream is built in train mode (dropout on)
-        for p in self.upstream.parameters():
-            p.requires_grad_(False)
-        self.num_layers = self.upstream.num_layers
-        self.dim = self.upstream.hidden_sizes[-1]
-        rates = set(self.upstream.downsample_rates)
-        if len(rates) != 1 or len(set(self.upstream.hidden_sizes)) != 1:
-            raise ValueError(f"upstream {name!r} has layers of unequal rate/width; a layer stack needs one")
-        self.frame_shift = rates.pop() / 16000.0
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.upstream.eval()  # frozen extractor: always eval
-        return self
-
-    @torch.no_grad()
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        hidden, hidden_lens = self.upstream(wavs, wav_lens)
-        stack = torch.stack(hidden, dim=2)  # (B, T, L, D)
-        return stack.permute(0, 3, 2, 1).contiguous(), hidden_lens[0]
 
 
 def batches_by_length(lengths: List[int], max_samples: int, max_batch: int = 64) -> Iterable[List[int]]:
