@@ -40,7 +40,8 @@ def small_recipe(tmp_path_factory):
     (recipe / "conf" / "corpus.yaml").write_text(
         "num_speakers: 10\nnum_test_speakers: 4\nsessions_per_speaker: 2\nutts_per_session: 2\n"
         "min_seconds: 3.0\nmax_seconds: 4.0\nnj: 2\n")
-    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--local_data_opts", "--seed 0 --valid_speakers 2",
+    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--upstream", "wavlm_local",
+            "--local_data_opts", "--seed 0 --valid_speakers 2",
             "--train_args", "--train_conf.steps 20 --train_conf.batch_size 8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return recipe, r
@@ -69,7 +70,7 @@ def test_small_recipe_stages_0_to_5(small_recipe):
 
 def test_stage_range_and_skipping(small_recipe):
     recipe, _ = small_recipe
-    r = run(recipe, "--stage", "1", "--stop_stage", "2")
+    r = run(recipe, "--stage", "1", "--stop_stage", "2", "--upstream", "wavlm_local")
     assert r.returncode == 0, r.stderr
     assert "Stage 1" in r.stderr and "Stage 2" in r.stderr and "Stage 3" not in r.stderr and "Stage 0" not in r.stderr
     assert r.stderr.count("is complete, skipping") == 3
@@ -109,7 +110,8 @@ def test_full_mini_recipe_eer_and_repeatability(tmp_path):
     recipe = make_recipe(tmp_path)
     r = run(recipe, "--stage", "0", "--stop_stage", "5")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
+    exp = recipe / "exp" / "upmp_ge2e"
+    assert (exp / "layer_usage.png").is_file()
     results = json.loads((exp / "results.json").read_text())["results"]
     first = results["voxceleb1_test/cosine"]
     assert first["eer"] < 25.0, results

@@ -53,6 +53,8 @@ def plot_layer_usage(usage: Dict[str, np.ndarray], png: Path, first_layer: int =
         ax.set_xticks(range(a.shape[1]), [str(first_layer + i) for i in range(a.shape[1])])
         if a.shape[0] == 1:
             ax.set_yticks([])
+        else:
+            ax.set_yticks(range(a.shape[0]))
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
