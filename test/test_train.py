@@ -15,7 +15,8 @@ CONFIG = {
     "backend_conf": {"conv_dim": 4, "n_blocks": 1, "heads": 2, "embed_dim": 8},
     "loss": "aamsoftmax", "loss_conf": {"margin": 0.2, "scale": 30},
     "optim_conf": {"lr": 3.0e-3, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0},
-    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "log_every": 4, "ckpt_every": 6,
+    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "sampling": "uniform",
+                   "spanout_prob": 0.0, "spanout_span": 3, "spanout_rate": 0.05, "log_every": 4, "ckpt_every": 6, "valid_every": 0,
                    "preload": True, "num_threads": 1, "device": "cpu"},
 }
 
@@ -212,3 +213,70 @@ def test_layer_usage_reports_each_backend():
     np.testing.assert_allclose(u["VAD mixing, block 1 (row: output layer)"].sum(axis=1), 1.0, rtol=1e-6)
     scores = u["layer attention score (row: head)"]
     assert scores.shape == (2, 4) and np.all((scores > 0) & (scores < 1))
+
+
+def test_validation_keeps_the_best_checkpoint(dump):
+    utts = [f"s{s}-u{u}" for s in range(3) for u in range(3)]
+    trials = [(a, b, a[:2] == b[:2]) for i, a in enumerate(utts) for b in utts[i + 1:]]
+    (dump / "valid_trials").write_text("".join(f"{a} {b} {'target' if t else 'nontarget'}\n" for a, b, t in trials))
+    r = train(dump, dump / "exp", "--train_conf.valid_every", "4", "--valid_scp", str(dump / "dump/layers.scp"),
+              "--valid_trials", str(dump / "valid_trials"))
+    assert r.returncode == 0, r.stderr
+    rows = [l.split("\t") for l in (dump / "exp/valid_metrics.tsv").read_text().splitlines()[1:]]
+    assert [int(s) for s, _ in rows] == [4, 8, 12]
+    eers = [float(e) for _, e in rows]
+    best = torch.load(dump / "exp/model.pt", weights_only=False)
+    assert best["valid_eer"] == pytest.approx(min(eers), abs=1e-3)
+    assert best["step"] == [4, 8, 12][int(np.argmin(eers))]
+    assert (dump / "exp/model_last.pt").is_file() and "validation EER" in r.stderr
+    ckpt = torch.load(dump / "exp/checkpoints/best.pt", weights_only=False)
+    assert all(torch.equal(ckpt["model"][k], best["model"][k]) for k in best["model"])
+    r = train(dump, dump / "exp2", "--valid_scp", str(dump / "dump/layers.scp"))
+    assert r.returncode == 1 and "--valid_scp and --valid_trials go together" in r.stderr
+
+
+def test_speaker_balanced_sampling_and_spanout(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "d"
+    d.mkdir()
+    utt2spk = {}
+    with LayerStackWriter(str(d / "layers"), "float32") as w:
+        for s, n in (("a", 20), ("b", 1)):  # a speaker with 20 utterances, one with 1
+            for u in range(n):
+                w.write(f"{s}-{u:02d}", np.ones((2, 30, 4), dtype=np.float32))
+                utt2spk[f"{s}-{u:02d}"] = s
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    common = (str(d / "layers.scp"), str(tmp_path / "utt2spk"), 2, 20, 200)
+    uniform = LayerStackCrops(*common, seed=0)
+    balanced = LayerStackCrops(*common, seed=0, sampling="speaker_balanced")
+    share_b = lambda crops: (crops.batch(0)[1] == 1).float().mean().item()  # noqa: E731
+    assert share_b(uniform) < 0.15 and 0.35 < share_b(balanced) < 0.65
+    spans = LayerStackCrops(*common, seed=0, spanout_prob=1.0, spanout_span=3, spanout_rate=0.1)
+    x, _ = spans.batch(3)
+    zero_frames = (x == 0).all(dim=1).all(dim=1)  # (B, T): frames zeroed in every channel and layer
+    assert 0.05 < zero_frames.float().mean().item() < 0.5
+    assert torch.equal(spans.batch(3)[0], x)  # still a function of (seed, step)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        LayerStackCrops(*common, seed=0, sampling="balanced")
+
+
+def test_multi_head_and_subcenter_losses():
+    from upmp.losses import build_loss
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 12, requires_grad=True), torch.randint(0, 5, (16,))
+    single = build_loss("aamsoftmax", 12, 5, {})
+    three = build_loss("aamsoftmax", 12, 5, {"heads": 3})
+    assert len(three.heads) == 3 and three.heads[0].weight.shape == (5, 4)
+    sub = build_loss("aamsoftmax_subcenter_topk", 12, 5, {"heads": 2, "subcenters": 3, "topk": 2})
+    assert sub.heads[0].weight.shape == (15, 6)
+    for loss_fn in (single, three, sub):
+        loss, acc = loss_fn(x, y)
+        loss.backward()
+        assert loss.item() > 0 and 0 <= acc.item() <= 1
+    # one head equals espnet2's AAM-softmax itself
+    from espnet2.spk.loss.aamsoftmax import AAMSoftmax as Espnet
+    ref = Espnet(nout=12, nclasses=5, margin=0.2, scale=30)
+    ref.load_state_dict(single.heads[0].state_dict())
+    assert single(x, y)[0].item() == pytest.approx(ref(x, y)[0].item())
+    with pytest.raises(ValueError, match="must split into 5 equal heads"):
+        build_loss("aamsoftmax", 12, 5, {"heads": 5})

@@ -5,7 +5,10 @@ Writes into exp_dir:
     train.log                       log lines (also on stderr)
     train_metrics.tsv, train_curve.png   loss / accuracy / lr per logged step
     checkpoints/last.pt             full state, rewritten every ckpt_every steps
-    model.pt                        the trained backend (no loss head) for embedding extraction
+    valid_metrics.tsv               validation EER every train_conf.valid_every steps (with a validation list)
+    model.pt                        the backend (no loss head) for embedding extraction: the checkpoint
+                                    with the best validation EER when validating, else the last one
+    model_last.pt                   the last one, when validating
 A run whose checkpoints/last.pt exists resumes from it.
 """
 from __future__ import annotations
@@ -85,18 +88,49 @@ def plot_curve(tsv: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp_dir: str) -> Path:
+class Validator:
+    """Cosine EER of full-utterance embeddings on a held-out trial list (cached stacks)."""
+
+    def __init__(self, scp: str, trials: str, num_layers: int, device):
+        from upmp.data.kaldi_dir import read_table
+        from upmp.data.trials import read_kaldi_trials
+        from upmp.upstream.layer_stack import load_stack
+        self.trials = read_kaldi_trials(trials)
+        entries = read_table(scp)
+        needed = sorted({u for t in self.trials for u in t[:2]})
+        missing = [u for u in needed if u not in entries]
+        if missing:
+            raise ValueError(f"{trials}: trial utterance {missing[0]!r} has no layer stack in {scp}")
+        self.utts = needed
+        self.stacks = [load_stack(entries[u], num_layers) for u in needed]
+        self.labels = np.array([t for *_, t in self.trials])
+        self.device = device
+
+    def eer(self, model) -> float:
+        from upmp.embeddings import embed_stacks
+        from upmp.metrics import compute_eer
+        from upmp.scoring.scorers import CosineScorer, score_trials
+        was_training = model.training
+        model.eval()
+        emb = embed_stacks(model, self.stacks, device=self.device)
+        model.train(was_training)
+        scores = score_trials(CosineScorer(), dict(zip(self.utts, emb)), self.trials)
+        return 100 * compute_eer(scores, self.labels)
+
+
+def train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp_dir: str,
+          valid_scp: str = None, valid_trials: str = None) -> Path:
     exp = Path(exp_dir)
     exp.mkdir(parents=True, exist_ok=True)
     handler = _add_file_log(exp)
     try:
-        return _train(cfg, train_scp, utt2spk, exp)
+        return _train(cfg, train_scp, utt2spk, exp, valid_scp, valid_trials)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
-def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path:
+def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path, valid_scp, valid_trials) -> Path:
     tc, oc = cfg["train_conf"], cfg["optim_conf"]
     dump_resolved(cfg, str(exp))
     if tc.get("num_threads", 0) > 0:
@@ -105,7 +139,9 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
     meta = LayerStackMeta.read(str(Path(train_scp).parent))
     crop_frames = int(round(tc["crop_seconds"] / meta.frame_shift))
     data = LayerStackCrops(train_scp, utt2spk, meta.num_layers, crop_frames, tc["batch_size"],
-                           cfg["seed"], preload=tc["preload"])
+                           cfg["seed"], preload=tc["preload"], sampling=tc["sampling"],
+                           spanout_prob=tc["spanout_prob"], spanout_span=tc["spanout_span"],
+                           spanout_rate=tc["spanout_rate"])
     logger.info("training on %d utterances of %d speakers, crops of %d frames, L=%d D=%d",
                 len(data.utts), data.num_speakers, crop_frames, meta.num_layers, meta.dim)
     torch.manual_seed(cfg["seed"])
@@ -119,9 +155,14 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
 
-    ckpt_path = exp / "checkpoints" / "last.pt"
-    metrics_path = exp / "train_metrics.tsv"
-    start, train_seconds = 0, 0.0
+    validator = None
+    if valid_scp and valid_trials and tc["valid_every"] > 0:
+        validator = Validator(valid_scp, valid_trials, meta.num_layers, device)
+        logger.info("validating every %d steps on %d trials (%s)", tc["valid_every"], len(validator.trials),
+                    valid_trials)
+    ckpt_path, best_path = exp / "checkpoints" / "last.pt", exp / "checkpoints" / "best.pt"
+    metrics_path, valid_path = exp / "train_metrics.tsv", exp / "valid_metrics.tsv"
+    start, train_seconds, best_eer, best_step = 0, 0.0, float("inf"), 0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -130,9 +171,12 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         train_seconds = state.get("train_seconds", 0.0)
+        best_eer, best_step = state.get("best_eer", float("inf")), state.get("best_step", 0)
         logger.info("resumed from %s at step %d", ckpt_path, start)
     if start == 0 or not metrics_path.is_file():
         atomic_write_text(metrics_path, "step\tloss\taccuracy\tlr\n")
+    if validator and (start == 0 or not valid_path.is_file()):
+        atomic_write_text(valid_path, "step\teer\n")
 
     model.train()
     head.train()
@@ -158,15 +202,32 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path) -> Path
                 f.write(f"{done}\t{mean_loss:.5f}\t{mean_acc:.5f}\t{lr:.6g}\n")
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.3f}")
             t0, window = time.time(), []
+        if validator and (done % tc["valid_every"] == 0 or done == steps):
+            eer = validator.eer(model)
+            with open(valid_path, "a") as f:
+                f.write(f"{done}\t{eer:.4f}\n")
+            if eer < best_eer:
+                best_eer, best_step = eer, done
+                atomic_torch_save({"model": model.state_dict(), "step": done, "eer": eer}, best_path)
+            logger.info("step %d: validation EER %.2f %% (best %.2f %% at step %d)", done, eer, best_eer, best_step)
         if done % tc["ckpt_every"] == 0 or done == steps:
             atomic_torch_save({"model": model.state_dict(), "head": head.state_dict(),
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "step": done, "train_seconds": train_seconds + time.time() - run_start}, ckpt_path)
+                               "step": done, "train_seconds": train_seconds + time.time() - run_start,
+                               "best_eer": best_eer, "best_step": best_step}, ckpt_path)
     bar.close()
     out = exp / "model.pt"
     train_seconds += time.time() - run_start
-    atomic_torch_save({"model": model.state_dict(), "config": cfg, "layer_stack": vars(meta),
-                       "speakers": data.speakers, "num_params": n_params, "train_seconds": train_seconds}, out)
+    final = {"config": cfg, "layer_stack": vars(meta), "speakers": data.speakers, "num_params": n_params,
+             "train_seconds": train_seconds, "step": steps}
+    if validator:
+        atomic_torch_save(dict(final, model=model.state_dict()), exp / "model_last.pt")
+        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        final.update(step=best["step"], valid_eer=best["eer"])
+        atomic_torch_save(dict(final, model=best["model"]), out)
+        logger.info("model.pt: step %d, best validation EER %.2f %%", best["step"], best["eer"])
+    else:
+        atomic_torch_save(dict(final, model=model.state_dict()), out)
     plot_curve(metrics_path, exp / "train_curve.png")
     from upmp.analysis import layer_usage, plot_layer_usage
     usage = layer_usage(model, data.batch(steps)[0].to(device))

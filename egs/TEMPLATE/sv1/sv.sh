@@ -140,7 +140,8 @@ for train_config in ${train_configs}; do
       # shellcheck disable=SC2086,SC2154
       ${cuda_cmd} "${exp}/train.stdout.log" \
         ${python} -m upmp.bin.train --config "${train_config}" --train_scp "${dump}/${train_set}/layers.scp" \
-          --utt2spk "data/${train_set}/utt2spk" --exp_dir "${exp}" ${train_args}
+          --utt2spk "data/${train_set}/utt2spk" --exp_dir "${exp}" \
+          ${valid_set:+--valid_scp "${dump}/${valid_set}/layers.scp" --valid_trials "data/${valid_set}/trials"} ${train_args}
     fi
   fi
 
