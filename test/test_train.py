@@ -73,6 +73,10 @@ def test_train_outputs_and_determinism(dump):
     assert rows[0] == "step\tloss\taccuracy\tlr" and [r.split()[0] for r in rows[1:]] == ["4", "8", "12"]
     assert yaml.safe_load((exp / "config.yaml").read_text())["train_conf"]["steps"] == 12
     assert "torch" in (exp / "versions.json").read_text()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(exp / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [4, 8, 12]
     r = train(dump, dump / "exp2")
     a = torch.load(exp / "model.pt", weights_only=False)["model"]
     b = torch.load(dump / "exp2" / "model.pt", weights_only=False)["model"]

@@ -4,6 +4,7 @@ Writes into exp_dir:
     config.yaml, versions.json      resolved config and package versions
     train.log                       log lines (also on stderr)
     train_metrics.tsv, train_curve.png   loss / accuracy / lr per logged step
+    tensorboard/                    the same curves (and validation EER) as TensorBoard events
     checkpoints/last.pt             full state, rewritten every ckpt_every steps
     valid_metrics.tsv               validation EER every train_conf.valid_every steps (with a validation list)
     model.pt                        the backend (no loss head) for embedding extraction: the checkpoint
@@ -178,6 +179,8 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path, valid_s
     if validator and (start == 0 or not valid_path.is_file()):
         atomic_write_text(valid_path, "step\teer\n")
 
+    from torch.utils.tensorboard import SummaryWriter
+    board = SummaryWriter(log_dir=str(exp / "tensorboard"), purge_step=start)  # a resume drops later events
     model.train()
     head.train()
     t0, window, run_start = time.time(), [], time.time()
@@ -200,12 +203,16 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path, valid_s
                         mean_acc, lr, (time.time() - t0) / len(window))
             with open(metrics_path, "a") as f:
                 f.write(f"{done}\t{mean_loss:.5f}\t{mean_acc:.5f}\t{lr:.6g}\n")
+            board.add_scalar("train/loss", mean_loss, done)
+            board.add_scalar("train/accuracy", mean_acc, done)
+            board.add_scalar("train/lr", lr, done)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.3f}")
             t0, window = time.time(), []
         if validator and (done % tc["valid_every"] == 0 or done == steps):
             eer = validator.eer(model)
             with open(valid_path, "a") as f:
                 f.write(f"{done}\t{eer:.4f}\n")
+            board.add_scalar("valid/eer", eer, done)
             if eer < best_eer:
                 best_eer, best_step = eer, done
                 atomic_torch_save({"model": model.state_dict(), "step": done, "eer": eer}, best_path)
@@ -216,6 +223,7 @@ def _train(cfg: Dict[str, Any], train_scp: str, utt2spk: str, exp: Path, valid_s
                                "step": done, "train_seconds": train_seconds + time.time() - run_start,
                                "best_eer": best_eer, "best_step": best_step}, ckpt_path)
     bar.close()
+    board.close()
     out = exp / "model.pt"
     train_seconds += time.time() - run_start
     final = {"config": cfg, "layer_stack": vars(meta), "speakers": data.speakers, "num_params": n_params,
