@@ -19,7 +19,6 @@ import time
 import numpy as np
 
 from upmp.metrics import compute_eer, compute_min_dcf
-from upmp.scoring.normalization import cohort_stats, s_norm
 from upmp.scoring.scorers import CosineScorer, PLDAScorer, score_trials
 
 

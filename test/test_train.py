@@ -240,7 +240,6 @@ def test_validation_keeps_the_best_checkpoint(dump):
 
 
 def test_speaker_balanced_sampling_and_spanout(tmp_path):
-    rng = np.random.default_rng(0)
     d = tmp_path / "d"
     d.mkdir()
     utt2spk = {}

@@ -1,5 +1,4 @@
 """The upstream interface: GE2E (resemblyzer weights), HuggingFace directories, S3PRL names."""
-import os
 
 import numpy as np
 import pytest

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from upmp.backends.pooling import AttentiveStatisticsPooling
+from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
 from upmp.backends.upmp import LayerAttentivePooling
 
 
@@ -30,7 +30,5 @@ class LAPBackend(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        B, D, L, T = x.shape
-        if mask is None:
-            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        mask = full_mask_if_none(x, mask)
         return self.frame_pooling(self.layer_pooling(x, mask), mask)

@@ -7,6 +7,13 @@ import torch
 from torch import nn
 
 
+def full_mask_if_none(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The frame mask (B, T) of x (B, ..., T): all frames valid when none is given."""
+    if mask is None:
+        return torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
+    return mask
+
+
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4):
     """x (B, C, T), mask (B, T) bool -> mean, std (B, C, 1) over valid frames."""
     w = mask.unsqueeze(1).to(x.dtype)
@@ -36,9 +43,8 @@ class AttentiveStatisticsPooling(nn.Module):
         self.bn_embed = nn.BatchNorm1d(embed_dim)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        B, C, T = x.shape
-        if mask is None:
-            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        T = x.shape[2]
+        mask = full_mask_if_none(x, mask)
         mean, std = masked_mean_std(x, mask)
         context = torch.cat([x, mean.expand(-1, -1, T), std.expand(-1, -1, T)], dim=1)
         logits = self.attention(context).masked_fill(~mask.unsqueeze(1), float("-inf"))

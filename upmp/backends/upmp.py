@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from upmp.backends.pooling import AttentiveStatisticsPooling
+from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
 
 
 def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -171,9 +171,7 @@ class UPMPBackend(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        B, D, L, T = x.shape
-        if mask is None:
-            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        mask = full_mask_if_none(x, mask)
         x = self.projection(x)
         outputs = []
         for vad, block in zip(self.vads, self.blocks):

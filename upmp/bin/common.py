@@ -17,7 +17,6 @@ def set_num_threads(num_threads: int) -> None:
     import torch
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -15,9 +15,13 @@ from upmp.scoring.calibration import actual_dcf, cllr
 
 
 def compute_all(trials: str, scores: str, llr: bool = False) -> dict:
+    """compute_metrics of a score file aligned to Kaldi trials."""
+    return metrics_of(*align_scores(trials, scores), llr=llr)
+
+
+def metrics_of(s, labels, llr: bool = False) -> dict:
     """EER (%), minDCF at 0.01 / 0.05, counts; with llr=True (calibrated scores) also
     Cllr and actual DCF at 0.01 / 0.05."""
-    s, labels = align_scores(trials, scores)
     out = {"eer": 100 * compute_eer(s, labels),
            "mindcf_0.01": compute_min_dcf(s, labels, 0.01),
            "mindcf_0.05": compute_min_dcf(s, labels, 0.05),

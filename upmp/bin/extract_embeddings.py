@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from upmp.bin.common import fail, set_num_threads, setup_logging
 from upmp.data.audio import AudioError, load_audio
-from upmp.data.kaldi_dir import DataDir, DataDirError, read_table, utt2spk_to_spk2utt
+from upmp.data.kaldi_dir import DataDir, DataDirError, read_table
 from upmp.embeddings import embed_utterances
+from upmp.scoring.scorers import speaker_means
 from upmp.upstream import build_upstream
 from upmp.upstream.layer_stack import LayerStackMeta, load_stack
 
@@ -40,11 +41,12 @@ def write_embeddings(out: Path, embeddings: dict, utt2spk: dict = None) -> None:
         for u in sorted(embeddings):
             w(u, embeddings[u])
     if utt2spk:
-        spk2utt = utt2spk_to_spk2utt({u: s for u, s in utt2spk.items() if u in embeddings})
+        utts = sorted(u for u in embeddings if u in utt2spk)
+        labels = [utt2spk[u] for u in utts]
+        means = speaker_means(np.stack([embeddings[u] for u in utts]), labels)  # rows: sorted speakers
         with kaldiio.WriteHelper(f"ark,scp:{out}/spk_xvector.ark,{out}/spk_xvector.scp") as w:
-            for spk, members in spk2utt.items():
-                e = np.stack([embeddings[u] / np.linalg.norm(embeddings[u]) for u in members])
-                w(spk, e.mean(axis=0).astype(np.float32))
+            for spk, mean in zip(sorted(set(labels)), means):
+                w(spk, mean.astype(np.float32))
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from upmp.bin.common import fail
-from upmp.bin.compute_metrics import compute_all
+from upmp.bin.compute_metrics import compute_all, metrics_of
 from upmp.data.kaldi_dir import DataDirError, atomic_write_text
 from upmp.data.trials import align_scores
 from upmp.metrics import EER_CONVENTION, operating_points
@@ -62,13 +62,14 @@ def main(argv=None) -> None:
             trials = f"{args.data_root}/{name}/trials"
             for system in args.systems:
                 scores = exp / "scores" / f"{name}.{system}"
-                m = compute_all(trials, str(scores))
+                aligned = align_scores(trials, str(scores))
+                m = metrics_of(*aligned)
                 llr = scores.with_name(scores.name + ".llr")
                 if llr.is_file():
                     c = compute_all(trials, str(llr), llr=True)
                     m.update({k: c[k] for k in ("cllr", "actdcf_0.01", "actdcf_0.05")})
                 results[f"{name}/{system}"] = m
-                curves[system] = align_scores(trials, str(scores))
+                curves[system] = aligned
                 calib = (f"{m['cllr']:.3f} | {m['actdcf_0.01']:.4f}" if "cllr" in m else "- | -")
                 rows.append(f"| {name} | {system} | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | "
                             f"{m['mindcf_0.05']:.4f} | {calib} | {m['n_target']} / {m['n_nontarget']} |")

@@ -59,7 +59,6 @@ def build_tiny_checkpoint(kind: str, path: str, num_layers: int = 4, dim: int = 
         model = WavLM(WavLMConfig(cfg))
         state = {"cfg": cfg, "model": model.state_dict()}
     elif kind == "hubert":
-        from s3prl.upstream.hubert.convert import load_converted_model  # noqa: F401 (format owner)
         from s3prl.upstream.hubert.hubert_model import (HubertConfig, HubertModel,
                                                         HubertPretrainingConfig)
         from s3prl.upstream.utils import merge_with_parent
