@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install upmp and everything it needs; idempotent (a second run does nothing and says so).
 #   bash tools/install.sh            # Debian packages + Python stack in tools/venv (or the active venv)
-#   bash tools/install.sh --no-apt   # skip Debian packages (install sox espeak-ng flite yourself)
+#   bash tools/install.sh --no-apt   # skip Debian packages (install sox espeak-ng flite ffmpeg yourself)
 # Python pins: tools/requirements.txt. Debian packages: DEB_PACKAGES below.
 set -euo pipefail
 
-DEB_PACKAGES="sox libsox-fmt-all espeak-ng flite"
+DEB_PACKAGES="sox libsox-fmt-all espeak-ng flite ffmpeg"
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 use_apt=true
 for arg in "$@"; do
