@@ -6,7 +6,7 @@ length; the backends' masking makes the padding neutral.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import Iterable, Iterator, List
 
 import numpy as np
 import torch
@@ -55,3 +55,20 @@ def embed_utterances(model, stacks: Iterable[np.ndarray], crop_frames: int = 0, 
     emb = embed_stacks(model, pieces, max_batch_frames, device)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return emb.reshape(len(stacks), num_crops, -1).mean(axis=1)
+
+
+@torch.no_grad()
+def upstream_stacks(upstream, data, utts: Iterable[str], device: str = "cpu",
+                    source: str = "wav.scp") -> Iterator[np.ndarray]:
+    """(L, T, D) layer stacks of data-dir utterances from an upstream, one utterance per
+    forward (padding is not neutral for every upstream). Audio errors name the utterance."""
+    from upmp.data.audio import AudioError, load_audio
+    from upmp.data.kaldi_dir import DataDirError
+    for utt in utts:
+        entry, segment = data.wav_entry(utt)
+        try:
+            wav = torch.from_numpy(load_audio(entry, segment, name=utt))[None].to(device)
+        except AudioError as e:
+            raise DataDirError(f"{source}: utterance {utt}: {e}") from None
+        stack, _ = upstream(wav, torch.tensor([wav.shape[1]], device=device))
+        yield stack[0].permute(1, 2, 0).float().cpu().numpy()

@@ -20,15 +20,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from upmp.bin.common import fail, set_num_threads, setup_logging
-from upmp.data.audio import AudioError, load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, read_table
-from upmp.embeddings import embed_utterances
+from upmp.embeddings import embed_utterances, upstream_stacks
 from upmp.scoring.scorers import speaker_means
-from upmp.upstream import build_upstream
 from upmp.upstream.layer_stack import LayerStackMeta, load_stack
 
 logger = logging.getLogger("extract_embeddings")
@@ -68,19 +65,25 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     setup_logging()
     set_num_threads(args.num_threads)
-    from upmp.train.trainer import load_model
+    from upmp.train.trainer import load_model, load_upstream
     try:
         model, meta = load_model(args.model, args.device)
+        finetuned = model.finetuned_upstream
         if args.layers_scp:
+            if finetuned is not None:
+                raise ValueError(f"{args.model} fine-tuned its upstream ({finetuned['name']}): cached layer stacks "
+                                 "of the original upstream do not fit it; use --data_dir")
             entries = read_table(args.layers_scp)
             data_meta = LayerStackMeta.read(str(Path(args.layers_scp).parent))
             utts, utt2spk = list(entries), read_table(args.utt2spk) if args.utt2spk else None
         else:
-            if not args.upstream:
+            if not args.upstream and finetuned is None:
                 raise ValueError("--data_dir needs --upstream")
+            upstream = args.upstream or finetuned["name"]
+            ckpt = args.upstream_ckpt or (finetuned or {}).get("ckpt")
             data = DataDir.load(args.data_dir)
-            extractor = build_upstream(args.upstream, args.upstream_ckpt).to(args.device)
-            data_meta = LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift, args.upstream)
+            extractor = load_upstream(upstream, ckpt, args.device, finetuned)
+            data_meta = LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift, upstream)
             utts, utt2spk = data.utts, data.utt2spk
     except (DataDirError, FileNotFoundError, ValueError) as e:
         fail(str(e))
@@ -90,24 +93,19 @@ def main(argv=None) -> None:
     crop_frames = int(round(args.crop_seconds / meta.frame_shift)) if args.crop_seconds > 0 else 0
 
     def stacks_of(chunk):
-        for utt in chunk:
-            if args.layers_scp:
-                yield load_stack(entries[utt], meta.num_layers)
-                continue
-            entry, segment = data.wav_entry(utt)
-            try:
-                wav = torch.from_numpy(load_audio(entry, segment, name=utt))[None].to(args.device)
-            except AudioError as e:
-                fail(f"{args.data_dir}/wav.scp: utterance {utt}: {e}")
-            stack, _ = extractor(wav, torch.tensor([wav.shape[1]], device=args.device))
-            yield stack[0].permute(1, 2, 0).float().cpu().numpy()  # (L, T, D)
+        if args.layers_scp:
+            return (load_stack(entries[utt], meta.num_layers) for utt in chunk)
+        return upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
 
     embeddings = {}
     with tqdm(total=len(utts), desc="embeddings", mininterval=5) as bar:
         for start in range(0, len(utts), args.chunk_size):
             chunk = utts[start:start + args.chunk_size]
-            emb = embed_utterances(model, stacks_of(chunk), crop_frames, args.num_crops,
-                                   args.max_batch_frames, args.device)
+            try:
+                emb = embed_utterances(model, stacks_of(chunk), crop_frames, args.num_crops,
+                                       args.max_batch_frames, args.device)
+            except DataDirError as e:
+                fail(str(e))
             embeddings.update(zip(chunk, emb))
             bar.update(len(chunk))
     write_embeddings(Path(args.out_dir), embeddings, utt2spk)

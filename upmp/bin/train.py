@@ -1,9 +1,16 @@
-"""Train a backend on cached layer stacks.
+"""Train a backend, on cached layer stacks or online from audio; one process or torchrun.
 
+    # cached layer stacks (stage 1)
     python -m upmp.bin.train --config conf/train_upmp.yaml \
         --train_scp dump/voxceleb1_dev/layers.scp --utt2spk data/voxceleb1_dev/utt2spk \
         --exp_dir exp/upmp [--valid_scp dump/voxceleb1_valid/layers.scp --valid_trials data/voxceleb1_valid/trials] \
         [--train_conf.steps 500 --backend_conf.conv_dim 64 ...]
+    # online: the upstream runs in the training loop (train_conf.finetune_upstream to fine-tune it)
+    python -m upmp.bin.train --config conf/train_upmp.yaml --train_data_dir data/voxceleb2_dev \
+        --upstream wavlm_base_plus --exp_dir exp/upmp_online \
+        [--valid_data_dir data/voxceleb2_valid --valid_trials data/voxceleb2_valid/trials]
+    # several processes / GPUs (DistributedDataParallel; train_conf.batch_size is the global batch)
+    torchrun --nproc_per_node 4 -m upmp.bin.train --config ... (same options)
 
 With a validation list, the EER is measured every train_conf.valid_every steps and
 model.pt is the checkpoint with the best validation EER (model_last.pt the last).
@@ -21,9 +28,10 @@ from upmp.data.kaldi_dir import DataDirError
 
 REQUIRED = {
     "": ["seed", "use_hidden0", "backend", "backend_conf", "loss", "loss_conf", "optim_conf", "train_conf"],
-    "optim_conf": ["lr", "weight_decay", "pct_start", "grad_clip"],
+    "optim_conf": ["lr", "upstream_lr", "weight_decay", "pct_start", "grad_clip"],
     "train_conf": ["steps", "batch_size", "crop_seconds", "sampling", "spanout_prob", "spanout_span",
-                   "spanout_rate", "log_every", "ckpt_every", "valid_every", "preload", "num_threads", "device"],
+                   "spanout_rate", "log_every", "ckpt_every", "valid_every", "preload", "num_workers",
+                   "num_threads", "device", "amp", "finetune_upstream", "augment"],
 }
 
 
@@ -39,20 +47,27 @@ def check_required(cfg: dict, path: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--train_scp", required=True, help="layers.scp of the training set")
-    p.add_argument("--utt2spk", required=True)
     p.add_argument("--exp_dir", required=True)
-    p.add_argument("--valid_scp", default=None, help="layers.scp of a held-out set (validation EER)")
+    cached = p.add_argument_group("cached layer stacks")
+    cached.add_argument("--train_scp", help="layers.scp of the training set")
+    cached.add_argument("--utt2spk", help="utt2spk of the training set")
+    cached.add_argument("--valid_scp", help="layers.scp of a held-out set (validation EER)")
+    online = p.add_argument_group("online (the upstream runs in the training loop)")
+    online.add_argument("--train_data_dir", help="Kaldi data dir of the training set")
+    online.add_argument("--valid_data_dir", help="Kaldi data dir of a held-out set")
+    online.add_argument("--upstream", help="ge2e, hf:<dir> or an S3PRL name")
+    online.add_argument("--upstream_ckpt", help="checkpoint path for *_local upstreams")
     p.add_argument("--valid_trials", default=None, help="Kaldi trials of the held-out set")
     args, overrides = p.parse_known_args(argv)
     setup_logging()
     try:
         cfg = load_config(args.config, overrides)
         check_required(cfg, args.config)
-        from upmp.train.trainer import train
-        if bool(args.valid_scp) != bool(args.valid_trials):
-            raise ValueError("--valid_scp and --valid_trials go together")
-        train(cfg, args.train_scp, args.utt2spk, args.exp_dir, args.valid_scp, args.valid_trials)
+        from upmp.train.trainer import Inputs, train
+        inputs = Inputs(train_scp=args.train_scp, utt2spk=args.utt2spk, valid_scp=args.valid_scp,
+                        train_data_dir=args.train_data_dir, valid_data_dir=args.valid_data_dir,
+                        valid_trials=args.valid_trials, upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
+        train(cfg, None, None, args.exp_dir, inputs=inputs)
     except (ConfigError, DataDirError, FileNotFoundError, ValueError) as e:
         fail(str(e))
 

@@ -19,6 +19,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from upmp.upstream.base import Upstream
+
 SAMPLE_RATE = 16000
 N_MELS, HIDDEN, NUM_LSTM_LAYERS = 40, 256, 3
 TARGET_DBFS = -30.0
@@ -37,7 +39,7 @@ def default_weights_path() -> Path:
     return path
 
 
-class GE2EUpstream(nn.Module):
+class GE2EUpstream(Upstream):
     """forward(wavs (B, N), wav_lens (B,)) -> (stack (B, 256, 4, T), lengths (B,)); 10 ms frames."""
 
     num_layers = NUM_LSTM_LAYERS + 1
@@ -61,12 +63,12 @@ class GE2EUpstream(nn.Module):
             lstm.load_state_dict({f"{name}_l0": state[f"lstm.{name}_l{k}"]
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
         self.linear.load_state_dict({"weight": state["linear.weight"], "bias": state["linear.bias"]})
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.eval()
+        self.freeze()
 
-    def train(self, mode: bool = True):
-        return super().train(False)  # frozen extractor: always eval
+    def set_trainable(self, trainable: bool) -> "GE2EUpstream":
+        super().set_trainable(trainable)
+        self.linear.requires_grad_(False)  # the package's embedding layer: not part of the stack
+        return self
 
     @staticmethod
     def normalise_volume(wav: torch.Tensor, length: int) -> torch.Tensor:
@@ -97,8 +99,7 @@ class GE2EUpstream(nn.Module):
             outs.append(x)
         return outs
 
-    @torch.no_grad()
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def extract(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         lengths = self.frames(wav_lens)
         mels = self.mel_frames(wavs, wav_lens)
         # LSTMs are causal: frames before each utterance's end do not see the padding

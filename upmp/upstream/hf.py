@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Tuple
 
 import torch
-from torch import nn
+
+from upmp.upstream.base import Upstream
 
 
-class HFUpstream(nn.Module):
+class HFUpstream(Upstream):
     """forward(wavs (B, N), wav_lens (B,)) -> (stack (B, D, L, T), lengths (B,))."""
 
     def __init__(self, directory: str):
@@ -24,9 +25,6 @@ class HFUpstream(nn.Module):
             raise FileNotFoundError(f"{directory}: no config.json (expected a save_pretrained directory)")
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         self.model = AutoModel.from_pretrained(directory, local_files_only=True)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model.eval()
         self.num_layers = config.num_hidden_layers + 1
         self.dim = config.hidden_size
         stride = 1
@@ -35,12 +33,9 @@ class HFUpstream(nn.Module):
         self.frame_shift = stride / 16000.0
         # models with a layer-normalised CNN take an attention mask; group-norm ones must not
         self.use_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
+        self.freeze()
 
-    def train(self, mode: bool = True):
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def extract(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         mask = (torch.arange(wavs.shape[1], device=wavs.device)[None] < wav_lens[:, None]).long()
         out = self.model(wavs * mask, attention_mask=mask if self.use_mask else None,
                          output_hidden_states=True)

@@ -7,8 +7,10 @@ from typing import Optional, Tuple
 
 import torch
 
+from upmp.upstream.base import Upstream
 
-class S3PRLLayerStack(torch.nn.Module):
+
+class S3PRLLayerStack(Upstream):
     """A frozen upstream that returns every hidden state.
 
     forward(wavs (B, N) float, wav_lens (B,)) -> (stack (B, D, L, T), lengths (B,))
@@ -29,23 +31,15 @@ class S3PRLLayerStack(torch.nn.Module):
             raise FileNotFoundError(f"upstream checkpoint not found: {ckpt}")
         self.name = name
         self.upstream = S3PRLUpstream(name, path_or_url=ckpt)
-        self.upstream.eval()  # S3PRLUpstream is built in train mode (dropout on)
-        for p in self.upstream.parameters():
-            p.requires_grad_(False)
         self.num_layers = self.upstream.num_layers
         self.dim = self.upstream.hidden_sizes[-1]
         rates = set(self.upstream.downsample_rates)
         if len(rates) != 1 or len(set(self.upstream.hidden_sizes)) != 1:
             raise ValueError(f"upstream {name!r} has layers of unequal rate/width; a layer stack needs one")
         self.frame_shift = rates.pop() / 16000.0
+        self.freeze()  # S3PRLUpstream is built in train mode (dropout on): eval, no gradients
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.upstream.eval()  # frozen extractor: always eval
-        return self
-
-    @torch.no_grad()
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def extract(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         hidden, hidden_lens = self.upstream(wavs, wav_lens)
         stack = torch.stack(hidden, dim=2)  # (B, T, L, D)
         return stack.permute(0, 3, 2, 1).contiguous(), hidden_lens[0]
