@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "egs" / "TEMPLATE" / "sv1"
@@ -56,6 +57,38 @@ def small_corpus(tmp_path_factory) -> Path:
     make_corpus(str(root), num_speakers=8, num_test_speakers=3, sessions_per_speaker=2,
                 utts_per_session=2, seed=7, num_workers=2, progress=False)
     return root
+
+
+TRAIN_CONFIG = {  # a tiny training config (every required key)
+    "seed": 0, "use_hidden0": True, "backend": "upmp",
+    "backend_conf": {"conv_dim": 4, "n_blocks": 1, "heads": 2, "embed_dim": 8},
+    "loss": "aamsoftmax", "loss_conf": {"margin": 0.2, "scale": 30},
+    "optim_conf": {"lr": 3.0e-3, "upstream_lr": 1.0e-4, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0},
+    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "sampling": "uniform",
+                   "spanout_prob": 0.0, "spanout_span": 3, "spanout_rate": 0.05, "log_every": 4, "ckpt_every": 6, "valid_every": 0,
+                   "preload": True, "num_workers": 0, "num_threads": 1, "device": "cpu", "amp": "none", "sync_batchnorm": True,
+                   "finetune_upstream": False, "augment": None},
+}
+
+
+@pytest.fixture
+def dump(tmp_path):
+    """Cached layer stacks of 9 random utterances (3 speakers, L=3, D=8) + utt2spk + conf.yaml."""
+    from upmp.upstream.layer_stack import LayerStackMeta, LayerStackWriter
+    rng = np.random.default_rng(0)
+    d = tmp_path / "dump"
+    d.mkdir()
+    with LayerStackWriter(str(d / "layers"), "float32") as w:
+        utt2spk = {}
+        for s in range(3):
+            for u in range(3):
+                utt = f"s{s}-u{u}"
+                w.write(utt, (rng.normal(size=(3, 10 + 9 * u, 8)) + s).astype(np.float32))
+                utt2spk[utt] = f"s{s}"
+    LayerStackMeta(3, 8, 0.02, "test").write(str(d))
+    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
+    return tmp_path
 
 
 def bash_env() -> dict:

@@ -7,38 +7,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import TRAIN_CONFIG as CONFIG
 from upmp.train.data import LayerStackCrops, wrap_crop
 from upmp.upstream.layer_stack import LayerStackMeta, LayerStackWriter
-
-CONFIG = {
-    "seed": 0, "use_hidden0": True, "backend": "upmp",
-    "backend_conf": {"conv_dim": 4, "n_blocks": 1, "heads": 2, "embed_dim": 8},
-    "loss": "aamsoftmax", "loss_conf": {"margin": 0.2, "scale": 30},
-    "optim_conf": {"lr": 3.0e-3, "upstream_lr": 1.0e-4, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0},
-    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "sampling": "uniform",
-                   "spanout_prob": 0.0, "spanout_span": 3, "spanout_rate": 0.05, "log_every": 4, "ckpt_every": 6, "valid_every": 0,
-                   "preload": True, "num_workers": 0, "num_threads": 1, "device": "cpu", "amp": "none",
-                   "finetune_upstream": False, "augment": None},
-}
-
-
-@pytest.fixture
-def dump(tmp_path):
-    rng = np.random.default_rng(0)
-    d = tmp_path / "dump"
-    d.mkdir()
-    with LayerStackWriter(str(d / "layers"), "float32") as w:
-        utt2spk = {}
-        for s in range(3):
-            for u in range(3):
-                utt = f"s{s}-u{u}"
-                w.write(utt, (rng.normal(size=(3, 10 + 9 * u, 8)) + s).astype(np.float32))
-                utt2spk[utt] = f"s{s}"
-    LayerStackMeta(3, 8, 0.02, "test").write(str(d))
-    (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
-    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(CONFIG))
-    return tmp_path
-
 
 def train(dump, exp, *overrides):
     return subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),

@@ -31,7 +31,7 @@ REQUIRED = {
     "optim_conf": ["lr", "upstream_lr", "weight_decay", "pct_start", "grad_clip"],
     "train_conf": ["steps", "batch_size", "crop_seconds", "sampling", "spanout_prob", "spanout_span",
                    "spanout_rate", "log_every", "ckpt_every", "valid_every", "preload", "num_workers",
-                   "num_threads", "device", "amp", "finetune_upstream", "augment"],
+                   "num_threads", "device", "amp", "sync_batchnorm", "finetune_upstream", "augment"],
 }
 
 

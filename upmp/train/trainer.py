@@ -298,6 +298,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     model = build_model(cfg, meta).to(device)
     head = build_loss(cfg["loss"], model.embed_dim, data.num_speakers, cfg["loss_conf"]).to(device)
     graph = TrainGraph(model, head, upstream, spanout, cfg["seed"])
+    if world > 1 and tc["sync_batchnorm"]:  # the same statistics whatever the number of processes
+        from upmp.train.sync_bn import convert_batchnorm
+        convert_batchnorm(graph)  # before the optimizer is given the parameters
     groups = [{"params": list(model.parameters()) + list(head.parameters()), "lr": oc["lr"]}]
     max_lr = [oc["lr"]]
     if upstream is not None and upstream.trainable:

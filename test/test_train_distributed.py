@@ -1,0 +1,97 @@
+"""DistributedDataParallel under torchrun (2 CPU processes, gloo) against one process,
+the global batch norm that makes them agree, and AMP."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TRAIN_CONFIG, bash_env
+
+
+def run_train(dump, exp, nproc=1, *overrides):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
+        if nproc > 1 else [sys.executable]
+    env = dict(bash_env(), OMP_NUM_THREADS="1")
+    return subprocess.run(launcher + ["-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
+                                      "--train_scp", str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"),
+                                      "--exp_dir", str(exp), *overrides], capture_output=True, text=True, env=env)
+
+
+def losses(exp):
+    return np.loadtxt(exp / "train_metrics.tsv", skiprows=1)[:, 1]
+
+
+def embeddings(exp, dump):
+    from upmp.data.kaldi_dir import read_table
+    from upmp.embeddings import embed_stacks
+    from upmp.train.trainer import load_model
+    from upmp.upstream.layer_stack import load_stack
+    model, meta = load_model(str(exp / "model.pt"))
+    entries = read_table(dump / "dump/layers.scp")
+    return embed_stacks(model, [load_stack(entries[u], meta.num_layers) for u in sorted(entries)])
+
+
+@pytest.fixture
+def ddp_dump(dump):
+    cfg = dict(TRAIN_CONFIG, backend_conf=dict(TRAIN_CONFIG["backend_conf"], dropout=0.0),
+               train_conf=dict(TRAIN_CONFIG["train_conf"], steps=30, batch_size=8, log_every=5, ckpt_every=10))
+    (dump / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    return dump
+
+
+def test_two_processes_train_the_model_one_process_trains(ddp_dump):
+    """Rows of each global batch are split over 2 gloo processes; with the global batch norm
+    (train_conf.sync_batchnorm) the losses and the final model equal the 1-process run up to
+    float rounding. Without it each process normalises its own half: a different model."""
+    one, two, local = ddp_dump / "one", ddp_dump / "two", ddp_dump / "local_bn"
+    for exp, nproc, extra in ((one, 1, ()), (two, 2, ()), (local, 2, ("--train_conf.sync_batchnorm", "false"))):
+        r = run_train(ddp_dump, exp, nproc, *extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert len(losses(one)) == 6
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-4, atol=1e-4)
+    # biases whose true gradient is 0 (cancelled by a following batch norm or softmax) get
+    # rounding-noise Adam steps; in eval mode the running means absorb them up to a small lag
+    a, b = embeddings(two, ddp_dump), embeddings(one, ddp_dump)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.9999
+    assert np.abs(losses(local) - losses(one)).max() > 1e-2
+    assert torch.load(two / "model.pt", weights_only=False)["world_size"] == 2
+    assert "2 processes" in (two / "train.log").read_text()
+
+
+def test_global_batch_norm_is_batch_norm_in_one_process():
+    from torch import nn
+
+    from upmp.train.sync_bn import GlobalBatchNorm, convert_batchnorm
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv1d(3, 4, 1), nn.BatchNorm1d(4), nn.Sequential(nn.BatchNorm1d(4)))
+    ref[1].weight.data.uniform_()
+    conv = convert_batchnorm(nn.Sequential(nn.Conv1d(3, 4, 1), nn.BatchNorm1d(4), nn.Sequential(nn.BatchNorm1d(4))))
+    conv.load_state_dict(ref.state_dict())
+    assert isinstance(conv[1], GlobalBatchNorm) and isinstance(conv[2][0], GlobalBatchNorm)
+    assert conv.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(5, 3, 7)
+    torch.testing.assert_close(conv(x), ref(x))
+    torch.testing.assert_close(conv[1].running_var, ref[1].running_var)
+
+
+def test_batch_not_divisible_by_processes(ddp_dump):
+    r = run_train(ddp_dump, ddp_dump / "x", 2, "--train_conf.batch_size", "7")
+    assert r.returncode != 0 and "batch_size 7 is not divisible by the 2 processes" in r.stderr
+
+
+def test_bf16_autocast_on_cpu_and_fp16_needs_a_gpu(dump):
+    r = run_train(dump, dump / "fp32")
+    assert r.returncode == 0, r.stderr
+    r = run_train(dump, dump / "bf16", 1, "--train_conf.amp", "bf16")
+    assert r.returncode == 0, r.stderr
+    # bf16 keeps ~3 significant digits: the same training, slightly perturbed
+    np.testing.assert_allclose(losses(dump / "bf16"), losses(dump / "fp32"), rtol=0.1)
+    assert not np.array_equal(losses(dump / "bf16"), losses(dump / "fp32"))
+    r = run_train(dump, dump / "fp16", 1, "--train_conf.amp", "fp16")
+    assert r.returncode == 1 and "fp16 needs a GPU" in r.stderr
+    r = run_train(dump, dump / "bad", 1, "--train_conf.amp", "int8")
+    assert r.returncode == 1 and "train_conf.amp must be one of none, bf16, fp16" in r.stderr
