@@ -77,6 +77,22 @@ def test_stage_range_and_skipping(small_recipe):
     assert "model.pt exists, skipping" in r.stderr
 
 
+def test_online_mode_with_two_processes(small_recipe):
+    """--train_mode online: no layer stacks; the upstream runs in training (torchrun, 2 gloo
+    processes) and in embedding extraction; the experiment dir is separate from the cached one."""
+    recipe, _ = small_recipe
+    r = run(recipe, "--stage", "1", "--stop_stage", "5", "--upstream", "wavlm_local", "--train_mode", "online",
+            "--train_nproc", "2", "--scoring", "cosine", "--score_norm", "none",
+            "--train_args", "--train_conf.steps 6 --train_conf.batch_size 4 --train_conf.valid_every 3")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Stage 1: skipped (--train_mode online" in r.stderr
+    exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny_online"
+    assert "| voxceleb1_test | cosine |" in (exp / "RESULTS.md").read_text()
+    assert "2 processes" in (exp / "train.log").read_text()
+    assert "--data_dir data/voxceleb1_test" in (exp / "embeddings" / "voxceleb1_test" / "extract.log").read_text()
+    assert len((exp / "embeddings" / "voxceleb1_test" / "xvector.scp").read_text().splitlines()) == 16
+
+
 def test_help_and_unknown_option(small_recipe):
     recipe, _ = small_recipe
     r = run(recipe, "--help")

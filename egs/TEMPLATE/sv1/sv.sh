@@ -22,6 +22,8 @@ storage=float32            # float32 | float16 | compressed (see upmp/upstream/l
 extract_device=cpu
 extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding changes Base models' features slightly)
 # Stage 2: backend training
+train_mode=cached       # cached: on stage 1's layer stacks | online: the upstream runs in the training loop (no stage 1)
+train_nproc=1           # >1: torchrun with this many processes (one per GPU; gloo on CPU)
 backend=""             # upmp, lap, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
 train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
@@ -41,8 +43,9 @@ Usage: $0 --train_set <set> --test_sets "<set> ..." [options]
 Stages:
   0: data preparation (local/data.sh): Kaldi data dirs under data/ and trials
   1: layer stacks of every hidden state of the frozen upstream -> ${dumpdir}/<upstream>/<set>
-  2: backend training (python -m upmp.bin.train)
-  3: embedding extraction (xvector.scp per set)
+     (skipped with --train_mode online)
+  2: backend training (python -m upmp.bin.train; torchrun with --train_nproc > 1)
+  3: embedding extraction (xvector.scp per set; from audio with --train_mode online)
   4: scoring of data/<test_set>/trials
   5: metrics: EER / minDCF -> <exp>/RESULTS.md
 
@@ -51,6 +54,7 @@ Options (default in brackets):
   --upstream <name> [${upstream}]  --upstream_ckpt <path> [${upstream_ckpt}]
   --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
+  --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
   --backend "<upmp lap superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
   --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --scoring "<cosine plda>" [${scoring}]
@@ -67,6 +71,7 @@ EOF
 if [ $# -ne 0 ]; then log "unexpected arguments: $*\n${help_message}"; exit 1; fi
 if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --test_sets are required"; exit 1; fi
 for m in ${scoring}; do case ${m} in cosine|plda) ;; *) log "unknown --scoring ${m} (cosine, plda)"; exit 1 ;; esac; done
+case ${train_mode} in cached|online) ;; *) log "unknown --train_mode ${train_mode} (cached, online)"; exit 1 ;; esac
 for n in ${score_norm}; do case ${n} in none|snorm|asnorm) ;; *) log "unknown --score_norm ${n} (none, snorm, asnorm)"; exit 1 ;; esac; done
 systems=""
 for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == none ] || echo ".${n}")"; done; done
@@ -100,16 +105,22 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   for set in ${train_set} ${valid_set} ${test_sets}; do utils/validate_data_dir.sh --no-text --no-feats "data/${set}"; done
 fi
 
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
-  log "Stage 1: layer stacks of ${upstream} -> ${dump}"
-  if [ -n "${upstream_ckpt}" ] && [ ! -f "${upstream_ckpt}" ]; then
-    if "${tiny_upstream}"; then
-      log "building tiny random-init ${upstream} checkpoint ${upstream_ckpt}"
-      ${python} -m upmp.bin.build_tiny_upstream --kind "${upstream%_local}" --out "${upstream_ckpt}"
-    else
-      log "upstream checkpoint ${upstream_ckpt} not found"; exit 1
-    fi
+if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 1 ] && [ -n "${upstream_ckpt}" ] && [ ! -f "${upstream_ckpt}" ]; then
+  if "${tiny_upstream}"; then
+    log "building tiny random-init ${upstream} checkpoint ${upstream_ckpt}"
+    ${python} -m upmp.bin.build_tiny_upstream --kind "${upstream%_local}" --out "${upstream_ckpt}"
+  else
+    log "upstream checkpoint ${upstream_ckpt} not found"; exit 1
   fi
+fi
+upstream_opts="--upstream ${upstream}${upstream_ckpt:+ --upstream_ckpt ${upstream_ckpt}}"
+train_launcher="${python}"
+[ "${train_nproc}" -gt 1 ] && train_launcher="${python} -m torch.distributed.run --standalone --nproc_per_node ${train_nproc}"
+
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ] && [ "${train_mode}" == online ]; then
+  log "Stage 1: skipped (--train_mode online: the upstream runs in stages 2 and 3, nothing is cached)"
+elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+  log "Stage 1: layer stacks of ${upstream} -> ${dump}"
   for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${dump}/${set}
     if [ "$(num_lines "${out}/layers.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ] && [ -f "${out}/layer_stack.json" ]; then
@@ -129,7 +140,7 @@ fi
 
 for train_config in ${train_configs}; do
   backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
-  exp=${expdir}/${backend_tag}_${upstream_tag}${exp_tag:+_${exp_tag}}
+  exp=${expdir}/${backend_tag}_${upstream_tag}$([ "${train_mode}" == cached ] || echo _online)${exp_tag:+_${exp_tag}}
 
   if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "Stage 2: backend training -> ${exp}"
@@ -137,11 +148,16 @@ for train_config in ${train_configs}; do
       log "${exp}/model.pt exists, skipping (delete it, or set --exp_tag, to train again)"
     else
       mkdir -p "${exp}"
+      if [ "${train_mode}" == online ]; then
+        inputs="--train_data_dir data/${train_set} ${upstream_opts}"
+        [ -n "${valid_set}" ] && inputs+=" --valid_data_dir data/${valid_set} --valid_trials data/${valid_set}/trials"
+      else
+        inputs="--train_scp ${dump}/${train_set}/layers.scp --utt2spk data/${train_set}/utt2spk"
+        [ -n "${valid_set}" ] && inputs+=" --valid_scp ${dump}/${valid_set}/layers.scp --valid_trials data/${valid_set}/trials"
+      fi
       # shellcheck disable=SC2086,SC2154
       ${cuda_cmd} "${exp}/train.stdout.log" \
-        ${python} -m upmp.bin.train --config "${train_config}" --train_scp "${dump}/${train_set}/layers.scp" \
-          --utt2spk "data/${train_set}/utt2spk" --exp_dir "${exp}" \
-          ${valid_set:+--valid_scp "${dump}/${valid_set}/layers.scp" --valid_trials "data/${valid_set}/trials"} ${train_args}
+        ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" ${train_args}
     fi
   fi
 
@@ -150,10 +166,11 @@ for train_config in ${train_configs}; do
     for set in ${train_set} ${valid_set} ${test_sets}; do
       out=${exp}/embeddings/${set}
       mkdir -p "${out}"
-      # shellcheck disable=SC2154
+      inputs="--layers_scp ${dump}/${set}/layers.scp --utt2spk data/${set}/utt2spk"
+      [ "${train_mode}" == online ] && inputs="--data_dir data/${set} ${upstream_opts} --device ${extract_device}"
+      # shellcheck disable=SC2086,SC2154
       ${decode_cmd} "${out}/extract.log" \
-        ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" \
-          --layers_scp "${dump}/${set}/layers.scp" --utt2spk "data/${set}/utt2spk" --out_dir "${out}"
+        ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" ${inputs} --out_dir "${out}"
     done
   fi
 
