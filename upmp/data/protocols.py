@@ -191,6 +191,9 @@ def regenerate_trials(utt2spk: Mapping[str, str], class_size: int, seed: int) ->
     (VCTK: 8,000 -> 445 x 18 = 8,010; LibriSpeech: 18,000 -> 247 x 73 = 18,031), as many
     nontarget pairs, no utterance paired with itself."""
     num_speakers = len(set(utt2spk.values()))
+    if num_speakers < 2:
+        raise DataDirError(f"cannot regenerate trials for {num_speakers} speaker(s): balanced trials need "
+                           f"at least two (a corpus this small needs the paper's protocol files)")
     return make_balanced_trials(dict(utt2spk), seed,
                                 max_targets_per_speaker=int(math.ceil(class_size / num_speakers)))
 
