@@ -39,10 +39,8 @@ def speakers_txt(speakers) -> str:
                             for s, (g, sub) in speakers.items())
 
 
-@pytest.fixture(scope="module")
-def libri(tmp_path_factory) -> Path:
+def make_librispeech(root: Path) -> Path:
     """<subset>/<spk>/<chapter>/<spk>-<chapter>-<nnnn>.flac (2 chapters x 2 utterances) + SPEAKERS.TXT."""
-    root = tmp_path_factory.mktemp("libri") / "LibriSpeech"
     for i, (spk, (_, subset)) in enumerate(SPEAKERS.items()):
         for c, chapter in enumerate((1000 + i, 2000 + i)):
             for n in range(2):
@@ -50,6 +48,11 @@ def libri(tmp_path_factory) -> Path:
                          0.3 + 0.1 * n, 200 + 50 * i + 10 * c, 16000, seed=10 * i + 2 * c + n)
     (root / "SPEAKERS.TXT").write_text(speakers_txt(SPEAKERS))
     return root
+
+
+@pytest.fixture(scope="module")
+def libri(tmp_path_factory) -> Path:
+    return make_librispeech(tmp_path_factory.mktemp("libri") / "LibriSpeech")
 
 
 def test_read_speakers_txt(tmp_path):
