@@ -1,6 +1,7 @@
 """upmp.data.protocols: resolving the paper's protocol files (local dir, download, cache, fallback),
 seeded speaker splits and regenerated balanced trials."""
 import logging
+import subprocess
 import urllib.error
 from collections import Counter
 from math import comb
@@ -139,3 +140,15 @@ def test_regenerate_trials_follows_the_papers_rule():
     assert regenerate_trials(utt2spk, 40, seed=0) == trials
     with pytest.raises(DataDirError, match=r"cannot regenerate trials for 1 speaker"):
         regenerate_trials({"s0_025": "s0", "s0_026": "s0"}, 40, seed=0)
+
+
+MIRROR = Path("/work/.mirror/sadPororo+UniPool-SV/repo")
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="no local mirror of the paper's repository")
+def test_every_remote_path_exists_at_the_pinned_commit():
+    tree = subprocess.run(["git", "-C", str(MIRROR), "ls-tree", "-r", "--name-only", PAPER_COMMIT],
+                          capture_output=True, text=True, check=True).stdout.split()
+    for files in PROTOCOL_FILES.values():
+        for rel in files.values():
+            assert f"data/{remote_path(rel)}" in tree, rel
