@@ -9,8 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT, TEMPLATE
 from test_data_vctk import SPEAKERS, expected_utts, make_vctk_092
 from upmp.data.kaldi_dir import DataDir

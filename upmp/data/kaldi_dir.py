@@ -154,6 +154,9 @@ class DataDir:
     def write(self, directory: PathLike) -> None:
         """Write sorted files (and spk2utt derived from utt2spk)."""
         d = Path(directory)
+        if self.spk2gender is not None and set(self.utt2spk.values()) - set(self.spk2gender):
+            missing = sorted(set(self.utt2spk.values()) - set(self.spk2gender), key=c_sort_key)
+            raise DataDirError(f"{d / 'spk2gender'}: no gender for speaker {missing[0]!r} ({len(missing)} in all)")
         d.mkdir(parents=True, exist_ok=True)
         write_table(d / "wav.scp", self.wav_scp)
         write_table(d / "utt2spk", self.utt2spk)
