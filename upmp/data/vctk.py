@@ -61,11 +61,12 @@ def read_speaker_info(path: Path) -> Dict[str, Tuple[int, str]]:
 def scan_vctk(root: Path, mic: str = "mic1") -> Dict[str, Path]:
     """{utt id `<spk>_<MMM>`: audio path} of either layout, prompts >= 025, p315 removed."""
     if (root / "wav48_silence_trimmed").is_dir():
-        audio_root, pattern = root / "wav48_silence_trimmed", re.compile(rf"^(\w+?)_(\d{{3}})_{mic}\.flac$")
+        audio_root, suffix = root / "wav48_silence_trimmed", f"_{mic}.flac"
     elif (root / "wav48").is_dir():
-        audio_root, pattern = root / "wav48", re.compile(r"^(\w+?)_(\d{3})\.wav$")
+        audio_root, suffix = root / "wav48", ".wav"
     else:
         raise DataDirError(f"{root}: neither wav48_silence_trimmed/ (VCTK 0.92) nor wav48/ (older VCTK) found")
+    pattern = re.compile(rf"^(\w+?)_(\d{{3}}){re.escape(suffix)}$")
     utts: Dict[str, Path] = {}
     for path in sorted(audio_root.glob("*/*")):
         m = pattern.match(path.name)
@@ -74,8 +75,7 @@ def scan_vctk(root: Path, mic: str = "mic1") -> Dict[str, Path]:
         if int(m.group(2)) >= FIRST_PROMPT:
             utts[f"{m.group(1)}_{m.group(2)}"] = path.resolve()
     if not utts:
-        raise DataDirError(f"{audio_root}: no <spk>/<spk>_<MMM>{'_' + mic + '.flac' if 'trimmed' in audio_root.name else '.wav'} "
-                           f"files with prompt number >= {FIRST_PROMPT:03d}")
+        raise DataDirError(f"{audio_root}: no <spk>/<spk>_<MMM>{suffix} files with prompt number >= {FIRST_PROMPT:03d}")
     logger.info("VCTK: %d utterances of %d speakers in %s", len(utts),
                 len({u.rsplit("_", 1)[0] for u in utts}), audio_root)
     return utts
