@@ -20,6 +20,17 @@ def tone(seconds: float, freq: float, rate: int = 16000, seed: int = 0) -> np.nd
     return (0.4 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
+def sox_flac(path: Path, seconds: float, freq: float, rate: int, seed: int = 0) -> Path:
+    """A tone() encoded as 16-bit flac at `rate` by sox (as corpora ship), parent dirs created."""
+    import subprocess
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wav = path.with_suffix(".tmp.wav")
+    soundfile.write(wav, tone(seconds, freq, rate, seed), rate, subtype="PCM_16")
+    subprocess.run(["sox", str(wav), "-b", "16", str(path)], check=True)
+    wav.unlink()
+    return path
+
+
 def write_data_dir(directory: Path, utts: dict, rate: int = 16000) -> Path:
     """utts: {utt_id: (spk, seconds, freq)} -> Kaldi data dir with wav files under directory/wav."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,24 @@ def test_utt2dur_validation(tmp_path):
         validate_data_dir(d)
 
 
+def test_spk2gender_round_trip_validation_and_fix(tmp_path):
+    d = make_dir(tmp_path)
+    write(d / "spk2gender", "a f\nb m\n")
+    validate_data_dir(d)
+    assert DataDir.load(d).spk2gender == {"a": "f", "b": "m"}
+    assert DataDir.load(d).subset(["b-1"]).spk2gender == {"b": "m"}
+    write(d / "spk2gender", "a f\nb male\n")
+    with pytest.raises(DataDirError, match=r"spk2gender:2: gender must be m or f, got 'male'"):
+        validate_data_dir(d)
+    write(d / "spk2gender", "a f\n")
+    with pytest.raises(DataDirError, match=r"spk2gender: speaker 'b' of spk2utt is missing"):
+        validate_data_dir(d)
+    # Kaldi's fix_data_dir.sh keeps only speakers with a gender
+    fix_data_dir(d)
+    validate_data_dir(d)
+    assert read_table(d / "utt2spk") == {"a-1": "a", "a-2": "a"} and read_table(d / "spk2gender") == {"a": "f"}
+
+
 def test_spk2utt_from_utt2spk():
     assert utt2spk_to_spk2utt({"b-1": "b", "a-1": "a", "a-2": "a"}) == {"a": ["a-1", "a-2"], "b": ["b-1"]}
 

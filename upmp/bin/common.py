@@ -1,6 +1,7 @@
-"""Shared set-up for the thin entry points in upmp.bin: logging and threads."""
+"""Shared set-up for the thin entry points in upmp.bin: logging, threads, protocol-file options."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -23,3 +24,20 @@ def fail(message: str, code: int = 1) -> None:
     """Print a one-line error (no traceback) and exit."""
     print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """Options of upmp.data.protocols.resolve_protocol (the paper's speaker splits and trials)."""
+    from upmp.data.protocols import PAPER_URL
+    p.add_argument("--protocol_dir", default=None, help="local copy of the paper's protocol files")
+    p.add_argument("--protocol_cache", default=None,
+                   help="download cache of the paper's protocol files [<out>/local/unipool-sv]")
+    p.add_argument("--protocol_url", default=PAPER_URL,
+                   help="base URL of the paper's data files ('none': do not download, regenerate)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a regenerated speaker split / trials")
+
+
+def protocol_kwargs(args: argparse.Namespace) -> dict:
+    """Those options as keyword arguments of the prepare_* functions (needs args.out)."""
+    return dict(protocol_dir=args.protocol_dir, cache_dir=args.protocol_cache or f"{args.out}/local/unipool-sv",
+                url_base=None if args.protocol_url.lower() in ("", "none") else args.protocol_url, seed=args.seed)

@@ -1,4 +1,4 @@
-"""Kaldi data directories: wav.scp, utt2spk, spk2utt, segments, utt2dur.
+"""Kaldi data directories: wav.scp, utt2spk, spk2utt, segments, utt2dur, spk2gender.
 
 Semantics follow Kaldi's utils/ (validate_data_dir.sh --no-text --no-feats,
 split_data.sh, fix_data_dir.sh, utt2spk_to_spk2utt.pl): every file is text, one
@@ -110,6 +110,7 @@ class DataDir:
     utt2spk: Dict[str, str]
     segments: Optional[Dict[str, Segment]] = None
     utt2dur: Optional[Dict[str, float]] = None
+    spk2gender: Optional[Dict[str, str]] = None   # speaker -> m | f
     extra: Dict[str, Dict[str, str]] = field(default_factory=dict)
 
     @property
@@ -147,11 +148,15 @@ class DataDir:
         if (d / "utt2dur").is_file():
             utt2dur = {u: _parse_positive(d / "utt2dur", i, v)
                        for i, (u, v) in enumerate(read_table(d / "utt2dur").items(), 1)}
-        return cls(wav_scp, utt2spk, segments, utt2dur)
+        spk2gender = read_table(d / "spk2gender") if (d / "spk2gender").is_file() else None
+        return cls(wav_scp, utt2spk, segments, utt2dur, spk2gender)
 
     def write(self, directory: PathLike) -> None:
         """Write sorted files (and spk2utt derived from utt2spk)."""
         d = Path(directory)
+        if self.spk2gender is not None and set(self.utt2spk.values()) - set(self.spk2gender):
+            missing = sorted(set(self.utt2spk.values()) - set(self.spk2gender), key=c_sort_key)
+            raise DataDirError(f"{d / 'spk2gender'}: no gender for speaker {missing[0]!r} ({len(missing)} in all)")
         d.mkdir(parents=True, exist_ok=True)
         write_table(d / "wav.scp", self.wav_scp)
         write_table(d / "utt2spk", self.utt2spk)
@@ -162,6 +167,8 @@ class DataDir:
                                          for u, s in self.segments.items()})
         if self.utt2dur is not None:
             write_table(d / "utt2dur", {u: f"{v:.3f}" for u, v in self.utt2dur.items()})
+        if self.spk2gender is not None:
+            write_table(d / "spk2gender", {s: self.spk2gender[s] for s in self.spk2utt})
 
     def subset(self, utts: Iterable[str]) -> "DataDir":
         keep = [u for u in utts if u in self.utt2spk]
@@ -174,7 +181,10 @@ class DataDir:
             segments = None
             wav_scp = {u: self.wav_scp[u] for u in keep}
         utt2dur = None if self.utt2dur is None else {u: self.utt2dur[u] for u in keep}
-        return DataDir(wav_scp, utt2spk, segments, utt2dur)
+        spks = set(utt2spk.values())
+        spk2gender = None if self.spk2gender is None else {
+            s: g for s, g in self.spk2gender.items() if s in spks}
+        return DataDir(wav_scp, utt2spk, segments, utt2dur, spk2gender)
 
 
 def _parse_segment(path: Path, lineno: int, value: str) -> Segment:
@@ -204,7 +214,8 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
     Checks: required files, one record per line, C-sorted unique keys, utt2spk
     and spk2utt agree, utt2spk also sorted when ordered by speaker (speaker ids
     must prefix utterance ids; disable with spk_sort=False as --no-spk-sort),
-    wav.scp/segments cover exactly the utterances, utt2dur keys and values.
+    wav.scp/segments cover exactly the utterances, utt2dur keys and values,
+    spk2gender (m|f) for exactly the speakers.
     """
     d = Path(directory)
     utt2spk = read_table(d / "utt2spk")
@@ -247,17 +258,25 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
         _same_keys(d / "utt2dur", list(utt2dur), utts)
         for lineno, value in enumerate(utt2dur.values(), 1):
             _parse_positive(d / "utt2dur", lineno, value)
+    if (d / "spk2gender").is_file():
+        spk2gender = read_table(d / "spk2gender")
+        check_sorted_unique(d / "spk2gender", list(spk2gender))
+        _same_keys(d / "spk2gender", list(spk2gender), list(spk2utt), what="speaker", source="spk2utt")
+        for lineno, value in enumerate(spk2gender.values(), 1):
+            if value not in ("m", "f"):
+                raise DataDirError(f"{d / 'spk2gender'}:{lineno}: gender must be m or f, got {value!r}")
 
 
-def _same_keys(path: Path, keys: List[str], utts: List[str]) -> None:
+def _same_keys(path: Path, keys: List[str], utts: List[str], what: str = "utterance",
+               source: str = "utt2spk") -> None:
     if keys == utts:
         return
     extra = sorted(set(keys) - set(utts), key=c_sort_key)
     missing = sorted(set(utts) - set(keys), key=c_sort_key)
     if extra:
         lineno = keys.index(extra[0]) + 1
-        raise DataDirError(f"{path}:{lineno}: utterance {extra[0]!r} is not in utt2spk")
-    raise DataDirError(f"{path}: utterance {missing[0]!r} of utt2spk is missing ({len(missing)} in all)")
+        raise DataDirError(f"{path}:{lineno}: {what} {extra[0]!r} is not in {source}")
+    raise DataDirError(f"{path}: {what} {missing[0]!r} of {source} is missing ({len(missing)} in all)")
 
 
 def fix_data_dir(directory: PathLike) -> List[str]:
@@ -269,6 +288,7 @@ def fix_data_dir(directory: PathLike) -> List[str]:
     utt2spk = read_table(d / "utt2spk")
     segments = read_table(d / "segments", 4, 4) if (d / "segments").is_file() else None
     utt2dur = read_table(d / "utt2dur") if (d / "utt2dur").is_file() else None
+    spk2gender = read_table(d / "spk2gender") if (d / "spk2gender").is_file() else None
     keep = set(utt2spk)
     if segments is not None:
         keep &= {u for u, v in segments.items() if v.split()[0] in wav_scp}
@@ -276,6 +296,8 @@ def fix_data_dir(directory: PathLike) -> List[str]:
         keep &= set(wav_scp)
     if utt2dur is not None:
         keep &= set(utt2dur)
+    if spk2gender is not None:  # as Kaldi: speakers without a gender are dropped
+        keep &= {u for u in keep if utt2spk[u] in spk2gender}
     if len(keep) < len(utt2spk):
         warnings.append(f"{d}: dropped {len(utt2spk) - len(keep)} utterances not present in every file")
     for name, table in (("utt2spk", utt2spk), ("wav.scp", wav_scp)):
@@ -290,6 +312,9 @@ def fix_data_dir(directory: PathLike) -> List[str]:
             for i, (u, v) in enumerate(segments.items(), 1) if u in keep},
         utt2dur=None if utt2dur is None else {u: float(v) for u, v in utt2dur.items() if u in keep},
     )
+    if spk2gender is not None:
+        spks = set(data.utt2spk.values())
+        data.spk2gender = {s: g for s, g in spk2gender.items() if s in spks}
     recos = {s.reco for s in data.segments.values()} if data.segments is not None else keep
     data.wav_scp = {k: v for k, v in wav_scp.items() if k in recos}
     data.write(d)
