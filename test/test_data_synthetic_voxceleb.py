@@ -6,7 +6,7 @@ import shutil
 import pytest
 import soundfile
 
-from conftest import ROOT, tone
+from conftest import ROOT, tone, vox1_extended_lists, vox1_split_layout
 
 from upmp.data.kaldi_dir import DataDir, DataDirError, validate_data_dir
 from upmp.data.synthetic import make_corpus
@@ -92,7 +92,6 @@ def test_prepare_voxceleb1(tmp_path, small_corpus):
 
 
 def test_prepare_voxceleb1_errors(tmp_path, small_corpus):
-    import shutil
     root = tmp_path / "vox"
     shutil.copytree(small_corpus, root)
     first = (root / "veri_test2.txt").read_text().splitlines()[0].split()[1]
@@ -135,30 +134,9 @@ PROTOCOLS = ROOT / ".." / "shared" / "protocols" / "unipool-sv" / "VoxCeleb"
 UTT_ID = re.compile(r"id\d{5}-[A-Za-z0-9_-]{11}-\d{5}")
 
 
-def split_layout(corpus, root):
-    """The corpus as the official archives unpack side by side: vox1_{dev,test}_wav/wav/<id>/..."""
-    test_spk = {l.split("\t")[0] for l in (corpus / "vox1_meta.csv").read_text().splitlines() if l.endswith("\ttest")}
-    for spk_dir in sorted((corpus / "wav").iterdir()):
-        part = "vox1_test_wav" if spk_dir.name in test_spk else "vox1_dev_wav"
-        shutil.copytree(spk_dir, root / part / "wav" / spk_dir.name)
-    for name in ("vox1_meta.csv", "veri_test2.txt"):
-        shutil.copy(corpus / name, root / name)
-    return root
-
-
-def extended_lists(corpus, root):
-    """Vox1-E / Vox1-H-like lists over every speaker (dev included), in the official format."""
-    wavs = sorted(str(p.relative_to(corpus / "wav")) for p in corpus.glob("wav/*/*/*.wav"))
-    pairs = [(a, b) for i, a in enumerate(wavs) for b in wavs[i + 1:]]
-    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}" for a, b in pairs]
-    (root / "list_test_all2.txt").write_text("\n".join(lines[::3]) + "\n")
-    (root / "list_test_hard2.txt").write_text("\n".join(lines[1::7]) + "\n")
-    return lines[::3], lines[1::7]
-
-
 def test_prepare_voxceleb1_split_trees(tmp_path, small_corpus):
     merged = prepare_voxceleb1(str(small_corpus), str(tmp_path / "merged"), valid_speakers=2)
-    root = split_layout(small_corpus, tmp_path / "vox1")
+    root = vox1_split_layout(small_corpus, tmp_path / "vox1")
     split = prepare_voxceleb1(str(root), str(tmp_path / "split"), valid_speakers=2)
     for name in ("voxceleb1_dev", "voxceleb1_valid", "voxceleb1_test"):
         validate_data_dir(split[name])
@@ -181,8 +159,8 @@ def test_prepare_voxceleb1_split_trees(tmp_path, small_corpus):
 
 
 def test_prepare_voxceleb1_extended_lists_test_only(tmp_path, small_corpus):
-    root = split_layout(small_corpus, tmp_path / "vox1")
-    all_lines, hard_lines = extended_lists(small_corpus, root)
+    root = vox1_split_layout(small_corpus, tmp_path / "vox1")
+    all_lines, hard_lines = vox1_extended_lists(small_corpus, root)
     out = prepare_voxceleb1(str(root), str(tmp_path / "data"), test_only=True, extended=True)
     assert sorted(out) == ["voxceleb1_e", "voxceleb1_h", "voxceleb1_test"]
     assert not (tmp_path / "data" / "voxceleb1_dev").exists()
@@ -209,8 +187,8 @@ def test_prepare_voxceleb1_extended_lists_test_only(tmp_path, small_corpus):
 
 def test_prepare_voxceleb1_cli_errors(tmp_path, small_corpus, capsys):
     from upmp.bin.prepare_voxceleb1 import main
-    root = split_layout(small_corpus, tmp_path / "vox1")
-    extended_lists(small_corpus, root)
+    root = vox1_split_layout(small_corpus, tmp_path / "vox1")
+    vox1_extended_lists(small_corpus, root)
     with pytest.raises(SystemExit) as e:
         main(["--root", str(root), "--out", str(tmp_path / "data"), "--extended"])
     assert e.value.code == 1

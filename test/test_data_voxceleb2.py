@@ -1,53 +1,22 @@
 """VoxCeleb2 data preparation on a tiny tree in the official layout (dev/aac/<id>/<video>/<n>.m4a
 encoded by ffmpeg from synthetic audio, vox2_meta.csv), and on the converted dev/wav tree."""
 import re
-import subprocess
+import shutil
 
 import numpy as np
 import pytest
-import soundfile
 
-from conftest import ROOT, tone
+from conftest import dev_speakers
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, validate_data_dir
 from upmp.data.trials import read_kaldi_trials
 from upmp.data.voxceleb import prepare_voxceleb2, read_vox2_meta
 
-SPEAKERS_CSV = ROOT / ".." / "shared" / "protocols" / "unipool-sv" / "VoxCeleb" / "speakers" / "speaker-vox2-dev.csv"
-VIDEOS = ["0-1LxEjzb_Q", "ZzY9Xmz41gA"]  # 11 characters; YouTube ids may contain '-'
 PIPE = re.compile(r"ffmpeg -nostdin -v 8 -i (\S+\.m4a) -f wav -ar 16000 -ac 1 -acodec pcm_s16le - \|")
 
 
-def dev_speakers(n):
-    return sorted(SPEAKERS_CSV.read_text().split()[1:])[:n]
-
-
-@pytest.fixture(scope="module")
-def vox2(tmp_path_factory):
-    """5 real Vox2 dev speaker ids x 2 videos x 2 utterances, m4a (AAC) and the same as wav."""
-    root = tmp_path_factory.mktemp("vox2") / "VoxCeleb2"
-    procs, originals = [], {}
-    for s, spk in enumerate(dev_speakers(5)):
-        for v, video in enumerate(VIDEOS):
-            for n in (1, 2):
-                x = tone(1.0 + 0.25 * n + 0.1 * s, 200 + 40 * s + 13 * v + 5 * n, seed=10 * s + 2 * v + n)
-                wav = root / "dev" / "wav" / spk / video / f"{n:05d}.wav"
-                wav.parent.mkdir(parents=True, exist_ok=True)
-                soundfile.write(wav, x, 16000, subtype="PCM_16")
-                m4a = root / "dev" / "aac" / spk / video / f"{n:05d}.m4a"
-                m4a.parent.mkdir(parents=True, exist_ok=True)
-                procs.append(subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", str(wav),
-                                               "-c:a", "aac", "-b:a", "64k", str(m4a)]))
-                originals[f"{spk}-{video}-{n:05d}"] = x
-    assert all(p.wait() == 0 for p in procs)
-    meta = ["VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set "]
-    meta += [f"{spk} ,n{spk[2:]}0 ,m ,dev " for spk in dev_speakers(5)] + ["id09999 ,n099990 ,f ,test "]
-    (root / "vox2_meta.csv").write_text("\n".join(meta) + "\n")
-    return root, originals
-
-
-def test_m4a_tree(tmp_path, vox2):
-    root, originals = vox2
+def test_m4a_tree(tmp_path, small_vox2):
+    root, originals = small_vox2
     out = prepare_voxceleb2(str(root), str(tmp_path / "data"), audio="m4a")
     validate_data_dir(out["voxceleb2_dev"])
     data = DataDir.load(out["voxceleb2_dev"])
@@ -66,8 +35,8 @@ def test_m4a_tree(tmp_path, vox2):
     assert np.corrcoef(x, y[:len(x)])[0, 1] > 0.99
 
 
-def test_wav_tree_and_validation_split(tmp_path, vox2):
-    root, originals = vox2
+def test_wav_tree_and_validation_split(tmp_path, small_vox2):
+    root, originals = small_vox2
     out = prepare_voxceleb2(str(root), str(tmp_path / "data"), valid_speakers=2, seed=1)  # auto: dev/wav
     for name in ("voxceleb2_dev", "voxceleb2_valid"):
         validate_data_dir(out[name])
@@ -87,8 +56,8 @@ def test_wav_tree_and_validation_split(tmp_path, vox2):
     assert sum(t for *_, t in read_kaldi_trials(str(capped["voxceleb2_valid"] / "trials"))) == 2
 
 
-def test_vox2_meta(tmp_path, vox2):
-    root, _ = vox2
+def test_vox2_meta(tmp_path, small_vox2):
+    root, _ = small_vox2
     sets = read_vox2_meta(root / "vox2_meta.csv")  # the official comma-separated, padded form
     assert sets["id09999"] == ("test", 7) and all(sets[s] == ("dev", i) for i, s in enumerate(dev_speakers(5), 2))
     p = tmp_path / "vox2_meta.csv"
@@ -103,10 +72,9 @@ def test_vox2_meta(tmp_path, vox2):
         read_vox2_meta(p)
 
 
-def test_errors(tmp_path, vox2, capsys):
-    import shutil
+def test_errors(tmp_path, small_vox2, capsys):
     from upmp.bin.prepare_voxceleb2 import main
-    src, _ = vox2
+    src, _ = small_vox2
     root = tmp_path / "VoxCeleb2"
     shutil.copytree(src / "dev" / "aac", root / "dev" / "aac")
     lines = (src / "vox2_meta.csv").read_text().splitlines()
