@@ -52,6 +52,8 @@ aug_args=""
   --valid_set voxceleb2_valid \
   --test_sets "voxceleb1_test voxceleb1_e voxceleb1_h" \
   --upstream wavlm_base_plus \
+  --extract_device cuda \
+  --storage float16 \
   --train_config conf/train_upmp.yaml \
   --scoring "cosine plda" \
   --score_norm "none asnorm" \
