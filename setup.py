@@ -14,6 +14,8 @@ version = re.search(r'__version__ = "([^"]+)"', Path("upmp/__init__.py").read_te
 ENTRY_POINTS = {
     "upmp-make-mini-corpus": "upmp.bin.make_mini_corpus:main",
     "upmp-prepare-voxceleb1": "upmp.bin.prepare_voxceleb1:main",
+    "upmp-prepare-voxceleb2": "upmp.bin.prepare_voxceleb2:main",
+    "upmp-perturb-speed": "upmp.bin.perturb_speed:main",
     "upmp-build-tiny-upstream": "upmp.bin.build_tiny_upstream:main",
     "upmp-data-dir": "upmp.bin.data_dir:main",
     "upmp-extract-layers": "upmp.bin.extract_layers:main",
