@@ -36,8 +36,17 @@ def roots(tmp_path_factory):
     for rel, x in (("smallroom/Room001/Room001-00001.wav", impulse), ("mediumroom/Room002/Room002-00001.wav", decay)):
         (rirs / "simulated_rirs" / rel).parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(rirs / "simulated_rirs" / rel, x.astype(np.float32), RATE, subtype="FLOAT")
-    (rirs / "simulated_rirs" / "smallroom" / "rir_list").write_text(
-        "--rir-id small-Room001-00001 --room-id small-Room001 simulated_rirs/smallroom/Room001/Room001-00001.wav\n")
+    for size, room in (("small", "Room001"), ("medium", "Room002")):
+        (rirs / "simulated_rirs" / f"{size}room" / "rir_list").write_text(
+            f"--rir-id {size}-{room}-00001 --room-id {size}-{room} "
+            f"RIRS_NOISES/simulated_rirs/{size}room/{room}/{room}-00001.wav\n")
+    real = rirs / "real_rirs_isotropic_noises"
+    real.mkdir()
+    two_channels = np.stack([impulse, decay[:800].astype(np.float32)], axis=1)  # channel 0: an impulse
+    soundfile.write(real / "RVB2014_type1_rir_room1_near.wav", two_channels, RATE, subtype="FLOAT")
+    soundfile.write(real / "RVB2014_type1_noise_room1_1.wav", noise(0.5, 9), RATE, subtype="FLOAT")  # not an RIR
+    (real / "rir_list").write_text("--rir-id RVB2014_type1_rir_room1_near --room-id RVB2014_type1_rir_room1 "
+                                   "RIRS_NOISES/real_rirs_isotropic_noises/RVB2014_type1_rir_room1_near.wav\n")
     return musan, rirs, files
 
 
@@ -112,6 +121,21 @@ def test_reverb_unit_impulse_returns_input(roots):
     assert not np.allclose(wet, speech, atol=1e-2)
 
 
+def test_rir_lists_and_channels(roots, tmp_path):
+    _, rirs, _ = roots
+    aug = Augmenter(conf(rirs=rirs, kinds={"reverb": 1}, rir_sets=["real_rirs_isotropic_noises"]))
+    assert [p.name for p in aug.files["reverb"]] == ["RVB2014_type1_rir_room1_near.wav"]  # the noise is left out
+    speech = noise(0.5, 3)
+    assert np.allclose(aug(speech, np.random.default_rng(0)), speech, atol=1e-5)  # first channel only
+    both = Augmenter(conf(rirs=rirs, kinds={"reverb": 1}, rir_sets=["simulated_rirs", "real_rirs_isotropic_noises"]))
+    assert len(both.files["reverb"]) == 3
+    bad = tmp_path / "RIRS_NOISES" / "simulated_rirs"
+    bad.mkdir(parents=True)
+    (bad / "rir_list").write_text("--rir-id a --room-id b RIRS_NOISES/simulated_rirs/missing.wav\n")
+    with pytest.raises(ConfigError, match=r"simulated_rirs/rir_list:1: RIR file .*missing.wav' not found"):
+        Augmenter(conf(rirs=tmp_path / "RIRS_NOISES", kinds={"reverb": 1}))
+
+
 def test_deterministic_given_rng(roots):
     musan, rirs, _ = roots
     aug = Augmenter(conf(musan, rirs, prob=0.8))
@@ -125,6 +149,7 @@ def test_deterministic_given_rng(roots):
     additive = Augmenter(conf(musan))  # (an RIR drawn twice gives the same output: no randomness in reverb)
     distinct = {additive(speech, np.random.default_rng(s)).tobytes() for s in range(20)}
     assert len(distinct) == 20  # different seeds, different outputs
+    assert aug(np.zeros(0, np.float32), np.random.default_rng(0)).shape == (0,)
     short = tone(0.05, 400.0)
     for s in range(10):
         out = aug(short, np.random.default_rng(s))

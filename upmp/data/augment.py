@@ -4,6 +4,9 @@ Layouts read (files indexed once at start, sorted, so a seed picks the same file
     <musan_root>/{noise,music,speech}/<subdir>/*.wav           16 kHz (speech is the babble source)
     <rirs_root>/simulated_rirs/{smallroom,mediumroom,largeroom}/RoomN/Room*-*.wav   16 kHz
     <rirs_root>/real_rirs_isotropic_noises/*.wav               (with rir_sets: [..., real_rirs_isotropic_noises])
+    <rirs_root>/<set>/[...]/rir_list   Kaldi's lists (`--rir-id X --room-id Y RIRS_NOISES/<set>/.../x.wav`): when a
+                                       set has them, only the files they name are RIRs (real_rirs_isotropic_noises
+                                       also holds noise recordings); otherwise every wav below the set
 
 Config (YAML `train_conf.augment`; every key required, unknown keys refused):
     musan_root: ""        # empty: noise, music and babble disabled
@@ -17,7 +20,8 @@ Config (YAML `train_conf.augment`; every key required, unknown keys refused):
 Additive kinds scale the noise by power so that 10 log10(P_speech / P_noise) is the drawn SNR
 (powers over the whole utterance); segments start at a random offset and wrap around when the
 file is shorter than the utterance. Reverb convolves with an RIR (scipy fftconvolve), keeps the
-samples from the RIR's direct-path peak on (no delay) and rescales to the input's power.
+samples from the RIR's direct-path peak on (no delay) and rescales to the input's power; a
+multichannel RIR contributes its first channel (as Kaldi's wav-reverberate).
 The output is not clipped.
 """
 from __future__ import annotations
@@ -66,6 +70,23 @@ def read_segment(path: Path, length: int, rng: np.random.Generator) -> np.ndarra
             x = f.read(dtype="float32", always_2d=True)
             x = x[(int(rng.integers(len(x))) + np.arange(length)) % len(x)]
     return x.mean(axis=1)
+
+
+def index_rirs(root: Path, sets: List[str]) -> List[Path]:
+    """RIR files of each set: those its rir_list files name, else every wav below it."""
+    files: List[Path] = []
+    for name in sets:
+        lists = sorted((root / name).glob("**/rir_list"))
+        if not lists:
+            files += sorted((root / name).glob("**/*.wav"))
+        for rir_list in lists:
+            for lineno, line in enumerate(rir_list.read_text().splitlines(), 1):
+                listed = line.split()[-1] if line.split() else ""
+                path = root.joinpath(*Path(listed).parts[1:])  # listed relative to RIRS_NOISES' parent
+                if not listed.endswith(".wav") or not path.is_file():
+                    raise ConfigError(f"{rir_list}:{lineno}: RIR file {listed!r} not found under {root}")
+                files.append(path)
+    return files
 
 
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -121,7 +142,7 @@ class Augmenter:
                 if not self.files[kind]:
                     raise ConfigError(f"{Path(musan) / sub}: no <subdir>/*.wav files (MUSAN {sub}, for {kind})")
         if rirs and weights["reverb"] > 0:
-            self.files["reverb"] = [p for s in conf["rir_sets"] for p in sorted((Path(rirs) / s).glob("**/*.wav"))]
+            self.files["reverb"] = index_rirs(Path(rirs), conf["rir_sets"])
             if not self.files["reverb"]:
                 raise ConfigError(f"{rirs}: no RIR wav files under {', '.join(conf['rir_sets'])}")
         self.kinds = [k for k in KINDS if k in self.files]
@@ -134,7 +155,7 @@ class Augmenter:
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1:
             raise ValueError(f"augment: expected a 1-D waveform, got shape {wav.shape}")
-        if not self.kinds or rng.random() >= self.prob:
+        if not self.kinds or not wav.size or rng.random() >= self.prob:
             return wav
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
         files = self.files[kind]
@@ -143,7 +164,7 @@ class Augmenter:
             rir, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
             if rate != SAMPLE_RATE or not len(rir):
                 raise ValueError(f"{path}: expected a non-empty {SAMPLE_RATE} Hz RIR, got {len(rir)} samples at {rate} Hz")
-            return reverberate(wav, rir.mean(axis=1))
+            return reverberate(wav, rir[:, 0])
         count = int(rng.integers(self.babble_speakers[0], self.babble_speakers[1] + 1)) if kind == "babble" else 1
         noise = sum(read_segment(files[int(i)], len(wav), rng) for i in rng.integers(len(files), size=count))
         return mix_at_snr(wav, noise, float(rng.uniform(*self.snr[kind])))
