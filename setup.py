@@ -16,6 +16,8 @@ ENTRY_POINTS = {
     "upmp-prepare-voxceleb1": "upmp.bin.prepare_voxceleb1:main",
     "upmp-prepare-vctk": "upmp.bin.prepare_vctk:main",
     "upmp-prepare-librispeech": "upmp.bin.prepare_librispeech:main",
+    "upmp-prepare-voxceleb2": "upmp.bin.prepare_voxceleb2:main",
+    "upmp-perturb-speed": "upmp.bin.perturb_speed:main",
     "upmp-build-tiny-upstream": "upmp.bin.build_tiny_upstream:main",
     "upmp-data-dir": "upmp.bin.data_dir:main",
     "upmp-extract-layers": "upmp.bin.extract_layers:main",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "egs" / "TEMPLATE" / "sv1"
+VOX2_SPEAKERS_CSV = ROOT / ".." / "shared" / "protocols" / "unipool-sv" / "VoxCeleb" / "speakers" / "speaker-vox2-dev.csv"
+VOX2_VIDEOS = ["0-1LxEjzb_Q", "ZzY9Xmz41gA"]  # 11 characters; YouTube ids may contain '-'
 
 
 def tone(seconds: float, freq: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
@@ -100,6 +104,56 @@ def dump(tmp_path):
     (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
     return tmp_path
+
+
+def vox1_split_layout(corpus, root):
+    """The corpus as the official archives unpack side by side: vox1_{dev,test}_wav/wav/<id>/..."""
+    test_spk = {l.split("\t")[0] for l in (corpus / "vox1_meta.csv").read_text().splitlines() if l.endswith("\ttest")}
+    for spk_dir in sorted((corpus / "wav").iterdir()):
+        part = "vox1_test_wav" if spk_dir.name in test_spk else "vox1_dev_wav"
+        shutil.copytree(spk_dir, root / part / "wav" / spk_dir.name)
+    for name in ("vox1_meta.csv", "veri_test2.txt"):
+        shutil.copy(corpus / name, root / name)
+    return root
+
+
+def vox1_extended_lists(corpus, root):
+    """Vox1-E / Vox1-H-like lists over every speaker (dev included), in the official format."""
+    wavs = sorted(str(p.relative_to(corpus / "wav")) for p in corpus.glob("wav/*/*/*.wav"))
+    pairs = [(a, b) for i, a in enumerate(wavs) for b in wavs[i + 1:]]
+    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}" for a, b in pairs]
+    (root / "list_test_all2.txt").write_text("\n".join(lines[::3]) + "\n")
+    (root / "list_test_hard2.txt").write_text("\n".join(lines[1::7]) + "\n")
+    return lines[::3], lines[1::7]
+
+
+def dev_speakers(n):
+    """The first n VoxCeleb2 dev speaker ids of the paper's speaker list."""
+    return sorted(VOX2_SPEAKERS_CSV.read_text().split()[1:])[:n]
+
+
+@pytest.fixture(scope="session")
+def small_vox2(tmp_path_factory):
+    """5 real Vox2 dev speaker ids x 2 videos x 2 utterances, m4a (AAC) and the same as wav."""
+    root = tmp_path_factory.mktemp("vox2") / "VoxCeleb2"
+    procs, originals = [], {}
+    for s, spk in enumerate(dev_speakers(5)):
+        for v, video in enumerate(VOX2_VIDEOS):
+            for n in (1, 2):
+                x = tone(1.0 + 0.25 * n + 0.1 * s, 200 + 40 * s + 13 * v + 5 * n, seed=10 * s + 2 * v + n)
+                wav = root / "dev" / "wav" / spk / video / f"{n:05d}.wav"
+                wav.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(wav, x, 16000, subtype="PCM_16")
+                m4a = root / "dev" / "aac" / spk / video / f"{n:05d}.m4a"
+                m4a.parent.mkdir(parents=True, exist_ok=True)
+                procs.append(subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", str(wav),
+                                               "-c:a", "aac", "-b:a", "64k", str(m4a)]))
+                originals[f"{spk}-{video}-{n:05d}"] = x
+    assert all(p.wait() == 0 for p in procs)
+    meta = ["VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set "]
+    meta += [f"{spk} ,n{spk[2:]}0 ,m ,dev " for spk in dev_speakers(5)] + ["id09999 ,n099990 ,f ,test "]
+    (root / "vox2_meta.csv").write_text("\n".join(meta) + "\n")
+    return root, originals
 
 
 def bash_env() -> dict:

@@ -1,0 +1,1 @@
+../../TEMPLATE/sv1/cmd.sh

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Stage 0 of the VoxCeleb2 recipe: Kaldi data dirs and trials under data/, nothing else.
+#   data/voxceleb2_dev    training speakers (Vox2 dev minus the held-out ones); m4a through ffmpeg pipes
+#                         (dev/aac) or the converted dev/wav tree
+#   data/voxceleb2_valid  held-out dev speakers with balanced cross-session trials (model selection)
+#   data/voxceleb1_test   Vox1-O (veri_test2.txt); data/voxceleb1_e, data/voxceleb1_h: Vox1-E / Vox1-H
+#                         (list_test_all2.txt, list_test_hard2.txt) when present under the Vox1 root
+#   data/voxceleb2_dev_sp with --speed_perturb true: voxceleb2_dev + sp0.9- / sp1.1- copies (new speakers)
+set -euo pipefail
+. ./path.sh
+. ./db.sh
+
+voxceleb1_root=${VOXCELEB1}
+voxceleb2_root=${VOXCELEB2}
+audio=auto                   # auto (dev/wav if present, else dev/aac) | m4a | wav
+valid_speakers=100           # dev speakers held out for validation (of 5,994)
+valid_targets_per_speaker=100
+seed=0
+extended=true                # Vox1-E / Vox1-H test sets when their lists are present
+speed_perturb=false
+speed_factors="0.9 1.0 1.1"
+help_message="Usage: $0 [--voxceleb1_root DIR] [--voxceleb2_root DIR] [--audio auto|m4a|wav] [--valid_speakers N] [--valid_targets_per_speaker N] [--seed N] [--extended true|false] [--speed_perturb true|false] [--speed_factors \"0.9 1.0 1.1\"]"
+. utils/parse_options.sh
+
+python3 -m upmp.bin.prepare_voxceleb2 --root "${voxceleb2_root}" --out data --audio "${audio}" \
+  --valid_speakers "${valid_speakers}" --valid_targets_per_speaker "${valid_targets_per_speaker}" --seed "${seed}"
+extended_opt=""
+if "${extended}"; then extended_opt=--extended; fi
+python3 -m upmp.bin.prepare_voxceleb1 --root "${voxceleb1_root}" --out data --test_only ${extended_opt}
+if "${speed_perturb}"; then
+  python3 -m upmp.bin.perturb_speed --factors "${speed_factors}" data/voxceleb2_dev data/voxceleb2_dev_sp
+fi
