@@ -54,7 +54,8 @@ def test_online_augmentation_config(tmp_path):
     path = ROOT / "egs" / "voxceleb2" / "sv1" / "conf" / "train_upmp_online_aug.yaml"
     cfg = load_config(str(path))
     base = load_config(str(ROOT / "egs" / "voxceleb2" / "sv1" / "conf" / "train_upmp.yaml"))
-    assert keys(cfg) - keys(base) == {"train_conf.augment"} | {f"train_conf.augment.{k}" for k in KEYS} | {
+    assert keys(base) <= keys(cfg) and base["train_conf"]["augment"] is None
+    assert keys(cfg) - keys(base) == {f"train_conf.augment.{k}" for k in KEYS} | {
         f"train_conf.augment.{s}.{k}" for s, ks in (("kinds", ("noise", "music", "babble", "reverb")),
                                                     ("snr", ("noise", "music", "babble"))) for k in ks}
     assert Augmenter(cfg["train_conf"]["augment"]).kinds == []  # roots empty by default: nothing applied
@@ -99,10 +100,11 @@ def test_voxceleb2_stage0_and_augmentation_roots(tmp_path, small_corpus, small_v
     assert len(dev.spk2utt) == 3 and all(v.startswith("ffmpeg ") for v in dev.wav_scp.values())
     for name in ("voxceleb1_test", "voxceleb1_e", "voxceleb1_h", "voxceleb2_valid"):
         assert read_kaldi_trials(str(data / name / "trials"))
-    # the MUSAN / RIR roots reach the trainer as config overrides; the cached-stack config has no
-    # augment block, so the trainer refuses them by name
+    # the MUSAN / RIR roots select online training with the augmenting config and reach the
+    # trainer as overrides; a root without audio is refused before any upstream is loaded
     r = run(recipe, "--stage", "2", "--stop_stage", "2", "--voxceleb2_root", str(vox2), "--musan_root", "/m/musan",
-            "--train_args", "--train_conf.steps 3")
+            "--train_args", "--train_conf.steps 3 --train_conf.device cpu")
     assert r.returncode != 0
-    log = next((recipe / "exp").glob("upmp_*/train.stdout.log")).read_text()
-    assert "unknown config key 'train_conf.augment'" in log
+    log = next((recipe / "exp").glob("upmp_online_aug_*_online/train.stdout.log")).read_text()
+    assert "--train_data_dir data/voxceleb2_dev" in log and "--train_conf.augment.musan_root /m/musan" in log
+    assert "/m/musan" in next(line for line in log.splitlines() if line.startswith("train.py: error:"))

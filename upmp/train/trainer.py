@@ -269,14 +269,14 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     spanout = (tc["spanout_prob"], tc["spanout_span"], tc["spanout_rate"])
     upstream = None
     if inputs.online:
+        augment = None
+        if tc["augment"]:  # before the upstream: a bad root fails fast
+            from upmp.data.augment import Augmenter
+            augment = Augmenter(tc["augment"])
         from upmp.upstream import build_upstream
         upstream = build_upstream(inputs.upstream, inputs.upstream_ckpt).to(device)
         upstream.set_trainable(bool(tc["finetune_upstream"]))
         meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream)
-        augment = None
-        if tc["augment"]:
-            from upmp.data.augment import Augmenter
-            augment = Augmenter(tc["augment"])
         data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * 16000)), tc["batch_size"],
                              cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
         crop = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \

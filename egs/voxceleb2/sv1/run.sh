@@ -5,13 +5,16 @@
 #   ./run.sh --voxceleb1_root /data/VoxCeleb1 --voxceleb2_root /data/VoxCeleb2 --stage 0 --stop_stage 5
 #   ./run.sh --test_sets voxceleb1_test     (when the Vox1-E/H lists are not under the Vox1 root)
 #   ./run.sh --speed_perturb true           (train on voxceleb2_dev_sp: sp0.9- / sp1.1- copies as new speakers)
-#   ./run.sh --train_config conf/train_upmp_online_aug.yaml --musan_root /data/musan --rirs_root /data/RIRS_NOISES
-#                                           (online mode, upstream in the loop, with augmentation)
+#   ./run.sh --musan_root /data/musan --rirs_root /data/RIRS_NOISES
+#                                           (online mode with conf/train_upmp_online_aug.yaml: the upstream
+#                                            runs in the loop on augmented audio; no layer stacks cached)
+#   ./run.sh --train_mode online --train_nproc 4   (online without augmentation, torchrun on 4 GPUs)
 # Recipe options (the rest go to ./sv.sh; ./run.sh --help lists them):
 #   --voxceleb1_root DIR      [db.sh VOXCELEB1] the Vox1 test sets: wav tree(s), vox1_meta.csv, lists
 #   --voxceleb2_root DIR      [db.sh VOXCELEB2] dev/aac/<id>/<video>/<n>.m4a (or converted dev/wav), vox2_meta.csv
 #   --musan_root DIR, --rirs_root DIR   [empty: off] augmentation roots, passed to training as
-#                             --train_conf.augment.{musan_root,rirs_root} (an online config with an augment block)
+#                             --train_conf.augment.{musan_root,rirs_root}; either one selects --train_mode online
+#                             and --train_config conf/train_upmp_online_aug.yaml
 #   --speed_perturb true|false  [false]
 # Paper upstreams, by their S3PRL names (L Transformer layers + hidden state 0, D):
 #   wav2vec2_base_960 (wav2vec 2.0 Base, 12 x 768)    wav2vec2_large_ll60k (wav2vec 2.0 Large LV-60k, 24 x 1024)
@@ -46,6 +49,8 @@ train_set=voxceleb2_dev
 aug_args=""
 [ -n "${musan_root}" ] && aug_args+="--train_conf.augment.musan_root ${musan_root} "
 [ -n "${rirs_root}" ] && aug_args+="--train_conf.augment.rirs_root ${rirs_root} "
+aug_opts=()  # augmentation happens on waveforms: online training with the augmenting config (flags may override)
+[ -n "${aug_args}" ] && aug_opts=(--train_mode online --train_config conf/train_upmp_online_aug.yaml)
 
 ./sv.sh \
   --train_set "${train_set}" \
@@ -59,4 +64,4 @@ aug_args=""
   --score_norm "none asnorm" \
   --local_data_opts "--voxceleb1_root ${voxceleb1_root} --voxceleb2_root ${voxceleb2_root} --speed_perturb ${speed_perturb} ${local_data_opts}" \
   --train_args "${aug_args}${train_args}" \
-  "${sv_args[@]}"
+  "${aug_opts[@]}" "${sv_args[@]}"
