@@ -127,3 +127,13 @@ def test_fine_tuning_and_augmentation_need_online_mode(dump):
     r = run("upmp.bin.train", "--config", dump / "conf.yaml", "--train_scp", dump / "dump/layers.scp",
             "--utt2spk", dump / "utt2spk", "--exp_dir", dump / "exp", "--train_conf.finetune_upstream", "true")
     assert r.returncode == 1 and "need online training" in r.stderr
+
+
+def test_loader_workers_give_the_same_run(dump):
+    """Batches are a function of the step, so building them in worker processes changes nothing."""
+    common = ["upmp.bin.train", "--config", dump / "conf.yaml", "--train_scp", dump / "dump/layers.scp",
+              "--utt2spk", dump / "utt2spk"]
+    for exp, workers in (("w0", 0), ("w2", 2)):
+        r = run(*common, "--exp_dir", dump / exp, "--train_conf.num_workers", workers)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert (dump / "w0/train_metrics.tsv").read_text() == (dump / "w2/train_metrics.tsv").read_text()
