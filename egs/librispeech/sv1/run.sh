@@ -23,8 +23,8 @@
 # Backends: --backend "upmp lap superb_ecapa xvector" (conf/train_<backend>.yaml, the paper's schedule:
 # 10,000 steps of 128 x 3 s crops, OneCycle max lr 3e-3, best validation EER of every 1,000 steps).
 # Disk: cached layer stacks of the 960 h training set would take about 3.5 TB (Base, float16): stage 1
-# caches every hidden state of every utterance, so on this corpus it needs that disk (or a subset of
-# the training data); the paper's upstreams were run online, in the training loop.
+# caches every hidden state of every utterance. --train_mode online runs the upstream in the training
+# loop instead (no stage 1; stage 3 embeds from audio), as the paper did.
 # Without a GPU: --extract_device cpu --train_args "--train_conf.device cpu" (slow).
 set -euo pipefail
 . ./db.sh
@@ -32,19 +32,8 @@ set -euo pipefail
 librispeech_root=${LIBRISPEECH}
 protocol_dir=""
 local_data_opts=""
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --librispeech[_-]root=*) librispeech_root=${1#*=}; shift ;;
-    --librispeech[_-]root) librispeech_root=${2:?"$1 needs a value"}; shift 2 ;;
-    --protocol[_-]dir=*) protocol_dir=${1#*=}; shift ;;
-    --protocol[_-]dir) protocol_dir=${2:?"$1 needs a value"}; shift 2 ;;
-    --local[_-]data[_-]opts=*) local_data_opts=${1#*=}; shift ;;
-    --local[_-]data[_-]opts) local_data_opts=${2?"$1 needs a value"}; shift 2 ;;
-    --help|-h) sed -n '2,/^set -euo/p' "$0" | sed '$d' 1>&2; args+=("$1"); shift ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
+recipe_opts="librispeech_root protocol_dir local_data_opts"
+. utils/recipe_options.sh
 
 ./sv.sh \
   --train_set librispeech_train \
@@ -57,4 +46,4 @@ done
   --scoring "cosine plda" \
   --score_norm "none asnorm" \
   --local_data_opts "--librispeech_root ${librispeech_root}${protocol_dir:+ --protocol_dir ${protocol_dir}} ${local_data_opts}" \
-  "${args[@]}"
+  "${sv_args[@]}"

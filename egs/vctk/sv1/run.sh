@@ -30,19 +30,8 @@ set -euo pipefail
 vctk_root=${VCTK}
 protocol_dir=""
 local_data_opts=""
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --vctk[_-]root=*) vctk_root=${1#*=}; shift ;;
-    --vctk[_-]root) vctk_root=${2:?"$1 needs a value"}; shift 2 ;;
-    --protocol[_-]dir=*) protocol_dir=${1#*=}; shift ;;
-    --protocol[_-]dir) protocol_dir=${2:?"$1 needs a value"}; shift 2 ;;
-    --local[_-]data[_-]opts=*) local_data_opts=${1#*=}; shift ;;
-    --local[_-]data[_-]opts) local_data_opts=${2?"$1 needs a value"}; shift 2 ;;
-    --help|-h) sed -n '2,/^set -euo/p' "$0" | sed '$d' 1>&2; args+=("$1"); shift ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
+recipe_opts="vctk_root protocol_dir local_data_opts"
+. utils/recipe_options.sh
 
 ./sv.sh \
   --train_set vctk_train \
@@ -55,4 +44,4 @@ done
   --scoring "cosine plda" \
   --score_norm "none asnorm" \
   --local_data_opts "--vctk_root ${vctk_root}${protocol_dir:+ --protocol_dir ${protocol_dir}} ${local_data_opts}" \
-  "${args[@]}"
+  "${sv_args[@]}"

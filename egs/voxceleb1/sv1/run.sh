@@ -6,9 +6,9 @@
 #   ./run.sh --speed_perturb true          (train on voxceleb1_dev_sp: sp0.9- / sp1.1- copies as new speakers)
 # Recipe options (the rest go to ./sv.sh; ./run.sh --help lists them):
 #   --voxceleb1_root DIR      [db.sh VOXCELEB1] wav/ (or vox1_dev_wav/wav + vox1_test_wav/wav), vox1_meta.csv, lists
-#   --musan_root DIR, --rirs_root DIR   [empty: off] online augmentation roots, passed to training as
-#                             --train_conf.augment.{musan_root,rirs_root}: needs an online config with an
-#                             augment block (egs/voxceleb2/sv1/conf/train_upmp_online_aug.yaml)
+#   --musan_root DIR, --rirs_root DIR   [empty: off] augmentation roots, passed to training as
+#                             --train_conf.augment.{musan_root,rirs_root}; either one selects --train_mode online
+#                             and --train_config conf/train_upmp_online_aug.yaml
 #   --speed_perturb true|false  [false]
 # Paper upstreams, by their S3PRL names (L Transformer layers + hidden state 0, D):
 #   wav2vec2_base_960 (wav2vec 2.0 Base, 12 x 768)    wav2vec2_large_ll60k (wav2vec 2.0 Large LV-60k, 24 x 1024)
@@ -23,25 +23,16 @@ rirs_root=""
 speed_perturb=false
 train_args=""
 local_data_opts=""
-sv_args=()
-while [ $# -gt 0 ]; do
-  name=${1%%=*}; name=${name//-/_}
-  case ${name} in
-    __voxceleb1_root|__musan_root|__rirs_root|__speed_perturb|__train_args|__local_data_opts)
-      if [[ $1 == *=* ]]; then value=${1#*=}; shift
-      elif [ $# -ge 2 ]; then value=$2; shift 2
-      else echo "$0: no argument provided for option $1" 1>&2; exit 1; fi
-      printf -v "${name#__}" '%s' "${value}" ;;
-    __help|_h) awk 'NR > 1 && !/^#/ {exit} NR > 1 {print substr($0, 3)}' "$0" 1>&2; sv_args+=("$1"); shift ;;
-    *) sv_args+=("$1"); shift ;;
-  esac
-done
+recipe_opts="voxceleb1_root musan_root rirs_root speed_perturb train_args local_data_opts"
+. utils/recipe_options.sh
 case ${speed_perturb} in true|false) ;; *) echo "$0: --speed_perturb must be true or false" 1>&2; exit 1 ;; esac
 train_set=voxceleb1_dev
 "${speed_perturb}" && train_set=voxceleb1_dev_sp
 aug_args=""
 [ -n "${musan_root}" ] && aug_args+="--train_conf.augment.musan_root ${musan_root} "
 [ -n "${rirs_root}" ] && aug_args+="--train_conf.augment.rirs_root ${rirs_root} "
+aug_opts=()  # augmentation happens on waveforms: online training with the augmenting config (flags may override)
+[ -n "${aug_args}" ] && aug_opts=(--train_mode online --train_config conf/train_upmp_online_aug.yaml)
 
 ./sv.sh \
   --train_set "${train_set}" \
@@ -55,4 +46,4 @@ aug_args=""
   --score_norm "none asnorm" \
   --local_data_opts "--voxceleb1_root ${voxceleb1_root} --speed_perturb ${speed_perturb} ${local_data_opts}" \
   --train_args "${aug_args}${train_args}" \
-  "${sv_args[@]}"
+  "${aug_opts[@]}" "${sv_args[@]}"

@@ -30,19 +30,8 @@ rirs_root=""
 speed_perturb=false
 train_args=""
 local_data_opts=""
-sv_args=()
-while [ $# -gt 0 ]; do
-  name=${1%%=*}; name=${name//-/_}
-  case ${name} in
-    __voxceleb1_root|__voxceleb2_root|__musan_root|__rirs_root|__speed_perturb|__train_args|__local_data_opts)
-      if [[ $1 == *=* ]]; then value=${1#*=}; shift
-      elif [ $# -ge 2 ]; then value=$2; shift 2
-      else echo "$0: no argument provided for option $1" 1>&2; exit 1; fi
-      printf -v "${name#__}" '%s' "${value}" ;;
-    __help|_h) awk 'NR > 1 && !/^#/ {exit} NR > 1 {print substr($0, 3)}' "$0" 1>&2; sv_args+=("$1"); shift ;;
-    *) sv_args+=("$1"); shift ;;
-  esac
-done
+recipe_opts="voxceleb1_root voxceleb2_root musan_root rirs_root speed_perturb train_args local_data_opts"
+. utils/recipe_options.sh
 case ${speed_perturb} in true|false) ;; *) echo "$0: --speed_perturb must be true or false" 1>&2; exit 1 ;; esac
 train_set=voxceleb2_dev
 "${speed_perturb}" && train_set=voxceleb2_dev_sp
