@@ -45,6 +45,13 @@ def test_train_outputs_and_determinism(dump):
     assert rows[0] == "step\tloss\taccuracy\tlr" and [r.split()[0] for r in rows[1:]] == ["4", "8", "12"]
     assert yaml.safe_load((exp / "config.yaml").read_text())["train_conf"]["steps"] == 12
     assert "torch" in (exp / "versions.json").read_text()
+    import json
+
+    from upmp.train.trainer import load_model
+    summary = json.loads((exp / "train_summary.json").read_text())
+    model, _ = load_model(str(exp / "model.pt"))
+    assert summary["num_params"] == sum(p.numel() for p in model.parameters()) and summary["step"] == 12
+    assert summary["num_speakers"] == 3 and summary["world_size"] == 1 and summary["train_seconds"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(exp / "tensorboard"))
     events.Reload()

@@ -77,8 +77,8 @@ def main(argv=None) -> None:
     except (DataDirError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
-    import torch
-    model = torch.load(exp / "model.pt", map_location="cpu", weights_only=False) if (exp / "model.pt").is_file() else {}
+    summary_path = exp / "train_summary.json"  # written by the trainer beside model.pt
+    model = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     lines = [
         f"# Results: {exp.name}",
         "",

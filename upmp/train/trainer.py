@@ -14,6 +14,7 @@ Writes into exp_dir (rank 0 only under DDP):
     tensorboard/                    the same curves (and validation EER) as TensorBoard events
     checkpoints/last.pt             full state, rewritten every ckpt_every steps
     valid_metrics.tsv               validation EER every train_conf.valid_every steps (with a validation list)
+    train_summary.json              parameters, training time, selected step, validation EER, inputs
     model.pt                        the backend (no loss head; with the upstream's weights when
                                     fine-tuned) for embedding extraction: the checkpoint with the best
                                     validation EER when validating, else the last one
@@ -24,6 +25,7 @@ A run whose checkpoints/last.pt exists resumes from it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -445,6 +447,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         logger.info("model.pt: step %d, best validation EER %.2f %%", best["step"], best["eer"])
     else:
         atomic_torch_save(dict(final, **snapshot()), out)
+    atomic_write_text(exp / "train_summary.json", json.dumps(
+        {k: final[k] for k in ("num_params", "train_seconds", "step", "world_size", "inputs")}
+        | {"valid_eer": final.get("valid_eer"), "num_speakers": len(data.speakers)}, indent=2) + "\n")
     plot_curve(metrics_path, exp / "train_curve.png")
     from upmp.analysis import layer_usage, plot_layer_usage
     x, _ = data.batch(steps)
