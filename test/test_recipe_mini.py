@@ -77,6 +77,21 @@ def test_stage_range_and_skipping(small_recipe):
     assert "model.pt exists, skipping" in r.stderr
 
 
+def test_complete_embeddings_and_scores_are_skipped(small_recipe):
+    """Stages 3-4 rerun: complete outputs are kept; a changed scoring option rescoring only what it affects."""
+    recipe, _ = small_recipe
+    exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
+    before = {p: p.read_bytes() for p in (exp / "scores").glob("voxceleb1_test.*")}
+    r = run(recipe, "--stage", "3", "--stop_stage", "4", "--upstream", "wavlm_local")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("/xvector.scp is complete, skipping") == 3
+    assert r.stderr.count("is up to date, skipping") == 8  # 4 systems x (valid, test)
+    assert {p: p.read_bytes() for p in (exp / "scores").glob("voxceleb1_test.*")} == before
+    r = run(recipe, "--stage", "4", "--stop_stage", "4", "--upstream", "wavlm_local", "--lda_dim", "3")
+    assert r.returncode == 0 and "is up to date, skipping" not in r.stderr, r.stderr[-3000:]
+    assert (exp / "scores" / "voxceleb1_test.plda.opts").read_text().strip() == "--cohort_top_n 20 --lda_dim 3"
+
+
 def test_online_mode_with_two_processes(small_recipe):
     """--train_mode online: no layer stacks; the upstream runs in training (torchrun, 2 gloo
     processes) and in embedding extraction; the experiment dir is separate from the cached one."""

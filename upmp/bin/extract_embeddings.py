@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +32,28 @@ from upmp.upstream.layer_stack import LayerStackMeta, load_stack
 logger = logging.getLogger("extract_embeddings")
 
 
-def write_embeddings(out: Path, embeddings: dict, utt2spk: dict = None) -> None:
+def _write_vectors(out: Path, name: str, items) -> None:
+    """<name>.ark and <name>.scp; the scp is renamed into place last, so an existing scp is complete."""
     import kaldiio
+    tmp = out / f".{name}.scp.tmp"
+    with kaldiio.WriteHelper(f"ark,scp:{out}/{name}.ark,{tmp}") as w:
+        for key, vector in items:
+            w(key, vector)
+    os.replace(tmp, out / f"{name}.scp")
+
+
+def write_embeddings(out: Path, embeddings: dict, utt2spk: dict = None) -> None:
+    """xvector.ark/scp and, with utt2spk, spk_xvector.ark/scp (written first: a present
+    xvector.scp means the directory is complete)."""
     out.mkdir(parents=True, exist_ok=True)
-    with kaldiio.WriteHelper(f"ark,scp:{out}/xvector.ark,{out}/xvector.scp") as w:
-        for u in sorted(embeddings):
-            w(u, embeddings[u])
+    for name in ("xvector.scp", "spk_xvector.scp"):
+        (out / name).unlink(missing_ok=True)
     if utt2spk:
         utts = sorted(u for u in embeddings if u in utt2spk)
         labels = [utt2spk[u] for u in utts]
         means = speaker_means(np.stack([embeddings[u] for u in utts]), labels)  # rows: sorted speakers
-        with kaldiio.WriteHelper(f"ark,scp:{out}/spk_xvector.ark,{out}/spk_xvector.scp") as w:
-            for spk, mean in zip(sorted(set(labels)), means):
-                w(spk, mean.astype(np.float32))
+        _write_vectors(out, "spk_xvector", zip(sorted(set(labels)), means.astype(np.float32)))
+    _write_vectors(out, "xvector", ((u, embeddings[u]) for u in sorted(embeddings)))
 
 
 def main(argv=None) -> None:

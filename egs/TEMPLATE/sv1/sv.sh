@@ -93,6 +93,11 @@ if [ -n "${backend}" ]; then
 fi
 
 num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
+newer_than_all() {  # <file> <inputs...>: the file exists and is newer than every input
+  local f=$1; shift
+  [ -f "${f}" ] || return 1
+  for x in "$@"; do [ "${f}" -nt "${x}" ] || return 1; done
+}
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   log "Stage 0: data preparation"
@@ -165,6 +170,10 @@ for train_config in ${train_configs}; do
     log "Stage 3: embeddings"
     for set in ${train_set} ${valid_set} ${test_sets}; do
       out=${exp}/embeddings/${set}
+      if [ "${out}/xvector.scp" -nt "${exp}/model.pt" ] && \
+         [ "$(num_lines "${out}/xvector.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ]; then
+        log "${out}/xvector.scp is complete, skipping (delete it to extract again)"; continue
+      fi
       mkdir -p "${out}"
       inputs="--layers_scp ${dump}/${set}/layers.scp --utt2spk data/${set}/utt2spk"
       [ "${train_mode}" == online ] && inputs="--data_dir data/${set} ${upstream_opts} --device ${extract_device}"
@@ -181,8 +190,16 @@ for train_config in ${train_configs}; do
       for m in ${scoring}; do
         for n in ${score_norm}; do
           system=${m}$([ "${n}" == none ] || echo ".${n}")
-          ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" --cohort_top_n "${cohort_top_n}" \
-            --lda_dim "${lda_dim}" --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
+          scores=${exp}/scores/${set}.${system}
+          opts="--cohort_top_n ${cohort_top_n} --lda_dim ${lda_dim}"  # scoring options recorded with the scores
+          if [ "$(cat "${scores}.opts" 2>/dev/null)" == "${opts}" ] && newer_than_all "${scores}" "${exp}/embeddings/${set}/xvector.scp" \
+               "${exp}/embeddings/${train_set}/xvector.scp" "data/${set}/trials" && \
+             { [ "${set}" == "${valid_set}" ] || [ -z "${valid_set}" ] || \
+               newer_than_all "${scores}.llr" "${scores}" "${exp}/scores/${valid_set}.${system}"; }; then
+            log "${scores} is up to date, skipping"; continue
+          fi
+          # shellcheck disable=SC2086
+          ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" ${opts} --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
             --train_embeddings "${exp}/embeddings/${train_set}/xvector.scp" --utt2spk "data/${train_set}/utt2spk" \
             --out "${exp}/scores/${set}.${system}"
           if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
@@ -190,6 +207,7 @@ for train_config in ${train_configs}; do
               --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${exp}/scores/${set}.${system}" \
               --out "${exp}/scores/${set}.${system}.llr" > "${exp}/scores/${set}.${system}.calibration.json"
           fi
+          echo "${opts}" > "${scores}.opts"
         done
       done
     done
