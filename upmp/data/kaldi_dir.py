@@ -136,19 +136,15 @@ class DataDir:
         for name in ("wav.scp", "utt2spk"):
             if not (d / name).is_file():
                 raise DataDirError(f"{d / name}: missing (required in a Kaldi data dir)")
-        if validate:
-            validate_data_dir(d)
-        wav_scp = read_table(d / "wav.scp", max_fields=None)
-        utt2spk = read_table(d / "utt2spk")
+        tables = validate_data_dir(d) if validate else read_tables(d)  # each file read once
+        wav_scp, utt2spk = tables["wav.scp"], tables["utt2spk"]
         segments = None
-        if (d / "segments").is_file():
-            segments = {u: _parse_segment(d / "segments", i, v)
-                        for i, (u, v) in enumerate(read_table(d / "segments", 4, 4).items(), 1)}
+        if "segments" in tables:
+            segments = {u: _parse_segment(d / "segments", i, v) for i, (u, v) in enumerate(tables["segments"].items(), 1)}
         utt2dur = None
-        if (d / "utt2dur").is_file():
-            utt2dur = {u: _parse_positive(d / "utt2dur", i, v)
-                       for i, (u, v) in enumerate(read_table(d / "utt2dur").items(), 1)}
-        spk2gender = read_table(d / "spk2gender") if (d / "spk2gender").is_file() else None
+        if "utt2dur" in tables:
+            utt2dur = {u: _parse_positive(d / "utt2dur", i, v) for i, (u, v) in enumerate(tables["utt2dur"].items(), 1)}
+        spk2gender = tables.get("spk2gender")
         return cls(wav_scp, utt2spk, segments, utt2dur, spk2gender)
 
     def write(self, directory: PathLike) -> None:
@@ -208,17 +204,28 @@ def _parse_positive(path: Path, lineno: int, value: str) -> float:
     return v
 
 
-def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
+TABLE_FIELDS = {"wav.scp": (2, None), "utt2spk": (2, 2), "spk2utt": (2, None), "segments": (4, 4),
+                "utt2dur": (2, 2), "spk2gender": (2, 2)}
+
+
+def read_tables(directory: PathLike) -> Dict[str, Dict[str, str]]:
+    """The data dir's files that exist, as {file name: table} (read_table's checks applied)."""
+    d = Path(directory)
+    return {name: read_table(d / name, lo, hi) for name, (lo, hi) in TABLE_FIELDS.items() if (d / name).is_file()}
+
+
+def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> Dict[str, Dict[str, str]]:
     """Kaldi's validate_data_dir.sh --no-text --no-feats, raising DataDirError.
 
     Checks: required files, one record per line, C-sorted unique keys, utt2spk
     and spk2utt agree, utt2spk also sorted when ordered by speaker (speaker ids
     must prefix utterance ids; disable with spk_sort=False as --no-spk-sort),
     wav.scp/segments cover exactly the utterances, utt2dur keys and values,
-    spk2gender (m|f) for exactly the speakers.
+    spk2gender (m|f) for exactly the speakers. Returns the tables it read (read_tables).
     """
     d = Path(directory)
-    utt2spk = read_table(d / "utt2spk")
+    tables = read_tables(d)
+    utt2spk = tables["utt2spk"]
     utts = list(utt2spk)
     check_sorted_unique(d / "utt2spk", utts)
     if spk_sort:
@@ -228,9 +235,9 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
             raise DataDirError(
                 f"{d / 'utt2spk'}:{bad + 1}: utt2spk is not in sorted order when sorted first on "
                 f"speaker-id (make speaker-ids prefixes of utt-ids): {utts[bad]!r}")
-    if not (d / "spk2utt").is_file():
+    if "spk2utt" not in tables:
         raise DataDirError(f"{d / 'spk2utt'}: missing (create it with utils/utt2spk_to_spk2utt.pl)")
-    spk2utt = read_table(d / "spk2utt", max_fields=None)
+    spk2utt = tables["spk2utt"]
     check_sorted_unique(d / "spk2utt", list(spk2utt))
     expected = utt2spk_to_spk2utt(utt2spk)
     for lineno, (spk, value) in enumerate(spk2utt.items(), 1):
@@ -240,10 +247,10 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
     if missing_spk:
         raise DataDirError(f"{d / 'spk2utt'}: speakers in utt2spk but not here: {sorted(missing_spk)[:3]}")
 
-    wav_scp = read_table(d / "wav.scp", max_fields=None)
+    wav_scp = tables["wav.scp"]
     check_sorted_unique(d / "wav.scp", list(wav_scp))
-    if (d / "segments").is_file():
-        segments = read_table(d / "segments", 4, 4)
+    if "segments" in tables:
+        segments = tables["segments"]
         check_sorted_unique(d / "segments", list(segments))
         _same_keys(d / "segments", list(segments), utts)
         for lineno, (utt, value) in enumerate(segments.items(), 1):
@@ -252,19 +259,20 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> None:
                 raise DataDirError(f"{d / 'segments'}:{lineno}: recording {seg.reco!r} not in wav.scp")
     else:
         _same_keys(d / "wav.scp", list(wav_scp), utts)
-    if (d / "utt2dur").is_file():
-        utt2dur = read_table(d / "utt2dur")
+    if "utt2dur" in tables:
+        utt2dur = tables["utt2dur"]
         check_sorted_unique(d / "utt2dur", list(utt2dur))
         _same_keys(d / "utt2dur", list(utt2dur), utts)
         for lineno, value in enumerate(utt2dur.values(), 1):
             _parse_positive(d / "utt2dur", lineno, value)
-    if (d / "spk2gender").is_file():
-        spk2gender = read_table(d / "spk2gender")
+    if "spk2gender" in tables:
+        spk2gender = tables["spk2gender"]
         check_sorted_unique(d / "spk2gender", list(spk2gender))
         _same_keys(d / "spk2gender", list(spk2gender), list(spk2utt), what="speaker", source="spk2utt")
         for lineno, value in enumerate(spk2gender.values(), 1):
             if value not in ("m", "f"):
                 raise DataDirError(f"{d / 'spk2gender'}:{lineno}: gender must be m or f, got {value!r}")
+    return tables
 
 
 def _same_keys(path: Path, keys: List[str], utts: List[str], what: str = "utterance",
