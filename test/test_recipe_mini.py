@@ -77,6 +77,34 @@ def test_stage_range_and_skipping(small_recipe):
     assert "model.pt exists, skipping" in r.stderr
 
 
+def test_overlapping_sets_reuse_layer_stacks(small_recipe):
+    """A set sharing utterances (same id, same audio) with already extracted sets reuses their
+    stacks; the same id with another wav.scp entry is extracted again."""
+    import kaldiio
+
+    from upmp.data.kaldi_dir import DataDir
+    recipe, _ = small_recipe
+    test, valid = DataDir.load(recipe / "data/voxceleb1_test"), DataDir.load(recipe / "data/voxceleb1_valid")
+    piped = valid.utts[1]
+    mix = DataDir({**{u: test.wav_scp[u] for u in test.utts[:4]}, valid.utts[0]: valid.wav_scp[valid.utts[0]],
+                   piped: f"sox {valid.wav_scp[piped]} -t wav - |"},
+                  {u: (test.utt2spk.get(u) or valid.utt2spk[u]) for u in test.utts[:4] + valid.utts[:2]})
+    mix.write(recipe / "data/voxceleb1_mix")
+    r = run(recipe, "--stage", "1", "--stop_stage", "1", "--upstream", "wavlm_local",
+            "--test_sets", "voxceleb1_test voxceleb1_mix")
+    assert r.returncode == 0, r.stderr[-3000:]
+    dump = recipe / "dump" / "wavlm_local_wavlm_tiny"
+    assert "6 layer stacks in " + str(Path("dump/wavlm_local_wavlm_tiny/voxceleb1_mix/layers.scp")) + " (5 reused)" in r.stderr
+    mixed = dict(line.split(" ", 1) for line in (dump / "voxceleb1_mix/layers.scp").read_text().splitlines())
+    original = {}
+    for s in ("voxceleb1_test", "voxceleb1_valid"):
+        original.update(line.split(" ", 1) for line in (dump / s / "layers.scp").read_text().splitlines())
+    assert all(mixed[u] == original[u] for u in mixed if u != piped)  # pointers into the other sets' arks
+    assert mixed[piped] != original[piped] and "voxceleb1_mix/layers." in mixed[piped]
+    same = kaldiio.load_mat(str(recipe / mixed[piped])) == kaldiio.load_mat(str(recipe / original[piped]))
+    assert same.all()  # same audio, same stack
+
+
 def test_complete_embeddings_and_scores_are_skipped(small_recipe):
     """Stages 3-4 rerun: complete outputs are kept; a changed scoring option rescoring only what it affects."""
     recipe, _ = small_recipe

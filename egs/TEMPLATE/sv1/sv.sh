@@ -131,15 +131,26 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     if [ "$(num_lines "${out}/layers.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ] && [ -f "${out}/layer_stack.json" ]; then
       log "${out}/layers.scp is complete, skipping (delete it to extract again)"; continue
     fi
-    utils/split_data.sh --per-utt "data/${set}" "${nj}"
-    mkdir -p "${out}/log"
-    # shellcheck disable=SC2154
-    ${train_cmd} JOB=1:"${nj}" "${out}/log/extract.JOB.log" \
-      ${python} -m upmp.bin.extract_layers --data_dir "data/${set}/split${nj}utt/JOB" \
-        --out_prefix "${out}/layers.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
-        --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
-    for n in $(seq "${nj}"); do cat "${out}/layers.${n}.scp"; done | sort > "${out}/layers.scp"
-    log "$(num_lines "${out}/layers.scp") layer stacks in ${out}/layers.scp"
+    # utterances of other sets already extracted from the same audio are reused (Vox1-O/H lie in Vox1-E)
+    others=""; for other in ${train_set} ${valid_set} ${test_sets}; do [ "${other}" == "${set}" ] || others+=" ${dump}/${other}"; done
+    # shellcheck disable=SC2086
+    n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" --from ${others} \
+               --upstream "${upstream}" --storage "${storage}")
+    # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones
+    run_id=$(date +%Y%m%d%H%M%S)
+    if [ "${n_todo}" -gt 0 ]; then
+      n_jobs=$(( n_todo < nj ? n_todo : nj ))
+      utils/split_data.sh --per-utt "${out}/todo" "${n_jobs}"
+      mkdir -p "${out}/log"
+      # shellcheck disable=SC2154
+      ${train_cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
+        ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" \
+          --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
+          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
+    fi
+    { cat "${out}/reused.scp"; for f in "${out}/layers.${run_id}".*.scp; do if [ -f "${f}" ]; then cat "${f}"; fi; done; } \
+      | sort > "${out}/layers.scp"
+    log "$(num_lines "${out}/layers.scp") layer stacks in ${out}/layers.scp ($(num_lines "${out}/reused.scp") reused)"
   done
 fi
 
