@@ -43,8 +43,8 @@ from tqdm import tqdm
 from upmp.data.audio import SAMPLE_RATE, AudioError, sample_rate_of
 from upmp.data.kaldi_dir import (DataDirError, PathLike, _parse_positive, _parse_segment, c_sort_key, read_table,
                                  utt2spk_to_spk2utt, validate_data_dir, write_table)
-from upmp.data.trials import (espnet_label_file, match_trial_utts, read_espnet_trials, read_kaldi_trials, read_paper_csv_trials,
-                              read_voxceleb_trials, sniff_trials_format, write_kaldi_trials)
+from upmp.data.trials import (espnet_label_file, match_trial_utts, read_espnet_trials, read_kaldi_trials,
+                              read_paper_csv_trials, read_voxceleb_trials, sniff_trials_format, write_kaldi_trials)
 
 logger = logging.getLogger(__name__)
 
@@ -93,59 +93,69 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
                             old.get("sample_rate"), old.get("num_trials", 0), skipped=True)
 
     result = ImportResult(name, dst)
-    tables, segments = _read_tables(src, result.warnings)
-    utt2spk, utt_map = _speaker_sorted_ids(src, tables["utt2spk"], result.warnings)
+    tables = _our_tables(src, src_root, result)
+    utt_map = tables.pop("utt_map", {})
+    if trials_path:
+        tables["trials"] = _convert_trials(trials_path, tables["utt2spk"], {v: k for k, v in utt_map.items()})
+        result.num_trials = len(tables["trials"])
     if utt_map:
-        for key in ("utt2dur", "utt2num_samples"):
-            if key in tables:
-                tables[key] = {utt_map[u]: v for u, v in tables[key].items()}
-        if segments is not None:
-            segments = {utt_map[u]: v for u, v in segments.items()}
-    wav_scp = _resolve_audio(src, tables["wav.scp"], src_root)
-    result.sample_rate = _probe_rate(src, wav_scp)
-    if segments is not None:
-        used = {v.split()[0] for v in segments.values()}
-        unused = [r for r in wav_scp if r not in used]
-        if unused:
-            logger.info("%s: %d recordings have no segment, left out", src / "wav.scp", len(unused))
-            wav_scp = {r: v for r, v in wav_scp.items() if r in used}
-    elif utt_map:
-        wav_scp = {utt_map[u]: v for u, v in wav_scp.items()}
-    utt2dur = tables.get("utt2dur")
-    if utt2dur is None and "utt2num_samples" in tables:
-        utt2dur = {u: f"{int(n) / result.sample_rate:.4f}" for u, n in tables["utt2num_samples"].items()}
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.import.", dir=_mkdir(data_root)))
-    try:
-        write_table(tmp / "wav.scp", wav_scp)
-        write_table(tmp / "utt2spk", utt2spk)
-        write_table(tmp / "spk2utt", {s: " ".join(sorted(us, key=c_sort_key))
-                                      for s, us in utt2spk_to_spk2utt(utt2spk).items()})
-        if segments is not None:
-            write_table(tmp / "segments", segments)
-        if utt2dur is not None:
-            write_table(tmp / "utt2dur", utt2dur)
-        if utt_map:
-            write_table(tmp / "utt_map", {ours: theirs for theirs, ours in utt_map.items()})
-        if trials_path:
-            converted = _convert_trials(trials_path, utt2spk, utt_map)
-            write_kaldi_trials(str(tmp / "trials"), converted)
-            result.num_trials = len(converted)
-        validate_data_dir(tmp)
-        result.num_utts, result.num_speakers = len(utt2spk), len(set(utt2spk.values()))
-        record.update(num_utts=result.num_utts, num_speakers=result.num_speakers,
-                      sample_rate=result.sample_rate, num_trials=result.num_trials)
-        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        tables["utt_map"] = utt_map
+    result.num_utts, result.num_speakers = len(tables["utt2spk"]), len(set(tables["utt2spk"].values()))
+    record.update(num_utts=result.num_utts, num_speakers=result.num_speakers, sample_rate=result.sample_rate,
+                  num_trials=result.num_trials)
+    _write_dir(data_root, dst, tables, record)
     if result.sample_rate != SAMPLE_RATE:
         logger.info("%s: audio is %d Hz; it is resampled to %d Hz at extraction", src, result.sample_rate,
                     SAMPLE_RATE)
     logger.info("imported %s -> %s: %d utterances, %d speakers%s", src, dst, result.num_utts,
                 result.num_speakers, f", {result.num_trials} trials" if trials_path else "")
     return result
+
+
+def _our_tables(src: Path, src_root: Optional[PathLike], result: ImportResult) -> Dict[str, Dict[str, str]]:
+    """The source's tables as our copy holds them: our ids, absolute audio paths, utt2dur
+    (from utt2num_samples when needed) and utt_map ({our id: source id}) when ids changed."""
+    tables, segments = _read_tables(src, result.warnings)
+    utt2spk, utt_map = _speaker_sorted_ids(src, tables["utt2spk"], result.warnings)
+    ours = (lambda table: {utt_map[u]: v for u, v in table.items()}) if utt_map else (lambda table: table)
+    wav_scp = _resolve_audio(src, tables["wav.scp"], src_root)
+    result.sample_rate = _probe_rate(src, wav_scp)
+    out = {"utt2spk": utt2spk}
+    if segments is not None:
+        used = {v.split()[0] for v in segments.values()}
+        if len(used) < len(wav_scp):
+            logger.info("%s: %d recordings have no segment, left out", src / "wav.scp", len(wav_scp) - len(used))
+        out["wav.scp"] = {r: v for r, v in wav_scp.items() if r in used}
+        out["segments"] = ours(segments)
+    else:
+        out["wav.scp"] = ours(wav_scp)
+    if "utt2dur" in tables:
+        out["utt2dur"] = ours(tables["utt2dur"])
+    elif "utt2num_samples" in tables:
+        out["utt2dur"] = {u: f"{int(n) / result.sample_rate:.4f}" for u, n in ours(tables["utt2num_samples"]).items()}
+    if utt_map:
+        out["utt_map"] = {o: theirs for theirs, o in utt_map.items()}
+    return out
+
+
+def _write_dir(data_root: Path, dst: Path, tables: Dict[str, object], record: dict) -> None:
+    """Write the copy into a temporary dir, check it with validate_data_dir, rename it to dst."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.import.", dir=_mkdir(data_root)))
+    try:
+        for name, table in tables.items():
+            if name == "trials":
+                write_kaldi_trials(str(tmp / name), table)
+            else:
+                write_table(tmp / name, table)
+        utt2spk = tables["utt2spk"]
+        write_table(tmp / "spk2utt", {s: " ".join(sorted(us, key=c_sort_key))
+                                      for s, us in utt2spk_to_spk2utt(utt2spk).items()})
+        validate_data_dir(tmp)
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        _replace_dir(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _find_trials(src: Path, trials: Optional[PathLike], required: bool) -> Optional[Path]:
@@ -357,6 +367,7 @@ def _probe_rate(src: Path, wav_scp: Dict[str, str]) -> int:
 
 
 def _convert_trials(path: Path, utt2spk: Dict[str, str], utt_map: Dict[str, str]) -> List[Tuple[str, str, bool]]:
+    """Any supported list -> Kaldi trials in our ids (utt_map: {source id: our id} when ids changed)."""
     fmt = sniff_trials_format(str(path))
     first_line = 1
     if fmt == "voxceleb":
@@ -369,7 +380,6 @@ def _convert_trials(path: Path, utt2spk: Dict[str, str], utt_map: Dict[str, str]
     else:
         trials = read_kaldi_trials(str(path))
     if utt_map:
-        source_ids = set(utt_map)
-        trials = match_trial_utts(trials, source_ids, str(path), first_line)
+        trials = match_trial_utts(trials, set(utt_map), str(path), first_line)
         return [(utt_map[a], utt_map[b], t) for a, b, t in trials]
     return match_trial_utts(trials, utt2spk, str(path), first_line)
