@@ -266,13 +266,19 @@ def test_every_form_imports_with_the_same_audio_ids_and_trials(forms, caplog):
 
 def test_reimport_skips_until_the_source_changes(tmp_path, forms):
     _, all_forms = forms
-    src = all_forms["kaldi_wav"].src
+    src, trials = all_forms["kaldi_sox"].src, all_forms["kaldi_sox"].trials   # no list of its own
     first = import_data_dir(src, tmp_path)
-    assert not first.skipped and first.name == "vox1"
+    assert not first.skipped and first.name == "vox1" and not (tmp_path / "vox1" / "trials").exists()
     stamp = (tmp_path / "vox1" / "import.json").stat().st_mtime_ns
     assert import_data_dir(src, tmp_path).skipped
     assert (tmp_path / "vox1" / "import.json").stat().st_mtime_ns == stamp
-    other = import_data_dir(all_forms["kaldi_sox"].src, tmp_path, all_forms["kaldi_sox"].trials)
+    # a trial list given later is converted; importing again without asking for one keeps it
+    with_trials = import_data_dir(src, tmp_path, trials)
+    assert not with_trials.skipped and with_trials.num_trials == len(canonical_trials())
+    assert import_data_dir(src, tmp_path).skipped and (tmp_path / "vox1" / "trials").is_file()
+    (src / "utt2spk").touch()
+    assert not import_data_dir(src, tmp_path).skipped
+    other = import_data_dir(all_forms["kaldi_wav"].src, tmp_path)
     assert other.name == "vox1_2" and import_data_dir(src, tmp_path).name == "vox1"
     # a set we prepared ourselves is never overwritten; one of ours given as a path is used as is
     ours = tmp_path / "mine" / "data"

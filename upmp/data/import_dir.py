@@ -81,13 +81,16 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
         validate_data_dir(src)
         return ImportResult(src.name, src, skipped=True)
     trials_path = _find_trials(src, trials, require_trials)
-    record = {"source": str(src), "trials": str(trials_path) if trials_path else None,
-              "src_root": str(Path(os.path.abspath(src_root))) if src_root else None,
-              "stamp": _stamp([src / n for n in SOURCE_FILES] + ([trials_path] if trials_path else []))}
+    record = {"source": str(src), "src_root": str(Path(os.path.abspath(src_root))) if src_root else None,
+              "stamp": _stamp([src / n for n in SOURCE_FILES]),
+              "trials": str(trials_path) if trials_path else None,
+              "trials_stamp": _stamp([trials_path] if trials_path else [])}
     name = _choose_name(src, data_root)
     dst = data_root / name
     old = _read_record(dst)
-    if old and {k: old.get(k) for k in record} == record:
+    # up to date: same source files and the same trial list (any, when none is asked for)
+    compared = [k for k in record if trials_path or not k.startswith("trials")]
+    if old and all(old.get(k) == record[k] for k in compared):
         logger.info("%s is up to date with %s, skipping", dst, src)
         return ImportResult(name, dst, old.get("num_utts", 0), old.get("num_speakers", 0),
                             old.get("sample_rate"), old.get("num_trials", 0), skipped=True)
