@@ -12,7 +12,9 @@ Rules:
   commands) are resolved against the source's recipe dir: --src_root, or else the
   nearest of the source dir and its ancestors under which the first relative path
   exists (an ESPnet dump/raw/<set> names dump/raw/org/... from its recipe dir; a Kaldi
-  data/<set> often names files from its recipe dir too). Every path must exist.
+  data/<set> often names files from its recipe dir too). Every path must exist. In a
+  command, the words ending in an audio extension (.wav, .flac, .m4a, .sph, ...) are
+  those files; the rest of the command is kept as it is.
 - Files not C-sorted are sorted in our copy with a warning. Utterance ids that do not
   sort by speaker (Kaldi's rule: speaker ids prefix utterance ids) become
   `<spk>-<utt>` in our copy with a warning; utt_map keeps `<our id> <source id>`.
@@ -22,6 +24,7 @@ Rules:
   changes a training set or a trial list, so the source should be fixed instead.
 - The sample rate of the first recording is probed (an error if unreadable); other
   than 16 kHz is logged once (upmp.data.audio resamples every utterance at extraction).
+  ESPnet's utt2num_samples becomes utt2dur at that rate.
 - The copy is built in a temporary dir and renamed into place; a second import of an
   unchanged source is skipped; a set name already used by another source or by a set
   we prepared gets a suffix (_2, _3, ...), so two imports never clobber each other.
