@@ -302,6 +302,17 @@ def test_m4a_pipe_loads(tmp_path):
     assert np.corrcoef(x[:n - lag], y[lag:n])[0, 1] > 0.99  # lossy, but the same audio
 
 
+def test_44k_audio_is_probed_and_resampled(tmp_path, caplog):
+    soundfile.write(tmp_path / "a.wav", tone(0.5, 440, rate=44100), 44100, subtype="PCM_16")
+    src = tmp_path / "their"
+    write_lines(src / "wav.scp", [f"s1-a {tmp_path}/a.wav"])
+    write_lines(src / "utt2spk", ["s1-a s1"])
+    with caplog.at_level("INFO"):
+        result = import_data_dir(src, tmp_path / "data")
+    assert result.sample_rate == 44100 and "audio is 44100 Hz; it is resampled to 16000 Hz" in caplog.text
+    assert len(load_audio(*DataDir.load(tmp_path / "data" / result.name).wav_entry("s1-a"))) == 8000
+
+
 def broken(tmp_path: Path, files: Dict[str, str]) -> Path:
     d = tmp_path / "their"
     d.mkdir(exist_ok=True)
