@@ -20,6 +20,7 @@ ENTRY_POINTS = {
     "upmp-perturb-speed": "upmp.bin.perturb_speed:main",
     "upmp-build-tiny-upstream": "upmp.bin.build_tiny_upstream:main",
     "upmp-data-dir": "upmp.bin.data_dir:main",
+    "upmp-import-data-dir": "upmp.bin.import_data_dir:main",
     "upmp-extract-layers": "upmp.bin.extract_layers:main",
     "upmp-train": "upmp.bin.train:main",
     "upmp-extract-embeddings": "upmp.bin.extract_embeddings:main",

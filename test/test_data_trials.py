@@ -72,3 +72,30 @@ def test_reader_errors(tmp_path):
     (tmp_path / "e").write_text("a*b*c 1\n")
     with pytest.raises(DataDirError, match=r"e:1: expected '<utt1>\*<utt2> <0\|1>'"):
         read_espnet_trials(str(tmp_path / "e"))
+
+
+def test_sniff_and_match_trial_names_to_ids(tmp_path):
+    from upmp.data.trials import match_trial_utts, read_trials, sniff_trials_format
+    lists = {"k": "a-1 b-1 nontarget\n", "v": "0 a/x/1.wav b/x/1.wav\n", "e": "a-1*b-1 0\n",
+             "c": "LABEL,SAMPLE1,SAMPLE2\n0,a.wav,b.wav\n"}
+    for name, text in lists.items():
+        (tmp_path / name).write_text(text)
+    assert [sniff_trials_format(str(tmp_path / n)) for n in lists] == ["kaldi", "voxceleb", "espnet", "paper_csv"]
+    assert read_trials(str(tmp_path / "v"), "auto") == [("a-x-1", "b-x-1", False)]
+    (tmp_path / "bad").write_text("a b c d\n")
+    with pytest.raises(DataDirError, match=r"bad:1: not a trial list in a known form"):
+        sniff_trials_format(str(tmp_path / "bad"))
+    trials = [("a/x/00001.wav", "p1_002.wav", True)]
+    assert match_trial_utts(trials, {"a/x/00001.wav", "p1_002"}, "t") == [("a/x/00001.wav", "p1_002", True)]
+    assert match_trial_utts(trials, {"a/x/00001", "p1_002"}, "t") == [("a/x/00001", "p1_002", True)]
+    assert match_trial_utts(trials, {"a-x-00001", "p1_002"}, "t") == [("a-x-00001", "p1_002", True)]
+    with pytest.raises(DataDirError, match=r"t:3: 'a/x/00001.wav' matches several utterances: \['a-x-00001', 'a/x/00001'\]"):
+        match_trial_utts(trials, {"a/x/00001", "a-x-00001", "p1_002"}, "t", first_line=3)
+
+
+def test_espnet_trial_scp_reads_the_labels_beside_it(tmp_path):
+    (tmp_path / "trial.scp").write_text("a/x/1*b/x/1 dump/raw/org/a.ark:12\n")
+    with pytest.raises(DataDirError, match=r"trial.scp:1: this looks like ESPnet's trial.scp"):
+        read_espnet_trials(str(tmp_path / "trial.scp"))
+    (tmp_path / "trial_label").write_text("a/x/1*b/x/1 0\n")
+    assert read_espnet_trials(str(tmp_path / "trial.scp")) == [("a/x/1", "b/x/1", False)]

@@ -1,11 +1,12 @@
 """Convert a trial list to Kaldi trials (`<utt1> <utt2> target|nontarget`).
 
-    python -m upmp.bin.convert_trials --format voxceleb|paper_csv|espnet|kaldi --input LIST --output trials \
+    python -m upmp.bin.convert_trials --format auto|voxceleb|paper_csv|espnet|kaldi --input LIST --output trials \
         [--id_scheme auto|voxceleb|basename] [--data_dir data/test]
 
 voxceleb: official `1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav`;
 paper_csv: the UniPool paper's `LABEL,SAMPLE1,SAMPLE2,...` CSV; espnet: `trial_label`
-(`utt1*utt2 0|1`). With --data_dir every trial utterance must be in its utt2spk.
+(`utt1*utt2 0|1`; given trial.scp, the trial_label beside it); auto: sniffed from the
+first line. With --data_dir every trial utterance must be in its utt2spk.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from upmp.data.trials import read_trials, write_kaldi_trials
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=["kaldi", "voxceleb", "paper_csv", "espnet"])
+    p.add_argument("--format", required=True, choices=["auto", "kaldi", "voxceleb", "paper_csv", "espnet"])
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--id_scheme", default="auto", choices=["auto", "voxceleb", "basename"])

@@ -96,3 +96,15 @@ def load_audio(entry: str, segment: Optional[Segment] = None, rate: int = SAMPLE
     if samples.size == 0:
         raise AudioError(f"empty audio for {name or entry!r}")
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def sample_rate_of(entry: str) -> int:
+    """Sample rate of a wav.scp value: from the file header for plain paths, by reading
+    the audio for pipes and ark entries."""
+    entry = entry.strip()
+    if entry.endswith("|") or _is_ark_entry(entry):
+        return read_wav_entry(entry)[1]
+    try:
+        return int(soundfile.info(entry).samplerate)
+    except Exception as e:
+        raise AudioError(f"cannot read audio file {entry!r}: {e}") from None

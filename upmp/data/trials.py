@@ -1,7 +1,11 @@
-"""Trial lists: Kaldi `<utt1> <utt2> target|nontarget` and VoxCeleb `<1|0> <a.wav> <b.wav>`."""
+"""Trial lists: Kaldi `<utt1> <utt2> target|nontarget` (WeSpeaker's `.kaldi` lists too),
+VoxCeleb `<1|0> <a.wav> <b.wav>`, ESPnet `trial_label` (`<utt1>*<utt2> <0|1>`, with
+`trial.scp` / `trial2.scp` holding `<utt1>*<utt2> <audio>`) and the paper's CSV lists.
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,14 +24,18 @@ def voxceleb_path_to_utt(path: str) -> str:
     return f"{spk}-{video}-{stem}"
 
 
-def read_voxceleb_trials(path: str) -> List[Tuple[str, str, bool]]:
-    """Read an official VoxCeleb list (`1 a.wav b.wav`), returning utterance ids."""
+def read_voxceleb_trials(path: str, keep_paths: bool = False) -> List[Tuple[str, str, bool]]:
+    """Read an official VoxCeleb list (`1 a.wav b.wav`), returning Kaldi-style utterance
+    ids (`id10270-x6uYqmx31kE-00001`), or the paths as written with keep_paths=True."""
     trials = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
             if len(fields) != 3 or fields[0] not in ("0", "1"):
                 raise DataDirError(f"{path}:{lineno}: expected '<1|0> <enroll.wav> <test.wav>', got {line.rstrip()!r}")
+            if keep_paths:
+                trials.append((fields[1], fields[2], fields[0] == "1"))
+                continue
             try:
                 a, b = voxceleb_path_to_utt(fields[1]), voxceleb_path_to_utt(fields[2])
             except ValueError as e:
@@ -74,8 +82,23 @@ def read_paper_csv_trials(path: str, scheme: str = "auto") -> List[Tuple[str, st
     return trials
 
 
+def espnet_label_file(path: str) -> str:
+    """`path` if it is an ESPnet trial_label; for ESPnet's trial.scp / trial2.scp
+    (`<utt1>*<utt2> <audio of utt1 | utt2>`, no labels), the trial_label beside it."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().split()
+    if len(first) == 2 and "*" in first[0] and first[1] not in ("0", "1"):
+        label = Path(path).with_name("trial_label")
+        if not label.is_file():
+            raise DataDirError(f"{path}:1: this looks like ESPnet's trial.scp (<utt1>*<utt2> <audio>), which has "
+                               f"no labels; they are in trial_label, not found beside it")
+        return str(label)
+    return path
+
+
 def read_espnet_trials(path: str) -> List[Tuple[str, str, bool]]:
-    """ESPnet's trial_label: `<utt1>*<utt2> <0|1>`."""
+    """ESPnet's trial_label: `<utt1>*<utt2> <0|1>` (given trial.scp, the trial_label beside it)."""
+    path = espnet_label_file(path)
     trials = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -87,13 +110,65 @@ def read_espnet_trials(path: str) -> List[Tuple[str, str, bool]]:
     return trials
 
 
+def sniff_trials_format(path: str) -> str:
+    """kaldi, voxceleb, espnet or paper_csv, from the first line of a trial list."""
+    with open(path, encoding="utf-8") as f:
+        line = f.readline()
+    fields = line.split()
+    if line.startswith("LABEL,SAMPLE1,SAMPLE2"):
+        return "paper_csv"
+    if len(fields) == 3 and fields[2] in KALDI_LABELS:
+        return "kaldi"
+    if len(fields) == 3 and fields[0] in ("0", "1"):
+        return "voxceleb"
+    if len(fields) == 2 and fields[0].count("*") == 1:
+        return "espnet"
+    raise DataDirError(f"{path}:1: not a trial list in a known form (Kaldi '<utt1> <utt2> target|nontarget', "
+                       f"VoxCeleb '<1|0> <a.wav> <b.wav>', ESPnet '<utt1>*<utt2> <0|1>', paper CSV): {line.rstrip()!r}")
+
+
+def match_trial_utts(trials: List[Tuple[str, str, bool]], utts: Collection[str], path: str,
+                     first_line: int = 1) -> List[Tuple[str, str, bool]]:
+    """Map the names in a trial list to the utterance ids of a data dir.
+
+    A name that is an id is kept. Otherwise, for lists that name audio files, the
+    candidates are the name without its extension (ESPnet's `id10270/x6uYqmx31kE/00001`),
+    the VoxCeleb id (`id10270-x6uYqmx31kE-00001`) and the file's stem (`p329_050`);
+    exactly one of them must be an id. Raises DataDirError naming the list's line
+    (trial i is on line first_line + i) for an unknown or ambiguous name.
+    """
+    cache: Dict[str, str] = {}
+
+    def match(name: str, lineno: int) -> str:
+        if name in utts:
+            return name
+        if name not in cache:
+            stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
+            candidates = [stem, stem.rsplit("/", 1)[-1]]
+            if stem.count("/") >= 2:
+                candidates.append(voxceleb_path_to_utt(stem))
+            found = sorted({c for c in candidates if c in utts})
+            if len(found) > 1:
+                raise DataDirError(f"{path}:{lineno}: {name!r} matches several utterances: {found}")
+            if not found:
+                others = [repr(c) for c in dict.fromkeys(candidates) if c != name]
+                raise DataDirError(f"{path}:{lineno}: utterance {name!r} is not in the data dir"
+                                   + (f" (nor is {' or '.join(others)})" if others else ""))
+            cache[name] = found[0]
+        return cache[name]
+
+    return [(match(a, first_line + i), match(b, first_line + i), t) for i, (a, b, t) in enumerate(trials)]
+
+
 def read_trials(path: str, fmt: str = "kaldi", scheme: str = "auto") -> List[Tuple[str, str, bool]]:
-    """Any supported trial list -> [(utt1, utt2, is_target)]."""
+    """Any supported trial list -> [(utt1, utt2, is_target)] (fmt "auto": sniff_trials_format)."""
     readers = {"kaldi": read_kaldi_trials, "voxceleb": read_voxceleb_trials, "espnet": read_espnet_trials}
+    if fmt == "auto":
+        fmt = sniff_trials_format(path)
     if fmt == "paper_csv":
         return read_paper_csv_trials(path, scheme)
     if fmt not in readers:
-        raise ValueError(f"unknown trial format {fmt!r} (kaldi, voxceleb, paper_csv, espnet)")
+        raise ValueError(f"unknown trial format {fmt!r} (auto, kaldi, voxceleb, paper_csv, espnet)")
     return readers[fmt](path)
 
 
@@ -183,5 +258,6 @@ def align_scores(trials_path: str, scores_path: str) -> Tuple[np.ndarray, np.nda
     return out, labels
 
 
-__all__ = ["voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials",
-           "write_kaldi_trials", "read_scores", "align_scores"]
+__all__ = ["voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials", "read_espnet_trials",
+           "read_trials", "sniff_trials_format", "match_trial_utts", "write_kaldi_trials", "read_scores",
+           "align_scores"]

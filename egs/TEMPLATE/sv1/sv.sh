@@ -33,9 +33,11 @@ scoring=cosine          # cosine and/or plda (a space-separated list scores with
 score_norm=none         # none, snorm and/or asnorm (list); cohort = training speakers' mean embeddings
 cohort_top_n=300        # AS-norm: top-N cohort scores per side
 lda_dim=200             # PLDA: LDA dimension (capped at #speakers - 1)
-train_set=""            # data/<train_set>
+train_set=""            # data/<train_set>, or a path (contains /) to a data dir prepared elsewhere
 valid_set=""            # data/<valid_set> with trials: held-out list for calibration (optional)
-test_sets=""            # space-separated data/<set> names, each with data/<set>/trials
+test_sets=""            # space-separated data/<set> names (each with data/<set>/trials) or paths
+trials=""               # trial lists, one per test set in order (Kaldi, WeSpeaker .kaldi, VoxCeleb, ESPnet
+                        # trial_label); default: data/<set>/trials, or a path set's own trials / trial_label
 
 help_message=$(cat <<EOF
 Usage: $0 --train_set <set> --test_sets "<set> ..." [options]
@@ -59,7 +61,10 @@ Options (default in brackets):
   --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
-  --train_set <name> [${train_set}]  --valid_set <name> [${valid_set}]  --test_sets "<names>" [${test_sets}]
+  --train_set <name|path> [${train_set}]  --valid_set <name|path> [${valid_set}]  --test_sets "<names|paths>" [${test_sets}]
+  --trials "<list per test set>" [${trials}]
+     A set given as a path (anything with a /) is a Kaldi / ESPnet / WeSpeaker data dir prepared
+     elsewhere: it is imported read-only into data/<its name> (upmp.bin.import_data_dir).
   --local_data_opts "<opts>" [${local_data_opts}]  --dumpdir <dir> [${dumpdir}]  --expdir <dir> [${expdir}]
 EOF
 )
@@ -75,6 +80,30 @@ case ${train_mode} in cached|online) ;; *) log "unknown --train_mode ${train_mod
 for n in ${score_norm}; do case ${n} in none|snorm|asnorm) ;; *) log "unknown --score_norm ${n} (none, snorm, asnorm)"; exit 1 ;; esac; done
 systems=""
 for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == none ] || echo ".${n}")"; done; done
+
+# Sets given as paths are imported into data/<name> (read-only on the source; a name already
+# taken by another source gets a suffix); --trials are converted to Kaldi form beside them.
+read -r -a trial_lists <<< "${trials}"
+n_test=$(wc -w <<< "${test_sets}")
+if [ ${#trial_lists[@]} -ne 0 ] && [ ${#trial_lists[@]} -ne "${n_test}" ]; then
+  log "--trials has ${#trial_lists[@]} lists for ${n_test} test sets (give one per test set, in order)"; exit 1
+fi
+use_set() {  # <set name or path> <trial list or ""> <needs trials: true|false> -> prints the name under data/
+  if [[ "$1" == */* ]]; then
+    ${python} -m upmp.bin.import_data_dir --src "$1" --data_root data ${2:+--trials "$2"} \
+      $("$3" && echo --require_trials) || return 1
+  else
+    if [ -n "$2" ]; then
+      ${python} -m upmp.bin.convert_trials --format auto --input "$2" --output "data/$1/trials" --data_dir "data/$1" 1>&2 || return 1
+    fi
+    echo "$1"
+  fi
+}
+train_set=$(use_set "${train_set}" "" false)
+[ -z "${valid_set}" ] || valid_set=$(use_set "${valid_set}" "" true)
+names=""; i=0
+for set in ${test_sets}; do names+=" $(use_set "${set}" "${trial_lists[i]:-}" true)"; i=$((i + 1)); done
+test_sets=${names# }
 
 if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
   if ! "${tiny_upstream}"; then log "--upstream ${upstream} needs --upstream_ckpt (or --tiny_upstream true)"; exit 1; fi

@@ -1,0 +1,380 @@
+"""Importing data dirs prepared by Kaldi, ESPnet and WeSpeaker (upmp.data.import_dir).
+
+make_forms writes ONE synthetic set of utterances (VoxCeleb layout, 4 speakers) as a data
+dir in every form users bring; test_recipe_import.py runs the recipe on them.
+"""
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import tone
+from upmp.data.audio import load_audio
+from upmp.data.import_dir import import_data_dir
+from upmp.data.kaldi_dir import DataDir, DataDirError, read_table, validate_data_dir, write_table
+from upmp.data.trials import read_kaldi_trials
+
+SPEAKERS, VIDEOS, UTTS = 4, 2, 2
+
+
+@dataclass
+class Form:
+    src: Path                  # the data dir as its toolkit leaves it
+    ids: Dict[str, str]        # canonical id (id00001/vid1/00001) -> the form's utterance id
+    trials: Optional[Path]     # a trial list to pass with --trials (None: the dir's own list)
+    lossless: bool = True
+
+
+def canonical_utts() -> Dict[str, tuple]:
+    """id00001/vid1/00001 -> (seconds (multiple of 10 ms), frequency, seed)."""
+    utts, k = {}, 0
+    for s in range(1, SPEAKERS + 1):
+        for v in range(1, VIDEOS + 1):
+            for u in range(1, UTTS + 1):
+                utts[f"id0000{s}/vid{v}/0000{u}"] = (0.8 + 0.07 * k, 150 + 60 * s + 9 * k, k)
+                k += 1
+    return utts
+
+
+def canonical_trials():
+    """Every pair once: (a, b, same speaker)."""
+    return [(a, b, a.split("/")[0] == b.split("/")[0]) for a, b in combinations(sorted(canonical_utts()), 2)]
+
+
+def kaldi_id(c: str) -> str:
+    return c.replace("/", "-")
+
+
+def write_lines(path: Path, lines) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def kaldi_trials(path: Path, ids: Dict[str, str]) -> Path:
+    return write_lines(path, [f"{ids[a]} {ids[b]} {'target' if t else 'nontarget'}" for a, b, t in canonical_trials()])
+
+
+def spk_of(c: str) -> str:
+    return c.split("/")[0]
+
+
+def make_forms(root: Path) -> Dict[str, Form]:
+    """The corpus (PCM-16 wav and flac at 16 kHz, wav at 8 kHz) and one data dir per form,
+    each named vox1 (so importing them all also exercises name collisions)."""
+    utts = canonical_utts()
+    corpus = root / "corpus"
+    pcm: Dict[str, np.ndarray] = {}
+    for c, (sec, freq, seed) in utts.items():
+        (corpus / "wav" / c).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / "wav8k" / c).parent.mkdir(parents=True, exist_ok=True)
+        # int16 samples written as such: libsndfile's float -> PCM scaling differs between wav and flac
+        pcm[c] = np.round(tone(sec, freq, seed=seed) * 32767).astype(np.int16)
+        soundfile.write(corpus / "wav" / f"{c}.wav", pcm[c], 16000, subtype="PCM_16")
+        soundfile.write(corpus / "wav" / f"{c}.flac", pcm[c], 16000, subtype="PCM_16")
+        soundfile.write(corpus / "wav8k" / f"{c}.wav", tone(sec, freq, rate=8000, seed=seed), 8000, subtype="PCM_16")
+    wav = {c: str(corpus / "wav" / f"{c}.wav") for c in utts}
+    forms: Dict[str, Form] = {}
+    kid = {c: kaldi_id(c) for c in utts}
+
+    def kaldi_dir(name: str, wav_scp: Dict[str, str], ids: Dict[str, str], spk2utt_only: bool = False) -> Path:
+        d = root / "their" / name / "data" / "vox1"
+        write_table(d / "wav.scp", {ids[c]: v for c, v in wav_scp.items()})
+        utt2spk = {ids[c]: spk_of(c) for c in utts}
+        write_table(d / "spk2utt", {s: " ".join(sorted(u for u in utt2spk if utt2spk[u] == s))
+                                    for s in set(utt2spk.values())})
+        if not spk2utt_only:
+            write_table(d / "utt2spk", utt2spk)
+        return d
+
+    # Kaldi: plain paths, own trials
+    d = kaldi_dir("kaldi_wav", wav, kid)
+    kaldi_trials(d / "trials", kid)
+    forms["kaldi_wav"] = Form(d, kid, None)
+    # Kaldi: sox pipes on flac, VoxCeleb trial list
+    d = kaldi_dir("kaldi_sox", {c: f"sox {corpus}/wav/{c}.flac -t wav - |" for c in utts}, kid)
+    vox = write_lines(root / "their" / "kaldi_sox" / "veri_test2.txt",
+                      [f"{int(t)} {a}.wav {b}.wav" for a, b, t in canonical_trials()])
+    forms["kaldi_sox"] = Form(d, kid, vox)
+    # Kaldi: ffmpeg pipes on flac named relative to the recipe dir, spk2utt only, utt2dur
+    rel = root / "their" / "kaldi_ffmpeg"
+    for c in utts:
+        (rel / "audio" / c).parent.mkdir(parents=True, exist_ok=True)
+        (rel / "audio" / f"{c}.flac").write_bytes((corpus / "wav" / f"{c}.flac").read_bytes())
+    d = kaldi_dir("kaldi_ffmpeg", {c: f"ffmpeg -v 8 -i audio/{c}.flac -f wav -acodec pcm_s16le - |" for c in utts},
+                  kid, spk2utt_only=True)
+    write_table(d / "utt2dur", {kid[c]: f"{len(pcm[c]) / 16000:.2f}" for c in utts})
+    forms["kaldi_ffmpeg"] = Form(d, kid, kaldi_trials(rel / "trials.txt", kid))
+    # Kaldi: segments cut from one recording per video
+    d = root / "their" / "kaldi_segments" / "data" / "vox1"
+    wav_scp, segments = {}, {}
+    for s in range(1, SPEAKERS + 1):
+        for v in range(1, VIDEOS + 1):
+            reco = f"id0000{s}-vid{v}"
+            parts, t = [], 0
+            for c in sorted(u for u in utts if u.startswith(f"id0000{s}/vid{v}/")):
+                parts += [np.zeros(4000, np.int16), pcm[c]]           # 0.25 s gap before each
+                t += 4000
+                segments[kid[c]] = f"{reco} {t / 16000:.4f} {(t + len(pcm[c])) / 16000:.4f}"
+                t += len(pcm[c])
+            path = root / "their" / "kaldi_segments" / "reco" / f"{reco}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
+            wav_scp[reco] = str(path)
+    write_table(d / "wav.scp", wav_scp)
+    write_table(d / "segments", segments)
+    write_table(d / "utt2spk", {kid[c]: spk_of(c) for c in utts})
+    forms["kaldi_segments"] = Form(d, kid, kaldi_trials(root / "their" / "kaldi_segments" / "trials", kid))
+
+    # ESPnet: dump/raw/<set> written by format_wav_scp with ark output (kaldiio's wav-in-ark of
+    # (rate, int16) and, as newer ESPnet writes it, soundfile flac), paths relative to the recipe dir
+    import kaldiio
+    eid = dict(zip(utts, utts))  # ESPnet's VoxCeleb ids: spk/video/utt
+    recipe = root / "their" / "espnet" / "egs2" / "vox" / "spk1"
+    ark_rel = "dump/raw/org/vox1/data/format.1/data_wav.ark"
+    (recipe / ark_rel).parent.mkdir(parents=True)
+    d = recipe / "dump" / "raw" / "vox1"
+    d.mkdir(parents=True)
+    with open(recipe / ark_rel, "wb") as fark, open(d / "wav.scp", "w") as fscp:
+        for i, c in enumerate(sorted(utts)):
+            if i % 2:
+                kaldiio.save_ark(fark, {c: (pcm[c] / 32768.0, 16000)}, scp=fscp, append=True,
+                                 write_function="soundfile", write_kwargs={"format": "flac", "subtype": None})
+            else:
+                kaldiio.save_ark(fark, {c: (16000, pcm[c])}, scp=fscp, append=True)
+    (d / "wav.scp").write_text((d / "wav.scp").read_text().replace(str(recipe / ark_rel), ark_rel))
+    espnet_tables(d, utts, pcm)
+    forms["espnet_ark"] = Form(d, eid, d / "trial.scp")
+    # ESPnet: flac files
+    recipe = root / "their" / "espnet_flac" / "spk1"
+    d = recipe / "dump" / "raw" / "vox1"
+    scp = {}
+    for c in utts:
+        rel_path = f"dump/raw/vox1/data/format.1/{c.replace('/', '-')}.flac"
+        (recipe / rel_path).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(recipe / rel_path, pcm[c], 16000, subtype="PCM_16")
+        scp[c] = rel_path
+    write_table(d / "wav.scp", scp)
+    espnet_tables(d, utts, pcm)
+    forms["espnet_flac"] = Form(d, eid, None)
+
+    # WeSpeaker: ids are relative paths, trials in data/vox1/trials/*.kaldi
+    wid = {c: f"{c}.wav" for c in utts}
+    d = root / "their" / "wespeaker" / "data" / "vox1"
+    write_table(d / "wav.scp", {wid[c]: wav[c] for c in utts})
+    write_table(d / "utt2spk", {wid[c]: spk_of(c) for c in utts})
+    forms["wespeaker"] = Form(d, wid, kaldi_trials(d / "trials" / "vox1_O_cleaned.kaldi", wid))
+
+    # unsorted files, and ids that do not start with the speaker (u01 of id00003 ...)
+    order = np.random.default_rng(3).permutation(len(utts))
+    uid = {c: f"u{order[i]:02d}" for i, c in enumerate(sorted(utts))}
+    d = root / "their" / "unsorted" / "data" / "vox1"
+    shuffled = [sorted(utts)[i] for i in np.random.default_rng(4).permutation(len(utts))]
+    write_lines(d / "wav.scp", [f"{uid[c]} {wav[c]}" for c in shuffled])
+    write_lines(d / "utt2spk", [f"{uid[c]} {spk_of(c)}" for c in reversed(shuffled)])
+    forms["unsorted"] = Form(d, uid, kaldi_trials(root / "their" / "unsorted" / "trials", uid))
+
+    # 8 kHz telephone-band audio (resampled by us: not comparable sample for sample)
+    d = kaldi_dir("rate8k", {c: str(corpus / "wav8k" / f"{c}.wav") for c in utts}, kid)
+    kaldi_trials(d / "trials", kid)
+    forms["rate8k"] = Form(d, kid, None, lossless=False)
+    return forms
+
+
+def espnet_tables(d: Path, utts, pcm) -> None:
+    write_table(d / "utt2spk", {c: spk_of(c) for c in utts})
+    write_table(d / "spk2utt", {s: " ".join(sorted(c for c in utts if spk_of(c) == s)) for s in map(spk_of, utts)})
+    write_table(d / "utt2num_samples", {c: str(len(pcm[c])) for c in utts})
+    (d / "feats_type").write_text("raw\n")
+    keys = [f"{a}*{b}" for a, b, _ in canonical_trials()]
+    write_lines(d / "trial.scp", [f"{k} {k.split('*')[0]}.wav" for k in keys])   # paths: not read by us
+    write_lines(d / "trial2.scp", [f"{k} {k.split('*')[1]}.wav" for k in keys])
+    write_lines(d / "trial_label", [f"{k} {int(t)}" for k, (_, _, t) in zip(keys, canonical_trials())])
+
+
+def tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("byo")
+    return root, make_forms(root)
+
+
+def test_every_form_imports_with_the_same_audio_ids_and_trials(forms, caplog):
+    root, all_forms = forms
+    before = tree_hash(root / "their")
+    data = root / "data"
+    reference = {c: load_audio(str(root / "corpus" / "wav" / f"{c}.wav")) for c in canonical_utts()}
+    names = []
+    with caplog.at_level("INFO"):
+        for form_name, form in all_forms.items():
+            result = import_data_dir(form.src, data, form.trials, require_trials=True)
+            names.append(result.name)
+            d = data / result.name
+            validate_data_dir(d)
+            loaded = DataDir.load(d)
+            to_ours = {v: k for k, v in read_table(d / "utt_map").items()} if (d / "utt_map").is_file() else {}
+            ours = {c: to_ours.get(i, i) for c, i in form.ids.items()}
+            assert sorted(loaded.utts) == sorted(ours.values()), form_name
+            assert result.num_utts == len(ours) and result.num_speakers == SPEAKERS
+            assert len(result.warnings) == (3 if form_name == "unsorted" else 0), result.warnings
+            for c, utt in ours.items():
+                assert loaded.utt2spk[utt] == spk_of(c)
+                x = load_audio(*loaded.wav_entry(utt), name=utt)
+                if form.lossless:
+                    assert np.array_equal(x, reference[c]), (form_name, c)
+                else:
+                    assert len(x) == len(reference[c]), (form_name, c)
+            expected = [(ours[a], ours[b], t) for a, b, t in canonical_trials()]
+            assert read_kaldi_trials(str(d / "trials")) == expected, form_name
+            assert result.sample_rate == (8000 if form_name == "rate8k" else 16000)
+    assert names == ["vox1"] + [f"vox1_{n}" for n in range(2, len(all_forms) + 1)]  # no clobbering
+    assert tree_hash(root / "their") == before
+    # utt2num_samples (ESPnet) and utt2dur (Kaldi) -> utt2dur
+    dur = read_table(data / names[list(all_forms).index("espnet_ark")] / "utt2dur")
+    assert float(dur["id00001/vid1/00001"]) == pytest.approx(0.8)
+    assert (data / names[list(all_forms).index("kaldi_ffmpeg")] / "utt2dur").is_file()
+    log = caplog.text
+    assert "unsorted/data/vox1/wav.scp: not sorted (LC_ALL=C); sorted in our copy" in log
+    assert "unsorted/data/vox1/utt2spk: utterance ids do not sort by speaker" in log
+    assert "rate8k/data/vox1: audio is 8000 Hz; it is resampled to 16000 Hz at extraction" in log
+    assert log.count("resampled to") == 1
+    assert f"kaldi_ffmpeg/data/vox1: relative audio paths resolve against {root / 'their' / 'kaldi_ffmpeg'}" in log
+    # ids with / stay as they are; the renamed ids map back to the user's
+    assert (data / names[list(all_forms).index("wespeaker")] / "wav.scp").read_text().startswith(
+        "id00001/vid1/00001.wav ")
+    assert read_table(data / names[list(all_forms).index("unsorted")] / "utt_map") == {
+        f"{spk_of(c)}-{u}": u for c, u in all_forms["unsorted"].ids.items()}
+
+
+def test_reimport_skips_until_the_source_changes(tmp_path, forms):
+    _, all_forms = forms
+    src, trials = all_forms["kaldi_sox"].src, all_forms["kaldi_sox"].trials   # no list of its own
+    first = import_data_dir(src, tmp_path)
+    assert not first.skipped and first.name == "vox1" and not (tmp_path / "vox1" / "trials").exists()
+    stamp = (tmp_path / "vox1" / "import.json").stat().st_mtime_ns
+    assert import_data_dir(src, tmp_path).skipped
+    assert (tmp_path / "vox1" / "import.json").stat().st_mtime_ns == stamp
+    # a trial list given later is converted; importing again without asking for one keeps it
+    with_trials = import_data_dir(src, tmp_path, trials)
+    assert not with_trials.skipped and with_trials.num_trials == len(canonical_trials())
+    assert import_data_dir(src, tmp_path).skipped and (tmp_path / "vox1" / "trials").is_file()
+    (src / "utt2spk").touch()
+    assert not import_data_dir(src, tmp_path).skipped
+    other = import_data_dir(all_forms["kaldi_wav"].src, tmp_path)
+    assert other.name == "vox1_2" and import_data_dir(src, tmp_path).name == "vox1"
+    # a set we prepared ourselves is never overwritten; one of ours given as a path is used as is
+    ours = tmp_path / "mine" / "data"
+    DataDir.load(tmp_path / "vox1").write(ours / "vox1")
+    assert import_data_dir(src, ours).name == "vox1_2"
+    assert import_data_dir(ours / "vox1", ours).name == "vox1"
+    assert json.loads((tmp_path / "vox1" / "import.json").read_text())["source"] == str(src)
+
+
+def test_m4a_pipe_loads(tmp_path):
+    x = tone(1.0, 440)
+    soundfile.write(tmp_path / "a.wav", x, 16000, subtype="PCM_16")
+    subprocess.run(["ffmpeg", "-v", "8", "-i", str(tmp_path / "a.wav"), "-c:a", "aac", str(tmp_path / "a.m4a")],
+                   check=True)
+    src = tmp_path / "their"
+    write_lines(src / "wav.scp", [f"id1-v-00001 ffmpeg -v 8 -i {tmp_path}/a.m4a -f wav -acodec pcm_s16le - |"])
+    write_lines(src / "utt2spk", ["id1-v-00001 id1"])
+    d = tmp_path / "data" / import_data_dir(src, tmp_path / "data").name
+    y = load_audio(*DataDir.load(d).wav_entry("id1-v-00001"))
+    assert abs(len(y) - len(x)) < 2048                      # AAC priming / padding only
+    n = min(len(x), len(y))
+    lag = int(np.argmax(np.correlate(y[:n], x[:4000], "valid")[:2048]))
+    assert np.corrcoef(x[:n - lag], y[lag:n])[0, 1] > 0.99  # lossy, but the same audio
+
+
+def test_44k_audio_is_probed_and_resampled(tmp_path, caplog):
+    soundfile.write(tmp_path / "a.wav", tone(0.5, 440, rate=44100), 44100, subtype="PCM_16")
+    src = tmp_path / "their"
+    write_lines(src / "wav.scp", [f"s1-a {tmp_path}/a.wav"])
+    write_lines(src / "utt2spk", ["s1-a s1"])
+    with caplog.at_level("INFO"):
+        result = import_data_dir(src, tmp_path / "data")
+    assert result.sample_rate == 44100 and "audio is 44100 Hz; it is resampled to 16000 Hz" in caplog.text
+    assert len(load_audio(*DataDir.load(tmp_path / "data" / result.name).wav_entry("s1-a"))) == 8000
+
+
+def broken(tmp_path: Path, files: Dict[str, str]) -> Path:
+    d = tmp_path / "their"
+    d.mkdir(exist_ok=True)
+    soundfile.write(tmp_path / "a.wav", tone(0.5, 300), 16000, subtype="PCM_16")
+    base = {"wav.scp": f"s1-a {tmp_path}/a.wav\ns1-b {tmp_path}/a.wav\n", "utt2spk": "s1-a s1\ns1-b s1\n"}
+    base.update(files)
+    for name, text in base.items():
+        if text is not None:
+            (d / name).write_text(text)
+    return d
+
+
+@pytest.mark.parametrize("files, trials, message", [
+    ({"wav.scp": "s1-a /nonexistent/a.wav\ns1-b /nonexistent/b.wav\n"}, None,
+     r"their/wav.scp:1: audio file '/nonexistent/a.wav' not found"),
+    ({"wav.scp": "s1-a nowhere/a.wav\ns1-b nowhere/b.wav\n"}, None,
+     r"their/wav.scp:1: audio file 'nowhere/a.wav' not found under .*their or any of its parent dirs"),
+    ({"wav.scp": "s1-a a.wav\ns1-b b.wav\n"}, None, r"their/wav.scp:2: audio file 'b.wav' not found under"),
+    ({"wav.scp": "s1-a sox missing.flac -t wav - |\ns1-b sox a.wav -t wav - |\n"}, None,
+     r"wav.scp:1: audio file 'missing.flac' not found"),
+    ({"utt2spk": "s1-a s1\ns1-b s1\ns1-c s1\n"}, None,
+     r"their/utt2spk:3: utterance 's1-c' is not in wav.scp \(1 utterance\(s\) missing\)"),
+    ({"utt2spk": "s1-a s1\n"}, None, r"their/wav.scp:2: utterance 's1-b' has no speaker in utt2spk"),
+    ({"spk2utt": "s1 s1-a\ns2 s1-b\n"}, None, r"their/utt2spk:2: utterance 's1-b' of speaker 's1' is under 's2'"),
+    ({"utt2spk": None, "spk2utt": "s1 s1-a s1-b\ns2 s1-a\n"}, None,
+     r"their/spk2utt:2: utterance 's1-a' listed under two speakers"),
+    ({"utt2spk": None}, None, r"their/utt2spk: missing \(and no spk2utt"),
+    ({"utt2spk": "s1-a s1\ns1-a s1\n"}, None, r"their/utt2spk:2: duplicate key 's1-a'"),
+    ({"utt2dur": "s1-a 0.5\n"}, None, r"their/utt2spk:2: utterance 's1-b' is not in utt2dur"),
+    ({"segments": "s1-a r1 0 1\ns1-b r2 0 1\n"}, None, r"their/segments:1: recording 'r1' is not in wav.scp"),
+    ({"trials": "s1-a s1-x target\n"}, "own", r"their/trials:1: utterance 's1-x' is not in the data dir"),
+    ({}, "veri.txt", r"veri.txt:2: utterance 's1/x/00009.wav' is not in the data dir \(nor is 's1/x/00009' or "
+                     r"'00009' or 's1-x-00009'\)"),
+    ({"trial.scp": "s1-a*s1-b a.wav\n"}, "their/trial.scp", r"trial.scp:1: this looks like ESPnet's trial.scp"),
+    ({}, "own", r"their: no trial list \(trials or trial_label\); give one with --trials"),
+    ({"trials/vox1_O.kaldi": "s1-a s1-b target\n"}, "own", r"their/trials is a directory of lists"),
+    ({"wav.scp": "s1-a {d}/text.wav\ns1-b {d}/a.wav\n"}, None,
+     r"their/wav.scp:1: cannot read the sample rate: cannot read audio file"),
+])
+def test_errors_name_file_and_line(tmp_path, files, trials, message):
+    """trials: a list to pass, "own" (the dir's own list, required) or None (none needed)."""
+    files = {k: v.format(d=tmp_path) if v else v for k, v in files.items()}
+    if any("/" in k for k in files):
+        (tmp_path / "their" / "trials").mkdir(parents=True)
+    src = broken(tmp_path, files)
+    (tmp_path / "text.wav").write_text("not audio\n")
+    (tmp_path / "veri.txt").write_text("1 s1-a.wav s1-b.wav\n0 s1-a.wav s1/x/00009.wav\n")
+    before = tree_hash(src)
+    with pytest.raises(DataDirError, match=message):
+        import_data_dir(src, tmp_path / "data", tmp_path / trials if trials not in (None, "own") else None,
+                        require_trials=trials is not None)
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())  # nothing half-written
+    assert tree_hash(src) == before
+
+
+def test_cli_prints_the_name_or_a_one_line_error(tmp_path, forms):
+    _, all_forms = forms
+    run = [sys.executable, "-m", "upmp.bin.import_data_dir", "--data_root", str(tmp_path / "data")]
+    r = subprocess.run(run + ["--src", str(all_forms["wespeaker"].src), "--trials", str(all_forms["wespeaker"].trials)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "vox1\n", r.stderr
+    assert len(read_kaldi_trials(str(tmp_path / "data" / "vox1" / "trials"))) == len(canonical_trials())
+    r = subprocess.run(run + ["--src", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1].endswith("missing: not a directory")

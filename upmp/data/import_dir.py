@@ -1,0 +1,391 @@
+"""Import a data dir prepared elsewhere (Kaldi, ESPnet, WeSpeaker) into our data/<name>.
+
+Read from the source (never written): wav.scp (paths, `cmd |` pipes, `file.ark:offset`),
+utt2spk and/or spk2utt, segments, utt2dur, utt2num_samples, and a trial list (Kaldi
+`trials`, WeSpeaker `*.kaldi`, VoxCeleb `1 a.wav b.wav`, ESPnet `trial_label` / `trial.scp`).
+Ignored: reco2file_and_channel, text, feats.scp and the rest (we extract from audio).
+Written to data/<name>: wav.scp, utt2spk, spk2utt, [segments], [utt2dur], [trials]
+(Kaldi form), [utt_map] and import.json (source, file stamps, sample rate).
+
+Rules:
+- Relative audio paths (in wav.scp, ark entries and the audio files named in pipe
+  commands) are resolved against the source's recipe dir: --src_root, or else the
+  nearest of the source dir and its ancestors under which the first relative path
+  exists (an ESPnet dump/raw/<set> names dump/raw/org/... from its recipe dir; a Kaldi
+  data/<set> often names files from its recipe dir too). Every path must exist. In a
+  command, the words ending in an audio extension (.wav, .flac, .m4a, .sph, ...) are
+  those files; the rest of the command is kept as it is.
+- Files not C-sorted are sorted in our copy with a warning. Utterance ids that do not
+  sort by speaker (Kaldi's rule: speaker ids prefix utterance ids) become
+  `<spk>-<utt>` in our copy with a warning; utt_map keeps `<our id> <source id>`.
+- Inconsistencies (an utterance without audio or speaker, utt2spk and spk2utt
+  disagreeing, duplicate keys, a trial naming an unknown utterance) are errors naming
+  file and line, not filtered as fix_data_dir.sh would: dropping utterances silently
+  changes a training set or a trial list, so the source should be fixed instead.
+- The sample rate of the first recording is probed (an error if unreadable); other
+  than 16 kHz is logged once (upmp.data.audio resamples every utterance at extraction).
+  ESPnet's utt2num_samples becomes utt2dur at that rate.
+- The copy is built in a temporary dir and renamed into place; a second import of an
+  unchanged source is skipped; a set name already used by another source or by a set
+  we prepared gets a suffix (_2, _3, ...), so two imports never clobber each other.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from upmp.data.audio import SAMPLE_RATE, AudioError, sample_rate_of
+from upmp.data.kaldi_dir import (DataDirError, PathLike, _parse_positive, _parse_segment, c_sort_key, read_table,
+                                 utt2spk_to_spk2utt, validate_data_dir, write_table)
+from upmp.data.trials import (espnet_label_file, match_trial_utts, read_espnet_trials, read_kaldi_trials,
+                              read_paper_csv_trials, read_voxceleb_trials, sniff_trials_format, write_kaldi_trials)
+
+logger = logging.getLogger(__name__)
+
+RECORD = "import.json"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".mp3", ".mp4", ".aac", ".ogg", ".opus", ".sph", ".aif", ".aiff",
+                    ".au", ".nist", ".pcm", ".raw")
+SOURCE_FILES = ("wav.scp", "utt2spk", "spk2utt", "segments", "utt2dur", "utt2num_samples")
+OWN_TRIALS = ("trials", "trial_label")  # a source dir's own list: Kaldi, ESPnet
+
+
+@dataclass
+class ImportResult:
+    name: str
+    dst: Path
+    num_utts: int = 0
+    num_speakers: int = 0
+    sample_rate: Optional[int] = None
+    num_trials: int = 0
+    skipped: bool = False
+    warnings: List[str] = field(default_factory=list)
+
+
+def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optional[PathLike] = None,
+                    require_trials: bool = False, src_root: Optional[PathLike] = None) -> ImportResult:
+    """Import the data dir `src` into data_root/<name> (see the module docstring)."""
+    src = Path(os.path.abspath(src))
+    data_root = Path(data_root)
+    if not src.is_dir():
+        raise DataDirError(f"{src}: not a directory")
+    if not (src / "wav.scp").is_file():
+        raise DataDirError(f"{src / 'wav.scp'}: missing (a data dir needs wav.scp and utt2spk or spk2utt)")
+    if data_root.is_dir() and src.parent.resolve() == data_root.resolve():
+        # already one of ours (data/<name> given as a path): use it as it is
+        validate_data_dir(src)
+        return ImportResult(src.name, src, skipped=True)
+    trials_path = _find_trials(src, trials, require_trials)
+    record = {"source": str(src), "src_root": str(Path(os.path.abspath(src_root))) if src_root else None,
+              "stamp": _stamp([src / n for n in SOURCE_FILES]),
+              "trials": str(trials_path) if trials_path else None,
+              "trials_stamp": _stamp([trials_path] if trials_path else [])}
+    name = _choose_name(src, data_root)
+    dst = data_root / name
+    old = _read_record(dst)
+    # up to date: same source files and the same trial list (any, when none is asked for)
+    compared = [k for k in record if trials_path or not k.startswith("trials")]
+    if old and all(old.get(k) == record[k] for k in compared):
+        logger.info("%s is up to date with %s, skipping", dst, src)
+        return ImportResult(name, dst, old.get("num_utts", 0), old.get("num_speakers", 0),
+                            old.get("sample_rate"), old.get("num_trials", 0), skipped=True)
+
+    result = ImportResult(name, dst)
+    tables = _our_tables(src, src_root, result)
+    utt_map = tables.pop("utt_map", {})
+    if trials_path:
+        tables["trials"] = _convert_trials(trials_path, tables["utt2spk"], {v: k for k, v in utt_map.items()})
+        result.num_trials = len(tables["trials"])
+    if utt_map:
+        tables["utt_map"] = utt_map
+    result.num_utts, result.num_speakers = len(tables["utt2spk"]), len(set(tables["utt2spk"].values()))
+    record.update(num_utts=result.num_utts, num_speakers=result.num_speakers, sample_rate=result.sample_rate,
+                  num_trials=result.num_trials)
+    _write_dir(data_root, dst, tables, record)
+    if result.sample_rate != SAMPLE_RATE:
+        logger.info("%s: audio is %d Hz; it is resampled to %d Hz at extraction", src, result.sample_rate,
+                    SAMPLE_RATE)
+    logger.info("imported %s -> %s: %d utterances, %d speakers%s", src, dst, result.num_utts,
+                result.num_speakers, f", {result.num_trials} trials" if trials_path else "")
+    return result
+
+
+def _our_tables(src: Path, src_root: Optional[PathLike], result: ImportResult) -> Dict[str, Dict[str, str]]:
+    """The source's tables as our copy holds them: our ids, absolute audio paths, utt2dur
+    (from utt2num_samples when needed) and utt_map ({our id: source id}) when ids changed."""
+    tables, segments = _read_tables(src, result.warnings)
+    utt2spk, utt_map = _speaker_sorted_ids(src, tables["utt2spk"], result.warnings)
+    ours = (lambda table: {utt_map[u]: v for u, v in table.items()}) if utt_map else (lambda table: table)
+    wav_scp = _resolve_audio(src, tables["wav.scp"], src_root)
+    result.sample_rate = _probe_rate(src, wav_scp)
+    out = {"utt2spk": utt2spk}
+    if segments is not None:
+        used = {v.split()[0] for v in segments.values()}
+        if len(used) < len(wav_scp):
+            logger.info("%s: %d recordings have no segment, left out", src / "wav.scp", len(wav_scp) - len(used))
+        out["wav.scp"] = {r: v for r, v in wav_scp.items() if r in used}
+        out["segments"] = ours(segments)
+    else:
+        out["wav.scp"] = ours(wav_scp)
+    if "utt2dur" in tables:
+        out["utt2dur"] = ours(tables["utt2dur"])
+    elif "utt2num_samples" in tables:
+        out["utt2dur"] = {u: f"{int(n) / result.sample_rate:.4f}" for u, n in ours(tables["utt2num_samples"]).items()}
+    if utt_map:
+        out["utt_map"] = {o: theirs for theirs, o in utt_map.items()}
+    return out
+
+
+def _write_dir(data_root: Path, dst: Path, tables: Dict[str, object], record: dict) -> None:
+    """Write the copy into a temporary dir, check it with validate_data_dir, rename it to dst."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.import.", dir=_mkdir(data_root)))
+    try:
+        for name, table in tables.items():
+            if name == "trials":
+                write_kaldi_trials(str(tmp / name), table)
+            else:
+                write_table(tmp / name, table)
+        utt2spk = tables["utt2spk"]
+        write_table(tmp / "spk2utt", {s: " ".join(sorted(us, key=c_sort_key))
+                                      for s, us in utt2spk_to_spk2utt(utt2spk).items()})
+        validate_data_dir(tmp)
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        _replace_dir(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _find_trials(src: Path, trials: Optional[PathLike], required: bool) -> Optional[Path]:
+    if trials:
+        path = Path(os.path.abspath(trials))
+        if not path.is_file():
+            raise DataDirError(f"{path}: trial list not found")
+        return path
+    for name in OWN_TRIALS:
+        if (src / name).is_file():
+            return src / name
+    if required:
+        hint = (f"{src / 'trials'} is a directory of lists: pick one with --trials"
+                if (src / "trials").is_dir() else "give one with --trials")
+        raise DataDirError(f"{src}: no trial list (trials or trial_label); {hint}")
+    return None
+
+
+def _stamp(paths: List[Path]) -> Dict[str, List[int]]:
+    out = {}
+    for p in paths:
+        if p.is_file():
+            st = p.stat()
+            out[str(p)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _read_record(dst: Path) -> Optional[dict]:
+    try:
+        return json.loads((dst / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _choose_name(src: Path, data_root: Path) -> str:
+    """The source dir's name, made safe; suffixed while data/<name> belongs to something else."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", src.name) or "set"
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}_{n}"
+        dst = data_root / name
+        if not dst.exists() or (_read_record(dst) or {}).get("source") == str(src):
+            return name
+    raise DataDirError(f"{data_root}: no free name for {src}")
+
+
+def _mkdir(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _replace_dir(new: Path, dst: Path) -> None:
+    """Rename `new` to `dst`; an older import at `dst` is removed only once `new` is in place."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(new, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, dst)
+
+
+def _read_tables(src: Path, warnings: List[str]) -> Tuple[Dict[str, Dict[str, str]], Optional[Dict[str, str]]]:
+    """Source tables keyed as in the source, checked against each other."""
+    tables: Dict[str, Dict[str, str]] = {}
+    spk2utt: Dict[str, str] = {}
+    tables["wav.scp"] = read_table(src / "wav.scp", max_fields=None)
+    if (src / "utt2spk").is_file():
+        tables["utt2spk"] = read_table(src / "utt2spk")
+    if (src / "spk2utt").is_file():
+        spk2utt = read_table(src / "spk2utt", max_fields=None)
+        derived: Dict[str, str] = {}
+        for lineno, (spk, utts) in enumerate(spk2utt.items(), 1):
+            for u in utts.split():
+                if u in derived:
+                    raise DataDirError(f"{src / 'spk2utt'}:{lineno}: utterance {u!r} listed under two speakers "
+                                       f"({derived[u]!r} and {spk!r})")
+                derived[u] = spk
+        if "utt2spk" not in tables:
+            tables["utt2spk"] = derived
+        else:
+            _check_agree(src, tables["utt2spk"], derived, spk2utt)
+    if "utt2spk" not in tables:
+        raise DataDirError(f"{src / 'utt2spk'}: missing (and no spk2utt to derive it from)")
+    utts = tables["utt2spk"]
+    segments = None
+    if (src / "segments").is_file():
+        raw = read_table(src / "segments", 4, 4)
+        for lineno, (utt, value) in enumerate(raw.items(), 1):
+            seg = _parse_segment(src / "segments", lineno, value)
+            if seg.reco not in tables["wav.scp"]:
+                raise DataDirError(f"{src / 'segments'}:{lineno}: recording {seg.reco!r} is not in wav.scp")
+        _same_utts(src / "segments", raw, utts)
+        segments = raw
+    else:
+        _same_utts(src / "wav.scp", tables["wav.scp"], utts)
+    for name in ("utt2dur", "utt2num_samples"):
+        if (src / name).is_file():
+            tables[name] = read_table(src / name)
+            _same_utts(src / name, tables[name], utts)
+            for lineno, value in enumerate(tables[name].values(), 1):
+                _parse_positive(src / name, lineno, value)
+    for name, table in [*tables.items(), ("spk2utt", spk2utt), ("segments", segments or {})]:
+        keys = list(table)
+        if (src / name).is_file() and keys != sorted(keys, key=c_sort_key):
+            warnings.append(f"{src / name}: not sorted (LC_ALL=C); sorted in our copy")
+            logger.warning(warnings[-1])
+    ignored = sorted(p.name for p in src.iterdir() if p.is_file() and p.name not in SOURCE_FILES + OWN_TRIALS)
+    if ignored:
+        logger.info("%s: ignoring %s", src, " ".join(ignored))
+    return tables, segments
+
+
+def _check_agree(src: Path, utt2spk: Dict[str, str], derived: Dict[str, str], spk2utt: Dict[str, str]) -> None:
+    for lineno, (u, spk) in enumerate(utt2spk.items(), 1):
+        if derived.get(u) != spk:
+            where = "is missing from spk2utt" if u not in derived else f"is under {derived[u]!r} in spk2utt"
+            raise DataDirError(f"{src / 'utt2spk'}:{lineno}: utterance {u!r} of speaker {spk!r} {where}")
+    for lineno, (spk, utts) in enumerate(spk2utt.items(), 1):
+        extra = [u for u in utts.split() if u not in utt2spk]
+        if extra:
+            raise DataDirError(f"{src / 'spk2utt'}:{lineno}: utterance {extra[0]!r} is not in utt2spk")
+
+
+def _same_utts(path: Path, table: Dict[str, str], utt2spk: Dict[str, str]) -> None:
+    for lineno, key in enumerate(table, 1):
+        if key not in utt2spk:
+            raise DataDirError(f"{path}:{lineno}: utterance {key!r} has no speaker in utt2spk")
+    missing = [u for u in utt2spk if u not in table]
+    if missing:
+        lineno = list(utt2spk).index(missing[0]) + 1
+        raise DataDirError(f"{path.parent / 'utt2spk'}:{lineno}: utterance {missing[0]!r} is not in {path.name} "
+                           f"({len(missing)} utterance(s) missing)")
+
+
+def _speaker_sorted_ids(src: Path, utt2spk: Dict[str, str], warnings: List[str]
+                        ) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """utt2spk with ids that sort by speaker, and {source id: our id} when ids had to change."""
+    def sorts_by_speaker(table: Dict[str, str]) -> bool:
+        by_utt = sorted(table, key=c_sort_key)
+        return by_utt == sorted(table, key=lambda u: (c_sort_key(table[u]), c_sort_key(u)))
+
+    if sorts_by_speaker(utt2spk):
+        return utt2spk, {}
+    utt_map = {u: f"{s}-{u}" for u, s in utt2spk.items()}
+    renamed = {utt_map[u]: s for u, s in utt2spk.items()}
+    if not sorts_by_speaker(renamed):
+        raise DataDirError(f"{src / 'utt2spk'}: utterance ids do not sort by speaker even as <spk>-<utt> "
+                           f"(a speaker id is a prefix of another?)")
+    warnings.append(f"{src / 'utt2spk'}: utterance ids do not sort by speaker (Kaldi's rule); our copy uses "
+                    f"<spk>-<utt> ids, utt_map maps them back")
+    logger.warning(warnings[-1])
+    return renamed, utt_map
+
+
+def _resolve_audio(src: Path, wav_scp: Dict[str, str], src_root: Optional[PathLike]) -> Dict[str, str]:
+    """wav.scp values with every relative audio path made absolute; all must exist."""
+    root = [Path(os.path.abspath(src_root))] if src_root else []
+    first_rel: List[str] = []
+
+    def resolve(path: str, lineno: int) -> str:
+        if os.path.isabs(path):
+            if not os.path.exists(path):
+                raise DataDirError(f"{src / 'wav.scp'}:{lineno}: audio file {path!r} not found")
+            return path
+        if not root:
+            base = next((b for b in [src, *src.parents] if (b / path).exists()), None)
+            if base is None:
+                raise DataDirError(f"{src / 'wav.scp'}:{lineno}: audio file {path!r} not found under {src} or any "
+                                   f"of its parent dirs (relative paths name files from the recipe dir; "
+                                   f"give it with --src_root)")
+            root.append(base)
+            first_rel.append(f"wav.scp:{lineno}")
+            logger.info("%s: relative audio paths resolve against %s", src, base)
+        full = root[0] / path
+        if not full.exists():
+            how = f"--src_root {root[0]}" if src_root else f"the dir where {first_rel[0]}'s path exists"
+            raise DataDirError(f"{src / 'wav.scp'}:{lineno}: audio file {path!r} not found under {root[0]} "
+                               f"(relative paths resolve against {how}; set --src_root)")
+        return str(full)
+
+    out = {}
+    for lineno, (key, value) in enumerate(tqdm(wav_scp.items(), desc=f"checking {src.name}/wav.scp",
+                                               mininterval=5, disable=len(wav_scp) < 10000), 1):
+        if value.endswith("|"):
+            # a command: each word naming an audio file (by its extension) is checked, and made absolute
+            words = re.split(r"(\s+)", value)
+            out[key] = "".join(resolve(w, lineno) if not w.isspace() and not w.startswith("-")
+                               and w.lower().endswith(AUDIO_EXTENSIONS) else w for w in words)
+        elif re.search(r"\.ark:\d+(\[[^\]]*\])?$", value):
+            ark, offset = value.rsplit(".ark:", 1)
+            out[key] = resolve(ark + ".ark", lineno) + ":" + offset
+        else:
+            out[key] = resolve(value, lineno)
+    return out
+
+
+def _probe_rate(src: Path, wav_scp: Dict[str, str]) -> int:
+    """Sample rate of the first recording in file order."""
+    if not wav_scp:
+        raise DataDirError(f"{src / 'wav.scp'}: empty")
+    lineno = 1
+    try:
+        rate = sample_rate_of(next(iter(wav_scp.values())))
+    except AudioError as e:
+        raise DataDirError(f"{src / 'wav.scp'}:{lineno}: cannot read the sample rate: {e}") from None
+    if rate <= 0:
+        raise DataDirError(f"{src / 'wav.scp'}:{lineno}: bad sample rate {rate}")
+    return rate
+
+
+def _convert_trials(path: Path, utt2spk: Dict[str, str], utt_map: Dict[str, str]) -> List[Tuple[str, str, bool]]:
+    """Any supported list -> Kaldi trials in our ids (utt_map: {source id: our id} when ids changed)."""
+    fmt = sniff_trials_format(str(path))
+    first_line = 1
+    if fmt == "voxceleb":
+        trials = read_voxceleb_trials(str(path), keep_paths=True)
+    elif fmt == "espnet":
+        path = Path(espnet_label_file(str(path)))
+        trials = read_espnet_trials(str(path))
+    elif fmt == "paper_csv":
+        trials, first_line = read_paper_csv_trials(str(path)), 2
+    else:
+        trials = read_kaldi_trials(str(path))
+    if utt_map:
+        trials = match_trial_utts(trials, set(utt_map), str(path), first_line)
+        return [(utt_map[a], utt_map[b], t) for a, b, t in trials]
+    return match_trial_utts(trials, utt2spk, str(path), first_line)
