@@ -378,3 +378,15 @@ def test_cli_prints_the_name_or_a_one_line_error(tmp_path, forms):
     r = subprocess.run(run + ["--src", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines()[-1].endswith("missing: not a directory")
+
+
+def test_map_score_ids_back_to_the_source_ids(tmp_path, capsys):
+    from upmp.bin.map_score_ids import main
+    (tmp_path / "utt_map").write_text("a-x1 x1\nb-x2 x2\n")
+    (tmp_path / "scores").write_text("a-x1 b-x2 0.5\nb-x2 a-x1 -1.25\n")
+    main(["--utt_map", str(tmp_path / "utt_map"), "--scores", str(tmp_path / "scores"), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out").read_text() == "x1 x2 0.5\nx2 x1 -1.25\n"
+    (tmp_path / "scores").write_text("a-x1 b-x2 0.5\nc-x3 a-x1 1\n")
+    with pytest.raises(SystemExit):
+        main(["--utt_map", str(tmp_path / "utt_map"), "--scores", str(tmp_path / "scores"), "--out", str(tmp_path / "o2")])
+    assert "scores:2: utterance 'c-x3' is not in" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, AudioError, sample_rate_of
-from upmp.data.kaldi_dir import (DataDirError, PathLike, _parse_positive, _parse_segment, c_sort_key, read_table,
+from upmp.data.kaldi_dir import (DataDirError, PathLike, parse_positive, parse_segment, c_sort_key, read_table,
                                  utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import (espnet_label_file, match_trial_utts, read_espnet_trials, read_kaldi_trials,
                               read_paper_csv_trials, read_voxceleb_trials, sniff_trials_format, write_kaldi_trials)
@@ -250,7 +250,7 @@ def _read_tables(src: Path, warnings: List[str]) -> Tuple[Dict[str, Dict[str, st
     if (src / "segments").is_file():
         raw = read_table(src / "segments", 4, 4)
         for lineno, (utt, value) in enumerate(raw.items(), 1):
-            seg = _parse_segment(src / "segments", lineno, value)
+            seg = parse_segment(src / "segments", lineno, value)
             if seg.reco not in tables["wav.scp"]:
                 raise DataDirError(f"{src / 'segments'}:{lineno}: recording {seg.reco!r} is not in wav.scp")
         _same_utts(src / "segments", raw, utts)
@@ -262,7 +262,7 @@ def _read_tables(src: Path, warnings: List[str]) -> Tuple[Dict[str, Dict[str, st
             tables[name] = read_table(src / name)
             _same_utts(src / name, tables[name], utts)
             for lineno, value in enumerate(tables[name].values(), 1):
-                _parse_positive(src / name, lineno, value)
+                parse_positive(src / name, lineno, value)
     for name, table in [*tables.items(), ("spk2utt", spk2utt), ("segments", segments or {})]:
         keys = list(table)
         if (src / name).is_file() and keys != sorted(keys, key=c_sort_key):

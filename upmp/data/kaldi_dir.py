@@ -140,10 +140,10 @@ class DataDir:
         wav_scp, utt2spk = tables["wav.scp"], tables["utt2spk"]
         segments = None
         if "segments" in tables:
-            segments = {u: _parse_segment(d / "segments", i, v) for i, (u, v) in enumerate(tables["segments"].items(), 1)}
+            segments = {u: parse_segment(d / "segments", i, v) for i, (u, v) in enumerate(tables["segments"].items(), 1)}
         utt2dur = None
         if "utt2dur" in tables:
-            utt2dur = {u: _parse_positive(d / "utt2dur", i, v) for i, (u, v) in enumerate(tables["utt2dur"].items(), 1)}
+            utt2dur = {u: parse_positive(d / "utt2dur", i, v) for i, (u, v) in enumerate(tables["utt2dur"].items(), 1)}
         spk2gender = tables.get("spk2gender")
         return cls(wav_scp, utt2spk, segments, utt2dur, spk2gender)
 
@@ -183,7 +183,7 @@ class DataDir:
         return DataDir(wav_scp, utt2spk, segments, utt2dur, spk2gender)
 
 
-def _parse_segment(path: Path, lineno: int, value: str) -> Segment:
+def parse_segment(path: Path, lineno: int, value: str) -> Segment:
     reco, start, end = value.split()
     try:
         s, e = float(start), float(end)
@@ -194,7 +194,7 @@ def _parse_segment(path: Path, lineno: int, value: str) -> Segment:
     return Segment(reco, s, e)
 
 
-def _parse_positive(path: Path, lineno: int, value: str) -> float:
+def parse_positive(path: Path, lineno: int, value: str) -> float:
     try:
         v = float(value)
     except ValueError:
@@ -254,7 +254,7 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> Dict[str, D
         check_sorted_unique(d / "segments", list(segments))
         _same_keys(d / "segments", list(segments), utts)
         for lineno, (utt, value) in enumerate(segments.items(), 1):
-            seg = _parse_segment(d / "segments", lineno, value)
+            seg = parse_segment(d / "segments", lineno, value)
             if seg.reco not in wav_scp:
                 raise DataDirError(f"{d / 'segments'}:{lineno}: recording {seg.reco!r} not in wav.scp")
     else:
@@ -264,7 +264,7 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> Dict[str, D
         check_sorted_unique(d / "utt2dur", list(utt2dur))
         _same_keys(d / "utt2dur", list(utt2dur), utts)
         for lineno, value in enumerate(utt2dur.values(), 1):
-            _parse_positive(d / "utt2dur", lineno, value)
+            parse_positive(d / "utt2dur", lineno, value)
     if "spk2gender" in tables:
         spk2gender = tables["spk2gender"]
         check_sorted_unique(d / "spk2gender", list(spk2gender))
@@ -316,7 +316,7 @@ def fix_data_dir(directory: PathLike) -> List[str]:
         wav_scp={},
         utt2spk={u: s for u, s in utt2spk.items() if u in keep},
         segments=None if segments is None else {
-            u: _parse_segment(d / "segments", i, v)
+            u: parse_segment(d / "segments", i, v)
             for i, (u, v) in enumerate(segments.items(), 1) if u in keep},
         utt2dur=None if utt2dur is None else {u: float(v) for u, v in utt2dur.items() if u in keep},
     )

@@ -247,6 +247,9 @@ for train_config in ${train_configs}; do
               --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${exp}/scores/${set}.${system}" \
               --out "${exp}/scores/${set}.${system}.llr" > "${exp}/scores/${set}.${system}.calibration.json"
           fi
+          if [ -f "data/${set}/utt_map" ]; then  # imported ids renamed for Kaldi's sort rule: the user's ids too
+            ${python} -m upmp.bin.map_score_ids --utt_map "data/${set}/utt_map" --scores "${scores}" --out "${scores}.source_ids"
+          fi
           echo "${opts}" > "${scores}.opts"
         done
       done
