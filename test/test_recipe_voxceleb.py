@@ -108,3 +108,5 @@ def test_voxceleb2_stage0_and_augmentation_roots(tmp_path, small_corpus, small_v
     log = next((recipe / "exp").glob("upmp_online_aug_*_online/train.stdout.log")).read_text()
     assert "--train_data_dir data/voxceleb2_dev" in log and "--train_conf.augment.musan_root /m/musan" in log
     assert "/m/musan" in next(line for line in log.splitlines() if line.startswith("train.py: error:"))
+    r = run(recipe, "--stage", "2", "--stop_stage", "2", "--musan_root", "/m/musan", "--backend", "upmp lap")
+    assert r.returncode == 1 and "--backend picks conf/train_<backend>.yaml, which does not augment" in r.stderr

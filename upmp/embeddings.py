@@ -62,13 +62,8 @@ def upstream_stacks(upstream, data, utts: Iterable[str], device: str = "cpu",
                     source: str = "wav.scp") -> Iterator[np.ndarray]:
     """(L, T, D) layer stacks of data-dir utterances from an upstream, one utterance per
     forward (padding is not neutral for every upstream). Audio errors name the utterance."""
-    from upmp.data.audio import AudioError, load_audio
-    from upmp.data.kaldi_dir import DataDirError
+    from upmp.data.audio import load_utterance
     for utt in utts:
-        entry, segment = data.wav_entry(utt)
-        try:
-            wav = torch.from_numpy(load_audio(entry, segment, name=utt))[None].to(device)
-        except AudioError as e:
-            raise DataDirError(f"{source}: utterance {utt}: {e}") from None
+        wav = torch.from_numpy(load_utterance(data, utt, source))[None].to(device)
         stack, _ = upstream(wav, torch.tensor([wav.shape[1]], device=device))
         yield stack[0].permute(1, 2, 0).float().cpu().numpy()

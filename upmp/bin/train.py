@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         inputs = Inputs(train_scp=args.train_scp, utt2spk=args.utt2spk, valid_scp=args.valid_scp,
                         train_data_dir=args.train_data_dir, valid_data_dir=args.valid_data_dir,
                         valid_trials=args.valid_trials, upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
-        train(cfg, None, None, args.exp_dir, inputs=inputs)
+        train(cfg, inputs, args.exp_dir)
     except (ConfigError, DataDirError, FileNotFoundError, ValueError) as e:
         fail(str(e))
 

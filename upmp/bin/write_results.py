@@ -78,7 +78,13 @@ def main(argv=None) -> None:
         fail(str(e))
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
     summary_path = exp / "train_summary.json"  # written by the trainer beside model.pt
-    model = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary_path.is_file():
+        model = json.loads(summary_path.read_text())
+    elif (exp / "model.pt").is_file():  # trained before train_summary.json existed
+        import torch
+        model = torch.load(exp / "model.pt", map_location="cpu", weights_only=False)
+    else:
+        model = {}
     lines = [
         f"# Results: {exp.name}",
         "",

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from upmp.data.kaldi_dir import Segment
+from upmp.data.kaldi_dir import DataDirError, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +108,13 @@ def sample_rate_of(entry: str) -> int:
         return int(soundfile.info(entry).samplerate)
     except Exception as e:
         raise AudioError(f"cannot read audio file {entry!r}: {e}") from None
+
+
+def load_utterance(data, utt: str, source: str = "wav.scp", rate: int = SAMPLE_RATE) -> np.ndarray:
+    """An utterance of a DataDir (wav.scp entry + segment) -> float32 mono samples; a read
+    failure is a DataDirError naming `source` and the utterance."""
+    entry, segment = data.wav_entry(utt)
+    try:
+        return load_audio(entry, segment, rate, name=utt)
+    except AudioError as e:
+        raise DataDirError(f"{source}: utterance {utt}: {e}") from None

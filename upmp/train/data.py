@@ -3,9 +3,11 @@ stacks (LayerStackCrops) or straight from audio (WaveformCrops, the online mode)
 
 Batch composition depends only on (seed, step), never on the process history,
 so a run resumed from a checkpoint sees exactly the batches the uninterrupted
-run would have seen. Under DistributedDataParallel, rank r of w takes rows
-[r*B/w, (r+1)*B/w) of the same global batch, so w processes together see the
-batches one process would.
+run would have seen: the step's generator draws the utterances, each row's own
+generator (seed, step, row) its crop, span-out and augmentation. Under
+DistributedDataParallel, rank r of w takes rows [r*B/w, (r+1)*B/w) of the same
+global batch and reads only those, so w processes together see the batches one
+process would.
 """
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ def spanout_frames(seed: int, step: int, item: int, n_frames: int, prob: float, 
     starts = np.flatnonzero(rng.random(n_frames) < rate)
     drop = (starts[:, None] + np.arange(span)[None]).ravel()
     return np.unique(drop[drop < n_frames])
+
+
+def crop_start(rng: np.random.Generator, length: int, crop: int) -> int:
+    """A uniform start for a crop of `crop` out of `length` (0 when the crop wraps around)."""
+    return int(rng.random() * max(1, length - crop + 1))
 
 
 def shard(batch_size: int, rank: int, world: int) -> range:
@@ -116,20 +123,18 @@ class LayerStackCrops(SpeakerSampler):
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
-        rng = np.random.default_rng([self.seed, step])
-        index = self.draw(rng)
+        index = self.draw(np.random.default_rng([self.seed, step]))[rows]
         crops = []
-        for b, i in enumerate(index):  # every row's start is drawn: the rng stream is rank-independent
+        for b, i in zip(rows, index):  # a rank reads only its own rows
             mat = self._matrix(int(i))
-            start = int(rng.integers(max(1, mat.shape[0] - self.crop_frames + 1)))
-            if b in rows:
-                crops.append(wrap_crop(mat, start, self.crop_frames))
+            start = crop_start(np.random.default_rng([self.seed, step, b]), mat.shape[0], self.crop_frames)
+            crops.append(wrap_crop(mat, start, self.crop_frames))
         mats = np.stack(crops).astype(np.float32)  # (b, T, L*D)
         for row, b in enumerate(rows):
             mats[row, spanout_frames(self.seed, step, b, self.crop_frames, *self.spanout)] = 0.0
         n, T, LD = mats.shape
         stacks = mats.reshape(n, T, self.num_layers, LD // self.num_layers).transpose(0, 3, 2, 1)
-        return torch.from_numpy(np.ascontiguousarray(stacks)), torch.from_numpy(self.labels[index[rows]])
+        return torch.from_numpy(np.ascontiguousarray(stacks)), torch.from_numpy(self.labels[index])
 
 
 class WaveformCrops(SpeakerSampler):
@@ -159,13 +164,8 @@ class WaveformCrops(SpeakerSampler):
                 self._cache[i] = self._read(i)
 
     def _read(self, i: int) -> np.ndarray:
-        from upmp.data.audio import AudioError, load_audio
-        utt = self.utts[i]
-        entry, segment = self.data.wav_entry(utt)
-        try:
-            return load_audio(entry, segment, name=utt)
-        except AudioError as e:
-            raise DataDirError(f"{self.data_dir}/wav.scp: utterance {utt}: {e}") from None
+        from upmp.data.audio import load_utterance
+        return load_utterance(self.data, self.utts[i], f"{self.data_dir}/wav.scp")
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
@@ -174,8 +174,7 @@ class WaveformCrops(SpeakerSampler):
         for row, (b, i) in enumerate(zip(rows, index)):
             wav = self._cache[i] if i in self._cache else self._read(int(i))
             rng = np.random.default_rng([self.seed, step, b])
-            start = int(rng.random() * max(1, len(wav) - self.crop_samples + 1))
-            crop = wrap_crop(wav, start, self.crop_samples)
+            crop = wrap_crop(wav, crop_start(rng, len(wav), self.crop_samples), self.crop_samples)
             wavs[row] = self.augment(crop, rng) if self.augment is not None else crop
         return torch.from_numpy(wavs), torch.from_numpy(self.labels[index])
 

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -153,12 +154,14 @@ def plot_curve(tsv: Path, png: Path) -> None:
 class Validator:
     """Cosine EER of full-utterance embeddings on a held-out trial list.
 
-    load(utts) -> list of (L, T, D) stacks; called once (cached stacks, frozen upstream)
-    or at every validation (fine-tuned upstream: the stacks change with it).
+    load(utts) -> list of (L, T, D) stacks (from cached arks, or the upstream run on audio),
+    called chunk by chunk at every validation, so memory holds one chunk of stacks and the
+    embeddings, never the whole set's stacks. Under DDP each rank embeds every world-th
+    utterance and rank 0 gathers them and scores; eer() returns None on the other ranks.
     """
 
-    def __init__(self, trials: str, available, source: str,
-                 load: Callable[[List[str]], List[np.ndarray]], device, refresh: bool = False):
+    def __init__(self, trials: str, available, source: str, load: Callable[[List[str]], List[np.ndarray]],
+                 device, rank: int = 0, world: int = 1, chunk: int = 64):
         from upmp.data.trials import read_kaldi_trials
         self.trials = read_kaldi_trials(trials)
         self.utts = sorted({u for t in self.trials for u in t[:2]})
@@ -166,20 +169,34 @@ class Validator:
         if missing:
             raise ValueError(f"{trials}: trial utterance {missing[0]!r} is not in {source}")
         self.labels = np.array([t for *_, t in self.trials])
-        self.load, self.refresh, self.device = load, refresh, device
-        self.stacks = None if refresh else load(self.utts)
+        self.load, self.device, self.rank, self.world, self.chunk = load, device, rank, world, chunk
 
-    def eer(self, model) -> float:
+    def eer(self, model) -> Optional[float]:
         from upmp.embeddings import embed_stacks
         from upmp.metrics import compute_eer
         from upmp.scoring.scorers import CosineScorer, score_trials
-        stacks = self.load(self.utts) if self.refresh else self.stacks
+        mine = self.utts[self.rank::self.world]
         was_training = model.training
         model.eval()
-        emb = embed_stacks(model, stacks, device=self.device)
+        emb: Dict[str, np.ndarray] = {}
+        for start in range(0, len(mine), self.chunk):
+            part = mine[start:start + self.chunk]
+            emb.update(zip(part, embed_stacks(model, self.load(part), device=self.device)))
         model.train(was_training)
-        scores = score_trials(CosineScorer(), dict(zip(self.utts, emb)), self.trials)
+        if self.world > 1:
+            parts: List[Any] = [None] * self.world
+            torch.distributed.all_gather_object(parts, emb)
+            emb = {u: e for part in parts for u, e in part.items()}
+        if self.rank != 0:
+            return None
+        scores = score_trials(CosineScorer(), emb, self.trials)
         return 100 * compute_eer(scores, self.labels)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the torch / numpy / random global generators at a step of a rank: dropout and
+    any global-rng draws (upstream masking, layer drop) are then a function of (seed, step, rank)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
 class TrainGraph(nn.Module):
@@ -221,12 +238,8 @@ def _online_stacks(upstream, data, data_dir: str, device) -> Callable[[List[str]
     return load
 
 
-def train(cfg: Dict[str, Any], train_scp: Optional[str], utt2spk: Optional[str], exp_dir: str,
-          valid_scp: Optional[str] = None, valid_trials: Optional[str] = None,
-          inputs: Optional[Inputs] = None) -> Path:
-    """Train on cached stacks (train_scp, utt2spk) or on the inputs given as `inputs`."""
-    inputs = inputs or Inputs(train_scp=train_scp, utt2spk=utt2spk, valid_scp=valid_scp,
-                              valid_trials=valid_trials)
+def train(cfg: Dict[str, Any], inputs: Inputs, exp_dir: str) -> Path:
+    """Train with the config on the inputs (cached or online); returns exp_dir/model.pt."""
     inputs.check()
     rank, world, local_rank = _distributed()
     exp = Path(exp_dir)
@@ -235,8 +248,12 @@ def train(cfg: Dict[str, Any], train_scp: Optional[str], utt2spk: Optional[str],
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
     if world > 1:
+        from datetime import timedelta
         backend = "nccl" if cfg["train_conf"]["device"].startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        # generous: a rank may wait on another's checkpoint writing or validation chunk
+        torch.distributed.init_process_group(backend, timeout=timedelta(hours=2))
     try:
         return _train(cfg, inputs, exp, rank, world, local_rank)
     finally:
@@ -318,18 +335,19 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
 
     validator = None
-    if inputs.valid_trials and tc["valid_every"] > 0 and main:
+    if inputs.valid_trials and tc["valid_every"] > 0:
         if inputs.online:
             from upmp.data.kaldi_dir import DataDir
             vdata = DataDir.load(inputs.valid_data_dir)
             validator = Validator(inputs.valid_trials, set(vdata.utts), inputs.valid_data_dir,
-                                  _online_stacks(upstream, vdata, inputs.valid_data_dir, device), device, refresh=upstream.trainable)
+                                  _online_stacks(upstream, vdata, inputs.valid_data_dir, device), device, rank, world)
         else:
             from upmp.data.kaldi_dir import read_table
             from upmp.upstream.layer_stack import load_stack
             entries = read_table(inputs.valid_scp)
             validator = Validator(inputs.valid_trials, entries, inputs.valid_scp,
-                                  lambda utts: [load_stack(entries[u], meta.num_layers) for u in utts], device)
+                                  lambda utts: [load_stack(entries[u], meta.num_layers) for u in utts], device,
+                                  rank, world)
         logger.info("validating every %d steps on %d trials (%s)", tc["valid_every"], len(validator.trials),
                     inputs.valid_trials)
     ckpt_path, best_path = exp / "checkpoints" / "last.pt", exp / "checkpoints" / "best.pt"
@@ -350,7 +368,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         logger.info("resumed from %s at step %d", ckpt_path, start)
     if main and (start == 0 or not metrics_path.is_file()):
         atomic_write_text(metrics_path, "step\tloss\taccuracy\tlr\n")
-    if validator and (start == 0 or not valid_path.is_file()):
+    if validator and main and (start == 0 or not valid_path.is_file()):
         atomic_write_text(valid_path, "step\teer\n")
 
     def snapshot() -> Dict[str, Any]:
@@ -379,7 +397,10 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     t0, window, run_start = time.time(), [], time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", mininterval=5, disable=not main)
     for step, (x, labels) in zip(bar, loader):
-        torch.manual_seed(cfg["seed"] * 1_000_003 + step)  # dropout: a function of the step
+        seed = step_seed(cfg["seed"], step, rank)  # dropout and global-rng draws: functions of the step
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
         with autocast():
             loss, acc = runner(x.to(device, non_blocking=True), labels.to(device, non_blocking=True), step, rows)
         optimizer.zero_grad(set_to_none=True)
@@ -409,7 +430,8 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{mean_acc:.3f}")
             t0, window = time.time(), []
         if validator and (done % tc["valid_every"] == 0 or done == steps):
-            eer = validator.eer(model)
+            eer = validator.eer(model)  # every rank embeds its share; rank 0 scores
+        if validator and main and (done % tc["valid_every"] == 0 or done == steps):
             with open(valid_path, "a") as f:
                 f.write(f"{done}\t{eer:.4f}\n")
             board.add_scalar("valid/eer", eer, done)

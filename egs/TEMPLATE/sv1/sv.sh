@@ -201,7 +201,7 @@ for train_config in ${train_configs}; do
         [ -n "${valid_set}" ] && inputs+=" --valid_scp ${dump}/${valid_set}/layers.scp --valid_trials data/${valid_set}/trials"
       fi
       # shellcheck disable=SC2086,SC2154
-      ${cuda_cmd} "${exp}/train.stdout.log" \
+      ${cuda_cmd} $([ "${train_nproc}" -gt 1 ] && echo "--gpu ${train_nproc}") "${exp}/train.stdout.log" \
         ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" ${train_args}
     fi
   fi
@@ -216,9 +216,13 @@ for train_config in ${train_configs}; do
       fi
       mkdir -p "${out}"
       inputs="--layers_scp ${dump}/${set}/layers.scp --utt2spk data/${set}/utt2spk"
-      [ "${train_mode}" == online ] && inputs="--data_dir data/${set} ${upstream_opts} --device ${extract_device}"
+      cmd=${decode_cmd}
+      if [ "${train_mode}" == online ]; then  # the upstream runs here: a GPU job when extracting on cuda
+        inputs="--data_dir data/${set} ${upstream_opts} --device ${extract_device}"
+        [[ "${extract_device}" == cuda* ]] && cmd=${cuda_cmd}
+      fi
       # shellcheck disable=SC2086,SC2154
-      ${decode_cmd} "${out}/extract.log" \
+      ${cmd} "${out}/extract.log" \
         ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" ${inputs} --out_dir "${out}"
     done
   fi
@@ -231,7 +235,10 @@ for train_config in ${train_configs}; do
         for n in ${score_norm}; do
           system=${m}$([ "${n}" == none ] || echo ".${n}")
           scores=${exp}/scores/${set}.${system}
-          opts="--cohort_top_n ${cohort_top_n} --lda_dim ${lda_dim}"  # scoring options recorded with the scores
+          opts=""  # the scoring options this system uses, recorded with its scores
+          [ "${m}" == plda ] && opts+=" --lda_dim ${lda_dim}"
+          [ "${n}" == asnorm ] && opts+=" --cohort_top_n ${cohort_top_n}"
+          opts=${opts# }
           if [ "$(cat "${scores}.opts" 2>/dev/null)" == "${opts}" ] && newer_than_all "${scores}" "${exp}/embeddings/${set}/xvector.scp" \
                "${exp}/embeddings/${train_set}/xvector.scp" "data/${set}/trials" && \
              { [ "${set}" == "${valid_set}" ] || [ -z "${valid_set}" ] || \
