@@ -5,6 +5,7 @@ dir in every form users bring; test_recipe_import.py runs the recipe on them.
 """
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -366,6 +367,27 @@ def test_errors_name_file_and_line(tmp_path, files, trials, message):
                         require_trials=trials is not None)
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())  # nothing half-written
     assert tree_hash(src) == before
+
+
+def test_a_data_dir_of_ours_takes_a_trial_list(tmp_path):
+    """data/<set> given as a path is used as it is, but --trials are converted into its trials (rewritten
+    only when they change: stage 4 compares mtimes), and a required list found nowhere is an error."""
+    data, utts = tmp_path / "data", ["id10001-vid-00001", "id10001-vid-00002", "id10002-vid-00001"]
+    DataDir({u: f"/{u}.wav" for u in utts}, {u: u.split("-")[0] for u in utts}).write(data / "vox1_o")
+    with pytest.raises(DataDirError, match=r"data/vox1_o: no trials file .*give a trial list with --trials"):
+        import_data_dir(data / "vox1_o", data, require_trials=True)
+    assert import_data_dir(data / "vox1_o", data).skipped   # no list needed
+    mine = write_lines(tmp_path / "my.kaldi", ["id10001/vid/00001.wav id10001/vid/00002.wav target",
+                                               "id10001/vid/00002.wav id10002/vid/00001.wav nontarget"])
+    result = import_data_dir(data / "vox1_o", data, mine, require_trials=True)
+    trials = data / "vox1_o" / "trials"
+    assert (result.name, result.dst, result.num_trials) == ("vox1_o", data / "vox1_o", 2)
+    assert trials.read_text() == "id10001-vid-00001 id10001-vid-00002 target\nid10001-vid-00002 id10002-vid-00001 nontarget\n"
+    os.utime(trials, ns=(10**9, 10**9))
+    import_data_dir(data / "vox1_o", data, mine, require_trials=True)
+    assert trials.stat().st_mtime_ns == 10**9   # unchanged: not rewritten
+    assert import_data_dir(data / "vox1_o", data, require_trials=True).skipped   # its own trials now
+    assert sorted(p.name for p in (data / "vox1_o").iterdir()) == ["spk2utt", "trials", "utt2spk", "wav.scp"]
 
 
 def test_cli_prints_the_name_or_a_one_line_error(tmp_path, forms):

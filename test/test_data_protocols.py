@@ -1,7 +1,7 @@
 """upmp.data.protocols: resolving the paper's protocol files (local dir, download, cache, fallback),
 seeded speaker splits and regenerated balanced trials."""
 import logging
-import subprocess
+import re
 import urllib.error
 from collections import Counter
 from math import comb
@@ -82,12 +82,23 @@ def test_unreachable_falls_back_to_regeneration(tmp_path, caplog):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.csv"))
 
 
-def test_download_that_is_not_a_csv_is_rejected(tmp_path):
-    def portal(url, t):
-        return b"<html>sign in to the wifi</html>"
-    with pytest.raises(DataDirError, match=r"speaker-train.csv:1: not a protocol CSV"):
-        resolve_protocol("vctk", None, str(tmp_path / "cache"), opener=portal)
-    assert not list((tmp_path / "cache").rglob("*.csv"))
+@pytest.mark.parametrize("bad, message", [
+    (b"<html>sign in to the wifi</html>", r"trials-test.csv:1: not a protocol CSV \(header starts with '<html>"),
+    (b"LABEL,SAMPLE1,SAMPLE2\n1,p228\xff.wav,p228_026.wav\n", r"trials-test.csv: 'utf-8' codec can't decode"),
+    (VCTK_FILES["VCTK-Corpus/speakers/speaker-test.csv"].encode(), r"trials-test.csv:1: not a protocol CSV"),
+])
+def test_unusable_download_falls_back_to_regeneration(tmp_path, caplog, bad, message):
+    """An HTML page, a non-UTF-8 body or a file of the wrong kind, here as the last file: a warning,
+    regeneration, and nothing cached (not even the good files downloaded before it)."""
+    def opener(url, t):
+        rel = next(r for r in VCTK_FILES if url.endswith(remote_path(r)))
+        return bad if rel.endswith("trials-test.csv") else VCTK_FILES[rel].encode()
+    with caplog.at_level(logging.INFO):
+        assert resolve_protocol("vctk", None, str(tmp_path / "cache"), opener=opener) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and re.search(r"unusable download .*" + message, warnings[0]), warnings
+    assert "protocol source: regenerated (the download is not the paper's vctk files)" in caplog.text
+    assert not (tmp_path / "cache").exists() or not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
 def test_read_speaker_csv_errors(tmp_path):
@@ -141,14 +152,3 @@ def test_regenerate_trials_follows_the_papers_rule():
     with pytest.raises(DataDirError, match=r"cannot regenerate trials for 1 speaker"):
         regenerate_trials({"s0_025": "s0", "s0_026": "s0"}, 40, seed=0)
 
-
-MIRROR = Path("/work/.mirror/sadPororo+UniPool-SV/repo")
-
-
-@pytest.mark.skipif(not MIRROR.is_dir(), reason="no local mirror of the paper's repository")
-def test_every_remote_path_exists_at_the_pinned_commit():
-    tree = subprocess.run(["git", "-C", str(MIRROR), "ls-tree", "-r", "--name-only", PAPER_COMMIT],
-                          capture_output=True, text=True, check=True).stdout.split()
-    for files in PROTOCOL_FILES.values():
-        for rel in files.values():
-            assert f"data/{remote_path(rel)}" in tree, rel

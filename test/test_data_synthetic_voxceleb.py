@@ -103,6 +103,17 @@ def test_prepare_voxceleb1_errors(tmp_path, small_corpus):
         prepare_voxceleb1(str(root), str(tmp_path / "data"))
 
 
+def test_csv_list_errors_name_the_file_line(tmp_path):
+    """A CSV list has a header: its second trial is on line 3."""
+    for f in ("id10001/vid/00001.wav", "id10002/vid/00001.wav", "id10003/vid/00001.wav"):
+        (tmp_path / "wav" / f).parent.mkdir(parents=True)
+        soundfile.write(tmp_path / "wav" / f, tone(0.05, 300), 16000, subtype="PCM_16")
+    (tmp_path / "trials.csv").write_text("LABEL,SAMPLE1,SAMPLE2\n0,id10001/vid/00001.wav,id10002/vid/00001.wav\n"
+                                         "1,id10002/vid/00001.wav,id10002/vid/00002.wav\n")
+    with pytest.raises(DataDirError, match=r"trials.csv:3: utterance 'id10002-vid-00002' not found under the audio"):
+        prepare_voxceleb1(str(tmp_path), str(tmp_path / "data"), trials_file="trials.csv")
+
+
 def test_prepare_voxceleb1_validation_split(tmp_path, small_corpus):
     out = prepare_voxceleb1(str(small_corpus), str(tmp_path / "data"), valid_speakers=2, seed=3)
     valid, dev = DataDir.load(out["voxceleb1_valid"]), DataDir.load(out["voxceleb1_dev"])

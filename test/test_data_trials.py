@@ -58,7 +58,7 @@ def test_convert_cli_espnet_and_missing_utterance(tmp_path):
     r = subprocess.run([sys.executable, "-m", "upmp.bin.convert_trials", "--format", "espnet", "--input",
                         str(tmp_path / "trial_label"), "--output", str(tmp_path / "t"), "--data_dir", str(d)],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "trial 1: utterance 'b-1' is not in" in r.stderr
+    assert r.returncode == 1 and "trial_label:1: utterance 'b-1' is not in the data dir" in r.stderr
     assert not (tmp_path / "t").exists()
 
 

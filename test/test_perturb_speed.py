@@ -92,3 +92,13 @@ def test_errors(tmp_path, capsys):
         main(["--factors", "0.9 fast", str(tmp_path / "ark"), str(tmp_path / "sp")])
     assert "--factors: expected numbers" in capsys.readouterr().err
     assert speed_entry("/a b/c.wav", 0.9) == "sox -V1 '/a b/c.wav' -t wav - speed 0.9 rate 16000 |"
+
+
+def test_spk2gender_is_carried_to_the_copies(tmp_path):
+    from upmp.data.speed_perturb import perturb_speed_dir
+    DataDir({"a-1": "/a1.wav", "b-1": "/b1.wav", "b-2": "/b2.wav"}, {"a-1": "a", "b-1": "b", "b-2": "b"},
+            spk2gender={"a": "f", "b": "m"}).write(tmp_path / "in")
+    perturb_speed_dir(str(tmp_path / "in"), str(tmp_path / "out"), [0.9, 1.0, 1.1])
+    validate_data_dir(tmp_path / "out")
+    assert (tmp_path / "out" / "spk2gender").read_text() == \
+        "a f\nb m\nsp0.9-a f\nsp0.9-b m\nsp1.1-a f\nsp1.1-b m\n"

@@ -7,6 +7,7 @@ real stages 1-5 run uses the WeSpeaker form (ids with /) for training and the ES
 validation and test, and its stage-1 stacks must equal those of the Kaldi form too.
 """
 import json
+import os
 import subprocess
 
 import kaldiio
@@ -16,7 +17,7 @@ import pytest
 from test_data_import_dir import canonical_trials, canonical_utts, make_forms, tree_hash
 from test_recipe_mini import make_recipe, run
 from upmp.bin import extract_layers
-from upmp.data.kaldi_dir import read_table
+from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.data.trials import read_kaldi_trials
 
 DUMP = "dump/wavlm_local_wavlm_tiny"   # run.sh's dump dir for --upstream_ckpt .../wavlm_tiny.pt
@@ -124,3 +125,38 @@ def test_bad_sets_stop_the_recipe_with_one_line(byo):
     assert r.returncode == 1 and "Stage 1" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].endswith(
         "wespeaker/data/vox1/trials is a directory of lists: pick one with --trials")
+
+
+def test_trials_of_a_set_given_by_name(tmp_path):
+    """--trials for data/<set> (a name): converted after stage 0, whose own list it replaces, and when the
+    run starts later; VoxCeleb, WeSpeaker and ESPnet forms map to our ids as for imports; an unchanged
+    list is not rewritten (stage 4 would rescore). No upstream: --stop_stage 0."""
+    recipe = make_recipe(tmp_path)
+    prepared = tmp_path / "prepared"
+    for name, spks in (("train", ("id10009", "id10010")), ("test", ("id10001", "id10002"))):
+        utts = [f"{s}-vid-0000{n}" for s in spks for n in (1, 2)]
+        DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: u.split("-")[0] for u in utts}).write(prepared / name)
+    (prepared / "test" / "trials").write_text("id10001-vid-00001 id10002-vid-00002 nontarget\n")  # the recipe's
+    (recipe / "local" / "data.sh").write_text(f"#!/usr/bin/env bash\nmkdir -p data\ncp -r {prepared}/. data/\n")
+    pairs = [("id10001/vid/00001", "id10001/vid/00002", True), ("id10001/vid/00001", "id10002/vid/00001", False),
+             ("id10002/vid/00002", "id10002/vid/00001", True), ("id10002/vid/00002", "id10001/vid/00002", False)]
+    lists = {"voxceleb": [f"{int(t)} {a}.wav {b}.wav" for a, b, t in pairs],
+             "wespeaker": [f"{a}.wav {b}.wav {'target' if t else 'nontarget'}" for a, b, t in pairs[1:]],
+             "espnet": [f"{a}*{b} {int(t)}" for a, b, t in pairs[:3]]}
+    expected = {"voxceleb": pairs, "wespeaker": pairs[1:], "espnet": pairs[:3]}
+    trials = recipe / "data" / "test" / "trials"
+    for form, stage in (("voxceleb", "0"), ("wespeaker", "1"), ("espnet", "1"), ("espnet", "0")):
+        path = tmp_path / "lists" / form
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(f"{line}\n" for line in lists[form]))
+        r = run(recipe, "--stage", stage, "--stop_stage", "0", "--train_set", "train", "--valid_set", "",
+                "--test_sets", "test", "--trials", str(path))
+        assert r.returncode == 0, (form, r.stderr[-3000:])
+        assert ("Stage 0" in r.stderr) == (stage == "0")
+        assert trials.read_text() == "".join(f"{a.replace('/', '-')} {b.replace('/', '-')} "
+                                             f"{'target' if t else 'nontarget'}\n" for a, b, t in expected[form])
+    os.utime(trials, ns=(10**9, 10**9))
+    r = run(recipe, "--stage", "1", "--stop_stage", "0", "--train_set", "train", "--valid_set", "",
+            "--test_sets", "test", "--trials", str(tmp_path / "lists" / "espnet"))
+    assert r.returncode == 0 and "3 trials (2 target, 1 nontarget), unchanged" in r.stderr, r.stderr[-3000:]
+    assert trials.stat().st_mtime_ns == 10**9

@@ -6,15 +6,19 @@
 voxceleb: official `1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav`;
 paper_csv: the UniPool paper's `LABEL,SAMPLE1,SAMPLE2,...` CSV; espnet: `trial_label`
 (`utt1*utt2 0|1`; given trial.scp, the trial_label beside it); auto: sniffed from the
-first line. With --data_dir every trial utterance must be in its utt2spk.
+first line. With --data_dir the names are mapped to its utterance ids as imports map them
+(upmp.data.trials.convert_trial_list: ids, ESPnet / WeSpeaker / VoxCeleb paths, file stems;
+through its utt_map when it has one) and every one must be found. The output is rewritten
+only when its content changes (its mtime tells stage 4 whether to score again).
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from upmp.bin.common import fail
 from upmp.data.kaldi_dir import DataDirError, read_table
-from upmp.data.trials import read_trials, write_kaldi_trials
+from upmp.data.trials import convert_trial_list, read_trials, update_kaldi_trials
 
 
 def main(argv=None) -> None:
@@ -23,22 +27,22 @@ def main(argv=None) -> None:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--id_scheme", default="auto", choices=["auto", "voxceleb", "basename"])
-    p.add_argument("--data_dir", default=None, help="check that every trial utterance is in this data dir")
+    p.add_argument("--data_dir", default=None, help="map the names to the utterance ids of this data dir")
     args = p.parse_args(argv)
     try:
-        trials = read_trials(args.input, args.format, args.id_scheme)
         if args.data_dir:
-            utts = read_table(f"{args.data_dir}/utt2spk")
-            for lineno, (a, b, _) in enumerate(trials, 1):
-                for u in (a, b):
-                    if u not in utts:
-                        raise DataDirError(f"{args.input}: trial {lineno}: utterance {u!r} is not in "
-                                           f"{args.data_dir}/utt2spk")
+            d = Path(args.data_dir)
+            utt_map = read_table(d / "utt_map") if (d / "utt_map").is_file() else {}
+            trials = convert_trial_list(args.input, read_table(d / "utt2spk"),
+                                        {v: k for k, v in utt_map.items()}, args.format, args.id_scheme)
+        else:
+            trials = read_trials(args.input, args.format, args.id_scheme)
     except (DataDirError, FileNotFoundError, ValueError) as e:
         fail(str(e))
-    write_kaldi_trials(args.output, trials)
+    written = update_kaldi_trials(args.output, trials)
     n_tar = sum(t for *_, t in trials)
-    print(f"{args.output}: {len(trials)} trials ({n_tar} target, {len(trials) - n_tar} nontarget)")
+    print(f"{args.output}: {len(trials)} trials ({n_tar} target, {len(trials) - n_tar} nontarget)"
+          + ("" if written else ", unchanged"))
 
 
 if __name__ == "__main__":

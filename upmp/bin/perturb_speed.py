@@ -3,7 +3,8 @@
     python -m upmp.bin.perturb_speed [--factors "0.9 1.0 1.1"] data/voxceleb2_dev data/voxceleb2_dev_sp
 
 Utterances, speakers and recordings of factor f are prefixed `sp<f>-`; their wav.scp entries
-pipe through `sox ... speed f rate 16000`; utt2dur and segments are scaled by 1/f.
+pipe through `sox ... speed f rate 16000`; utt2dur and segments are scaled by 1/f;
+spk2gender is carried over to the copies.
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ Rules:
 - The copy is built in a temporary dir and renamed into place; a second import of an
   unchanged source is skipped; a set name already used by another source or by a set
   we prepared gets a suffix (_2, _3, ...), so two imports never clobber each other.
+- A data dir of ours (data_root/<name>) is used as it is; a trial list given for it is
+  converted into its trials, rewritten only when they change.
 """
 from __future__ import annotations
 
@@ -46,8 +48,7 @@ from tqdm import tqdm
 from upmp.data.audio import SAMPLE_RATE, AudioError, sample_rate_of
 from upmp.data.kaldi_dir import (DataDirError, PathLike, parse_positive, parse_segment, c_sort_key, read_table,
                                  utt2spk_to_spk2utt, validate_data_dir, write_table)
-from upmp.data.trials import (espnet_label_file, match_trial_utts, read_espnet_trials, read_kaldi_trials,
-                              read_paper_csv_trials, read_voxceleb_trials, sniff_trials_format, write_kaldi_trials)
+from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     if data_root.is_dir() and src.parent.resolve() == data_root.resolve():
         # already one of ours (data/<name> given as a path): use it as it is
         validate_data_dir(src)
-        return ImportResult(src.name, src, skipped=True)
+        return _use_ours(src, trials, require_trials)
     trials_path = _find_trials(src, trials, require_trials)
     record = {"source": str(src), "src_root": str(Path(os.path.abspath(src_root))) if src_root else None,
               "stamp": _stamp([src / n for n in SOURCE_FILES]),
@@ -102,7 +103,7 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     tables = _our_tables(src, src_root, result)
     utt_map = tables.pop("utt_map", {})
     if trials_path:
-        tables["trials"] = _convert_trials(trials_path, tables["utt2spk"], {v: k for k, v in utt_map.items()})
+        tables["trials"] = convert_trial_list(str(trials_path), tables["utt2spk"], {v: k for k, v in utt_map.items()})
         result.num_trials = len(tables["trials"])
     if utt_map:
         tables["utt_map"] = utt_map
@@ -115,6 +116,22 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
                     SAMPLE_RATE)
     logger.info("imported %s -> %s: %d utterances, %d speakers%s", src, dst, result.num_utts,
                 result.num_speakers, f", {result.num_trials} trials" if trials_path else "")
+    return result
+
+
+def _use_ours(src: Path, trials: Optional[PathLike], require_trials: bool) -> ImportResult:
+    """One of our data dirs as it is; a given trial list is converted into its trials (written
+    only when they change, so stage 4 does not rescore an unchanged list)."""
+    result = ImportResult(src.name, src, skipped=True)
+    if trials:
+        path = _find_trials(src, trials, require_trials)
+        utt_map = read_table(src / "utt_map") if (src / "utt_map").is_file() else {}
+        converted = convert_trial_list(str(path), read_table(src / "utt2spk"), {v: k for k, v in utt_map.items()})
+        if update_kaldi_trials(str(src / "trials"), converted):
+            logger.info("%s: trials converted from %s (%d trials)", src / "trials", path, len(converted))
+        result.num_trials = len(converted)
+    elif require_trials and not (src / "trials").is_file():
+        raise DataDirError(f"{src}: no trials file (Kaldi trials of this data dir); give a trial list with --trials")
     return result
 
 
@@ -370,22 +387,3 @@ def _probe_rate(src: Path, wav_scp: Dict[str, str]) -> int:
     if rate <= 0:
         raise DataDirError(f"{src / 'wav.scp'}:{lineno}: bad sample rate {rate}")
     return rate
-
-
-def _convert_trials(path: Path, utt2spk: Dict[str, str], utt_map: Dict[str, str]) -> List[Tuple[str, str, bool]]:
-    """Any supported list -> Kaldi trials in our ids (utt_map: {source id: our id} when ids changed)."""
-    fmt = sniff_trials_format(str(path))
-    first_line = 1
-    if fmt == "voxceleb":
-        trials = read_voxceleb_trials(str(path), keep_paths=True)
-    elif fmt == "espnet":
-        path = Path(espnet_label_file(str(path)))
-        trials = read_espnet_trials(str(path))
-    elif fmt == "paper_csv":
-        trials, first_line = read_paper_csv_trials(str(path)), 2
-    else:
-        trials = read_kaldi_trials(str(path))
-    if utt_map:
-        trials = match_trial_utts(trials, set(utt_map), str(path), first_line)
-        return [(utt_map[a], utt_map[b], t) for a, b, t in trials]
-    return match_trial_utts(trials, utt2spk, str(path), first_line)

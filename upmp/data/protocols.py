@@ -87,9 +87,10 @@ def resolve_protocol(corpus: str, protocol_dir: Optional[str] = None, cache_dir:
 
     protocol_dir: a user's local copy; every file must be there (a missing one is an error).
     Otherwise cache_dir is used if it already holds every file, else each missing file is
-    downloaded from <url_base>/<corpus>/preprocess/... into cache_dir (atomically); an
-    unreachable URL gives None (the caller regenerates). url_base None/"" skips the download.
-    Logs one line saying which source was used.
+    downloaded from <url_base>/<corpus>/preprocess/... into cache_dir (atomically, once every
+    file has arrived); an unreachable URL or an unusable download (not UTF-8, not the expected
+    CSV: an HTML page of a proxy, say) gives None with a warning and writes nothing (the caller
+    regenerates). url_base None/"" skips the download. Logs one line saying which source was used.
     """
     files = PROTOCOL_FILES[corpus]
     if protocol_dir:
@@ -111,6 +112,7 @@ def resolve_protocol(corpus: str, protocol_dir: Optional[str] = None, cache_dir:
     if not url_base:
         logger.info("protocol source: regenerated (download disabled, %s not in cache %s)", corpus, cache_dir)
         return None
+    texts = {}
     for key in missing:
         url = f"{url_base.rstrip('/')}/{remote_path(files[key])}"
         try:
@@ -119,8 +121,14 @@ def resolve_protocol(corpus: str, protocol_dir: Optional[str] = None, cache_dir:
             logger.warning("cannot download %s: %s", url, getattr(e, "reason", e))
             logger.info("protocol source: regenerated (the paper's repository is not reachable)")
             return None
-        text = data.decode("utf-8")
-        _check_header(files[key], text, url)
+        try:
+            texts[key] = data.decode("utf-8")
+            _check_header(files[key], texts[key], url)
+        except (UnicodeDecodeError, DataDirError) as e:
+            logger.warning("unusable download %s: %s", url, e)
+            logger.info("protocol source: regenerated (the download is not the paper's %s files)", corpus)
+            return None
+    for key, text in texts.items():
         atomic_write_text(paths[key], text)
     logger.info("protocol source: downloaded from %s into %s (the paper's %s files)", url_base, cache_dir, corpus)
     return paths

@@ -4,8 +4,9 @@ Factor f != 1 adds utterances, speakers and recordings prefixed `sp<f>-` (`sp0.9
 speaker `sp0.9-id10001`) whose wav.scp entries pipe the audio through
     sox -V1 <in> -t wav - speed <f> rate 16000 |
 (`speed` resamples: pitch and tempo both scale by f, the length by 1/f), so they are new
-speakers to the classifier. utt2dur and segment times are divided by f. Factor 1 keeps
-the original entries unchanged. `file.ark:offset` entries cannot be piped and are refused.
+speakers to the classifier. utt2dur and segment times are divided by f; spk2gender is
+copied to each speaker's copies. Factor 1 keeps the original entries unchanged.
+`file.ark:offset` entries cannot be piped and are refused.
 sox's `speed` was reported to crash on some flite-synthesised 16 kHz inputs here; it did
 not in 900+ trials (flite and espeak voices, 16-bit and float wav, pipes, 1-sample to 30 s
 inputs), and the tests decode every perturbed entry of a synthetic corpus.
@@ -42,7 +43,8 @@ def perturb_speed(data: DataDir, factors: Sequence[float], wav_scp_path: str = "
             raise DataDirError(f"{wav_scp_path}:{lineno}: {key}: cannot speed-perturb an ark entry "
                                f"({entry.strip()}); only paths and `cmd |` pipes")
     out = DataDir({}, {}, segments={} if data.segments is not None else None,
-                  utt2dur={} if data.utt2dur is not None else None)
+                  utt2dur={} if data.utt2dur is not None else None,
+                  spk2gender={} if data.spk2gender is not None else None)
     for factor in factors:
         pre = "" if factor == 1 else factor_prefix(factor)
         out.wav_scp.update({pre + k: v if factor == 1 else speed_entry(v, factor) for k, v in data.wav_scp.items()})
@@ -52,6 +54,8 @@ def perturb_speed(data: DataDir, factors: Sequence[float], wav_scp_path: str = "
                                  for u, s in data.segments.items()})
         if data.utt2dur is not None:
             out.utt2dur.update({pre + u: d / factor for u, d in data.utt2dur.items()})
+        if data.spk2gender is not None:
+            out.spk2gender.update({pre + s: g for s, g in data.spk2gender.items()})
     return out
 
 

@@ -172,6 +172,29 @@ def read_trials(path: str, fmt: str = "kaldi", scheme: str = "auto") -> List[Tup
     return readers[fmt](path)
 
 
+def convert_trial_list(path: str, utts: Collection[str], utt_map: Optional[Dict[str, str]] = None,
+                       fmt: str = "auto", scheme: str = "auto") -> List[Tuple[str, str, bool]]:
+    """Any supported list -> Kaldi trials in a data dir's utterance ids (`utts`): names are
+    mapped by match_trial_utts (ids, ESPnet / WeSpeaker paths, VoxCeleb paths, file stems).
+    utt_map: {source id: our id} when the data dir renamed the ids (names are then source ids)."""
+    if fmt == "auto":
+        fmt = sniff_trials_format(path)
+    first_line = 1
+    if fmt == "voxceleb":
+        trials = read_voxceleb_trials(path, keep_paths=True)
+    elif fmt == "espnet":
+        path = espnet_label_file(path)
+        trials = read_espnet_trials(path)
+    elif fmt == "paper_csv":
+        trials, first_line = read_paper_csv_trials(path, scheme), 2
+    else:
+        trials = read_trials(path, fmt)
+    if utt_map:
+        trials = match_trial_utts(trials, set(utt_map), path, first_line)
+        return [(utt_map[a], utt_map[b], t) for a, b, t in trials]
+    return match_trial_utts(trials, utts, path, first_line)
+
+
 def read_kaldi_trials(path: str) -> List[Tuple[str, str, bool]]:
     """Read Kaldi trials `<utt1> <utt2> target|nontarget`."""
     trials = []
@@ -222,7 +245,24 @@ def make_balanced_trials(utt2spk: Dict[str, str], seed: int, utt2session: Option
 
 
 def write_kaldi_trials(path: str, trials: List[Tuple[str, str, bool]]) -> None:
-    atomic_write_text(path, "".join(f"{a} {b} {'target' if t else 'nontarget'}\n" for a, b, t in trials))
+    atomic_write_text(path, _kaldi_trials_text(trials))
+
+
+def update_kaldi_trials(path: str, trials: List[Tuple[str, str, bool]]) -> bool:
+    """write_kaldi_trials unless `path` already holds these trials (then it is left untouched,
+    its mtime too: stage 4 rescores when data/<set>/trials is newer); True when written."""
+    text = _kaldi_trials_text(trials)
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
+def _kaldi_trials_text(trials: List[Tuple[str, str, bool]]) -> str:
+    return "".join(f"{a} {b} {'target' if t else 'nontarget'}\n" for a, b, t in trials)
 
 
 def read_scores(path: str) -> dict:
@@ -259,5 +299,5 @@ def align_scores(trials_path: str, scores_path: str) -> Tuple[np.ndarray, np.nda
 
 
 __all__ = ["voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials", "read_espnet_trials",
-           "read_trials", "sniff_trials_format", "match_trial_utts", "write_kaldi_trials", "read_scores",
-           "align_scores"]
+           "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list", "write_kaldi_trials",
+           "update_kaldi_trials", "read_scores", "align_scores"]

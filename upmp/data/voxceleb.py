@@ -144,6 +144,11 @@ def make_data_dir(utts: Dict[str, Path], durations: Optional[Dict[str, float]] =
                    utt2dur=None if durations is None else {u: durations[u] for u in utts})
 
 
+def first_trial_line(path: Path) -> int:
+    """Line number of the first trial in a list read by read_trial_list (a CSV has a header)."""
+    return 2 if path.suffix == ".csv" else 1
+
+
 def read_trial_list(path: Path) -> Trials:
     """An official VoxCeleb list, or the paper's CSV (`.csv`) with VoxCeleb paths."""
     if not path.is_file():
@@ -156,7 +161,7 @@ def read_trial_list(path: Path) -> Trials:
 def check_trials(path: Path, trials: Trials, utts: Dict[str, Path], speakers: Optional[Set[str]] = None,
                  where: str = "the audio trees") -> None:
     """Every trial utterance exists (and belongs to `speakers` when given); errors name the line."""
-    for lineno, (a, b, _) in enumerate(trials, 1):
+    for lineno, (a, b, _) in enumerate(trials, first_trial_line(path)):
         for u in (a, b):
             if u not in utts:
                 raise DataDirError(f"{path}:{lineno}: utterance {u!r} not found under {where}")

@@ -83,6 +83,7 @@ for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == 
 
 # Sets given as paths are imported into data/<name> (read-only on the source; a name already
 # taken by another source gets a suffix); --trials are converted to Kaldi form beside them.
+# --trials of sets given by name are converted after stage 0 (which writes data/<set>).
 read -r -a trial_lists <<< "${trials}"
 n_test=$(wc -w <<< "${test_sets}")
 if [ ${#trial_lists[@]} -ne 0 ] && [ ${#trial_lists[@]} -ne "${n_test}" ]; then
@@ -93,16 +94,17 @@ use_set() {  # <set name or path> <trial list or ""> <needs trials: true|false> 
     ${python} -m upmp.bin.import_data_dir --src "$1" --data_root data ${2:+--trials "$2"} \
       $("$3" && echo --require_trials) || return 1
   else
-    if [ -n "$2" ]; then
-      ${python} -m upmp.bin.convert_trials --format auto --input "$2" --output "data/$1/trials" --data_dir "data/$1" 1>&2 || return 1
-    fi
     echo "$1"
   fi
 }
 train_set=$(use_set "${train_set}" "" false)
 [ -z "${valid_set}" ] || valid_set=$(use_set "${valid_set}" "" true)
-names=""; i=0
-for set in ${test_sets}; do names+=" $(use_set "${set}" "${trial_lists[i]:-}" true)"; i=$((i + 1)); done
+names=""; named_trials=(); i=0  # named_trials: <set> <list> pairs
+for set in ${test_sets}; do
+  names+=" $(use_set "${set}" "${trial_lists[i]:-}" true)"
+  if [[ "${set}" != */* ]] && [ -n "${trial_lists[i]:-}" ]; then named_trials+=("${set}" "${trial_lists[i]}"); fi
+  i=$((i + 1))
+done
 test_sets=${names# }
 
 if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
@@ -138,6 +140,14 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   fi
   for set in ${train_set} ${valid_set} ${test_sets}; do utils/validate_data_dir.sh --no-text --no-feats "data/${set}"; done
 fi
+
+# --trials of sets given by name replace data/<set>/trials (stage 0's own list too), also when
+# the run starts later; rewritten only when changed (stage 4 rescores when the trials are newer)
+for ((k = 0; k < ${#named_trials[@]}; k += 2)); do
+  set=${named_trials[k]}
+  ${python} -m upmp.bin.convert_trials --format auto --input "${named_trials[k + 1]}" --output "data/${set}/trials" \
+    --data_dir "data/${set}" 1>&2
+done
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 1 ] && [ -n "${upstream_ckpt}" ] && [ ! -f "${upstream_ckpt}" ]; then
   if "${tiny_upstream}"; then
