@@ -160,3 +160,10 @@ def test_trials_of_a_set_given_by_name(tmp_path):
             "--test_sets", "test", "--trials", str(tmp_path / "lists" / "espnet"))
     assert r.returncode == 0 and "3 trials (2 target, 1 nontarget), unchanged" in r.stderr, r.stderr[-3000:]
     assert trials.stat().st_mtime_ns == 10**9
+    # a path to one of our own data dirs is the same set (not imported as a copy of itself)
+    r = run(recipe, "--stage", "1", "--stop_stage", "0", "--train_set", "train", "--valid_set", "",
+            "--test_sets", "data/test", "--trials", str(tmp_path / "lists" / "voxceleb"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert trials.read_text() == "".join(f"{a.replace('/', '-')} {b.replace('/', '-')} "
+                                         f"{'target' if t else 'nontarget'}\n" for a, b, t in expected["voxceleb"])
+    assert sorted(p.name for p in (recipe / "data").iterdir() if p.name.startswith("test")) == ["test"]

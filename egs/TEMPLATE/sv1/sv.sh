@@ -83,26 +83,31 @@ for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == 
 
 # Sets given as paths are imported into data/<name> (read-only on the source; a name already
 # taken by another source gets a suffix); --trials are converted to Kaldi form beside them.
-# --trials of sets given by name are converted after stage 0 (which writes data/<set>).
+# --trials of sets given by name (or as a path to our data/<name>) are converted after stage 0
+# (which writes data/<set>).
 read -r -a trial_lists <<< "${trials}"
 n_test=$(wc -w <<< "${test_sets}")
 if [ ${#trial_lists[@]} -ne 0 ] && [ ${#trial_lists[@]} -ne "${n_test}" ]; then
   log "--trials has ${#trial_lists[@]} lists for ${n_test} test sets (give one per test set, in order)"; exit 1
 fi
+is_ours() {  # <set name or path>: a name, or a path to one of our data/<name> dirs
+  [[ "$1" != */* ]] || [ "$(readlink -f "$1")" == "$(readlink -f "data/$(basename "$1")")" ]
+}
 use_set() {  # <set name or path> <trial list or ""> <needs trials: true|false> -> prints the name under data/
-  if [[ "$1" == */* ]]; then
+  if is_ours "$1"; then
+    basename "$1"
+  else
     ${python} -m upmp.bin.import_data_dir --src "$1" --data_root data ${2:+--trials "$2"} \
       $("$3" && echo --require_trials) || return 1
-  else
-    echo "$1"
   fi
 }
 train_set=$(use_set "${train_set}" "" false)
 [ -z "${valid_set}" ] || valid_set=$(use_set "${valid_set}" "" true)
 names=""; named_trials=(); i=0  # named_trials: <set> <list> pairs
 for set in ${test_sets}; do
-  names+=" $(use_set "${set}" "${trial_lists[i]:-}" true)"
-  if [[ "${set}" != */* ]] && [ -n "${trial_lists[i]:-}" ]; then named_trials+=("${set}" "${trial_lists[i]}"); fi
+  name=$(use_set "${set}" "${trial_lists[i]:-}" true)
+  names+=" ${name}"
+  if is_ours "${set}" && [ -n "${trial_lists[i]:-}" ]; then named_trials+=("${name}" "${trial_lists[i]}"); fi
   i=$((i + 1))
 done
 test_sets=${names# }
