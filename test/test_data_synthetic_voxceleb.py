@@ -209,6 +209,7 @@ def test_prepare_voxceleb1_cli_errors(tmp_path, small_corpus, capsys):
     assert (tmp_path / "data" / "voxceleb1_h" / "trials").is_file()
 
 
+@pytest.mark.skipif(not PROTOCOLS.is_dir(), reason="shared/protocols not beside the checkout")
 def test_paper_vox1_list_maps_to_prepared_ids(tmp_path):
     """The paper's uncleaned Vox1-O (trials-vox1.csv): 37,720 trials whose utterances are ids
     of a data dir prepared from a tree holding exactly those files."""
