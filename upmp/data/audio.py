@@ -9,13 +9,13 @@ import io
 import logging
 import math
 import subprocess
-from typing import Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from upmp.data.kaldi_dir import DataDirError, Segment
+from upmp.data.kaldi_dir import DataDirError, PathLike, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,20 @@ def load_audio(entry: str, segment: Optional[Segment] = None, rate: int = SAMPLE
     if samples.size == 0:
         raise AudioError(f"empty audio for {name or entry!r}")
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def audio_headers(paths: Mapping[str, PathLike], desc: str = "audio headers") -> Dict[str, Tuple[int, float]]:
+    """{key: (sample rate, seconds)} from the headers of audio files (corpus preparation);
+    an unreadable file is a DataDirError naming it."""
+    from tqdm import tqdm
+    out: Dict[str, Tuple[int, float]] = {}
+    for key, path in tqdm(paths.items(), desc=desc, unit="file", mininterval=10, disable=len(paths) < 5000):
+        try:
+            info = soundfile.info(str(path))
+        except Exception as e:  # soundfile raises several types; one message for all
+            raise DataDirError(f"{path}: cannot read the audio header: {e}") from None
+        out[key] = (int(info.samplerate), info.frames / info.samplerate)
+    return out
 
 
 def sample_rate_of(entry: str) -> int:

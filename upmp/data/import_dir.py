@@ -46,8 +46,8 @@ from typing import Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, AudioError, sample_rate_of
-from upmp.data.kaldi_dir import (DataDirError, PathLike, parse_positive, parse_segment, c_sort_key, read_table,
-                                 utt2spk_to_spk2utt, validate_data_dir, write_table)
+from upmp.data.kaldi_dir import (DataDirError, PathLike, c_sort_key, parse_positive, parse_segment, read_table,
+                                 speaker_sort_violation, utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
 
 logger = logging.getLogger(__name__)
@@ -316,15 +316,11 @@ def _same_utts(path: Path, table: Dict[str, str], utt2spk: Dict[str, str]) -> No
 def _speaker_sorted_ids(src: Path, utt2spk: Dict[str, str], warnings: List[str]
                         ) -> Tuple[Dict[str, str], Dict[str, str]]:
     """utt2spk with ids that sort by speaker, and {source id: our id} when ids had to change."""
-    def sorts_by_speaker(table: Dict[str, str]) -> bool:
-        by_utt = sorted(table, key=c_sort_key)
-        return by_utt == sorted(table, key=lambda u: (c_sort_key(table[u]), c_sort_key(u)))
-
-    if sorts_by_speaker(utt2spk):
+    if speaker_sort_violation(utt2spk) is None:
         return utt2spk, {}
     utt_map = {u: f"{s}-{u}" for u, s in utt2spk.items()}
     renamed = {utt_map[u]: s for u, s in utt2spk.items()}
-    if not sorts_by_speaker(renamed):
+    if speaker_sort_violation(renamed) is not None:
         raise DataDirError(f"{src / 'utt2spk'}: utterance ids do not sort by speaker even as <spk>-<utt> "
                            f"(a speaker id is a prefix of another?)")
     warnings.append(f"{src / 'utt2spk'}: utterance ids do not sort by speaker (Kaldi's rule); our copy uses "

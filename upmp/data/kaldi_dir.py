@@ -204,6 +204,14 @@ def parse_positive(path: Path, lineno: int, value: str) -> float:
     return v
 
 
+def speaker_sort_violation(utt2spk: Mapping[str, str]) -> Optional[str]:
+    """Kaldi's rule that utterances sort the same by id as by (speaker, id): the first utterance
+    (in id order) where the two orders differ, or None."""
+    by_utt = sorted(utt2spk, key=c_sort_key)
+    by_spk = sorted(utt2spk, key=lambda u: (c_sort_key(utt2spk[u]), c_sort_key(u)))
+    return next((a for a, b in zip(by_utt, by_spk) if a != b), None)
+
+
 TABLE_FIELDS = {"wav.scp": (2, None), "utt2spk": (2, 2), "spk2utt": (2, None), "segments": (4, 4),
                 "utt2dur": (2, 2), "spk2gender": (2, 2)}
 
@@ -228,13 +236,11 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> Dict[str, D
     utt2spk = tables["utt2spk"]
     utts = list(utt2spk)
     check_sorted_unique(d / "utt2spk", utts)
-    if spk_sort:
-        by_spk = sorted(utts, key=lambda u: (c_sort_key(utt2spk[u]), c_sort_key(u)))
-        if by_spk != utts:
-            bad = next(i for i, (a, b) in enumerate(zip(by_spk, utts)) if a != b)
-            raise DataDirError(
-                f"{d / 'utt2spk'}:{bad + 1}: utt2spk is not in sorted order when sorted first on "
-                f"speaker-id (make speaker-ids prefixes of utt-ids): {utts[bad]!r}")
+    bad = speaker_sort_violation(utt2spk) if spk_sort else None
+    if bad is not None:
+        raise DataDirError(
+            f"{d / 'utt2spk'}:{utts.index(bad) + 1}: utt2spk is not in sorted order when sorted first on "
+            f"speaker-id (make speaker-ids prefixes of utt-ids): {bad!r}")
     if "spk2utt" not in tables:
         raise DataDirError(f"{d / 'spk2utt'}: missing (create it with utils/utt2spk_to_spk2utt.pl)")
     spk2utt = tables["spk2utt"]

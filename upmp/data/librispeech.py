@@ -20,9 +20,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-import soundfile
-from tqdm import tqdm
-
+from upmp.data.audio import audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.data.protocols import PAPER_URL, load_paper_trials, regenerate_trials, resolve_protocol
 from upmp.data.trials import write_kaldi_trials
@@ -70,16 +68,12 @@ def scan_subset(subset_dir: Path) -> Dict[str, Path]:
 
 
 def make_librispeech_data_dir(utts: Dict[str, Path], genders: Dict[str, str], what: str) -> DataDir:
-    wav_scp, utt2dur = {}, {}
-    for utt, path in tqdm(utts.items(), desc=f"LibriSpeech {what} headers", mininterval=10,
-                          disable=len(utts) < 5000):
-        try:
-            info = soundfile.info(str(path))
-        except Exception as e:  # soundfile raises several types; one message for all
-            raise DataDirError(f"{path}: cannot read the audio header: {e}") from None
-        if info.samplerate != 16000:
-            raise DataDirError(f"{path}: {info.samplerate} Hz, LibriSpeech is 16 kHz")
-        wav_scp[utt], utt2dur[utt] = str(path), info.frames / info.samplerate
+    headers = audio_headers(utts, f"LibriSpeech {what} headers")
+    for utt, (rate, _) in headers.items():
+        if rate != 16000:
+            raise DataDirError(f"{utts[utt]}: {rate} Hz, LibriSpeech is 16 kHz")
+    wav_scp = {utt: str(path) for utt, path in utts.items()}
+    utt2dur = {utt: seconds for utt, (_, seconds) in headers.items()}
     utt2spk = {u: u.split("-", 1)[0] for u in utts}
     return DataDir(wav_scp, utt2spk, utt2dur=utt2dur,
                    spk2gender={s: genders[s] for s in set(utt2spk.values())})

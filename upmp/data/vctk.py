@@ -18,9 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import soundfile
-from tqdm import tqdm
-
+from upmp.data.audio import audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.data.protocols import (PAPER_URL, load_paper_trials, read_speaker_csv, regenerate_trials, resolve_protocol,
                                  split_sizes, split_speakers)
@@ -89,13 +87,9 @@ def wav_entry(path: Path, rate: int) -> str:
 
 
 def make_vctk_data_dir(utts: Dict[str, Path], genders: Dict[str, str]) -> DataDir:
-    wav_scp, utt2dur = {}, {}
-    for utt, path in tqdm(utts.items(), desc="VCTK headers", mininterval=10, disable=len(utts) < 5000):
-        try:
-            info = soundfile.info(str(path))
-        except Exception as e:  # soundfile raises several types; one message for all
-            raise DataDirError(f"{path}: cannot read the audio header: {e}") from None
-        wav_scp[utt], utt2dur[utt] = wav_entry(path, info.samplerate), info.frames / info.samplerate
+    headers = audio_headers(utts, "VCTK headers")
+    wav_scp = {utt: wav_entry(path, headers[utt][0]) for utt, path in utts.items()}
+    utt2dur = {utt: seconds for utt, (_, seconds) in headers.items()}
     utt2spk = {u: u.rsplit("_", 1)[0] for u in utts}
     return DataDir(wav_scp, utt2spk, utt2dur=utt2dur,
                    spk2gender={s: genders[s] for s in set(utt2spk.values())})

@@ -29,9 +29,7 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-import soundfile
-from tqdm import tqdm
-
+from upmp.data.audio import audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError, c_sort_key
 from upmp.data.trials import (make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
                               write_kaldi_trials)
@@ -132,11 +130,7 @@ def wav_durations(utts: Dict[str, Path]) -> Optional[Dict[str, float]]:
     """Seconds per utterance from the wav headers; None unless every file is a wav."""
     if any(p.suffix != ".wav" for p in utts.values()):
         return None
-    durations = {}
-    for utt, path in tqdm(utts.items(), desc="utt2dur", unit="file", disable=len(utts) < 10000):
-        info = soundfile.info(str(path))
-        durations[utt] = info.frames / info.samplerate
-    return durations
+    return {utt: seconds for utt, (_, seconds) in audio_headers(utts, "utt2dur").items()}
 
 
 def make_data_dir(utts: Dict[str, Path], durations: Optional[Dict[str, float]] = None) -> DataDir:

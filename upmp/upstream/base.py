@@ -8,13 +8,14 @@ dropout etc. on as for any module.
 """
 from __future__ import annotations
 
+import abc
 from typing import Tuple
 
 import torch
 from torch import nn
 
 
-class Upstream(nn.Module):
+class Upstream(nn.Module, metaclass=abc.ABCMeta):
     num_layers: int
     dim: int
     frame_shift: float
@@ -37,5 +38,6 @@ class Upstream(nn.Module):
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             return self.extract(wavs, wav_lens)
 
+    @abc.abstractmethod
     def extract(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """The provider's forward pass: (B, N) waveforms -> (stack (B, D, L, T), frame lengths (B,))."""

@@ -28,20 +28,7 @@ recipe_opts="voxceleb1_root musan_root rirs_root speed_perturb train_args local_
 case ${speed_perturb} in true|false) ;; *) echo "$0: --speed_perturb must be true or false" 1>&2; exit 1 ;; esac
 train_set=voxceleb1_dev
 "${speed_perturb}" && train_set=voxceleb1_dev_sp
-aug_args=""
-[ -n "${musan_root}" ] && aug_args+="--train_conf.augment.musan_root ${musan_root} "
-[ -n "${rirs_root}" ] && aug_args+="--train_conf.augment.rirs_root ${rirs_root} "
-aug_opts=()  # augmentation happens on waveforms: online training with the augmenting config (flags may override)
-if [ -n "${aug_args}" ]; then
-  aug_opts=(--train_mode online --train_config conf/train_upmp_online_aug.yaml)
-  for a in "${sv_args[@]}"; do
-    if [[ "${a}" == --backend* ]]; then
-      echo "$0: --musan_root/--rirs_root train with an augmenting config (conf/train_upmp_online_aug.yaml);" \
-        "--backend picks conf/train_<backend>.yaml, which does not augment: give --train_config instead" 1>&2
-      exit 1
-    fi
-  done
-fi
+. utils/augment_options.sh  # aug_args, aug_opts
 
 ./sv.sh \
   --train_set "${train_set}" \
