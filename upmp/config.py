@@ -18,11 +18,10 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from upmp.data.kaldi_dir import atomic_write_text
+from upmp.fileio import atomic_write_text
 
 
-class ConfigError(ValueError):
-    pass
+from upmp.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 class _Loader(yaml.SafeLoader):

@@ -27,8 +27,7 @@ USAGE = ("usage: {prog} [--mem <mem>] [--gpu <0|N>] [--num-threads <K>] [--max-j
 VALUE_OPTIONS = ("mem", "gpu", "num-threads", "max-jobs-run", "time", "partition", "queue", "config")
 
 
-class JobArgsError(ValueError):
-    pass
+from upmp.errors import JobArgsError  # noqa: F401  (re-exported)
 
 
 @dataclass

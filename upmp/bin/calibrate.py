@@ -12,7 +12,8 @@ import argparse
 import json
 
 from upmp.bin.common import fail
-from upmp.data.kaldi_dir import DataDirError, atomic_write_text
+from upmp.data.kaldi_dir import DataDirError
+from upmp.fileio import atomic_write_text
 from upmp.data.trials import align_scores, read_scores
 from upmp.scoring.calibration import LinearCalibration
 

@@ -1,10 +1,32 @@
-"""Shared set-up for the thin entry points in upmp.bin: logging, threads, protocol-file options."""
+"""Shared set-up for the thin entry points in upmp.bin: errors, logging, threads, protocol-file options.
+
+Every entry point has `get_parser()` and `main(argv=None)`, and ends with
+
+    if __name__ == "__main__":
+        run_main(main)
+
+`run_main` prints an expected error (`upmp.errors.UpmpError`) as one line and exits 1, Ctrl-C
+as one line with exit 130; anything else is a bug and raises with its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
+from typing import Callable, Optional, Sequence
+
+from upmp.errors import UpmpError
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None) -> None:
+    """Run an entry point's `main(argv)`; expected errors become one line on stderr and exit 1."""
+    try:
+        main(argv)
+    except UpmpError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C); files already written are complete, rerun to resume", code=130)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from upmp.data.kaldi_dir import atomic_write_text
+from upmp.fileio import atomic_write_text
 from upmp.metrics import EER_CONVENTION
 
 

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from upmp.bin.common import fail, set_num_threads, setup_logging
-from upmp.data.audio import AudioError, load_audio
+from upmp.data.audio import SAMPLE_RATE, AudioError, load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.upstream import build_upstream
 from upmp.upstream.layer_stack import STORAGE_TYPES, LayerStackMeta, LayerStackWriter, batches_by_length
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift,
                    args.upstream, args.storage).write(str(out_dir))
     utts = data.utts
-    max_samples = int(args.max_batch_seconds * 16000)
+    max_samples = int(args.max_batch_seconds * SAMPLE_RATE)
     n_frames = 0
     with LayerStackWriter(args.out_prefix, args.storage) as writer, \
             tqdm(total=len(utts), desc=f"layers {Path(args.data_dir).name}", mininterval=5) as bar:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 from upmp.bin.common import fail
-from upmp.data.kaldi_dir import DataDirError, atomic_write_text, read_table
+from upmp.data.kaldi_dir import DataDirError, read_table
+from upmp.fileio import atomic_write_text
 
 
 def main(argv=None) -> None:

@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from upmp.bin.common import fail, setup_logging
-from upmp.data.kaldi_dir import DataDirError, atomic_write_text, read_table
+from upmp.data.kaldi_dir import DataDirError, read_table
+from upmp.fileio import atomic_write_text
 from upmp.data.trials import read_kaldi_trials
 from upmp.scoring.scorers import build_scorer, score_trials, speaker_means
 

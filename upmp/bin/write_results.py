@@ -15,7 +15,8 @@ import yaml
 
 from upmp.bin.common import fail
 from upmp.bin.compute_metrics import compute_all, metrics_of
-from upmp.data.kaldi_dir import DataDirError, atomic_write_text
+from upmp.data.kaldi_dir import DataDirError
+from upmp.fileio import atomic_write_text
 from upmp.data.trials import align_scores
 from upmp.metrics import EER_CONVENTION, operating_points
 

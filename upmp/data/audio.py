@@ -22,8 +22,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 
 
-class AudioError(RuntimeError):
-    """A wav.scp entry could not be read."""
+from upmp.errors import AudioError  # noqa: F401  (re-exported)
 
 
 def read_wav_entry(entry: str) -> Tuple[np.ndarray, int]:

@@ -34,11 +34,11 @@ import numpy as np
 import soundfile
 from scipy.signal import fftconvolve
 
-from upmp.config import ConfigError
+from upmp.errors import ConfigError
+from upmp.data.audio import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 KINDS = ("noise", "music", "babble", "reverb")
 KEYS = ("musan_root", "rirs_root", "prob", "kinds", "snr", "babble_speakers", "rir_sets")
 MUSAN_DIRS = {"noise": "noise", "music": "music", "babble": "speech"}

@@ -7,37 +7,19 @@ record per line, sorted by the first field in C-locale (byte) order, unique keys
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from upmp.errors import DataDirError  # noqa: F401  (re-exported)
+from upmp.fileio import atomic_write_text
+
 PathLike = Union[str, os.PathLike]
-
-
-class DataDirError(ValueError):
-    """A Kaldi data file or directory breaks Kaldi's rules (message names file and line)."""
 
 
 def c_sort_key(key: str) -> bytes:
     """Sort key equal to `LC_ALL=C sort` on the first field."""
     return key.encode("utf-8")
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a crash
-    or bad input never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_table(path: PathLike, min_fields: int = 2, max_fields: Optional[int] = 2,

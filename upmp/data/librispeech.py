@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from upmp.data.audio import audio_headers
+from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.data.protocols import PAPER_URL, load_paper_trials, regenerate_trials, resolve_protocol
 from upmp.data.trials import write_kaldi_trials
@@ -70,7 +70,7 @@ def scan_subset(subset_dir: Path) -> Dict[str, Path]:
 def make_librispeech_data_dir(utts: Dict[str, Path], genders: Dict[str, str], what: str) -> DataDir:
     headers = audio_headers(utts, f"LibriSpeech {what} headers")
     for utt, (rate, _) in headers.items():
-        if rate != 16000:
+        if rate != SAMPLE_RATE:
             raise DataDirError(f"{utts[utt]}: {rate} Hz, LibriSpeech is 16 kHz")
     wav_scp = {utt: str(path) for utt, path in utts.items()}
     utt2dur = {utt: seconds for utt, (_, seconds) in headers.items()}

@@ -24,7 +24,8 @@ from typing import Callable, Container, Dict, List, Mapping, Optional, Sequence,
 
 import numpy as np
 
-from upmp.data.kaldi_dir import DataDirError, atomic_write_text, c_sort_key
+from upmp.data.kaldi_dir import DataDirError, c_sort_key
+from upmp.fileio import atomic_write_text
 from upmp.data.trials import make_balanced_trials, read_paper_csv_trials
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from upmp.data.audio import _is_ark_entry
+from upmp.data.audio import SAMPLE_RATE, _is_ark_entry
 from upmp.data.kaldi_dir import DataDir, DataDirError, Segment
 
 
@@ -28,7 +28,7 @@ def factor_prefix(factor: float) -> str:
 def speed_entry(entry: str, factor: float) -> str:
     """A wav.scp value (path or `cmd |`) -> the same audio sped up by `factor`, as a sox pipe."""
     entry = entry.strip()
-    effect = f"-t wav - speed {factor:g} rate 16000 |"
+    effect = f"-t wav - speed {factor:g} rate {SAMPLE_RATE} |"
     if entry.endswith("|"):
         return f"{entry} sox -V1 -t wav - {effect}"
     return f"sox -V1 {shlex.quote(entry)} {effect}"

@@ -31,13 +31,12 @@ import numpy as np
 import soundfile
 from scipy.signal import lfilter
 
-from upmp.data.audio import resample
-from upmp.data.kaldi_dir import atomic_write_text
+from upmp.data.audio import SAMPLE_RATE, resample
 from upmp.data.trials import make_balanced_trials
+from upmp.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 
 ESPEAK_ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
                   "en-gb-x-gbcwmd", "en-029", "en-us-nyc", "de", "fr", "es", "it", "nl", "pl", "sv"]

@@ -9,7 +9,8 @@ from typing import Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from upmp.data.kaldi_dir import DataDirError, atomic_write_text
+from upmp.data.kaldi_dir import DataDirError
+from upmp.fileio import atomic_write_text
 
 KALDI_LABELS = {"target": True, "nontarget": False}
 

@@ -18,7 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from upmp.data.audio import audio_headers
+from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.data.protocols import (PAPER_URL, load_paper_trials, read_speaker_csv, regenerate_trials, resolve_protocol,
                                  split_sizes, split_speakers)
@@ -26,7 +26,6 @@ from upmp.data.trials import write_kaldi_trials
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 REMOVED_SPEAKERS = ("p315",)       # no usable text / audio (the paper removes it)
 FIRST_PROMPT = 25                  # prompts 001-024 are read by every speaker: dropped
 PAPER_SPLIT = {"train": 72, "valid": 18, "test": 18}

@@ -29,7 +29,7 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from upmp.data.audio import audio_headers
+from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError, c_sort_key
 from upmp.data.trials import (make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
                               write_kaldi_trials)
@@ -120,7 +120,7 @@ def scan_vox1_trees(root: Path) -> Dict[str, Path]:
 def wav_scp_entry(path: Path) -> str:
     """A wav.scp value: the wav path itself, or an ffmpeg pipe decoding m4a to 16 kHz mono wav."""
     if path.suffix == ".m4a":
-        return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav -ar 16000 -ac 1 -acodec pcm_s16le - |"
+        return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav -ar {SAMPLE_RATE} -ac 1 -acodec pcm_s16le - |"
     if any(c.isspace() for c in str(path)):
         raise DataDirError(f"{path}: white space in a path cannot be written to wav.scp")
     return str(path)

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,8 @@ from tqdm import tqdm
 
 from upmp.backends import SpeakerEmbeddingModel
 from upmp.config import dump_resolved
-from upmp.data.kaldi_dir import atomic_write_text
+from upmp.data.audio import SAMPLE_RATE
+from upmp.fileio import atomic_torch_save, atomic_write_text
 from upmp.losses import build_loss
 from upmp.train.data import LayerStackCrops, StepBatches, WaveformCrops, shard, spanout_frames
 from upmp.upstream.layer_stack import LayerStackMeta
@@ -83,18 +83,6 @@ class Inputs:
                              f"({'--valid_data_dir' if self.online else '--valid_scp'})")
         if bool(valid_src) != bool(self.valid_trials):
             raise ValueError(f"{'--valid_data_dir' if self.online else '--valid_scp'} and --valid_trials go together")
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_model(cfg: Dict[str, Any], meta: LayerStackMeta) -> SpeakerEmbeddingModel:
@@ -296,7 +284,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         upstream = build_upstream(inputs.upstream, inputs.upstream_ckpt).to(device)
         upstream.set_trainable(bool(tc["finetune_upstream"]))
         meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream)
-        data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * 16000)), tc["batch_size"],
+        data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * SAMPLE_RATE)), tc["batch_size"],
                              cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
         crop = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \
             (" fine-tuned" if upstream.trainable else " frozen") + (", augmented" if augment else "")

@@ -19,9 +19,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from upmp.data.audio import SAMPLE_RATE
 from upmp.upstream.base import Upstream
 
-SAMPLE_RATE = 16000
 N_MELS, HIDDEN, NUM_LSTM_LAYERS = 40, 256, 3
 TARGET_DBFS = -30.0
 

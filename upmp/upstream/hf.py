@@ -12,6 +12,7 @@ from typing import Tuple
 
 import torch
 
+from upmp.data.audio import SAMPLE_RATE
 from upmp.upstream.base import Upstream
 
 
@@ -30,7 +31,7 @@ class HFUpstream(Upstream):
         stride = 1
         for s in config.conv_stride:
             stride *= s
-        self.frame_shift = stride / 16000.0
+        self.frame_shift = stride / SAMPLE_RATE
         # models with a layer-normalised CNN take an attention mask; group-norm ones must not
         self.use_mask = getattr(config, "feat_extract_norm", "layer") == "layer"
         self.freeze()

@@ -22,7 +22,7 @@ from typing import Iterable, List
 
 import numpy as np
 
-from upmp.data.kaldi_dir import atomic_write_text
+from upmp.fileio import atomic_write_text
 
 STORAGE_TYPES = ("float32", "float16", "compressed")
 META_NAME = "layer_stack.json"

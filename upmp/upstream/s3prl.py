@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from upmp.data.audio import SAMPLE_RATE
 from upmp.upstream.base import Upstream
 
 
@@ -36,7 +37,7 @@ class S3PRLLayerStack(Upstream):
         rates = set(self.upstream.downsample_rates)
         if len(rates) != 1 or len(set(self.upstream.hidden_sizes)) != 1:
             raise ValueError(f"upstream {name!r} has layers of unequal rate/width; a layer stack needs one")
-        self.frame_shift = rates.pop() / 16000.0
+        self.frame_shift = rates.pop() / SAMPLE_RATE
         self.freeze()  # S3PRLUpstream is built in train mode (dropout on): eval, no gradients
 
     def extract(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

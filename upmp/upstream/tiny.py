@@ -16,6 +16,8 @@ from typing import Dict
 
 import torch
 
+from upmp.data.audio import SAMPLE_RATE
+
 KINDS = ("wavlm", "hubert", "wav2vec2")
 
 
@@ -62,7 +64,7 @@ def build_tiny_checkpoint(kind: str, path: str, num_layers: int = 4, dim: int = 
         from s3prl.upstream.hubert.hubert_model import (HubertConfig, HubertModel,
                                                         HubertPretrainingConfig)
         from s3prl.upstream.utils import merge_with_parent
-        task_cfg = {"label_rate": 50.0, "sample_rate": 16000, "normalize": False}
+        task_cfg = {"label_rate": 50.0, "sample_rate": SAMPLE_RATE, "normalize": False}
         model_cfg = dict(cfg, label_rate=50.0, final_dim=dim // 2)
         symbols = [[str(i) for i in range(8)]]
         model = HubertModel(merge_with_parent(HubertConfig, model_cfg),
@@ -72,7 +74,7 @@ def build_tiny_checkpoint(kind: str, path: str, num_layers: int = 4, dim: int = 
     else:
         from s3prl.upstream.utils import merge_with_parent
         from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig, Wav2Vec2Config, Wav2Vec2Model
-        task_cfg = {"sample_rate": 16000, "normalize": False}
+        task_cfg = {"sample_rate": SAMPLE_RATE, "normalize": False}
         model_cfg = dict(cfg, final_dim=dim // 2, latent_vars=32, latent_groups=2, latent_dim=0)
         merge_with_parent(AudioPretrainingConfig, task_cfg)
         model = Wav2Vec2Model(merge_with_parent(Wav2Vec2Config, model_cfg))

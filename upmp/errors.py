@@ -1,0 +1,32 @@
+"""Expected errors: bad input a user can fix (a data file, a config value, a model file).
+
+Every entry point prints an `UpmpError` as one line naming the file, line or key, the problem
+and what to do, and exits 1 (`upmp.bin.common.run_main`); anything else is a bug and raises with
+its traceback. The subclasses keep `ValueError` / `RuntimeError` as a second base so callers that
+catch those still do.
+"""
+from __future__ import annotations
+
+
+class UpmpError(Exception):
+    """Bad input, reported as one line without a traceback."""
+
+
+class ConfigError(UpmpError, ValueError):
+    """A training / scoring configuration key has a wrong name, type or value."""
+
+
+class DataDirError(UpmpError, ValueError):
+    """A Kaldi data file or directory breaks Kaldi's rules (message names file and line)."""
+
+
+class AudioError(UpmpError, RuntimeError):
+    """A wav.scp entry could not be read, or its samples are unusable."""
+
+
+class JobArgsError(UpmpError, ValueError):
+    """A run.pl / queue.pl / slurm.pl command line is malformed."""
+
+
+class ModelFileError(UpmpError, ValueError):
+    """A model / checkpoint file is missing, truncated, not ours or from an incompatible version."""
