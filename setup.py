@@ -11,26 +11,15 @@ from setuptools import find_packages, setup
 
 version = re.search(r'__version__ = "([^"]+)"', Path("upmp/__init__.py").read_text()).group(1)
 
-ENTRY_POINTS = {
-    "upmp-make-mini-corpus": "upmp.bin.make_mini_corpus:main",
-    "upmp-prepare-voxceleb1": "upmp.bin.prepare_voxceleb1:main",
-    "upmp-prepare-vctk": "upmp.bin.prepare_vctk:main",
-    "upmp-prepare-librispeech": "upmp.bin.prepare_librispeech:main",
-    "upmp-prepare-voxceleb2": "upmp.bin.prepare_voxceleb2:main",
-    "upmp-perturb-speed": "upmp.bin.perturb_speed:main",
-    "upmp-build-tiny-upstream": "upmp.bin.build_tiny_upstream:main",
-    "upmp-data-dir": "upmp.bin.data_dir:main",
-    "upmp-import-data-dir": "upmp.bin.import_data_dir:main",
-    "upmp-extract-layers": "upmp.bin.extract_layers:main",
-    "upmp-train": "upmp.bin.train:main",
-    "upmp-extract-embeddings": "upmp.bin.extract_embeddings:main",
-    "upmp-score": "upmp.bin.score:main",
-    "upmp-compute-metrics": "upmp.bin.compute_metrics:main",
-    "upmp-model-info": "upmp.bin.model_info:main",
-    "upmp-convert-trials": "upmp.bin.convert_trials:main",
-    "upmp-write-results": "upmp.bin.write_results:main",
-    "upmp-jobs": "upmp.bin.jobs:main",
-}
+# every upmp.bin entry point, as upmp-<name> (test/test_faults.py checks none is missing);
+# upmp.bin.console runs each one's main through run_main (one-line errors)
+ENTRY_MODULES = [
+    "make_mini_corpus", "prepare_voxceleb1", "prepare_vctk", "prepare_librispeech", "prepare_voxceleb2",
+    "perturb_speed", "build_tiny_upstream", "data_dir", "import_data_dir", "check_upstream", "reuse_layers",
+    "extract_layers", "join_layers", "train", "extract_embeddings", "score", "calibrate", "map_score_ids",
+    "compute_metrics", "model_info", "convert_trials", "write_results", "compare_results", "jobs",
+]
+ENTRY_POINTS = {f"upmp-{m.replace('_', '-')}": f"upmp.bin.console:{m}" for m in ENTRY_MODULES}
 
 setup(
     name="upmp",

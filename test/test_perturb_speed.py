@@ -74,6 +74,7 @@ def test_segments_and_pipes(tmp_path):
 
 
 def test_errors(tmp_path, capsys):
+    from upmp.bin.common import run_main
     from upmp.bin.perturb_speed import main
     data = DataDir({"a-1": "feats.ark:12", "a-2": "/x.wav"}, {"a-1": "a", "a-2": "a"})
     data.write(tmp_path / "ark")
@@ -82,14 +83,14 @@ def test_errors(tmp_path, capsys):
     with pytest.raises(DataDirError, match="distinct and positive"):
         perturb_speed(data, [0.0, 1.0])
     with pytest.raises(SystemExit):
-        main(["--factors", "0.9 1.0", str(tmp_path / "ark"), str(tmp_path / "sp")])
+        run_main(main, ["--factors", "0.9 1.0", str(tmp_path / "ark"), str(tmp_path / "sp")])
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "wav.scp:1: a-1: cannot speed-perturb" in err and not (tmp_path / "sp").exists()
     with pytest.raises(SystemExit):
-        main([str(tmp_path / "ark"), str(tmp_path / "ark")])
+        run_main(main, [str(tmp_path / "ark"), str(tmp_path / "ark")])
     assert "must differ from the input" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--factors", "0.9 fast", str(tmp_path / "ark"), str(tmp_path / "sp")])
+        run_main(main, ["--factors", "0.9 fast", str(tmp_path / "ark"), str(tmp_path / "sp")])
     assert "--factors: expected numbers" in capsys.readouterr().err
     assert speed_entry("/a b/c.wav", 0.9) == "sox -V1 '/a b/c.wav' -t wav - speed 0.9 rate 16000 |"
 

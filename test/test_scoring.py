@@ -160,20 +160,23 @@ def test_score_and_metrics_cli_on_kaldi_files(tmp_path):
     a, b, s = lines[0].split()
     expected = emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b])
     assert (a, b) == trials[0][:2] and float(s) == pytest.approx(expected, abs=1e-5)
-    r = run("upmp.bin.compute_metrics", f"{tmp_path}/trials", f"{tmp_path}/scores", "--json")
+    r = run("upmp.bin.compute_metrics", "--trials", f"{tmp_path}/trials", "--scores", f"{tmp_path}/scores", "--json")
     m = json.loads(r.stdout)
     assert set(m) == {"eer", "mindcf_0.01", "mindcf_0.05", "n_target", "n_nontarget"}
     assert (m["n_target"], m["n_nontarget"]) == (12, 54) and m["eer"] < 10
-    r = run("upmp.bin.compute_metrics", f"{tmp_path}/trials", f"{tmp_path}/scores")
+    r = run("upmp.bin.compute_metrics", "--trials", f"{tmp_path}/trials", "--scores", f"{tmp_path}/scores")
     assert "EER:" in r.stdout and "linear interpolation" in r.stdout and "minDCF (P_tar=0.01)" in r.stdout
 
 
 def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "trials").write_text("a b target\nc d maybe\n")
-    r = run("upmp.bin.compute_metrics", f"{tmp_path}/trials", f"{tmp_path}/missing")
+    r = run("upmp.bin.compute_metrics", "--trials", f"{tmp_path}/trials", "--scores", f"{tmp_path}/missing")
+    assert r.returncode == 1 and f"--scores {tmp_path}/missing: no such file" in r.stderr
+    (tmp_path / "empty").write_text("")
+    r = run("upmp.bin.compute_metrics", "--trials", f"{tmp_path}/trials", "--scores", f"{tmp_path}/empty")
     assert r.returncode == 1 and f"{tmp_path}/trials:2: expected '<utt1> <utt2> target|nontarget'" in r.stderr
     assert "Traceback" not in r.stderr
     (tmp_path / "trials").write_text("a b target\nc d nontarget\n")
     (tmp_path / "scores").write_text("a b 0.5\n")
-    r = run("upmp.bin.compute_metrics", f"{tmp_path}/trials", f"{tmp_path}/scores")
+    r = run("upmp.bin.compute_metrics", "--trials", f"{tmp_path}/trials", "--scores", f"{tmp_path}/scores")
     assert r.returncode == 1 and "trials:2: trial 'c d' has no score" in r.stderr

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from upmp.errors import UpstreamError
 from upmp.upstream.s3prl import S3PRLLayerStack
 from upmp.upstream.layer_stack import (LayerStackMeta, LayerStackWriter,
                                        batches_by_length, load_stack, matrix_to_stack, stack_to_matrix)
@@ -45,9 +46,9 @@ def test_trailing_zeros_are_not_padding_for_a_single_utterance(tiny_wavlm):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="needs --upstream_ckpt"):
+    with pytest.raises(UpstreamError, match="needs --upstream_ckpt"):
         S3PRLLayerStack("wavlm_local")
-    with pytest.raises(FileNotFoundError, match="upstream checkpoint not found"):
+    with pytest.raises(UpstreamError, match="upstream checkpoint not found"):
         S3PRLLayerStack("wavlm_local", str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="unknown upstream kind"):
         build_tiny_checkpoint("conformer", str(tmp_path / "x.pt"))
@@ -127,4 +128,4 @@ def test_extract_layers_cli_reports_bad_audio(tmp_path, tiny_wavlm):
                         str(tmp_path / "o" / "layers"), "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm)],
                        capture_output=True, text=True)
     assert r.returncode == 1
-    assert "wav.scp: utterance s-1: cannot read audio file '/nonexistent/x.wav'" in r.stderr
+    assert "d/wav.scp:1: utterance s-1: cannot read audio file '/nonexistent/x.wav'" in r.stderr

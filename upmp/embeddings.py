@@ -1,4 +1,5 @@
-"""Speaker embeddings from layer stacks: full utterance (default) or multi-crop averaging.
+"""Speaker embeddings from layer stacks: full utterance (default) or multi-crop averaging, and
+their files (xvector.ark/scp, spk_xvector.ark/scp as in Kaldi and WeSpeaker).
 
 Stacks are (L, T, D) numpy arrays (as stored by upmp.upstream.layer_stack); the
 model takes (B, D, L, T) + mask (B, T). Batches group utterances of similar
@@ -6,13 +7,17 @@ length; the backends' masking makes the padding neutral.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, List
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from upmp.errors import UpstreamError
 from upmp.train.data import wrap_crop
-from upmp.upstream.layer_stack import batches_by_length
+from upmp.upstream.layer_stack import LayerStackMeta, batches_by_length
 
 
 def crops(stack: np.ndarray, crop_frames: int, num_crops: int) -> List[np.ndarray]:
@@ -67,3 +72,59 @@ def upstream_stacks(upstream, data, utts: Iterable[str], device: str = "cpu",
         wav = torch.from_numpy(load_utterance(data, utt, source))[None].to(device)
         stack, _ = upstream(wav, torch.tensor([wav.shape[1]], device=device))
         yield stack[0].permute(1, 2, 0).float().cpu().numpy()
+
+
+def check_stacks_fit(stacks: LayerStackMeta, model: LayerStackMeta, source: str,
+                     allow_other_upstream: bool = False) -> None:
+    """Layer stacks fed to a model must come from the upstream it was trained on: the same L x D,
+    and the same upstream name (another upstream with the same L x D gives embeddings without a
+    word otherwise) unless allow_other_upstream."""
+    if (stacks.num_layers, stacks.dim) != (model.num_layers, model.dim):
+        raise UpstreamError(f"{source}: layer stacks are L={stacks.num_layers} x D={stacks.dim} ({stacks.upstream}) "
+                            f"but the model was trained on L={model.num_layers} x D={model.dim} ({model.upstream})")
+    if stacks.upstream != model.upstream and not allow_other_upstream:
+        raise UpstreamError(f"{source}: layer stacks of upstream {stacks.upstream!r}, but the model was trained on "
+                            f"{model.upstream!r} (same L={model.num_layers} x D={model.dim}); extract the stacks "
+                            f"with --upstream {model.upstream}, or pass --allow_other_upstream if this is intended")
+
+
+def embed_all(model, utts: Sequence[str], stacks_of: Callable[[Sequence[str]], Iterable[np.ndarray]],
+              crop_frames: int = 0, num_crops: int = 1, max_batch_frames: int = 6000, device: str = "cpu",
+              chunk_size: int = 256) -> Dict[str, np.ndarray]:
+    """{utt: (E,) float32} for utts, chunk_size utterances' stacks in memory at a time
+    (stacks_of(chunk) yields their (L, T, D) stacks in order); progress on a tqdm bar."""
+    embeddings = {}
+    with tqdm(total=len(utts), desc="embeddings", mininterval=5) as bar:
+        for start in range(0, len(utts), chunk_size):
+            chunk = utts[start:start + chunk_size]
+            emb = embed_utterances(model, stacks_of(chunk), crop_frames, num_crops, max_batch_frames, device)
+            embeddings.update(zip(chunk, emb))
+            bar.update(len(chunk))
+    return embeddings
+
+
+def _write_vectors(out: Path, name: str, items) -> None:
+    """<name>.ark and <name>.scp; the scp is renamed into place last, so an existing scp is complete."""
+    import kaldiio
+    tmp = out / f".{name}.scp.tmp"
+    with kaldiio.WriteHelper(f"ark,scp:{out}/{name}.ark,{tmp}") as w:
+        for key, vector in items:
+            w(key, vector)
+    os.replace(tmp, out / f"{name}.scp")
+
+
+def write_embeddings(out: Path, embeddings: Dict[str, np.ndarray], utt2spk: Optional[Dict[str, str]] = None) -> None:
+    """xvector.ark/scp (one float vector per utterance) and, with utt2spk, spk_xvector.ark/scp (the
+    mean of the length-normalised utterance embeddings per speaker; written first: a present
+    xvector.scp means the directory is complete)."""
+    from upmp.scoring.scorers import speaker_means
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("xvector.scp", "spk_xvector.scp"):
+        (out / name).unlink(missing_ok=True)
+    if utt2spk:
+        utts = sorted(u for u in embeddings if u in utt2spk)
+        labels = [utt2spk[u] for u in utts]
+        means = speaker_means(np.stack([embeddings[u] for u in utts]), labels)  # rows: sorted speakers
+        _write_vectors(out, "spk_xvector", zip(sorted(set(labels)), means.astype(np.float32)))
+    _write_vectors(out, "xvector", ((u, embeddings[u]) for u in sorted(embeddings)))

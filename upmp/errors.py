@@ -30,3 +30,16 @@ class JobArgsError(UpmpError, ValueError):
 
 class ModelFileError(UpmpError, ValueError):
     """A model / checkpoint file is missing, truncated, not ours or from an incompatible version."""
+
+
+class ScoringError(UpmpError, ValueError):
+    """Trials, scores or embeddings that cannot be scored (empty list, duplicate trial, one class only)."""
+
+
+class UpstreamError(UpmpError, RuntimeError):
+    """An upstream cannot be built here: unknown name, weights neither cached nor downloadable,
+    or layer stacks of another upstream than the model's."""
+
+
+class DiskFullError(UpmpError, OSError):
+    """An output could not be written: the disk (or quota) is full."""

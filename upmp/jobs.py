@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from upmp.errors import JobArgsError  # noqa: F401  (re-exported)
+
 USAGE = ("usage: {prog} [--mem <mem>] [--gpu <0|N>] [--num-threads <K>] [--max-jobs-run <M>] "
          "[JOB=1:N] <log-file> <command...>")
 
 VALUE_OPTIONS = ("mem", "gpu", "num-threads", "max-jobs-run", "time", "partition", "queue", "config")
-
-
-from upmp.errors import JobArgsError  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -117,6 +116,8 @@ def run_local(spec: JobSpec) -> int:
 
 
 def _report(prog: str, spec: JobSpec, codes: List[int]) -> int:
+    """Exit status of the whole call; for failed jobs, the log and each one's last error line
+    (so the console says what went wrong without opening the logs)."""
     failed = [j for j, c in zip(spec.job_ids(), codes) if c != 0]
     if not failed:
         return 0
@@ -125,7 +126,29 @@ def _report(prog: str, spec: JobSpec, codes: List[int]) -> int:
     else:
         pattern = spec.log_file.replace(spec.var or "JOB", "*")
         print(f"{prog}: {len(failed)} / {len(codes)} failed, log is in {pattern}", file=sys.stderr)
+    for j in failed[:MAX_REPORTED_JOBS]:
+        log = spec.substitute(spec.log_file, j)
+        line = last_error_line(log)
+        if line:
+            print(f"{prog}: job {j} ({log}): {line}", file=sys.stderr)
     return 1
+
+
+MAX_REPORTED_JOBS = 3  # failed jobs whose last error line is printed
+
+
+def last_error_line(log: str) -> Optional[str]:
+    """The last line of a job log that says 'error' (else its last output line), Kaldi's
+    header and footer lines (`# ...`) skipped; None when the log is unreadable or empty."""
+    try:
+        lines = [ln.rstrip() for ln in Path(log).read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    lines = [ln for ln in lines if ln.strip() and not ln.startswith("# ")]
+    for ln in reversed(lines):
+        if "error" in ln.lower():
+            return ln.strip()
+    return lines[-1].strip() if lines else None
 
 
 # --- cluster back-ends: a job script per call, an array job, done-files to wait on ---------------
@@ -259,13 +282,18 @@ def _job_alive(backend: str, job_id: str) -> bool:
     return proc.returncode == 0 and (backend == "sge" or bool(proc.stdout.strip()))
 
 
-def main(backend: str, argv: List[str]) -> int:
-    prog = {"local": "run.pl", "slurm": "slurm.pl", "sge": "queue.pl"}[backend]
+PROGRAMS = {"local": "run.pl", "slurm": "slurm.pl", "sge": "queue.pl"}
+
+
+def run_jobs(backend: str, argv: List[str]) -> int:
+    """Run a Kaldi-form job command line (`[options] JOB=1:N log command...`) on a back-end
+    (local, sge or slurm); returns the exit status (1 when any job failed). A malformed
+    command line raises JobArgsError naming the wrapper and its usage."""
+    prog = PROGRAMS[backend]
     try:
         spec = parse_job_args(argv)
     except JobArgsError as e:
-        print(f"{prog}: {e}\n{USAGE.format(prog=prog)}", file=sys.stderr)
-        return 1
+        raise JobArgsError(f"{prog}: {e}; {USAGE.format(prog=prog)}") from None
     if backend == "local":
         return run_local(spec)
     return run_cluster(spec, backend)

@@ -16,6 +16,8 @@ from typing import Tuple
 
 import numpy as np
 
+from upmp.errors import ScoringError
+
 EER_CONVENTION = "linear interpolation between the operating points that bracket P_miss = P_fa"
 
 
@@ -27,7 +29,7 @@ def operating_points(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray
         raise ValueError("scores and labels must be 1-D arrays of the same length")
     n_tar, n_non = int(labels.sum()), int((~labels).sum())
     if n_tar == 0 or n_non == 0:
-        raise ValueError(f"need at least one target and one nontarget trial (got {n_tar} and {n_non})")
+        raise ScoringError(f"need at least one target and one nontarget trial (got {n_tar} and {n_non})")
     order = np.argsort(scores, kind="mergesort")
     s, lab = scores[order], labels[order]
     # thresholds: each distinct score (at the start of its group of ties), then +inf

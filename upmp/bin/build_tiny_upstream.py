@@ -5,14 +5,13 @@
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import fail, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
+from upmp.errors import ConfigError
 from upmp.upstream.tiny import KINDS, build_tiny_checkpoint
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--kind", choices=KINDS, default="wavlm")
     p.add_argument("--out", required=True)
     p.add_argument("--num_layers", type=int, default=4)
@@ -21,15 +20,18 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--conv_dim", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        path = build_tiny_checkpoint(args.kind, args.out, args.num_layers, args.dim, args.ffn_dim,
-                                     args.heads, args.conv_dim, args.seed)
-    except ValueError as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.heads < 1 or args.dim % args.heads:
+        raise ConfigError(f"--dim {args.dim} must be divisible by --heads {args.heads}")
+    path = build_tiny_checkpoint(args.kind, args.out, args.num_layers, args.dim, args.ffn_dim,
+                                 args.heads, args.conv_dim, args.seed)
     print(path)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

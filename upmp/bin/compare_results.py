@@ -8,38 +8,22 @@ system, EER, minDCF (0.01 / 0.05).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
+from upmp.bin.common import make_parser, run_main, setup_logging
+from upmp.results import write_comparison
 
-from upmp.fileio import atomic_write_text
-from upmp.metrics import EER_CONVENTION
+
+def get_parser():
+    p = make_parser(__doc__)
+    p.add_argument("--exp_dirs", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    return p
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp_dirs", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    rows = []
-    for d in sorted({Path(x) for x in args.exp_dirs}):
-        f = d / "results.json"
-        if not f.is_file():
-            continue
-        r = json.loads(f.read_text())
-        params = f"{r['num_params']:,}" if r.get("num_params") else "?"
-        seconds = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "?"
-        for key, m in r["results"].items():
-            test_set, system = key.split("/", 1)
-            rows.append(f"| {r['experiment']} | {r.get('backend')} | {params} | {seconds} | {test_set} | {system} | "
-                        f"{m['eer']:.2f} | {m['mindcf_0.01']:.4f} | {m['mindcf_0.05']:.4f} |")
-    lines = [f"# Backend comparison ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"EER: {EER_CONVENTION}; minDCF normalised. Parameters: trainable, loss head excluded.", "",
-             "| experiment | backend | parameters | training (s) | test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) |",
-             "|---|---|---|---|---|---|---|---|---|", *rows, ""]
-    atomic_write_text(args.out, "\n".join(lines))
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    write_comparison(args.out, args.exp_dirs)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,32 +13,35 @@ only when its content changes (its mtime tells stage 4 whether to score again).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from upmp.bin.common import fail
-from upmp.data.kaldi_dir import DataDirError, read_table
+from upmp.bin.common import make_parser, require_files, run_main, setup_logging
+from upmp.data.kaldi_dir import read_table
 from upmp.data.trials import convert_trial_list, read_trials, update_kaldi_trials
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--format", required=True, choices=["auto", "kaldi", "voxceleb", "paper_csv", "espnet"])
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--id_scheme", default="auto", choices=["auto", "voxceleb", "basename"])
     p.add_argument("--data_dir", default=None, help="map the names to the utterance ids of this data dir")
-    args = p.parse_args(argv)
-    try:
-        if args.data_dir:
-            d = Path(args.data_dir)
-            utt_map = read_table(d / "utt_map") if (d / "utt_map").is_file() else {}
-            trials = convert_trial_list(args.input, read_table(d / "utt2spk"),
-                                        {v: k for k, v in utt_map.items()}, args.format, args.id_scheme)
-        else:
-            trials = read_trials(args.input, args.format, args.id_scheme)
-    except (DataDirError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    require_files(input=args.input)
+    if args.data_dir:
+        d = Path(args.data_dir)
+        require_files(data_dir=str(d / "utt2spk"))
+        utt_map = read_table(d / "utt_map") if (d / "utt_map").is_file() else {}
+        trials = convert_trial_list(args.input, read_table(d / "utt2spk"),
+                                    {v: k for k, v in utt_map.items()}, args.format, args.id_scheme)
+    else:
+        trials = read_trials(args.input, args.format, args.id_scheme)
     written = update_kaldi_trials(args.output, trials)
     n_tar = sum(t for *_, t in trials)
     print(f"{args.output}: {len(trials)} trials ({n_tar} target, {len(trials) - n_tar} nontarget)"
@@ -46,4 +49,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

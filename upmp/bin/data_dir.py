@@ -1,4 +1,4 @@
-"""Kaldi data-dir tools (what utils/*.sh call).
+"""Kaldi data-dir tools (what utils/*.sh call; positionals as in Kaldi's utils).
 
     python -m upmp.bin.data_dir validate [--no-spk-sort] data/x
     python -m upmp.bin.data_dir fix data/x
@@ -7,16 +7,18 @@
 """
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 
-from upmp.bin.common import fail
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.kaldi_dir import (DataDirError, fix_data_dir, split_data_dir, utt2spk_to_spk2utt,
                                  validate_data_dir)
 
+logger = logging.getLogger("data_dir")
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def get_parser():
+    p = make_parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate")
     v.add_argument("--no-spk-sort", action="store_true")
@@ -28,28 +30,34 @@ def main(argv=None) -> None:
     s.add_argument("data_dir")
     s.add_argument("num_jobs", type=int)
     sub.add_parser("spk2utt")
-    args = p.parse_args(argv)
-    try:
-        if args.command == "validate":
-            validate_data_dir(args.data_dir, spk_sort=not args.no_spk_sort)
-            print(f"Successfully validated data-directory {args.data_dir}")
-        elif args.command == "fix":
-            for w in fix_data_dir(args.data_dir):
-                print(f"fix_data_dir: warning: {w}", file=sys.stderr)
-        elif args.command == "split":
-            split_data_dir(args.data_dir, args.num_jobs, per_utt=args.per_utt)
-        else:
-            utt2spk = {}
-            for lineno, line in enumerate(sys.stdin, 1):
-                fields = line.split()
-                if len(fields) != 2:
-                    raise DataDirError(f"<stdin>:{lineno}: expected '<utt> <spk>', got {line.rstrip()!r}")
-                utt2spk[fields[0]] = fields[1]
-            for spk, utts in utt2spk_to_spk2utt(utt2spk).items():
-                print(spk, " ".join(utts))
-    except DataDirError as e:
-        fail(str(e))
+    return p
+
+
+def read_utt2spk_stream(stream, name: str = "<stdin>") -> dict:
+    utt2spk = {}
+    for lineno, line in enumerate(stream, 1):
+        fields = line.split()
+        if len(fields) != 2:
+            raise DataDirError(f"{name}:{lineno}: expected '<utt> <spk>', got {line.rstrip()!r}")
+        utt2spk[fields[0]] = fields[1]
+    return utt2spk
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.command == "validate":
+        validate_data_dir(args.data_dir, spk_sort=not args.no_spk_sort)
+        print(f"Successfully validated data-directory {args.data_dir}")
+    elif args.command == "fix":
+        for w in fix_data_dir(args.data_dir):
+            print(f"fix_data_dir: warning: {w}", file=sys.stderr)
+    elif args.command == "split":
+        split_data_dir(args.data_dir, args.num_jobs, per_utt=args.per_utt)
+    else:
+        for spk, utts in utt2spk_to_spk2utt(read_utt2spk_stream(sys.stdin)).items():
+            print(spk, " ".join(utts))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,15 +8,12 @@ read. See upmp.data.import_dir for the files read and written and the rules.
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import fail, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.import_dir import import_data_dir
-from upmp.data.kaldi_dir import DataDirError
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--src", required=True, help="the data dir to import (read only)")
     p.add_argument("--data_root", default="data", help="our data dir root: writes <data_root>/<name>")
     p.add_argument("--trials", default=None,
@@ -26,14 +23,15 @@ def main(argv=None) -> None:
     p.add_argument("--src_root", default=None,
                    help="dir that relative audio paths start from (default: the nearest of the source dir "
                         "and its parents under which they exist)")
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        result = import_data_dir(args.src, args.data_root, args.trials, args.require_trials, args.src_root)
-    except (DataDirError, OSError) as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    result = import_data_dir(args.src, args.data_root, args.trials, args.require_trials, args.src_root)
     print(result.name)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import fail, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.synthetic import make_corpus
+from upmp.errors import ConfigError
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--num_speakers", type=int, default=48)
     p.add_argument("--num_test_speakers", type=int, default=12)
@@ -21,14 +20,18 @@ def main(argv=None) -> None:
     p.add_argument("--max_seconds", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nj", type=int, default=2)
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        make_corpus(args.out, args.num_speakers, args.num_test_speakers, args.sessions_per_speaker,
-                    args.utts_per_session, args.min_seconds, args.max_seconds, args.seed, args.nj)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if not 2 <= args.num_test_speakers < args.num_speakers:
+        raise ConfigError(f"need 2 <= --num_test_speakers < --num_speakers, got {args.num_test_speakers} "
+                          f"of {args.num_speakers}")
+    make_corpus(args.out, args.num_speakers, args.num_test_speakers, args.sessions_per_speaker,
+                args.utts_per_session, args.min_seconds, args.max_seconds, args.seed, args.nj)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,35 +7,25 @@ Lines keep their order; an id the map does not know is an error naming the score
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import fail
-from upmp.data.kaldi_dir import DataDirError, read_table
+from upmp.bin.common import make_parser, require_files, run_main, setup_logging
 from upmp.fileio import atomic_write_text
+from upmp.scoring.io import map_score_ids
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--utt_map", required=True)
     p.add_argument("--scores", required=True)
     p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    try:
-        mapping = read_table(args.utt_map)
-        lines = []
-        with open(args.scores, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                fields = line.split()
-                if len(fields) != 3:
-                    raise DataDirError(f"{args.scores}:{lineno}: expected '<utt1> <utt2> <score>', got {line.rstrip()!r}")
-                for u in fields[:2]:
-                    if u not in mapping:
-                        raise DataDirError(f"{args.scores}:{lineno}: utterance {u!r} is not in {args.utt_map}")
-                lines.append(f"{mapping[fields[0]]} {mapping[fields[1]]} {fields[2]}\n")
-    except (DataDirError, FileNotFoundError) as e:
-        fail(str(e))
-    atomic_write_text(args.out, "".join(lines))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    require_files(utt_map=args.utt_map, scores=args.scores)
+    atomic_write_text(args.out, "".join(map_score_ids(args.scores, args.utt_map)))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,25 +9,23 @@ test = test-clean + test-other. Trials: --protocol_dir, else a download of the p
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import add_protocol_args, fail, protocol_kwargs, setup_logging
-from upmp.data.kaldi_dir import DataDirError
+from upmp.bin.common import add_protocol_args, make_parser, protocol_kwargs, run_main, setup_logging
 from upmp.data.librispeech import prepare_librispeech
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--root", required=True, help="LibriSpeech root holding the subset folders and SPEAKERS.TXT")
     p.add_argument("--out", required=True, help="parent of the data dirs (usually data)")
     add_protocol_args(p)
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        prepare_librispeech(args.root, args.out, **protocol_kwargs(args))
-    except DataDirError as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    prepare_librispeech(args.root, args.out, **protocol_kwargs(args))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,27 +8,25 @@ the paper's files into --protocol_cache, else regenerated with the same rules fr
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import add_protocol_args, fail, protocol_kwargs, setup_logging
-from upmp.data.kaldi_dir import DataDirError
+from upmp.bin.common import add_protocol_args, make_parser, protocol_kwargs, run_main, setup_logging
 from upmp.data.vctk import prepare_vctk
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--root", required=True, help="VCTK root holding wav48_silence_trimmed/ (or wav48/) and "
                                                  "speaker-info.txt")
     p.add_argument("--out", required=True, help="parent of the data dirs (usually data)")
     p.add_argument("--mic", default="mic1", choices=["mic1", "mic2"], help="VCTK 0.92 microphone")
     add_protocol_args(p)
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        prepare_vctk(args.root, args.out, args.mic, **protocol_kwargs(args))
-    except DataDirError as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    prepare_vctk(args.root, args.out, args.mic, **protocol_kwargs(args))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -10,15 +10,12 @@ on voxceleb1_dev. --trials may be the paper's CSV (trials-vox1.csv, LABEL,SAMPLE
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import fail, setup_logging
-from upmp.data.kaldi_dir import DataDirError
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.voxceleb import prepare_voxceleb1
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--root", required=True, help="VoxCeleb1 root holding the wav tree(s), vox1_meta.csv and lists")
     p.add_argument("--out", required=True, help="parent of the data dirs (usually data)")
     p.add_argument("--trials", default="veri_test2.txt",
@@ -34,15 +31,16 @@ def main(argv=None) -> None:
     p.add_argument("--test_only", action="store_true", help="write the test set(s) only")
     p.add_argument("--extended", action="store_true",
                    help="with --test_only: also Vox1-E / Vox1-H when their lists are present")
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        prepare_voxceleb1(args.root, args.out, args.trials, args.dev_name, args.test_name,
-                          args.valid_speakers, args.valid_name, args.seed,
-                          args.valid_targets_per_speaker or None, args.test_only, args.extended)
-    except DataDirError as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    prepare_voxceleb1(args.root, args.out, args.trials, args.dev_name, args.test_name,
+                      args.valid_speakers, args.valid_name, args.seed,
+                      args.valid_targets_per_speaker or None, args.test_only, args.extended)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

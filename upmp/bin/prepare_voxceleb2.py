@@ -10,15 +10,12 @@ Test sets come from VoxCeleb1: upmp.bin.prepare_voxceleb1 --test_only --extended
 """
 from __future__ import annotations
 
-import argparse
-
-from upmp.bin.common import fail, setup_logging
-from upmp.data.kaldi_dir import DataDirError
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.voxceleb import prepare_voxceleb2
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = make_parser(__doc__)
     p.add_argument("--root", required=True, help="VoxCeleb2 root holding dev/aac (or dev/wav) and vox2_meta.csv")
     p.add_argument("--out", required=True, help="parent of the data dirs (usually data)")
     p.add_argument("--audio", default="auto", choices=["auto", "m4a", "wav"])
@@ -29,14 +26,15 @@ def main(argv=None) -> None:
     p.add_argument("--valid_targets_per_speaker", type=int, default=0,
                    help="at most this many target trials per validation speaker (0: all cross-session pairs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation trials")
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        prepare_voxceleb2(args.root, args.out, args.dev_name, args.valid_speakers, args.valid_name, args.seed,
-                          args.valid_targets_per_speaker or None, args.audio)
-    except DataDirError as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    prepare_voxceleb2(args.root, args.out, args.dev_name, args.valid_speakers, args.valid_name, args.seed,
+                      args.valid_targets_per_speaker or None, args.audio)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

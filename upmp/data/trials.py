@@ -219,7 +219,7 @@ def make_balanced_trials(utt2spk: Dict[str, str], seed: int, utt2session: Option
     for utt in sorted(utt2spk):
         by_spk.setdefault(utt2spk[utt], []).append(utt)
     if len(by_spk) < 2:
-        raise ValueError("balanced trials need at least two speakers")
+        raise DataDirError(f"balanced trials need at least two speakers, got {len(by_spk)}")
     targets = []
     for spk in sorted(by_spk):
         utts = by_spk[spk]
@@ -267,8 +267,9 @@ def _kaldi_trials_text(trials: List[Tuple[str, str, bool]]) -> str:
 
 
 def read_scores(path: str) -> dict:
-    """Read a score file `<utt1> <utt2> <score>` into {(utt1, utt2): score}."""
-    scores = {}
+    """Read a score file `<utt1> <utt2> <score>` into {(utt1, utt2): score}; a trial scored
+    twice is an error (which of the two values would count?)."""
+    scores, first_line = {}, {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
@@ -280,7 +281,11 @@ def read_scores(path: str) -> dict:
                 raise DataDirError(f"{path}:{lineno}: score is not a number: {fields[2]!r}") from None
             if not np.isfinite(value):
                 raise DataDirError(f"{path}:{lineno}: score is not finite: {fields[2]!r}")
-            scores[(fields[0], fields[1])] = value
+            key = (fields[0], fields[1])
+            if key in scores:
+                raise DataDirError(f"{path}:{lineno}: trial '{key[0]} {key[1]}' is scored twice (first on line "
+                                   f"{first_line[key]}); remove one of the two lines, or score again")
+            scores[key], first_line[key] = value, lineno
     return scores
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from upmp.errors import ScoringError
+
 
 @dataclass
 class LinearCalibration:
@@ -18,11 +20,13 @@ class LinearCalibration:
     offset: float = 0.0
 
     @classmethod
-    def fit(cls, scores: np.ndarray, labels: np.ndarray) -> "LinearCalibration":
+    def fit(cls, scores: np.ndarray, labels: np.ndarray, source: str = "the calibration trials",
+            ) -> "LinearCalibration":
         from sklearn.linear_model import LogisticRegression
         labels = np.asarray(labels, dtype=bool)
         if labels.all() or not labels.any():
-            raise ValueError("calibration needs target and nontarget trials")
+            raise ScoringError(f"{source}: calibration needs target and nontarget trials, got "
+                               f"{int(labels.sum())} target and {int((~labels).sum())} nontarget")
         model = LogisticRegression(C=1e6, class_weight="balanced", max_iter=1000)
         model.fit(np.asarray(scores, dtype=np.float64)[:, None], labels)
         return cls(float(model.coef_[0, 0]), float(model.intercept_[0]))

@@ -15,13 +15,15 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from upmp.errors import ScoringError
+
 
 def cohort_stats(scorer, R: np.ndarray, cohort: np.ndarray, top_n: Optional[int] = None,
                  chunk: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and std of each row's cohort scores (top-N highest only if top_n)."""
     K = cohort.shape[0]
     if top_n is not None and not 1 <= top_n:
-        raise ValueError(f"cohort top-N must be >= 1, got {top_n}")
+        raise ScoringError(f"cohort top-N must be >= 1, got {top_n}")
     n = K if top_n is None else min(top_n, K)
     mu, sd = np.empty(len(R)), np.empty(len(R))
     for start in range(0, len(R), chunk):

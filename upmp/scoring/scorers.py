@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from upmp.errors import ScoringError
 from upmp.scoring.plda import PLDA
 
 
@@ -66,7 +67,8 @@ class PLDAScorer:
         labels = np.asarray(labels)
         n_spk = len(np.unique(labels))
         if n_spk < 2:
-            raise ValueError("PLDA training needs embeddings of at least two speakers")
+            raise ScoringError("PLDA training needs embeddings of at least two speakers "
+                               f"(got {n_spk}); give --train_embeddings of a multi-speaker set")
         self.mean = X.mean(axis=0)
         Xc = X - self.mean
         dim = min(self.lda_dim or X.shape[1], n_spk - 1, X.shape[1])
@@ -117,6 +119,8 @@ def score_trials(scorer, embeddings: dict, trials: Sequence, source: str = "embe
     from upmp.data.kaldi_dir import DataDirError
     from upmp.scoring.normalization import cohort_stats, s_norm
     n = len(trials)
+    if n == 0:
+        raise ScoringError("no trials to score")
     sides = np.array([t[0] for t in trials] + [t[1] for t in trials])
     keys, inverse = np.unique(sides, return_inverse=True)  # C-speed string sort, no per-trial dict look-ups
     keys = keys.tolist()  # plain str: dict look-ups with numpy strings are several times slower
@@ -133,6 +137,6 @@ def score_trials(scorer, embeddings: dict, trials: Sequence, source: str = "embe
     if norm not in ("snorm", "asnorm"):
         raise ValueError(f"unknown score normalisation {norm!r} (none, snorm, asnorm)")
     if cohort is None or len(cohort) == 0:
-        raise ValueError(f"{norm} needs a cohort of embeddings")
+        raise ScoringError(f"{norm} needs a cohort of embeddings")
     mu, sd = cohort_stats(scorer, R, scorer.prepare(cohort), top_n if norm == "asnorm" else None)
     return s_norm(scores, e, t, mu, sd)

@@ -63,9 +63,9 @@ def matrix_to_stack(mat: np.ndarray, num_layers: int) -> np.ndarray:
 
 
 class LayerStackWriter:
-    """Write (L, T, D) stacks into `<prefix>.ark` / `<prefix>.scp`."""
+    """Write (L, T, D) stacks into `<prefix>.ark` / `<prefix>.scp` (or the scp at scp_path)."""
 
-    def __init__(self, prefix: str, storage: str = "float32"):
+    def __init__(self, prefix: str, storage: str = "float32", scp_path: str = None):
         import kaldiio
         if storage not in STORAGE_TYPES:
             raise ValueError(f"storage must be one of {STORAGE_TYPES}, got {storage!r}")
@@ -75,7 +75,7 @@ class LayerStackWriter:
             kwargs["compression_method"] = 2  # kSpeechFeature: per-column 8-bit with 16-bit headers
         elif storage == "float16":
             kwargs["write_function"] = "numpy"
-        self._writer = kaldiio.WriteHelper(f"ark,scp:{prefix}.ark,{prefix}.scp", **kwargs)
+        self._writer = kaldiio.WriteHelper(f"ark,scp:{prefix}.ark,{scp_path or prefix + '.scp'}", **kwargs)
 
     def write(self, utt: str, stack: np.ndarray) -> None:
         mat = stack_to_matrix(stack)

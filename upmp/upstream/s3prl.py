@@ -8,7 +8,50 @@ from typing import Optional, Tuple
 import torch
 
 from upmp.data.audio import SAMPLE_RATE
+from upmp.errors import UpstreamError
 from upmp.upstream.base import Upstream
+
+
+def s3prl_cache_dir() -> Path:
+    """Where S3PRL keeps (and looks for) downloaded checkpoints: ~/.cache/s3prl/download by default."""
+    from s3prl.util import download
+    return Path(download._download_dir)  # get_dir() would create it
+
+
+def _network_error(e: BaseException) -> bool:
+    """True when e or an exception it was raised from is a failed connection / name resolution."""
+    import socket
+    import urllib.error
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError)) \
+                or type(e).__module__.startswith(("requests", "urllib3")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def build_s3prl_upstream(name: str, ckpt: Optional[str] = None):
+    """s3prl.nn.S3PRLUpstream(name); an unknown name, or weights that are neither in S3PRL's cache
+    nor downloadable (no network), is one UpstreamError saying where S3PRL looked and the ways out."""
+    from s3prl.nn import S3PRLUpstream
+    if name not in S3PRLUpstream.available_names():
+        raise UpstreamError(f"--upstream {name}: not an S3PRL upstream name (see "
+                            f"s3prl.nn.S3PRLUpstream.available_names()), nor ge2e or hf:<dir>")
+    try:
+        return S3PRLUpstream(name, path_or_url=ckpt)
+    except Exception as e:  # S3PRL's download raises requests / urllib errors, chained
+        if not _network_error(e):
+            raise
+        cache = s3prl_cache_dir()
+        kind = name.split("_")[0]
+        raise UpstreamError(
+            f"--upstream {name}: its weights are not in S3PRL's download cache {cache} and cannot be "
+            f"downloaded here (no network: {type(e).__name__}). Either pre-fill the cache on a machine with "
+            f"network: python -c \"from s3prl.nn import S3PRLUpstream; S3PRLUpstream('{name}')\" and copy "
+            f"{cache}/ to the same path here; or use a local checkpoint: --upstream {kind}_local "
+            f"--upstream_ckpt <file.pt> (or --upstream hf:<save_pretrained dir>)") from None
 
 
 class S3PRLLayerStack(Upstream):
@@ -25,18 +68,17 @@ class S3PRLLayerStack(Upstream):
 
     def __init__(self, name: str, ckpt: Optional[str] = None):
         super().__init__()
-        from s3prl.nn import S3PRLUpstream
         if name.endswith("_local") and not ckpt:
-            raise ValueError(f"upstream {name!r} needs --upstream_ckpt <path>")
+            raise UpstreamError(f"upstream {name!r} needs --upstream_ckpt <path>")
         if ckpt and not Path(ckpt).is_file():
-            raise FileNotFoundError(f"upstream checkpoint not found: {ckpt}")
+            raise UpstreamError(f"--upstream_ckpt {ckpt}: upstream checkpoint not found")
         self.name = name
-        self.upstream = S3PRLUpstream(name, path_or_url=ckpt)
+        self.upstream = build_s3prl_upstream(name, ckpt)
         self.num_layers = self.upstream.num_layers
         self.dim = self.upstream.hidden_sizes[-1]
         rates = set(self.upstream.downsample_rates)
         if len(rates) != 1 or len(set(self.upstream.hidden_sizes)) != 1:
-            raise ValueError(f"upstream {name!r} has layers of unequal rate/width; a layer stack needs one")
+            raise UpstreamError(f"upstream {name!r} has layers of unequal rate/width; a layer stack needs one")
         self.frame_shift = rates.pop() / SAMPLE_RATE
         self.freeze()  # S3PRLUpstream is built in train mode (dropout on): eval, no gradients
 

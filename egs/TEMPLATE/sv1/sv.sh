@@ -170,17 +170,23 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ] && [ "${train_mode}" == onl
   log "Stage 1: skipped (--train_mode online: the upstream runs in stages 2 and 3, nothing is cached)"
 elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   log "Stage 1: layer stacks of ${upstream} -> ${dump}"
+  # once, before any job: an upstream that cannot be built here (no network for its weights, a
+  # wrong name) is one line now, not one traceback per job; S3PRL weights are downloaded here
+  # shellcheck disable=SC2086
+  ${python} -m upmp.bin.check_upstream ${upstream_opts} 1>&2
   for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${dump}/${set}
     if [ "$(num_lines "${out}/layers.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ] && [ -f "${out}/layer_stack.json" ]; then
       log "${out}/layers.scp is complete, skipping (delete it to extract again)"; continue
     fi
-    # utterances of other sets already extracted from the same audio are reused (Vox1-O/H lie in Vox1-E)
+    # reused: this set's finished jobs of an interrupted run, and utterances of other sets extracted
+    # from the same audio (Vox1-O/H lie in Vox1-E)
     others=""; for other in ${train_set} ${valid_set} ${test_sets}; do [ "${other}" == "${set}" ] || others+=" ${dump}/${other}"; done
     # shellcheck disable=SC2086
     n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" --from ${others} \
                --upstream "${upstream}" --storage "${storage}")
-    # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones
+    # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones;
+    # a job's scp appears only when the job is complete
     run_id=$(date +%Y%m%d%H%M%S)
     if [ "${n_todo}" -gt 0 ]; then
       n_jobs=$(( n_todo < nj ? n_todo : nj ))
@@ -188,12 +194,11 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       mkdir -p "${out}/log"
       # shellcheck disable=SC2154
       ${train_cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
-        ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" \
+        ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" --source_data_dir "data/${set}" \
           --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
           --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
     fi
-    { cat "${out}/reused.scp"; for f in "${out}/layers.${run_id}".*.scp; do if [ -f "${f}" ]; then cat "${f}"; fi; done; } \
-      | sort > "${out}/layers.scp"
+    ${python} -m upmp.bin.join_layers --data_dir "data/${set}" --out_dir "${out}" --run_id "${run_id}"
     log "$(num_lines "${out}/layers.scp") layer stacks in ${out}/layers.scp ($(num_lines "${out}/reused.scp") reused)"
   done
 fi

@@ -1,0 +1,148 @@
+"""Metrics of score files and the reports made of them: RESULTS.md, results.json, DET plots, the
+comparison table over experiments.
+
+    m = metrics_of_files("data/test/trials", "exp/x/scores/test.cosine")   # {"eer": %, "mindcf_0.01": ...}
+    write_experiment_results(exp, systems, test_sets, upstream, data_root)  # RESULTS.md, results.json, det_*.png
+    write_comparison(out, exp_dirs)                                         # one table over exp/*/results.json
+
+EER convention and minDCF normalisation: upmp.metrics.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from upmp.data.trials import align_scores
+from upmp.errors import ScoringError
+from upmp.fileio import atomic_write_text
+from upmp.metrics import EER_CONVENTION, compute_eer, compute_min_dcf, operating_points
+from upmp.scoring.calibration import actual_dcf, cllr
+
+
+def metrics_of(scores: np.ndarray, labels: np.ndarray, llr: bool = False, source: str = "the trials") -> dict:
+    """EER (%), minDCF at 0.01 / 0.05, counts; with llr=True (calibrated scores) also
+    Cllr and actual DCF at 0.01 / 0.05."""
+    n_tar, n_non = int(labels.sum()), int((~labels).sum())
+    if n_tar == 0 or n_non == 0:
+        raise ScoringError(f"{source}: metrics need target and nontarget trials, got {n_tar} target and "
+                           f"{n_non} nontarget")
+    out = {"eer": 100 * compute_eer(scores, labels),
+           "mindcf_0.01": compute_min_dcf(scores, labels, 0.01),
+           "mindcf_0.05": compute_min_dcf(scores, labels, 0.05),
+           "n_target": n_tar, "n_nontarget": n_non}
+    if llr:
+        out.update({"cllr": cllr(scores, labels), "actdcf_0.01": actual_dcf(scores, labels, 0.01),
+                    "actdcf_0.05": actual_dcf(scores, labels, 0.05)})
+    return out
+
+
+def metrics_of_files(trials: str, scores: str, llr: bool = False) -> dict:
+    """metrics_of a score file aligned to Kaldi trials."""
+    return metrics_of(*align_scores(trials, scores), llr=llr, source=trials)
+
+
+def plot_det(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], png: Path) -> None:
+    """DET curves (probit axes) of {label: (scores, labels)}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+    ticks = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    for label, (scores, labels) in curves.items():
+        p_miss, p_fa = operating_points(scores, labels)
+        ax.plot(norm.ppf(np.clip(p_fa, 1e-4, 1 - 1e-4)), norm.ppf(np.clip(p_miss, 1e-4, 1 - 1e-4)), label=label)
+    ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_xlim(norm.ppf(0.0005), norm.ppf(0.5))
+    ax.set_ylim(norm.ppf(0.0005), norm.ppf(0.5))
+    ax.plot(ax.get_xlim(), ax.get_ylim(), ":", color="gray", linewidth=0.8)
+    ax.set_xlabel("false alarm rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Sequence[str], upstream: str = "",
+                             data_root: str = "data") -> dict:
+    """Stage 5: <exp>/RESULTS.md, results.json and det_<set>.png from data_root/<set>/trials and
+    <exp>/scores/<set>.<system> (+ .llr when calibrated). Every metric is computed before anything
+    is written, so a bad score file leaves the previous reports as they were."""
+    exp = Path(exp)
+    rows, results, curves_of = [], {}, {}
+    for name in test_sets:
+        curves = curves_of[name] = {}
+        trials = f"{data_root}/{name}/trials"
+        for system in systems:
+            scores = exp / "scores" / f"{name}.{system}"
+            aligned = align_scores(trials, str(scores))
+            m = metrics_of(*aligned, source=trials)
+            llr = scores.with_name(scores.name + ".llr")
+            if llr.is_file():
+                c = metrics_of_files(trials, str(llr), llr=True)
+                m.update({k: c[k] for k in ("cllr", "actdcf_0.01", "actdcf_0.05")})
+            results[f"{name}/{system}"] = m
+            curves[system] = aligned
+            calib = (f"{m['cllr']:.3f} | {m['actdcf_0.01']:.4f}" if "cllr" in m else "- | -")
+            rows.append(f"| {name} | {system} | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | "
+                        f"{m['mindcf_0.05']:.4f} | {calib} | {m['n_target']} / {m['n_nontarget']} |")
+    for name, curves in curves_of.items():
+        plot_det(curves, exp / f"det_{name}.png")
+    cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
+    summary_path = exp / "train_summary.json"  # written by the trainer beside model.pt
+    model = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    lines = [
+        f"# Results: {exp.name}",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- upstream: {upstream}",
+        f"- backend: {cfg.get('backend', '?')} ({model.get('num_params', '?')} trainable parameters, "
+        f"loss head excluded; trained in {model.get('train_seconds', 0):.0f} s); config: {exp / 'config.yaml'}",
+        f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1",
+        "- systems: <scoring>[.<score norm>]; Cllr (bits) and actDCF after logistic calibration on the "
+        "validation trials, where a validation set is given",
+        "",
+        "| test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) | Cllr | actDCF (0.01) | target / nontarget |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "DET curves: " + ", ".join(f"det_{n}.png" for n in test_sets) + "; training curve: train_curve.png",
+        "",
+    ]
+    atomic_write_text(exp / "RESULTS.md", "\n".join(lines))
+    summary = {"experiment": exp.name, "backend": cfg.get("backend"), "upstream": upstream,
+               "num_params": model.get("num_params"), "train_seconds": model.get("train_seconds"),
+               "results": results}
+    atomic_write_text(exp / "results.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def write_comparison(out: str, exp_dirs: Iterable[str]) -> List[str]:
+    """One Markdown table over the experiments' results.json (those without are skipped):
+    experiment, backend, trainable parameters, training time, test set, system, EER, minDCF."""
+    rows = []
+    for d in sorted({Path(x) for x in exp_dirs}):
+        f = d / "results.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        params = f"{r['num_params']:,}" if r.get("num_params") else "?"
+        seconds = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "?"
+        for key, m in r["results"].items():
+            test_set, system = key.split("/", 1)
+            rows.append(f"| {r['experiment']} | {r.get('backend')} | {params} | {seconds} | {test_set} | {system} | "
+                        f"{m['eer']:.2f} | {m['mindcf_0.01']:.4f} | {m['mindcf_0.05']:.4f} |")
+    lines = [f"# Backend comparison ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"EER: {EER_CONVENTION}; minDCF normalised. Parameters: trainable, loss head excluded.", "",
+             "| experiment | backend | parameters | training (s) | test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) |",
+             "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    atomic_write_text(out, "\n".join(lines))
+    return rows

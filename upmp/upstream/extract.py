@@ -1,0 +1,243 @@
+"""Stage 1 as library code: plan which layer stacks to extract, extract them, join the job outputs.
+
+    plan = plan_extraction(data_dir, out_dir, sources, upstream, storage)   # reuse, then what is left
+    extract_layer_stacks(extractor, data, out_prefix, storage, ...)        # one job: <prefix>.ark/.scp
+    join_layer_stacks(data_dir, out_dir, run_id)                            # layers.scp; orphan arks removed
+
+Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.upstream.layer_stack for the matrices):
+    layer_stack.json           L, D, frame shift, upstream name, storage
+    reused.scp                 stacks this run takes from earlier runs or other sets (scp lines)
+    layers.<run>.<job>.ark     a job's stacks; its scp `layers.<run>.<job>.scp` is renamed into
+                               place only when the job has written every utterance, so an scp that
+                               exists is complete and an ark without one is the rest of a killed job
+    layers.scp                 the join: one line per utterance of data/<set>, written last (atomic)
+
+A rerun after a kill or a failed job reuses every finished job's stacks and extracts only the
+rest; arks that no scp of the dump points into are removed at the join.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from upmp.data.audio import SAMPLE_RATE, load_utterance
+from upmp.data.kaldi_dir import DataDir, read_table, write_table
+from upmp.errors import DataDirError, DiskFullError
+from upmp.fileio import atomic_write_text
+from upmp.upstream.layer_stack import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
+
+logger = logging.getLogger(__name__)
+
+JOINED_SCP = "layers.scp"
+REUSED_SCP = "reused.scp"
+
+
+def audio_key(data: DataDir, utt: str) -> str:
+    """What an utterance's stack is made from: its wav.scp entry and segment."""
+    entry, segment = data.wav_entry(utt)
+    return entry if segment is None else f"{entry} {segment.start} {segment.end}"
+
+
+def job_scps(out_dir: Path) -> List[Path]:
+    """The finished jobs' scps of a dump dir (layers.<run>.<job>.scp), oldest run first."""
+    return sorted(p for p in Path(out_dir).glob("layers.*.scp") if p.name != JOINED_SCP)
+
+
+def read_meta(directory: Path) -> Optional[LayerStackMeta]:
+    return LayerStackMeta.read(str(directory)) if (Path(directory) / META_NAME).is_file() else None
+
+
+@dataclass
+class ExtractionPlan:
+    reused: Dict[str, str] = field(default_factory=dict)   # utt -> scp value (ark:offset)
+    resumed: int = 0                                         # of those, from this set's own earlier jobs
+    todo: List[str] = field(default_factory=list)           # utterances still to extract
+
+
+def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstream: str, storage: str,
+                    ) -> ExtractionPlan:
+    """Which utterances of data_dir need extracting into out_dir, and which stacks are reused.
+
+    Reused, in this order: this set's own finished job outputs (a killed or failed earlier run)
+    and its last layers.scp, when its layer_stack.json has the same upstream and storage; then,
+    from the other sets' complete dumps in `sources` (<dump>/<other set>, data/<other set> beside
+    data_dir), stacks of the same utterance id made from the same audio (same wav.scp entry and
+    segment) with the same upstream and storage. Writes <out_dir>/reused.scp, layer_stack.json
+    (when anything is reused) and <out_dir>/todo/ (a Kaldi data dir; absent when nothing is left).
+    """
+    out = Path(out_dir)
+    data = DataDir.load(data_dir)
+    wanted = {u: audio_key(data, u) for u in data.utts}
+    plan, meta_from = ExtractionPlan(), None
+    own = read_meta(out)
+    if own is not None and (own.upstream, own.storage) == (upstream, storage):
+        for scp in job_scps(out) + ([out / JOINED_SCP] if (out / JOINED_SCP).is_file() else []):
+            for utt, entry in read_table(scp).items():
+                if utt in wanted and utt not in plan.reused and _ark_exists(entry):
+                    plan.reused[utt] = entry
+        plan.resumed = len(plan.reused)
+        if plan.reused:
+            meta_from = out
+    for src in map(Path, sources):
+        src_data = Path(data_dir).parent / src.name
+        if src.resolve() == out.resolve() or not (src / JOINED_SCP).is_file() or not src_data.is_dir():
+            continue
+        meta = read_meta(src)
+        if meta is None or (meta.upstream, meta.storage) != (upstream, storage):
+            continue
+        scp = read_table(src / JOINED_SCP)
+        if len(scp) != len(read_table(src_data / "utt2spk")):
+            continue  # an incomplete dump
+        other = DataDir.load(src_data)
+        for utt, entry in scp.items():
+            if utt in wanted and utt not in plan.reused and utt in other.utt2spk \
+                    and audio_key(other, utt) == wanted[utt]:
+                plan.reused[utt] = entry
+                meta_from = meta_from or src
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / REUSED_SCP, plan.reused)
+    if meta_from is not None and meta_from != out:
+        shutil.copy(meta_from / META_NAME, out / META_NAME)
+    plan.todo = [u for u in data.utts if u not in plan.reused]
+    if (out / "todo").exists():
+        shutil.rmtree(out / "todo")
+    if plan.todo:
+        data.subset(plan.todo).write(out / "todo")
+    return plan
+
+
+def _ark_exists(entry: str) -> bool:
+    return Path(entry.rpartition(":")[0]).is_file()
+
+
+def wav_scp_lines(data_dir: str) -> Dict[str, int]:
+    """{wav.scp key: line number} of a data dir (to name the user's line in audio errors)."""
+    lines = {}
+    with open(Path(data_dir) / "wav.scp", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            key = line.split(maxsplit=1)[0] if line.strip() else None
+            if key is not None:
+                lines.setdefault(key, lineno)
+    return lines
+
+
+def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str = "float32",
+                         max_batch_seconds: float = 0.0, chunk_size: int = 256, device: str = "cpu",
+                         source_dir: Optional[str] = None, upstream_name: str = "", desc: str = "layers") -> int:
+    """All (L, T, D) layer stacks of `data` into <out_prefix>.ark / .scp (and layer_stack.json
+    beside them); returns the number of frames written.
+
+    The scp is written under a temporary name and renamed into place only after the last
+    utterance, so an existing <out_prefix>.scp is complete. Audio errors name `source_dir`'s
+    wav.scp line (the user's data dir, when `data` is a split copy of it); a full disk is one
+    DiskFullError naming the directory and the bytes this job had written and still needed.
+    max_batch_seconds = 0: one utterance per forward (features independent of batching).
+    """
+    out_dir = Path(out_prefix).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift,
+                   upstream_name or getattr(extractor, "name", ""), storage).write(str(out_dir))
+    utts = data.utts
+    source_lines = wav_scp_lines(source_dir) if source_dir else None
+    max_samples = int(max_batch_seconds * SAMPLE_RATE)
+    scp, tmp_scp = Path(f"{out_prefix}.scp"), Path(f"{out_prefix}.scp.tmp")
+    scp.unlink(missing_ok=True)
+    n_frames, written_bytes, n_done = 0, 0, 0
+    bytes_per_value = 2 if storage == "float16" else 4
+    try:
+        with LayerStackWriter(out_prefix, storage, scp_path=str(tmp_scp)) as writer, \
+                tqdm(total=len(utts), desc=desc, mininterval=5) as bar:
+            for start in range(0, len(utts), chunk_size):
+                chunk = utts[start:start + chunk_size]
+                audio = [load_utterance(data, utt, _source_of(data, utt, source_dir, source_lines))
+                         for utt in chunk]
+                for batch in batches_by_length([len(a) for a in audio], max_samples):
+                    lens = torch.tensor([len(audio[i]) for i in batch])
+                    wavs = torch.zeros(len(batch), int(lens.max()))
+                    for row, i in enumerate(batch):
+                        wavs[row, :len(audio[i])] = torch.from_numpy(audio[i])
+                    stack, frames = extractor(wavs.to(device), lens.to(device))
+                    stack = stack.float().cpu().numpy()  # (B, D, L, T)
+                    for row, i in enumerate(batch):
+                        t = int(frames[row])
+                        writer.write(chunk[i], np.transpose(stack[row, :, :, :t], (1, 2, 0)))
+                        n_frames += t
+                        n_done += 1
+                        written_bytes += t * extractor.num_layers * extractor.dim * bytes_per_value
+                    bar.update(len(batch))
+    except OSError as e:
+        tmp_scp.unlink(missing_ok=True)  # no scp may name stacks that are not there
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need = f", about {_size(written_bytes / n_done * len(utts))} for all {len(utts)} utterances of this job" \
+            if n_done else ""
+        raise DiskFullError(
+            f"{out_dir}: no space left on the device while writing layer stacks ({_size(written_bytes)} written "
+            f"to {out_prefix}.ark for {n_done} utterances{need}); free space there (or give --dumpdir on a larger "
+            f"disk, or --storage float16 / compressed) and rerun: finished jobs are kept") from None
+    os.replace(tmp_scp, scp)
+    logger.info("wrote %d utterances, %d frames, L=%d D=%d to %s", len(utts), n_frames,
+                extractor.num_layers, extractor.dim, scp)
+    return n_frames
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _source_of(data: DataDir, utt: str, source_dir: Optional[str], lines: Optional[Dict[str, int]]) -> str:
+    if source_dir is None:
+        return "wav.scp"
+    key = data.segments[utt].reco if data.segments is not None else utt
+    line = lines.get(key) if lines else None
+    return f"{source_dir}/wav.scp" + (f":{line}" if line else "")
+
+
+def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None) -> int:
+    """<out_dir>/layers.scp from reused.scp and this run's finished job scps
+    (layers.<run_id>.*.scp; every job scp when run_id is None), one line per utterance of data_dir,
+    sorted, written atomically; an utterance without a stack is an error naming the job logs.
+    Then the arks of out_dir that no scp under the dump root (out_dir's parent) points into are
+    removed. Returns the number of stacks."""
+    out = Path(out_dir)
+    utts = list(read_table(Path(data_dir) / "utt2spk"))
+    table = dict(read_table(out / REUSED_SCP)) if (out / REUSED_SCP).is_file() else {}
+    for scp in job_scps(out):
+        if run_id is None or scp.name.startswith(f"layers.{run_id}."):
+            table.update(read_table(scp))
+    missing = [u for u in utts if u not in table]
+    if missing:
+        raise DataDirError(f"{out}: no layer stack for utterance {missing[0]!r} of {data_dir} ({len(missing)} "
+                           f"missing): an extraction job failed, see {out}/log/; rerun stage 1 to extract "
+                           f"only the missing ones")
+    atomic_write_text(out / JOINED_SCP, "".join(f"{u} {table[u]}\n" for u in sorted(utts)))
+    remove_orphan_arks(out)
+    return len(utts)
+
+
+def remove_orphan_arks(out_dir: Path) -> List[Path]:
+    """Remove the arks in out_dir that no scp of the dump (out_dir's parent: every set of this
+    upstream) points into; returns them."""
+    out = Path(out_dir)
+    used = set()
+    for scp in out.parent.glob("*/*.scp"):
+        for entry in read_table(scp).values():
+            used.add(os.path.abspath(entry.rpartition(":")[0]))
+    removed = [ark for ark in out.glob("*.ark") if os.path.abspath(ark) not in used]
+    for ark in removed:
+        ark.unlink()
+        logger.info("removed %s: no scp points into it (left by an interrupted job)", ark)
+    return removed
