@@ -167,6 +167,32 @@ def test_failing_extraction_job_stops_the_recipe(small_recipe, tmp_path):
     assert r.returncode == 1 and "not found" in r.stderr
 
 
+def test_bad_audio_in_a_job_names_the_users_wav_scp_line(small_recipe):
+    """A job's audio error reaches the console as its last error line, naming data/<set>/wav.scp's
+    line (not the split copy under dump/); after the fix only the missing stack is extracted."""
+    recipe, _ = small_recipe
+    shutil.copytree(recipe / "data" / "voxceleb1_test", recipe / "data" / "broken")
+    wav = recipe / "data" / "broken" / "wav.scp"
+    lines = wav.read_text().splitlines()
+    utt, good = lines[2].split(" ", 1)
+    lines[2] = f"{utt} /nonexistent/{utt}.wav"
+    wav.write_text("\n".join(lines) + "\n")
+    args = ("--stage", "1", "--stop_stage", "1", "--upstream", "wavlm_local", "--train_set", "voxceleb1_dev",
+            "--valid_set", "", "--test_sets", "voxceleb1_test broken")
+    r = run(recipe, *args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "run.pl: job failed, log is in dump/wavlm_local_wavlm_tiny/broken/log/extract.1.log" in r.stderr
+    assert (f"run.pl: job 1 (dump/wavlm_local_wavlm_tiny/broken/log/extract.1.log): extract_layers.py: error: "
+            f"data/broken/wav.scp:3: utterance {utt}: cannot read audio file '/nonexistent/{utt}.wav'") in r.stderr
+    assert not (recipe / "dump" / "wavlm_local_wavlm_tiny" / "broken" / "layers.scp").exists()
+    lines[2] = f"{utt} {good}"
+    wav.write_text("\n".join(lines) + "\n")
+    r = run(recipe, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "16 layer stacks in dump/wavlm_local_wavlm_tiny/broken/layers.scp (15 reused)" in r.stderr
+    shutil.rmtree(recipe / "data" / "broken")
+
+
 @pytest.mark.skipif(os.environ.get("UPMP_SKIP_FULL_RECIPE") == "1", reason="UPMP_SKIP_FULL_RECIPE=1")
 def test_full_mini_recipe_eer_and_repeatability(tmp_path):
     """README's main job: default mini recipe, stages 0-5; EER far below chance, repeatable from the seed."""

@@ -151,7 +151,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     max_samples = int(max_batch_seconds * SAMPLE_RATE)
     scp, tmp_scp = Path(f"{out_prefix}.scp"), Path(f"{out_prefix}.scp.tmp")
     scp.unlink(missing_ok=True)
-    n_frames, written_bytes, n_done = 0, 0, 0
+    n_frames, n_done, n_tried, tried_bytes = 0, 0, 0, 0
     bytes_per_value = 2 if storage == "float16" else 4
     try:
         with LayerStackWriter(out_prefix, storage, scp_path=str(tmp_scp)) as writer, \
@@ -169,20 +169,23 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
                     stack = stack.float().cpu().numpy()  # (B, D, L, T)
                     for row, i in enumerate(batch):
                         t = int(frames[row])
+                        n_tried += 1
+                        tried_bytes += t * extractor.num_layers * extractor.dim * bytes_per_value
                         writer.write(chunk[i], np.transpose(stack[row, :, :, :t], (1, 2, 0)))
                         n_frames += t
                         n_done += 1
-                        written_bytes += t * extractor.num_layers * extractor.dim * bytes_per_value
                     bar.update(len(batch))
-    except OSError as e:
+    except BaseException as e:
         tmp_scp.unlink(missing_ok=True)  # no scp may name stacks that are not there
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        need = f", about {_size(written_bytes / n_done * len(utts))} for all {len(utts)} utterances of this job" \
-            if n_done else ""
+        ark = Path(f"{out_prefix}.ark")
+        written = ark.stat().st_size if ark.is_file() else 0
+        need = (f"; this job needs about {_size(tried_bytes / n_tried * len(utts))} for its {len(utts)} utterances"
+                if n_tried else "")
         raise DiskFullError(
-            f"{out_dir}: no space left on the device while writing layer stacks ({_size(written_bytes)} written "
-            f"to {out_prefix}.ark for {n_done} utterances{need}); free space there (or give --dumpdir on a larger "
+            f"{out_dir}: no space left on the device while writing layer stacks ({_size(written)} written to "
+            f"{ark}, {n_done} utterances complete{need}); free space there (or give --dumpdir on a larger "
             f"disk, or --storage float16 / compressed) and rerun: finished jobs are kept") from None
     os.replace(tmp_scp, scp)
     logger.info("wrote %d utterances, %d frames, L=%d D=%d to %s", len(utts), n_frames,
@@ -240,4 +243,6 @@ def remove_orphan_arks(out_dir: Path) -> List[Path]:
     for ark in removed:
         ark.unlink()
         logger.info("removed %s: no scp points into it (left by an interrupted job)", ark)
+    for tmp in out.glob("layers.*.scp.tmp"):  # a killed job's half-written index
+        tmp.unlink()
     return removed
