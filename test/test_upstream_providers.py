@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import tone
+from upmp.errors import UpstreamError
 from upmp.upstream import build_upstream
 
 
@@ -56,7 +57,7 @@ def test_ge2e_stack_shapes_and_padding(ge2e):
 
 
 def test_ge2e_bad_weights_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="GE2E weights not found"):
+    with pytest.raises(UpstreamError, match="upstream checkpoint not found"):
         build_upstream("ge2e", str(tmp_path / "nope.pt"))
 
 
@@ -84,7 +85,7 @@ def test_hf_directory_offline(tmp_path, kind, monkeypatch):
 
 
 def test_hf_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(UpstreamError, match="config.json not found"):
         build_upstream(f"hf:{tmp_path}")
 
 

@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
     set_num_threads(args.num_threads)
-    require_files(layers_scp=args.layers_scp, utt2spk=args.utt2spk)
+    require_files(utt2spk=args.utt2spk)
     from upmp.train.trainer import load_model, load_upstream
     model, meta = load_model(args.model, args.device)
     finetuned = model.finetuned_upstream
@@ -62,6 +62,7 @@ def main(argv=None) -> None:
         if finetuned is not None:
             raise UpstreamError(f"{args.model} fine-tuned its upstream ({finetuned['name']}): cached layer stacks "
                                 "of the original upstream do not fit it; use --data_dir")
+        require_files(layers_scp=args.layers_scp)
         stacks_dir = Path(args.layers_scp).parent
         if not (stacks_dir / META_NAME).is_file():
             raise DataDirError(f"{stacks_dir / META_NAME}: missing beside {args.layers_scp}; extract layer stacks "

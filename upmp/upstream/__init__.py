@@ -11,14 +11,24 @@ Providers, chosen by the name:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
+
+from upmp.errors import UpstreamError
 
 
 def build_upstream(name: str, ckpt: Optional[str] = None):
+    """The upstream of a name (see above); what a user can fix (a missing checkpoint or model dir,
+    an unknown name, weights that cannot be downloaded) is an UpstreamError."""
+    if ckpt and not Path(ckpt).is_file():
+        raise UpstreamError(f"--upstream_ckpt {ckpt}: upstream checkpoint not found")
     if name == "ge2e":
         from upmp.upstream.ge2e import GE2EUpstream
         return GE2EUpstream(ckpt)
     if name.startswith("hf:"):
+        if not (Path(name[3:]) / "config.json").is_file():
+            raise UpstreamError(f"--upstream {name}: {name[3:]}/config.json not found (expected a directory "
+                                f"written by transformers' save_pretrained)")
         from upmp.upstream.hf import HFUpstream
         return HFUpstream(name[3:])
     from upmp.upstream.s3prl import S3PRLLayerStack
