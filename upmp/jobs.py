@@ -244,7 +244,11 @@ def run_cluster(spec: JobSpec, backend: str, poll_seconds: float = 5.0) -> int:
         gone_polls = gone_polls + 1 if job_id and not _job_alive(backend, job_id) else 0
         if gone_polls > 2:
             for j in spec.job_ids():
-                codes.setdefault(j, 1)
+                if j not in codes:
+                    # the scheduler's reason (cancelled, time or memory limit) is in its own output file
+                    print(f"{prog}: job {j} ended without an exit status (killed by the scheduler?), "
+                          f"see {qdir}/{name}.{j}.out", file=sys.stderr)
+                    codes[j] = 1
             break
         time.sleep(poll_seconds)
     return _report(prog, spec, [codes[j] for j in spec.job_ids()])
