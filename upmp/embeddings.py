@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from upmp.data.crops import wrap_crop
 from upmp.errors import UpstreamError
-from upmp.train.data import wrap_crop
 from upmp.upstream.layer_stack import LayerStackMeta, batches_by_length
 
 
