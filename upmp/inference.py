@@ -15,14 +15,17 @@ takes padded batches when it is padding-invariant. The embedding therefore equal
 """
 from __future__ import annotations
 
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from upmp.data.audio import SAMPLE_RATE, load_audio, to_mono
-from upmp.errors import AudioError, ModelFileError
+from upmp.data.kaldi_dir import Segment
+from upmp.errors import AudioError, DataDirError, ModelFileError
 
 Audio = Union[str, Path, np.ndarray, torch.Tensor]
 
@@ -101,6 +104,8 @@ class SpeakerModel:
     def waveform(audio: Audio, name: str = "") -> np.ndarray:
         """A path (or any wav.scp value: `cmd |`, `x.ark:12`) or an array of 16 kHz samples
         ((N,) or (N, C)) -> float32 mono 16 kHz."""
+        if isinstance(audio, AudioSource):
+            return audio.load()
         if isinstance(audio, (str, Path)):
             return load_audio(str(audio), name=name or str(audio))
         x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
@@ -122,7 +127,8 @@ class SpeakerModel:
     def embed_raw(self, audios: Sequence[Audio], names: Optional[Sequence[str]] = None) -> np.ndarray:
         """(N, E) embeddings as stage 3 writes them to xvector.ark (not normalised)."""
         from upmp.embeddings import embed_stacks
-        names = names or [a if isinstance(a, (str, Path)) else f"array {i}" for i, a in enumerate(audios)]
+        names = names or [a if isinstance(a, (str, Path)) else getattr(a, "where", f"array {i}")
+                          for i, a in enumerate(audios)]
         stacks = [self.layer_stack(self.waveform(a, str(n))) for a, n in zip(audios, names)]
         return embed_stacks(self.backend, stacks, self.max_batch_frames, self.device)
 
@@ -166,6 +172,65 @@ def load_model(path: str, device: str = "cpu", max_batch_frames: int = 6000) -> 
     return SpeakerModel(load_content(str(path), device), device, max_batch_frames)
 
 
-def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".sph")
+# containers libsndfile does not read: decoded by ffmpeg, as the VoxCeleb2 recipe does
+FFMPEG_SUFFIXES = (".m4a", ".aac", ".opus")
+
+
+@dataclass
+class AudioSource:
+    """One utterance to embed: a wav.scp value (+ segment) and where it came from (for errors)."""
+    entry: str
+    segment: Optional[Segment] = None
+    where: str = ""
+
+    def load(self) -> np.ndarray:
+        try:
+            return load_audio(self.entry, self.segment, name=self.where)
+        except AudioError as e:
+            raise AudioError(f"{self.where}: {e}") from None
+
+
+def _file_entry(path: Path) -> str:
+    if path.suffix.lower() in FFMPEG_SUFFIXES:
+        return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav -acodec pcm_s16le - |"
+    return str(path)
+
+
+def gather_audio(inputs: Sequence[str]) -> Dict[str, AudioSource]:
+    """Audio files, folders (searched recursively for audio files), Kaldi wav.scp files and
+    data dirs (wav.scp [+ segments]) -> {utterance id: source}, in input order.
+
+    Ids: a file's name without its extension; in a folder, the path below the folder without
+    the extension (VoxCeleb style, id10270/x6uYqmx31kE/00001); in a wav.scp or data dir, its keys.
+    Two inputs giving the same id are an error naming both."""
+    from upmp.data.kaldi_dir import DataDir, read_table
+    out: Dict[str, AudioSource] = {}
+
+    def add(key: str, source: AudioSource) -> None:
+        if key in out:
+            raise DataDirError(f"{source.where}: utterance id {key!r} is also given by {out[key].where}; "
+                               "give the inputs in separate runs or rename one")
+        out[key] = source
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir() and (p / "wav.scp").is_file():
+            data = DataDir.load(p, validate=False)
+            for utt in data.utts:
+                entry, segment = data.wav_entry(utt)
+                add(utt, AudioSource(entry, segment, f"{p / 'wav.scp'}: utterance {utt}"))
+        elif p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                raise DataDirError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            for f in files:
+                add(str(f.relative_to(p).with_suffix("")), AudioSource(_file_entry(f), None, str(f)))
+        elif p.is_file() and (p.suffix == ".scp" or p.name == "wav.scp"):
+            for key, entry in read_table(p, max_fields=None).items():
+                add(key, AudioSource(entry, None, f"{p}: utterance {key}"))
+        elif p.is_file():
+            add(p.stem, AudioSource(_file_entry(p), None, str(p)))
+        else:
+            raise DataDirError(f"{p}: no such file or directory")
+    return out
