@@ -54,12 +54,12 @@ def main(argv=None) -> None:
            f"{r['test_set']} | {r['system']} | {r['eer']:.2f} | {r['mindcf_0.01']:.4f} | {r['mindcf_0.05']:.4f} | "
            f"{_cell(r.get('cllr'), '.3f')} |" for r in rows]
     text = "\n".join(md + ["", f"EER: {EER_CONVENTION}; minDCF normalised. DET curves: {out.name}_det.png", ""])
-    atomic_write_text(out.with_suffix(".md"), text)
+    atomic_write_text(Path(f"{out}.md"), text)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(out.with_suffix(".csv"), buf.getvalue())
+    atomic_write_text(Path(f"{out}.csv"), buf.getvalue())
 
     from upmp.bin.write_results import plot_det
     from upmp.data.trials import align_scores
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     if curves:
         plot_det(curves, Path(f"{out}_det.png"))
     print(text, end="")
-    logger.info("wrote %s, %s%s", out.with_suffix(".md"), out.with_suffix(".csv"),
+    logger.info("wrote %s, %s%s", Path(f"{out}.md"), Path(f"{out}.csv"),
                 f", {out}_det.png ({len(curves)} curves on {test_set})" if curves else "")
 
 
