@@ -180,9 +180,11 @@ def padded_stacks(stacks) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def check_onnx(model, path: str, graph: str, wavs) -> float:
-    """Largest |onnxruntime - torch| over the embeddings of a padded batch of waveforms, torch
-    embedding each utterance alone (SpeakerModel.embed_raw, as stage 3)."""
-    want = model.embed_raw(list(wavs))
+    """Largest |onnxruntime - torch| over the embeddings of a zero-padded batch of waveforms:
+    against the torch graph on the same batch, and, where padding is neutral (the backend graph
+    and GE2E's waveform graph with a padding-invariant backend), against torch embedding each
+    utterance alone as stage 3 does (SpeakerModel.embed_raw)."""
+    from upmp.upstream.ge2e import GE2EUpstream
     sess = onnx_session(path)
     if graph == "backend":
         x, lens = padded_stacks([model.layer_stack(w) for w in wavs])
@@ -190,4 +192,10 @@ def check_onnx(model, path: str, graph: str, wavs) -> float:
     else:
         x, lens = padded_waveforms(wavs)
         got = sess.run(None, {"wavs": x, "wav_lens": lens})[0]
-    return float(np.abs(got - want).max())
+    g, _ = build_graph(model, graph)
+    with torch.no_grad():
+        batch = g(torch.from_numpy(x), torch.from_numpy(lens)).numpy()
+    diff = float(np.abs(got - batch).max())
+    if model.backend.padding_invariant and (graph == "backend" or isinstance(model.upstream, GE2EUpstream)):
+        diff = max(diff, float(np.abs(got - model.embed_raw(list(wavs))).max()))
+    return diff
