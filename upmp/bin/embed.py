@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     from tqdm import tqdm
     from upmp.inference import gather_audio, load_model
     sources = gather_audio(args.inputs)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the scp names the ark by absolute path: readable from anywhere
     out.mkdir(parents=True, exist_ok=True)
     writer = KaldiOutput(out) if args.format == "kaldi" else NpyOutput(out)
     todo = [k for k in sources if k not in writer.done]
