@@ -119,5 +119,10 @@ def main(argv=None) -> None:
                 out / "xvector.scp" if args.format == "kaldi" else f"{out}/<id>.npy")
 
 
+def cli() -> None:
+    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)

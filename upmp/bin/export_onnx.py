@@ -84,5 +84,10 @@ def main(argv=None) -> None:
     atomic_write_text(f"{out}.json", json.dumps(sidecar, indent=1) + "\n")
 
 
+def cli() -> None:
+    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)

@@ -56,5 +56,10 @@ def main(argv=None) -> None:
                 f", validation EER {t['eer']:.2f} % at score {t['score']:.4f}" if t else ", uncalibrated")
 
 
+def cli() -> None:
+    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)

@@ -82,5 +82,10 @@ def main(argv=None) -> None:
                 f", {out}_det.png ({len(curves)} curves on {test_set})" if curves else "")
 
 
+def cli() -> None:
+    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)

@@ -93,5 +93,10 @@ def main(argv=None) -> None:
     print(f"score {r['score']:.4f}  llr {fmt(r['llr'])}  decision {decision}  (threshold {fmt(r['threshold'])})")
 
 
+def cli() -> None:
+    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
     run_main(main)
