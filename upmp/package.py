@@ -102,6 +102,9 @@ def _upstream_entry(inputs: dict, exp: Path, layer_upstream: str) -> dict:
         if src is None:
             raise ModelFileError(f"{exp}: the upstream checkpoint {ckpt!r} is not found; run from the recipe dir")
         entry.update(source=src, ckpt=f"upstream/{src.name}", provider="s3prl" if name != "ge2e" else "ge2e")
+    elif name.endswith("_local"):
+        raise ModelFileError(f"{exp}: the upstream {name} was trained from a local checkpoint that the experiment "
+                             "does not record (cached layer stacks); give it with --upstream_ckpt")
     elif name == "ge2e":
         entry["provider"] = "resemblyzer (weights in the pinned wheel)"
     else:
@@ -117,7 +120,8 @@ def _upstream_entry(inputs: dict, exp: Path, layer_upstream: str) -> dict:
 
 def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_embeddings: Optional[str] = None,
                        valid_embeddings: Optional[str] = None, valid_trials: Optional[str] = None,
-                       load_checkpoint=None) -> Dict[str, Any]:
+                       load_checkpoint=None, upstream: Optional[str] = None,
+                       upstream_ckpt: Optional[str] = None) -> Dict[str, Any]:
     """exp/<name> (model.pt, config.yaml, train_summary.json, embeddings/) -> the package content:
     {"info": manifest dict, "backend": state dict, "upstream_state": state dict or None,
      "upstream_source": path to copy or None}. `load_checkpoint(path) -> (model, meta)`."""
@@ -137,6 +141,9 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
     finetuned = model.finetuned_upstream
     if finetuned is not None:
         inputs = dict(inputs, upstream=finetuned["name"], upstream_ckpt=finetuned.get("ckpt"))
+    if upstream or upstream_ckpt:  # cached training records the upstream's name only (layer_stack.json)
+        inputs = dict(inputs, upstream=upstream or inputs.get("upstream") or meta.upstream,
+                      upstream_ckpt=upstream_ckpt or inputs.get("upstream_ckpt"))
     upstream = _upstream_entry(inputs, exp, meta.upstream)
 
     train_set = _set_name(inputs.get("train_scp") or inputs.get("train_data_dir"))

@@ -31,6 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid_trials", default=None, help="validation trials (Kaldi) [the training run's]")
     p.add_argument("--valid_embeddings", default=None,
                    help="xvector.scp of the validation set [<exp_dir>/embeddings/<valid set>/xvector.scp]")
+    p.add_argument("--upstream", default=None, help="the upstream's name [the training run's]")
+    p.add_argument("--upstream_ckpt", default=None,
+                   help="its checkpoint (needed for *_local upstreams of cached training, which records the name only)")
     return p
 
 
@@ -49,7 +52,8 @@ def main(argv=None) -> None:
             raise ModelFileError(str(e)) from None
 
     content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
-                                 args.valid_trials, load_checkpoint=checkpoint)
+                                 args.valid_trials, load_checkpoint=checkpoint,
+                                 upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
     out = write_package(content, args.out)
     t = content["info"]["threshold"]
     logger.info("wrote %s (%s%s)", out, content["info"]["upstream"]["name"],
