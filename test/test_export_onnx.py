@@ -24,8 +24,20 @@ def random_model(upstream: str, ckpt=None, dim=32, num_layers=3):
     info = {"config": cfg, "layer_stack": {"num_layers": num_layers, "dim": dim, "frame_shift": 0.02, "upstream": upstream},
             "upstream": {"name": upstream}, "mean": [0.0] * 8, "calibration": None, "threshold": None,
             "experiment": "random", "upmp_version": "test"}
-    return SpeakerModel({"info": info, "backend": backend.state_dict(), "upstream_state": None,
-                         "upstream_source": ckpt})
+    content = {"info": info, "backend": backend.state_dict(), "upstream_state": None, "upstream_source": ckpt}
+    return SpeakerModel(content), content
+
+
+def hf_dir(kind, path):
+    import transformers
+    cfg_cls, model_cls = {"wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
+                          "hubert": (transformers.HubertConfig, transformers.HubertModel),
+                          "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model)}[kind]
+    cfg = cfg_cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=8)
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(path)
+    return path
 
 
 def onnx_embed(path, wavs):
@@ -59,17 +71,9 @@ def test_ge2e_backend_and_waveform_graphs_equal_stage3(tiny_experiment, tmp_path
 
 @pytest.mark.parametrize("kind", ["wavlm", "hubert", "wav2vec2"])
 def test_hf_waveform_graph_equals_torch(kind, tmp_path, monkeypatch):
-    import transformers
     from upmp.export import check_onnx, export_onnx
-    cfg_cls, model_cls = {"wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
-                          "hubert": (transformers.HubertConfig, transformers.HubertModel),
-                          "wav2vec2": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model)}[kind]
-    cfg = cfg_cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=8)
-    torch.manual_seed(0)
-    model_cls(cfg).save_pretrained(tmp_path / kind)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = random_model(f"hf:{tmp_path / kind}")
+    model, _ = random_model(f"hf:{hf_dir(kind, tmp_path / kind)}")
     rng = np.random.default_rng(0)
     wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (21000, 9000, 14500)]
     for graph in ("full", "backend"):
@@ -83,8 +87,28 @@ def test_hf_waveform_graph_equals_torch(kind, tmp_path, monkeypatch):
 def test_upstream_without_an_exportable_form(tiny_wavlm, tmp_path):
     from upmp.errors import ModelFileError
     from upmp.export import export_onnx
-    model = random_model("wavlm_local", str(tiny_wavlm))
+    model, _ = random_model("wavlm_local", str(tiny_wavlm))
     with pytest.raises(ModelFileError, match="no exportable form"):
         export_onnx(model, str(tmp_path / "x.onnx"), "full")
     export_onnx(model, str(tmp_path / "b.onnx"), "backend")  # the backend always exports
     assert (tmp_path / "b.onnx").stat().st_size > 0
+
+
+def test_hf_package_is_self_contained(tmp_path, monkeypatch):
+    """An hf:<dir> upstream is copied into the package: it loads after the original is gone."""
+    import shutil
+    from upmp.inference import load_model
+    from upmp.package import write_package
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = hf_dir("wavlm", tmp_path / "wavlm")
+    model, content = random_model(f"hf:{src}", ckpt=src)
+    content["info"].update(created="now", num_params=1, embed_dim=8, finetuned_upstream=False, train_set="x",
+                           num_train_embeddings=1, step=1, scoring="cosine", results={}, format="upmp-model-package",
+                           format_version=1)
+    content["info"]["upstream"]["ckpt"] = "upstream/hf"
+    wav = 0.1 * np.random.default_rng(0).standard_normal(12000).astype(np.float32)
+    want = model.embed(wav)
+    write_package(content, str(tmp_path / "pkg"))
+    shutil.rmtree(src)
+    assert (tmp_path / "pkg/upstream/hf/config.json").is_file()
+    np.testing.assert_allclose(load_model(str(tmp_path / "pkg")).embed(wav), want, atol=1e-6)
