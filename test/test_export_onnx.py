@@ -98,7 +98,7 @@ def test_hf_package_is_self_contained(tmp_path, monkeypatch):
     """An hf:<dir> upstream is copied into the package: it loads after the original is gone."""
     import shutil
     from upmp.inference import load_model
-    from upmp.package import write_package
+    from upmp.inference.package import write_package
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = hf_dir("wavlm", tmp_path / "wavlm")
     model, content = random_model(f"hf:{src}", ckpt=src)

@@ -1,4 +1,4 @@
-"""Packaged models and the Python API (upmp/package.py, upmp/inference.py)."""
+"""Packaged models and the Python API (upmp/inference/package.py, upmp/inference/__init__.py)."""
 import json
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import soundfile
 import torch
 
 from conftest import bash_env
-from upmp.package import eer_threshold
+from upmp.inference.package import eer_threshold
 
 
 def run(*args, cwd=None):

@@ -7,7 +7,7 @@ embeddings/<valid set>/xvector.scp). Writes the backend weights, the resolved co
 upstream (its checkpoint copied in for *_local / hf:<dir> / fine-tuned upstreams), the
 layer-stack layout, the training-set mean embedding, the calibration and EER threshold of the
 validation list (scored as the package scores: cosine after mean subtraction) and a model card
-(README.md). Layout and format: upmp/package.py. Load it with `upmp.load_model(DIR)`.
+(README.md). Layout and format: upmp/inference/package.py. Load it with `upmp.load_model(DIR)`.
 Paths recorded by training (relative to the recipe dir) are looked up from the current
 directory, then from <exp_dir>/../..
 """
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     setup_logging()
     from upmp.inference import _load_checkpoint
     from upmp.errors import ModelFileError
-    from upmp.package import collect_experiment, write_package
+    from upmp.inference.package import collect_experiment, write_package
     load_model, _ = _load_checkpoint()
 
     def checkpoint(path):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -173,7 +174,7 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
     results_path = exp / "results.json"
     results = json.loads(results_path.read_text()).get("results", {}) if results_path.is_file() else {}
     versions_path = exp / "versions.json"
-    from upmp import __version__
+    __version__ = sys.modules["upmp"].__version__  # the root package is loaded before any submodule
     info = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "upmp_version": __version__,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"), "experiment": exp.resolve().name,

@@ -38,7 +38,7 @@ def _load_checkpoint():
 
 def load_content(path: str, device: str = "cpu") -> Dict[str, Any]:
     """A package dir, an exp dir (after stages 2-3) or an exp dir's model.pt -> package content."""
-    from upmp.package import MANIFEST, collect_experiment, read_package
+    from upmp.inference.package import MANIFEST, collect_experiment, read_package
     p = Path(path)
     if (p / MANIFEST).is_file():
         return read_package(str(p))
