@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from upmp.errors import ModelFileError
+from upmp.errors import ModelFileError, UpmpError
 
 OPSET = 17
 
@@ -136,7 +136,12 @@ def build_graph(model, graph: str) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
 
 def export_onnx(model, path: str, graph: str = "backend") -> None:
     """Write the ONNX graph of a SpeakerModel (inputs named as in the module docstring)."""
+    import importlib.util
     import warnings
+    for module in ("onnx", "onnxruntime"):
+        if importlib.util.find_spec(module) is None:
+            raise UpmpError(f"ONNX export needs the {module} package (pinned in tools/requirements.txt; "
+                            "bash tools/install.sh installs it)")
     g, example = build_graph(model, graph)
     names = list(example)
     dynamic = {names[0]: {0: "batch", (3 if graph == "backend" else 1): "time"}, names[1]: {0: "batch"},
