@@ -20,6 +20,14 @@ ENTRY_MODULES = [
     "compute_metrics", "model_info", "convert_trials", "write_results", "compare_results", "jobs",
 ]
 ENTRY_POINTS = {f"upmp-{m.replace('_', '-')}": f"upmp.bin.console:{m}" for m in ENTRY_MODULES}
+# the model-package commands run their main through their own cli()
+ENTRY_POINTS.update({
+    "upmp-package-model": "upmp.bin.package_model:cli",
+    "upmp-embed": "upmp.bin.embed:cli",
+    "upmp-verify": "upmp.bin.verify:cli",
+    "upmp-results": "upmp.bin.results:cli",
+    "upmp-export-onnx": "upmp.bin.export_onnx:cli",
+})
 
 setup(
     name="upmp",

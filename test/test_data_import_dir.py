@@ -403,6 +403,7 @@ def test_cli_prints_the_name_or_a_one_line_error(tmp_path, forms):
 
 
 def test_map_score_ids_back_to_the_source_ids(tmp_path, capsys):
+    from upmp.bin.common import run_main
     from upmp.bin.map_score_ids import main
     (tmp_path / "utt_map").write_text("a-x1 x1\nb-x2 x2\n")
     (tmp_path / "scores").write_text("a-x1 b-x2 0.5\nb-x2 a-x1 -1.25\n")
@@ -410,5 +411,6 @@ def test_map_score_ids_back_to_the_source_ids(tmp_path, capsys):
     assert (tmp_path / "out").read_text() == "x1 x2 0.5\nx2 x1 -1.25\n"
     (tmp_path / "scores").write_text("a-x1 b-x2 0.5\nc-x3 a-x1 1\n")
     with pytest.raises(SystemExit):
-        main(["--utt_map", str(tmp_path / "utt_map"), "--scores", str(tmp_path / "scores"), "--out", str(tmp_path / "o2")])
+        run_main(main, ["--utt_map", str(tmp_path / "utt_map"), "--scores", str(tmp_path / "scores"),
+                        "--out", str(tmp_path / "o2")])
     assert "scores:2: utterance 'c-x3' is not in" in capsys.readouterr().err and not (tmp_path / "o2").exists()
