@@ -84,10 +84,24 @@ def _check_complete(f: soundfile.SoundFile, path: str, got: int, expected: int) 
     if got < expected:
         raise AudioError(_truncated(path, f"decoded {got} of the {expected} samples its header promises"))
     if f.format in ("WAV", "WAVEX"):
-        short = wav_data_shortfall(path)
+        short = _wav_shortfall_cached(path)
         if short is not None:
             raise AudioError(_truncated(path, f"the WAV header promises {short[0]} samples but the file "
                                               f"holds {short[1]}"))
+
+
+_COMPLETE_WAVS: Dict[Tuple[str, int, int], None] = {}  # files seen complete (online crops reopen them)
+
+
+def _wav_shortfall_cached(path: str) -> Optional[Tuple[int, int]]:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key in _COMPLETE_WAVS:
+        return None
+    short = wav_data_shortfall(path)
+    if short is None and len(_COMPLETE_WAVS) < 2_000_000:
+        _COMPLETE_WAVS[key] = None
+    return short
 
 
 def wav_data_shortfall(path: str) -> Optional[Tuple[int, int]]:
