@@ -87,12 +87,15 @@ def batch_seconds(source, steps) -> list:
 @torch.no_grad()
 def upstream_rate(upstream, wavs: torch.Tensor, repeats: int) -> float:
     """Seconds of audio per second of a frozen forward on (B, N) crops (median of repeats)."""
-    lens = torch.full((wavs.shape[0],), wavs.shape[1])
-    upstream(wavs[:1], lens[:1])  # warm-up
+    lens = torch.full((wavs.shape[0],), wavs.shape[1], device=wavs.device)
+    upstream(wavs, lens)  # warm-up
+    sync = torch.cuda.synchronize if wavs.is_cuda else (lambda: None)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         upstream(wavs, lens)
+        sync()
         times.append(time.perf_counter() - t0)
     return wavs.numel() / SAMPLE_RATE / float(np.median(times))
 
@@ -106,6 +109,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="crops per batch (one worker's batch)")
     p.add_argument("--repeats", type=int, default=7, help="batches timed per figure (m4a pipe: fewer)")
     p.add_argument("--upstream_batch", type=int, default=8, help="crops per upstream forward")
+    p.add_argument("--device", default="cpu", help="where the upstream runs (cuda: a GPU's consumption)")
     args = p.parse_args()
     if args.small:
         args.utts, args.batch, args.repeats, args.upstream_batch = 16, 16, 3, 4
@@ -135,17 +139,18 @@ def main() -> None:
             print(f"{fmt:<10} {args.batch / t_ours:>10.0f} {args.batch / t_base:>11.0f} {t_base / t_ours:>10.2f}x{note}")
         print(f"flac / m4a pipe (converting once): {rates['flac'] / rates['m4a']:.0f}x; "
               f"wav / m4a pipe: {rates['wav'] / rates['m4a']:.0f}x")
-        wavs = WaveformCrops(str(dirs["wav"]), crop, args.upstream_batch, seed=0).batch(0)[0]
+        wavs = WaveformCrops(str(dirs["wav"]), crop, args.upstream_batch, seed=0).batch(0)[0].to(args.device)
         from upmp.upstream import build_upstream
         from upmp.upstream.tiny import build_tiny_checkpoint
         models = [("tiny WavLM (4 x 128)", dict())]
         if not args.small:
             models.append(("WavLM Base+-shaped (12 x 768)", dict(num_layers=12, dim=768, ffn_dim=3072, heads=12,
                                                                   conv_dim=512)))
-        print(f"upstream consumption, frozen forward of {args.upstream_batch} x {args.crop_seconds:g} s, 1 thread:")
+        print(f"upstream consumption, frozen forward of {args.upstream_batch} x {args.crop_seconds:g} s on {args.device}"
+              + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ", 1 thread") + ":")
         for name, size in models:
             ckpt = build_tiny_checkpoint("wavlm", str(Path(tmp) / f"wavlm_{len(size)}.pt"), **size)
-            upstream = build_upstream("wavlm_local", str(ckpt)).freeze()
+            upstream = build_upstream("wavlm_local", str(ckpt)).freeze().to(args.device)
             audio_rate = upstream_rate(upstream, wavs, max(2, args.repeats // 2))
             need = audio_rate / args.crop_seconds  # crops per second it eats
             print(f"  {name:<30} {audio_rate:8.1f} s of audio/s = {need:7.1f} crops/s; workers to keep it fed: "

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 
 from conftest import bash_env, tone, write_data_dir
+from upmp.data.audio import NON_FINITE_HINT
 
 UTT = "spk1-utt1"
 
@@ -38,11 +39,11 @@ def extract(d, tiny_wavlm, tmp_path, *extra):
                           capture_output=True, text=True, env=bash_env(), timeout=300)
 
 
-def error_line(r) -> str:
+def error_line(r, program: str = "extract_layers.py") -> str:
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]
-    assert len(lines) == 1, r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), r.stderr  # not glued to the bar
     return lines[0]
 
 
@@ -82,3 +83,23 @@ def test_online_training_crops_refuse_bad_audio(tmp_path, fault):
             crops = WaveformCrops(str(d), 4000, 16, seed=0, preload=preload)
             for step in range(10):  # 16 draws of 4 utterances per step: UTT comes up
                 crops.batch(step)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_online_training_stops_at_a_nan_file(tmp_path, tiny_wavlm, num_workers):
+    """python -m upmp.bin.train --train_data_dir with a NaN file: one line naming it, exit 1,
+    no model.pt (before, training reached `loss nan` and wrote a NaN model)."""
+    import yaml
+    from conftest import TRAIN_CONFIG
+    d, path = faulty_dir(tmp_path, "nan")
+    cfg = dict(TRAIN_CONFIG, train_conf=dict(TRAIN_CONFIG["train_conf"], steps=6, batch_size=8, crop_seconds=0.3,
+                                             preload=False, num_workers=num_workers))
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(tmp_path / "conf.yaml"),
+                        "--train_data_dir", str(d), "--exp_dir", str(tmp_path / "exp"), "--upstream", "wavlm_local",
+                        "--upstream_ckpt", str(tiny_wavlm)], capture_output=True, text=True, env=bash_env(), timeout=600)
+    line = error_line(r, "train.py")
+    assert f"{d}/wav.scp: utterance {UTT}: audio file '{path}': " in line
+    # the crop (0.3 s = 4,800 samples) holds the NaN, the inf, or both
+    assert " of 4800 values are NaN or inf (first at index " in line and NON_FINITE_HINT in line
+    assert not (tmp_path / "exp" / "model.pt").exists()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from upmp.bin.common import fail, set_num_threads, setup_logging
+from upmp.bin.common import fail, run_main, set_num_threads, setup_logging
 from upmp.data.audio import MIN_SAMPLES, SAMPLE_RATE, load_utterance
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.upstream import build_upstream
@@ -66,12 +66,9 @@ def main(argv=None) -> None:
         for start in range(0, len(utts), args.chunk_size):
             chunk = utts[start:start + args.chunk_size]
             audio = []
-            for utt in chunk:
-                try:
-                    audio.append(load_utterance(data, utt, f"{args.data_dir}/wav.scp", min_samples=MIN_SAMPLES,
-                                                strict=args.purpose == "train"))
-                except DataDirError as e:
-                    fail(str(e))
+            for utt in chunk:  # a bad file raises an AudioError-based DataDirError: one line by run_main
+                audio.append(load_utterance(data, utt, f"{args.data_dir}/wav.scp", min_samples=MIN_SAMPLES,
+                                            strict=args.purpose == "train"))
             for batch in batches_by_length([len(a) for a in audio], max_samples):
                 lens = torch.tensor([len(audio[i]) for i in batch])
                 wavs = torch.zeros(len(batch), int(lens.max()))
@@ -89,4 +86,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
