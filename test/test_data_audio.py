@@ -138,7 +138,8 @@ def test_crop_only_decode_equals_whole_decode_crops(tmp_path, monkeypatch, crop)
     a seekable file at 16 kHz decodes no more than the crop."""
     from upmp.data.audio import load_utterance, read_utterance_crop
     from upmp.data.kaldi_dir import DataDir
-    from upmp.train.data import crop_start, wrap_crop
+    from upmp.data.crops import wrap_crop
+    from upmp.train.data import crop_start
     read = []
     original = soundfile.SoundFile.read
 

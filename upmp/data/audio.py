@@ -20,6 +20,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
+from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, PathLike, Segment
 from upmp.errors import AudioError  # noqa: F401  (re-exported)
 
@@ -259,11 +260,6 @@ def read_utterance_crop(data, utt: str, crop_samples: int, start_of: Callable[[i
         raise DataDirError(f"{source}: utterance {utt}: {e}") from None
 
 
-def _wrap(samples: np.ndarray, start: int, length: int) -> np.ndarray:
-    n = len(samples)
-    return samples[start:start + length] if n >= start + length else samples[np.arange(start, start + length) % n]
-
-
 def _read_crop(entry: str, segment: Optional[Segment], crop: int, start_of: Callable[[int], int],
                rate: int, min_samples: int, name: str) -> np.ndarray:
     what = _source_name(entry)
@@ -285,7 +281,7 @@ def _read_crop(entry: str, segment: Optional[Segment], crop: int, start_of: Call
                         from None
                 _check_complete(f, entry, len(samples), count)
                 check_finite(samples, what)
-                return np.ascontiguousarray(_wrap(samples, 0 if n >= crop else start, crop))
+                return np.ascontiguousarray(wrap_crop(samples, 0 if n >= crop else start, crop))
     samples = load_audio(entry, segment, rate, name=name)
     check_length(len(samples), min_samples, True, what, rate)
-    return np.ascontiguousarray(_wrap(samples, start_of(len(samples)), crop))
+    return np.ascontiguousarray(wrap_crop(samples, start_of(len(samples)), crop))
