@@ -1,4 +1,5 @@
 """Training on cached layer stacks: determinism, resume, outputs, config errors."""
+import re
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def test_train_outputs_and_determinism(dump):
     assert "torch" in (exp / "versions.json").read_text()
     import json
 
-    from upmp.train.trainer import load_model
+    from upmp.checkpoint import load_model
     summary = json.loads((exp / "train_summary.json").read_text())
     model, _ = load_model(str(exp / "model.pt"))
     assert summary["num_params"] == sum(p.numel() for p in model.parameters()) and summary["step"] == 12
@@ -57,8 +58,8 @@ def test_train_outputs_and_determinism(dump):
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [4, 8, 12]
     r = train(dump, dump / "exp2")
-    a = torch.load(exp / "model.pt", weights_only=False)["model"]
-    b = torch.load(dump / "exp2" / "model.pt", weights_only=False)["model"]
+    a = torch.load(exp / "model.pt", weights_only=True)["model"]
+    b = torch.load(dump / "exp2" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -78,12 +79,12 @@ def test_resume_after_kill_matches_uninterrupted_run(dump):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (dump / "cut" / "model.pt").exists(), "training finished before it could be killed"
-    step = torch.load(ckpt, weights_only=False)["step"]
+    step = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step < 300
     r = train(dump, dump / "cut", *args)
     assert r.returncode == 0 and f"resumed from {ckpt} at step {step}" in r.stderr
-    a = torch.load(dump / "full" / "model.pt", weights_only=False)["model"]
-    b = torch.load(dump / "cut" / "model.pt", weights_only=False)["model"]
+    a = torch.load(dump / "full" / "model.pt", weights_only=True)["model"]
+    b = torch.load(dump / "cut" / "model.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
@@ -208,11 +209,11 @@ def test_validation_keeps_the_best_checkpoint(dump):
     rows = [l.split("\t") for l in (dump / "exp/valid_metrics.tsv").read_text().splitlines()[1:]]
     assert [int(s) for s, _ in rows] == [4, 8, 12]
     eers = [float(e) for _, e in rows]
-    best = torch.load(dump / "exp/model.pt", weights_only=False)
+    best = torch.load(dump / "exp/model.pt", weights_only=True)
     assert best["valid_eer"] == pytest.approx(min(eers), abs=1e-3)
     assert best["step"] == [4, 8, 12][int(np.argmin(eers))]
     assert (dump / "exp/model_last.pt").is_file() and "validation EER" in r.stderr
-    ckpt = torch.load(dump / "exp/checkpoints/best.pt", weights_only=False)
+    ckpt = torch.load(dump / "exp/checkpoints/best.pt", weights_only=True)
     assert all(torch.equal(ckpt["model"][k], best["model"][k]) for k in best["model"])
     r = train(dump, dump / "exp2", "--valid_scp", str(dump / "dump/layers.scp"))
     assert r.returncode == 1 and "--valid_scp and --valid_trials go together" in r.stderr
@@ -262,3 +263,68 @@ def test_multi_head_and_subcenter_losses():
     assert single(x, y)[0].item() == pytest.approx(ref(x, y)[0].item())
     with pytest.raises(ValueError, match="must split into 5 equal heads"):
         build_loss("aamsoftmax", 12, 5, {"heads": 5})
+
+
+class _Payload:
+    """A pickle that, when unpickled, runs a shell command writing a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _extract(model, dump, out):
+    return subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(model),
+                           "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(out)],
+                          capture_output=True, text=True)
+
+
+def test_malicious_model_file_does_not_run(dump):
+    from upmp.checkpoint import load_model
+    from upmp.errors import ModelFileError
+    marker = dump / "pwned"
+    evil = dump / "evil.pt"
+    torch.save({"format": "upmp-model", "version": 1, "config": {}, "layer_stack": {}, "model": _Payload(marker)},
+               evil)
+    with pytest.raises(ModelFileError, match=r"evil\.pt: refused: holds Python objects beyond tensors"):
+        load_model(str(evil))
+    r = _extract(evil, dump, dump / "o")
+    assert r.returncode == 1 and "refused" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (dump / "o" / "xvector.scp").exists()
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the file is a real exploit: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_broken_model_files_are_one_line_errors(dump):
+    from upmp.checkpoint import load_model
+    from upmp.errors import ModelFileError
+    assert train(dump, dump / "exp").returncode == 0
+    good = (dump / "exp/model.pt").read_bytes()
+    state = torch.load(dump / "exp/model.pt", weights_only=True)
+    cases = {
+        "truncated.pt": (good[:len(good) // 2], "truncated or corrupt torch archive"),
+        "empty.pt": (b"", "an empty file; expected a upmp model"),
+        "random.pt": (np.random.default_rng(0).bytes(4096), "not a torch zip archive"),
+    }
+    for name, (data, message) in cases.items():
+        (dump / name).write_bytes(data)
+    torch.save({"model": state["model"]}, dump / "foreign.pt")  # a state dict, not our model.pt
+    cases["foreign.pt"] = (None, "no upmp format tag")
+    torch.save({k: v for k, v in state.items() if k != "layer_stack"}, dump / "partial.pt")
+    cases["partial.pt"] = (None, "incomplete a upmp model (model.pt): missing layer_stack")
+    torch.save(dict(state, version=99), dump / "future.pt")
+    cases["future.pt"] = (None, "format version 99; this upmp reads version 1 only")
+    for name, (_, message) in cases.items():
+        with pytest.raises(ModelFileError, match=re.escape(f"{dump / name}: ") + ".*" + re.escape(message)):
+            load_model(str(dump / name))
+    for name in ("truncated.pt", "foreign.pt"):
+        r = _extract(dump / name, dump, dump / f"o_{name}")
+        assert r.returncode == 1 and cases[name][1] in r.stderr and str(dump / name) in r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (dump / "exp/checkpoints/last.pt").write_bytes(good[:100])  # a broken resume checkpoint
+    r = train(dump, dump / "exp")
+    assert r.returncode == 1 and "last.pt: truncated or corrupt" in r.stderr and "Traceback" not in r.stderr
