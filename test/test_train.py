@@ -95,14 +95,29 @@ def test_unknown_override_is_an_error(dump):
     assert not (dump / "x" / "model.pt").exists()
 
 
-def test_missing_key_is_an_error(dump):
-    cfg = dict(CONFIG)
-    del cfg["optim_conf"]
-    (dump / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "bad.yaml"), "--train_scp",
-                        str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"), "--exp_dir", str(dump / "e")],
-                       capture_output=True, text=True)
-    assert r.returncode == 1 and "missing config key(s): optim_conf" in r.stderr
+def test_config_errors_are_one_line_and_write_nothing(dump):
+    """Issue-12 config faults through the entry point: exit 1, one line naming key and value, no traceback."""
+    (dump / "typo.yaml").write_text(yaml.safe_dump(dict(CONFIG, train_conf=dict(CONFIG["train_conf"], stpes=5))))
+    cases = [(("--train_conf.batch_size", "abc"), "train_conf.batch_size: 'abc' is not allowed: expected an integer >= 1"),
+             (("--train_conf.steps", "10"), "exactly 1 warm-up step"),
+             (("--backend_conf.convdim", "8"), "unknown config key 'backend_conf.convdim'"),
+             (("--config", str(dump / "typo.yaml")), "unknown config key 'train_conf.stpes'")]
+    for args, message in cases:
+        r = train(dump, dump / "x", *args)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (dump / "x").exists()
+
+
+def test_resolved_config_records_every_key(dump):
+    from upmp.train.schema import defaults
+    assert train(dump, dump / "exp").returncode == 0
+    cfg = yaml.safe_load((dump / "exp/config.yaml").read_text())
+    expect = defaults()
+    assert cfg.keys() == expect.keys() and all(cfg[k].keys() == expect[k].keys() for k in expect
+                                               if isinstance(expect[k], dict))
+    assert cfg["optim_conf"]["lr"] == 3e-3 and cfg["train_conf"]["steps"] == 12 and cfg["loss_conf"]["heads"] == 1
+    assert torch.load(dump / "exp/model.pt", weights_only=True)["config"] == cfg
 
 
 def test_extract_embeddings_batched_equals_single(dump):

@@ -10,6 +10,8 @@ from typing import Dict, Optional, Type
 import torch
 from torch import nn
 
+from upmp.errors import ConfigError
+
 from upmp.backends.lap import LAPBackend
 from upmp.backends.superb_ecapa import SuperbEcapaBackend
 from upmp.backends.upmp import UPMPBackend
@@ -34,11 +36,11 @@ class SpeakerEmbeddingModel(nn.Module):
                  backend_conf: Optional[dict] = None):
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(sorted(BACKENDS))}")
+            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(sorted(BACKENDS))}")
         self.use_hidden0 = use_hidden0
         used_layers = num_layers if use_hidden0 else num_layers - 1
         if used_layers < 1:
-            raise ValueError(f"upstream has {num_layers} hidden states; none left for the backend")
+            raise ConfigError(f"upstream has {num_layers} hidden states; none left for the backend")
         self.backend = BACKENDS[backend](input_dim=input_dim, num_layers=used_layers,
                                          **(backend_conf or {}))
         self.embed_dim = self.backend.embed_dim

@@ -21,6 +21,8 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from upmp.errors import ConfigError
+
 from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
 
 
@@ -113,7 +115,7 @@ class LayerAttentivePooling(nn.Module):
                  dropout: float = 0.1, out_channels: Optional[int] = None):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+            raise ConfigError(f"channels {channels} must be divisible by heads {heads}")
         self.heads = heads
         hidden = max(1, num_layers // 2)
         self.norm = nn.BatchNorm2d(in_channels)

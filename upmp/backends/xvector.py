@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from upmp.errors import ConfigError
+
 
 class XvectorBackend(nn.Module):
     padding_invariant = False
@@ -22,7 +24,7 @@ class XvectorBackend(nn.Module):
         from espnet2.spk.encoder.xvector_encoder import XvectorEncoder
         from espnet2.spk.pooling.stat_pooling import StatsPooling
         if not -num_layers <= layer < num_layers:
-            raise ValueError(f"layer {layer} out of range for {num_layers} hidden states")
+            raise ConfigError(f"layer {layer} out of range for {num_layers} hidden states")
         self.layer = layer
         self.encoder = XvectorEncoder(input_dim, ndim=ndim, output_size=output_size)
         self.pooling = StatsPooling()

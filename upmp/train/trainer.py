@@ -201,6 +201,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         torch.set_num_threads(tc["num_threads"])
     device = _device(tc["device"], world, local_rank)
     amp_dtype = _amp_dtype(tc["amp"], device)
+    if tc["batch_size"] % world:
+        raise ConfigError(f"train_conf.batch_size {tc['batch_size']} is the global batch: it must divide evenly "
+                          f"over the {world} processes")
     td = build_training_data(cfg, inputs, device)
     rows = shard(tc["batch_size"], rank, world)
     logger.info("training on %d utterances of %d speakers, %s, L=%d D=%d%s", len(td.data.utts),
