@@ -343,3 +343,43 @@ def test_broken_model_files_are_one_line_errors(dump):
     (dump / "exp/checkpoints/last.pt").write_bytes(good[:100])  # a broken resume checkpoint
     r = train(dump, dump / "exp")
     assert r.returncode == 1 and "last.pt: truncated or corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_non_finite_loss_stops_training(dump):
+    import kaldiio
+    d = dump / "dump"
+    stacks = dict(kaldiio.load_scp(str(d / "layers.scp")))
+    bad = stacks["s1-u2"].copy()
+    bad[:, 5] = np.nan  # every frame of one channel: any crop of it
+    (dump / "nan").mkdir()
+    with LayerStackWriter(str(dump / "nan" / "layers"), "float32") as w:
+        for utt in sorted(stacks):
+            w.write(utt, (bad if utt == "s1-u2" else stacks[utt]).reshape(-1, 3, 8).transpose(1, 0, 2))
+    LayerStackMeta(3, 8, 0.02, "test").write(str(dump / "nan"))
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
+                        "--train_scp", str(dump / "nan" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"),
+                        "--exp_dir", str(dump / "exp"), "--train_conf.ckpt_every", "1"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.search(r"error: step \d+: the training loss is nan on the batch of utterances [^;]*s1-u2", last), last
+    step = int(re.search(r"step (\d+):", last).group(1))
+    assert not (dump / "exp" / "model.pt").exists()
+    if step > 1:  # the checkpoint written before holds finite weights of the step before
+        state = torch.load(dump / "exp" / "checkpoints" / "last.pt", weights_only=True)
+        assert state["step"] == step - 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_failed_run_keeps_the_experiment_config(dump):
+    assert train(dump, dump / "exp").returncode == 0
+    before = {n: (dump / "exp" / n).read_bytes() for n in ("config.yaml", "model.pt")}
+    r = train(dump, dump / "exp", "--train_conf.steps", "20")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "holds the results of another config" in r.stderr and "train_conf.steps = 12, now 20" in r.stderr
+    # a run that fails during set-up (here: a missing utt2spk) in a fresh dir leaves no config.yaml
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"), "--train_scp",
+                        str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "missing"), "--exp_dir",
+                        str(dump / "exp2")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and not (dump / "exp2" / "config.yaml").exists()
+    assert {n: (dump / "exp" / n).read_bytes() for n in before} == before
+    r = train(dump, dump / "exp", "--train_conf.num_workers", "1")  # a speed-only key may change: same model
+    assert r.returncode == 0, r.stderr

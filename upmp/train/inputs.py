@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from upmp.data.audio import SAMPLE_RATE
-from upmp.errors import ConfigError
+from upmp.errors import ConfigError, DataDirError
 from upmp.train.data import LayerStackCrops, WaveformCrops
 from upmp.upstream.layer_stack import LayerStackMeta
 
@@ -44,6 +44,14 @@ class Inputs:
                               f"({'--valid_data_dir' if self.online else '--valid_scp'})")
         if bool(valid_src) != bool(self.valid_trials):
             raise ConfigError(f"{'--valid_data_dir' if self.online else '--valid_scp'} and --valid_trials go together")
+        for option in ("train_scp", "utt2spk", "valid_scp", "valid_trials", "upstream_ckpt"):
+            path = getattr(self, option)
+            if path is not None and not Path(path).is_file():
+                raise DataDirError(f"--{option} {path}: file not found")
+        for option in ("train_data_dir", "valid_data_dir"):
+            path = getattr(self, option)
+            if path is not None and not Path(path).is_dir():
+                raise DataDirError(f"--{option} {path}: directory not found")
 
     def recorded(self) -> Dict[str, str]:
         """The inputs given, as model.pt and train_summary.json record them."""
@@ -77,7 +85,10 @@ def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> Training
     if tc["finetune_upstream"] or tc["augment"]:
         raise ConfigError("train_conf.finetune_upstream and train_conf.augment need online training "
                           "(--train_data_dir): cached layer stacks are fixed")
-    meta = LayerStackMeta.read(str(Path(inputs.train_scp).parent))
+    try:
+        meta = LayerStackMeta.read(str(Path(inputs.train_scp).parent))
+    except FileNotFoundError as e:  # the layer_stack.json beside layers.scp (its message names it)
+        raise DataDirError(str(e)) from None
     crop_frames = int(round(tc["crop_seconds"] / meta.frame_shift))
     data = LayerStackCrops(inputs.train_scp, inputs.utt2spk, meta.num_layers, crop_frames, tc["batch_size"],
                            cfg["seed"], preload=tc["preload"], sampling=tc["sampling"],

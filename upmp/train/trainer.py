@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from upmp import checkpoint
 from upmp.config import dump_resolved
-from upmp.errors import ConfigError
+from upmp.errors import ConfigError, UpmpError
 from upmp.losses import build_loss
 from upmp.train.data import StepBatches, shard, spanout_frames
 from upmp.train.inputs import Inputs, TrainingData, build_training_data
@@ -151,11 +151,48 @@ def _distributed() -> Tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+class NonFiniteLossError(UpmpError, RuntimeError):
+    """The training loss became NaN or infinite (bad input values, or a learning rate too high)."""
+
+
+# keys that change how fast a run goes, not its results: a resume may change them
+_RUN_ONLY = ("num_workers", "num_threads")
+
+
+def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
+    """Refuse an experiment dir holding another run's results (model.pt or a checkpoint) whose
+    config.yaml differs from this one: its config would no longer describe its model."""
+    old_path = exp / "config.yaml"
+    if not old_path.is_file() or not any(p.is_file() for p in (exp / "model.pt", exp / "checkpoints" / "last.pt")):
+        return
+    import yaml
+    old = yaml.safe_load(old_path.read_text()) or {}
+
+    def flat(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    a, b = flat(old), flat(cfg)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k.split(".")[-1] not in _RUN_ONLY)
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{exp} holds the results of another config ({old_path}: {k} = {a.get(k)!r}, now "
+                          f"{b.get(k)!r}{f' and {len(diff) - 1} more' if len(diff) > 1 else ''}); use a new "
+                          "--exp_dir, or remove that one to retrain")
+
+
+def _batch_utts(data, step: int, rows: range) -> List[str]:
+    """The utterances of a step's batch rows (the draw LayerStackCrops / WaveformCrops make)."""
+    index = data.draw(np.random.default_rng([data.seed, step]))[rows]
+    return [data.utts[int(i)] for i in index]
+
+
 def train(cfg: Dict[str, Any], inputs: Inputs, exp_dir: str) -> Path:
     """Train with the resolved config on the inputs (cached or online); returns exp_dir/model.pt."""
     inputs.check()
     rank, world, local_rank = _distributed()
     exp = Path(exp_dir)
+    check_exp_dir(exp, cfg)
     exp.mkdir(parents=True, exist_ok=True)
     handler = add_file_log(exp) if rank == 0 else None
     if rank != 0:
@@ -195,8 +232,6 @@ def _amp_dtype(amp: str, device: torch.device):
 
 def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int, local_rank: int) -> Path:
     tc, steps, main = cfg["train_conf"], cfg["train_conf"]["steps"], rank == 0
-    if main:
-        dump_resolved(cfg, str(exp))
     if tc["num_threads"] > 0:
         torch.set_num_threads(tc["num_threads"])
     device = _device(tc["device"], world, local_rank)
@@ -225,6 +260,8 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         start, train_seconds = state["step"], state["train_seconds"]
         best_eer, best_step = state["best_eer"], state["best_step"]
         logger.info("resumed from %s at step %d", ckpt_path, start)
+    if main:  # set-up done: this run now owns the experiment dir
+        dump_resolved(cfg, str(exp))
     report = Reporter(exp, start, validator is not None) if main else None
     runner = run.graph
     if world > 1:
@@ -246,6 +283,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         random.seed(seed)
         with autocast():
             loss, acc = runner(x.to(device, non_blocking=True), labels.to(device, non_blocking=True), step, rows)
+        _check_finite(loss, step, td, rows, world)  # before the update: no NaN weights are ever written
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
@@ -283,6 +321,20 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         _finish(cfg, inputs, exp, td, run, report, validator is not None, n_params, world,
                 train_seconds + time.time() - run_start, device)
     return out
+
+
+def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, world: int) -> None:
+    mine = not torch.isfinite(loss).item()
+    bad = torch.tensor([float(mine)], device=loss.device)
+    if world > 1:  # every rank stops together (the others would wait on the next all-reduce)
+        torch.distributed.all_reduce(bad)
+    if bad.item() == 0:
+        return
+    where = (f"on the batch of utterances {', '.join(_batch_utts(td.data, step, rows))}" if mine
+             else "on another process's rows of the batch")
+    raise NonFiniteLossError(f"step {step + 1}: the training loss is {loss.item()} {where}; look for NaN / inf "
+                             "values in those utterances (their audio or layer stacks), or lower optim_conf.lr; "
+                             "model.pt not written (checkpoints/last.pt holds the last finite step)")
 
 
 def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: Reporter, validated: bool,
