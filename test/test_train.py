@@ -212,6 +212,30 @@ def test_layer_usage_reports_each_backend():
     np.testing.assert_allclose(u["VAD mixing, block 1 (row: output layer)"].sum(axis=1), 1.0, rtol=1e-6)
     scores = u["layer attention score (row: head)"]
     assert scores.shape == (2, 4) and np.all((scores > 0) & (scores < 1))
+    # the scores are what the pooling computes on this batch, not a side effect of an earlier forward
+    m = SpeakerEmbeddingModel("upmp", 8, 4, use_hidden0=True, backend_conf=small["upmp"]).eval()
+    first = layer_usage(m, x)["layer attention score (row: head)"]
+    m(torch.randn(3, 8, 4, 11))
+    np.testing.assert_array_equal(layer_usage(m, x)["layer attention score (row: head)"], first)
+    assert not hasattr(m.backend.layer_pooling, "last_scores")
+
+
+def test_backends_implement_the_interface():
+    from upmp.backends import BACKENDS, SpeakerEmbeddingModel
+    from upmp.backends.base import Backend
+    assert all(issubclass(cls, Backend) for cls in BACKENDS.values())
+
+    class NoUsage(Backend):
+        def forward(self, x, mask=None):
+            return x.mean(dim=(2, 3))
+    with pytest.raises(TypeError, match="abstract method"):
+        NoUsage()
+    BACKENDS["plain"] = torch.nn.Identity
+    try:
+        with pytest.raises(TypeError, match="must derive from upmp.backends.base.Backend"):
+            SpeakerEmbeddingModel("plain", 8, 4)
+    finally:
+        del BACKENDS["plain"]
 
 
 def test_validation_keeps_the_best_checkpoint(dump):
@@ -383,3 +407,13 @@ def test_failed_run_keeps_the_experiment_config(dump):
     assert {n: (dump / "exp" / n).read_bytes() for n in before} == before
     r = train(dump, dump / "exp", "--train_conf.num_workers", "1")  # a speed-only key may change: same model
     assert r.returncode == 0, r.stderr
+
+
+def test_loader_workers_give_the_same_model(dump):
+    """Batches are built in 2 DataLoader worker processes (the paper configs' default): same weights."""
+    assert train(dump, dump / "w0").returncode == 0
+    r = train(dump, dump / "w2", "--train_conf.num_workers", "2")
+    assert r.returncode == 0, r.stderr
+    a = torch.load(dump / "w0" / "model.pt", weights_only=True)["model"]
+    b = torch.load(dump / "w2" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

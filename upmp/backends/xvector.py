@@ -7,15 +7,16 @@ The TDNN's context reaches into padding, so embed one utterance at a time.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
 from upmp.errors import ConfigError
 
 
-class XvectorBackend(nn.Module):
+class XvectorBackend(Backend):
     padding_invariant = False
 
     def __init__(self, input_dim: int, num_layers: int, layer: int = -1, ndim: int = 512,
@@ -35,3 +36,9 @@ class XvectorBackend(nn.Module):
         frames = self.encoder(x[:, :, self.layer].transpose(1, 2))  # (B, C, T)
         lengths = None if mask is None else mask.sum(dim=1)
         return self.segment(self.pooling(frames, lengths))
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The one hidden state used, as a one-hot row."""
+        onehot = torch.zeros(1, x.shape[2])
+        onehot[0, self.layer] = 1.0
+        return {"layer used": onehot}
