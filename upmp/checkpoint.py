@@ -50,7 +50,8 @@ def _read(path, kind: str, device="cpu") -> Dict[str, Any]:
     """The dict in a file of `kind`, checked; ModelFileError (one line) for anything else."""
     p, what = Path(path), _WHAT[kind]
     if not p.is_file():
-        raise ModelFileError(f"{path}: not found; expected {what}" + ("; train it first (stage 2)" if kind == MODEL else ""))
+        hint = "; train it first (stage 2)" if kind == MODEL else ""
+        raise ModelFileError(f"{path}: not found; expected {what}{hint}")
     with open(p, "rb") as f:
         head = f.read(4)
     if head != _ZIP_MAGIC:

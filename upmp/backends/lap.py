@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-from torch import nn
 
 from upmp.backends.base import Backend
 from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from upmp import checkpoint
+import upmp.checkpoint as checkpoint
 from upmp.config import dump_resolved
 from upmp.errors import ConfigError, UpmpError
 from upmp.losses import build_loss
@@ -232,7 +232,8 @@ def _amp_dtype(amp: str, device: torch.device):
         logger.warning("train_conf.amp bf16 on CPU: autocast is emulated on most CPUs and slow; measured on a "
                        "2-core CPU, the UPMP step at batch 8 took 36 s vs 3.7 s in fp32 (10x slower); use amp: "
                        "none on CPU")
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if dtype is torch.bfloat16 and device.type == "cuda" and not fast_bf16:
         raise ConfigError(f"train_conf.amp bf16: {torch.cuda.get_device_name(device)} has no fast bf16 "
                           "(compute capability < 8.0); use amp fp16 or none")
     return dtype
