@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     setup_logging(args.verbose)
     set_num_threads(args.num_threads)
     require_files(utt2spk=args.utt2spk)
-    from upmp.train.trainer import load_model, load_upstream
+    from upmp.checkpoint import load_model, load_upstream
     model, meta = load_model(args.model, args.device)
     finetuned = model.finetuned_upstream
     if args.layers_scp:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
+from upmp.data.audio import MIN_SAMPLES
 from upmp.data.kaldi_dir import DataDir
 from upmp.upstream import build_upstream
 from upmp.upstream.extract import extract_layer_stacks
@@ -33,6 +34,8 @@ def get_parser():
     p.add_argument("--chunk_size", type=int, default=256, help="utterances loaded at once")
     p.add_argument("--source_data_dir", default=None,
                    help="the data dir --data_dir was split from: audio errors name its wav.scp line")
+    p.add_argument("--purpose", default="test", choices=("train", "test"),
+                   help="train: audio shorter than the upstream's receptive field is an error; test: a warning")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num_threads", type=int, default=1)
     return p
@@ -46,7 +49,8 @@ def main(argv=None) -> None:
     extractor = build_upstream(args.upstream, args.upstream_ckpt).to(args.device)
     extract_layer_stacks(extractor, data, args.out_prefix, args.storage, args.max_batch_seconds, args.chunk_size,
                          args.device, source_dir=args.source_data_dir or args.data_dir,
-                         upstream_name=args.upstream, desc=f"layers {Path(args.data_dir).name}")
+                         upstream_name=args.upstream, desc=f"layers {Path(args.data_dir).name}",
+                         min_samples=MIN_SAMPLES, strict=args.purpose == "train")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ def wav_scp_lines(data_dir: str) -> Dict[str, int]:
 
 def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str = "float32",
                          max_batch_seconds: float = 0.0, chunk_size: int = 256, device: str = "cpu",
-                         source_dir: Optional[str] = None, upstream_name: str = "", desc: str = "layers") -> int:
+                         source_dir: Optional[str] = None, upstream_name: str = "", desc: str = "layers",
+                         min_samples: int = 0, strict: bool = True) -> int:
     """All (L, T, D) layer stacks of `data` into <out_prefix>.ark / .scp (and layer_stack.json
     beside them); returns the number of frames written.
 
@@ -141,6 +142,8 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     wav.scp line (the user's data dir, when `data` is a split copy of it); a full disk is one
     DiskFullError naming the directory and the bytes this job had written and still needed.
     max_batch_seconds = 0: one utterance per forward (features independent of batching).
+    Audio shorter than min_samples (the upstream's receptive field) is an error when strict
+    (training data), a logged warning otherwise (upmp.data.audio.load_utterance).
     """
     out_dir = Path(out_prefix).parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +161,8 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
                 tqdm(total=len(utts), desc=desc, mininterval=5) as bar:
             for start in range(0, len(utts), chunk_size):
                 chunk = utts[start:start + chunk_size]
-                audio = [load_utterance(data, utt, _source_of(data, utt, source_dir, source_lines))
-                         for utt in chunk]
+                audio = [load_utterance(data, utt, _source_of(data, utt, source_dir, source_lines),
+                                        min_samples=min_samples, strict=strict) for utt in chunk]
                 for batch in batches_by_length([len(a) for a in audio], max_samples):
                     lens = torch.tensor([len(audio[i]) for i in batch])
                     wavs = torch.zeros(len(batch), int(lens.max()))

@@ -208,7 +208,8 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       ${train_cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
         ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" --source_data_dir "data/${set}" \
           --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
-          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
+          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}" \
+          --purpose "$([ "${set}" == "${train_set}" ] && echo train || echo test)"
     fi
     ${python} -m upmp.bin.join_layers --data_dir "data/${set}" --out_dir "${out}" --run_id "${run_id}"
     log "$(num_lines "${out}/layers.scp") layer stacks in ${out}/layers.scp ($(num_lines "${out}/reused.scp") reused)"
