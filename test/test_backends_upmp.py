@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from upmp.backends import SpeakerEmbeddingModel
-from upmp.backends.pooling import AttentiveStatisticsPooling
-from upmp.backends.upmp import LayerAttentivePooling, LayerwiseAttentiveVAD, UPMPBackend
+from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling
+from upmp.backends.upmp import LayerwiseAttentiveVAD, UPMPBackend
 
 
 def small(**kw):

@@ -4,7 +4,7 @@
 state 0 included through `use_hidden0: true` in the config), per-head channel
 mean/max with a per-head MLP over the layer axis (squeeze-excitation of layers),
 max over layers, Conv1d D -> 512 + BN, then attentive statistics pooling to E.
-The layer pooling is the UPMP module (upmp.backends.upmp.LayerAttentivePooling)
+The layer pooling is the module UPMP uses (upmp.backends.pooling.LayerAttentivePooling)
 with 16 heads.
 """
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
-from upmp.backends.upmp import LayerAttentivePooling
+from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
 
 
 class LAPBackend(nn.Module):

@@ -1,4 +1,10 @@
-"""Attentive statistics pooling (ECAPA-TDNN style) with frame masks (method.md, step 4)."""
+"""Pooling layers shared by the backends, with frame masks.
+
+- LayerAttentivePooling (B, C, L, T) -> (B, C_out, T): squeezes the layer axis
+  (docs/method.md, UPMP step 3; the LAP backend uses it straight on the hidden states).
+- AttentiveStatisticsPooling (B, C, T) -> (B, E): ECAPA-TDNN style pooling over
+  frames (UPMP step 4; also LAP's ASTP).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -53,3 +59,46 @@ class AttentiveStatisticsPooling(nn.Module):
         sigma = ((w * x * x).sum(dim=2) - mu * mu).clamp(min=1e-4).sqrt()
         stats = self.bn_stats(torch.cat([mu, sigma], dim=1))
         return self.bn_embed(self.linear(stats))
+
+
+class LayerAttentivePooling(nn.Module):
+    """Step 3. (B, C_in, L, T) -> (B, C_out, T): per-head layer scores from the
+    channel mean and max, a per-head MLP over layers, then max over layers and a
+    1x1 Conv1d (C -> C_out, C_out = C unless given) with BN."""
+
+    def __init__(self, in_channels: int, channels: int, num_layers: int, heads: int,
+                 dropout: float = 0.1, out_channels: Optional[int] = None):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+        self.heads = heads
+        hidden = max(1, num_layers // 2)
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.proj = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.w1 = nn.Parameter(torch.empty(heads, num_layers, hidden))
+        self.b1 = nn.Parameter(torch.zeros(heads, hidden))
+        self.w2 = nn.Parameter(torch.empty(heads, hidden, num_layers))
+        self.b2 = nn.Parameter(torch.zeros(heads, num_layers))
+        for w in (self.w1, self.w2):
+            for h in range(heads):
+                nn.init.xavier_uniform_(w[h])
+        self.dropout = nn.Dropout(dropout)
+        out_channels = out_channels or channels
+        self.out = nn.Sequential(nn.Conv1d(channels, out_channels, 1, bias=False), nn.BatchNorm1d(out_channels))
+
+    def _layer_mlp(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, h, L, T) -> (B, h, L, T): an MLP over L for each head."""
+        hidden = torch.relu(torch.einsum("bhlt,hlk->bhkt", z, self.w1) + self.b1[None, :, :, None])
+        return torch.einsum("bhkt,hkl->bhlt", hidden, self.w2) + self.b2[None, :, :, None]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.norm(x))
+        B, C, L, T = x.shape
+        xh = x.view(B, self.heads, C // self.heads, L, T)
+        score = torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.amax(dim=2)))
+        # mean score per head and layer over valid frames: what plot_layer_usage shows
+        valid = mask[:, None, None, :].to(score.dtype)
+        self.last_scores = ((score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)).detach()
+        score = self.dropout(score)
+        pooled = (xh * score.unsqueeze(2)).view(B, C, L, T).amax(dim=2)
+        return self.out(pooled)
