@@ -109,3 +109,5 @@ def test_parameter_count_pinned_for_base_upstreams():
     # by instantiating its modules: 1,617,692 + 526,984 + 724,800)
     m = UPMPBackend(input_dim=768, num_layers=12)
     assert sum(p.numel() for p in m.parameters()) == 2_869_476
+    # UPMP's own layer attentive pooling stays without biases (unlike the LAP backend's)
+    assert m.layer_pooling.proj.bias is None and m.layer_pooling.out[0].bias is None

@@ -64,17 +64,21 @@ class AttentiveStatisticsPooling(nn.Module):
 class LayerAttentivePooling(nn.Module):
     """Step 3. (B, C_in, L, T) -> (B, C_out, T): per-head layer scores from the
     channel mean and max, a per-head MLP over layers, then max over layers and a
-    1x1 Conv1d (C -> C_out, C_out = C unless given) with BN."""
+    1x1 Conv1d (C -> C_out, C_out = C unless given) with BN.
+
+    bias: whether the two 1x1 convolutions carry biases (UPMP's stage has none;
+    the LAP follow-up's code has them).
+    """
 
     def __init__(self, in_channels: int, channels: int, num_layers: int, heads: int,
-                 dropout: float = 0.1, out_channels: Optional[int] = None):
+                 dropout: float = 0.1, out_channels: Optional[int] = None, bias: bool = False):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} must be divisible by heads {heads}")
         self.heads = heads
         hidden = max(1, num_layers // 2)
         self.norm = nn.BatchNorm2d(in_channels)
-        self.proj = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.proj = nn.Conv2d(in_channels, channels, 1, bias=bias)
         self.w1 = nn.Parameter(torch.empty(heads, num_layers, hidden))
         self.b1 = nn.Parameter(torch.zeros(heads, hidden))
         self.w2 = nn.Parameter(torch.empty(heads, hidden, num_layers))
@@ -84,7 +88,7 @@ class LayerAttentivePooling(nn.Module):
                 nn.init.xavier_uniform_(w[h])
         self.dropout = nn.Dropout(dropout)
         out_channels = out_channels or channels
-        self.out = nn.Sequential(nn.Conv1d(channels, out_channels, 1, bias=False), nn.BatchNorm1d(out_channels))
+        self.out = nn.Sequential(nn.Conv1d(channels, out_channels, 1, bias=bias), nn.BatchNorm1d(out_channels))
 
     def _layer_mlp(self, z: torch.Tensor) -> torch.Tensor:
         """(B, h, L, T) -> (B, h, L, T): an MLP over L for each head."""
