@@ -99,10 +99,12 @@ class LayerAttentivePooling(nn.Module):
         x = self.proj(self.norm(x))
         B, C, L, T = x.shape
         xh = x.view(B, self.heads, C // self.heads, L, T)
-        score = torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.amax(dim=2)))
+        # max(dim) rather than amax: its backward routes the gradient through the stored
+        # argmax (cheap) instead of comparing against the full input (equal but at exact ties)
+        score = torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.max(dim=2).values))
         # mean score per head and layer over valid frames: what plot_layer_usage shows
         valid = mask[:, None, None, :].to(score.dtype)
         self.last_scores = ((score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)).detach()
         score = self.dropout(score)
-        pooled = (xh * score.unsqueeze(2)).view(B, C, L, T).amax(dim=2)
+        pooled = (xh * score.unsqueeze(2)).view(B, C, L, T).max(dim=2).values
         return self.out(pooled)

@@ -24,14 +24,29 @@ from torch import nn
 from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
 
 
-def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool -> (B, 1, 1, T) float for multiplying (B, C, L, T) tensors."""
-    return mask[:, None, None, :].float()
+def _frame_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B, T) bool -> (B, 1, 1, T) float for multiplying (B, C, L, T) tensors;
+    None (every frame valid) stays None."""
+    return None if mask is None else mask[:, None, None, :].float()
+
+
+def padding_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The mask the parts below need: None when every frame of x (B, ..., T) is
+    valid (training crops), so the masking products (all by 1) are skipped."""
+    if mask is None or bool(mask.all()):
+        return None
+    return mask
 
 
 class LayerwiseAttentiveVAD(nn.Module):
     """Step 2a. (B, C, L, T) -> (B, C, L, T): per-layer SUPERB mixing, then a
-    per-layer sigmoid frame score s[i, t] = sigmoid(w_i . x[:, i, t] + b_i)."""
+    per-layer sigmoid frame score s[i, t] = sigmoid(w_i . x[:, i, t] + b_i).
+
+    The L weighted sums are one (L x L) matrix product over the layer axis of x
+    (no copy of x). The scores use linearity: w_i . (sum_l mix[i, l] x_l) =
+    sum_l mix[i, l] (w_i . x_l), so the small (B, L, L, T) tensor of all w_i . x_l
+    is formed from x directly, instead of a permuted copy of the mixed x.
+    """
 
     def __init__(self, channels: int, num_layers: int):
         super().__init__()
@@ -40,16 +55,21 @@ class LayerwiseAttentiveVAD(nn.Module):
         self.frame_bias = nn.Parameter(torch.zeros(num_layers))
         nn.init.xavier_uniform_(self.frame_weight)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, C, L, T = x.shape
         mix = torch.softmax(self.mix_logits, dim=-1)  # (L_out, L_in)
-        x = torch.einsum("bclt,ml->bcmt", x, mix)
-        logits = torch.einsum("bclt,lc->blt", x, self.frame_weight) + self.frame_bias[None, :, None]
-        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
-        return x * torch.sigmoid(logits).unsqueeze(1)
+        mixed = torch.matmul(mix, x)  # (B, C, L_out, T)
+        per_layer = torch.matmul(self.frame_weight, x.reshape(B, C, L * T)).view(B, L, L, T)  # (B, i, l, T)
+        logits = (per_layer * mix[None, :, :, None]).sum(dim=2) + self.frame_bias[None, :, None]
+        if mask is not None:
+            logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        return mixed * torch.sigmoid(logits).unsqueeze(1)
 
 
 class ChannelAttention(nn.Module):
-    """CBAM-like channel attention over (L, T) with masked global average and max."""
+    """CBAM-like channel attention over (L, T) with masked global average and max.
+
+    forward(x, mask, residual) returns residual + x * scale (one fused multiply-add)."""
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
@@ -59,12 +79,22 @@ class ChannelAttention(nn.Module):
                                  nn.Conv2d(hidden, channels, 1))
         self.mlp_avg, self.mlp_max = mlp(), mlp()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def scale(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, C, L, T) -> (B, C, 1, 1) channel weights in (0, 1)."""
         m = _frame_mask(mask)
-        count = (m.sum(dim=3, keepdim=True) * x.shape[2]).clamp(min=1.0)
-        avg = (x * m).sum(dim=(2, 3), keepdim=True) / count
-        mx = x.masked_fill(m == 0, float("-inf")).amax(dim=(2, 3), keepdim=True)
-        return x * torch.sigmoid(self.mlp_avg(avg) + self.mlp_max(mx))
+        if m is None:
+            avg = x.mean(dim=(2, 3), keepdim=True)
+            mx = x.flatten(2).max(dim=2).values[:, :, None, None]  # max(dim): argmax backward
+        else:
+            count = (m.sum(dim=3, keepdim=True) * x.shape[2]).clamp(min=1.0)
+            avg = (x * m).sum(dim=(2, 3), keepdim=True) / count
+            mx = x.masked_fill(m == 0, float("-inf")).flatten(2).max(dim=2).values[:, :, None, None]
+        return torch.sigmoid(self.mlp_avg(avg) + self.mlp_max(mx))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        scale = self.scale(x, mask)
+        return x * scale if residual is None else torch.addcmul(residual, x, scale)
 
 
 class MultiDilatedLayer(nn.Module):
@@ -73,16 +103,21 @@ class MultiDilatedLayer(nn.Module):
 
     def __init__(self, channels: int, dilations: Sequence[int]):
         super().__init__()
+        # ReLU in place: BN's backward needs its input, not its output
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
                           nn.Conv2d(channels, channels, 3, dilation=d, padding=d))
             for d in dilations)
 
-    def forward(self, inputs: List[torch.Tensor], m: torch.Tensor) -> torch.Tensor:
-        out = 0
+    def forward(self, inputs: List[torch.Tensor], m: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = None
         for branch, y in zip(self.branches, inputs):
             bn_relu, conv = branch[:2], branch[2]
-            out = out + conv(bn_relu(y) * m)  # zero padded frames before the 3x3 conv
+            h = bn_relu(y)
+            if m is not None:
+                h = h * m  # zero padded frames before the 3x3 conv
+            # a conv's output is not saved for its backward, so the sum can run in place
+            out = conv(h) if out is None else out.add_(conv(h))
         return out
 
 
@@ -96,12 +131,12 @@ class DenseMultiDilatedBlock(nn.Module):
                                     for k in range(1, len(dilations) + 1))
         self.attention = ChannelAttention(conv_dim * (len(dilations) + 1), conv_dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         m = _frame_mask(mask)
         ys = [self.entry(x)]
         for layer in self.layers:
             ys.append(layer(ys, m))
-        return x + self.attention(torch.cat(ys, dim=1), mask)
+        return self.attention(torch.cat(ys, dim=1), mask, residual=x)
 
 
 class UPMPBackend(nn.Module):
@@ -128,11 +163,12 @@ class UPMPBackend(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mask = full_mask_if_none(x, mask)
+        full = full_mask_if_none(x, mask)  # the pooling layers' statistics want a mask
+        mask = padding_mask(x, mask)  # the blocks skip masking when nothing is padded
         x = self.projection(x)
         outputs = []
         for vad, block in zip(self.vads, self.blocks):
             x = block(vad(x, mask), mask)
             outputs.append(x)
-        x = self.layer_pooling(torch.cat(outputs, dim=1), mask)
-        return self.frame_pooling(x, mask)
+        x = self.layer_pooling(outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), full)
+        return self.frame_pooling(x, full)
