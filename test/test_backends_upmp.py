@@ -111,3 +111,33 @@ def test_parameter_count_pinned_for_base_upstreams():
     assert sum(p.numel() for p in m.parameters()) == 2_869_476
     # UPMP's own layer attentive pooling stays without biases (unlike the LAP backend's)
     assert m.layer_pooling.proj.bias is None and m.layer_pooling.out[0].bias is None
+
+
+@pytest.mark.parametrize("name", ["upmp", "lap", "superb_ecapa", "xvector"])
+def test_benchmark_reference_formulations_equal_ours(name):
+    # benchmarks/backend_step.py times each backend against a straightforward formulation
+    # (UPMP: the per-output-layer SUPERB loop of the reference code); same weights, same maths
+    from benchmarks.backend_step import SMALL, build, reference_of
+    ours = build(name, SMALL)
+    for m in ours.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ref = reference_of(name, ours)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+    L = ours.vads[0].mix_logits.shape[0] if name == "upmp" else (6 if name == "lap" else 5)
+    x = torch.randn(4, 32, L, 40)
+    mask = torch.ones(4, 40, dtype=torch.bool)
+    if name == "upmp":
+        with torch.no_grad():  # away from the one-hot start, so the mixing matters
+            ours.vads[0].mix_logits.normal_()
+            ref.load_from(ours)
+    a, b = ours(x, mask), ref(x, mask)  # training mode: batch statistics
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    ga = torch.cat([p.grad.flatten() for p in ours.parameters()]).norm()
+    gb = torch.cat([p.grad.flatten() for p in ref.parameters()]).norm()
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    if name == "upmp":  # the mixing logits' gradients, row i = output layer i
+        g_ref = torch.stack([s.logits.grad for s in ref.vads[0].superb])
+        torch.testing.assert_close(ours.vads[0].mix_logits.grad, g_ref, atol=1e-4, rtol=1e-3)
