@@ -21,7 +21,9 @@ same weights (copied across), that does the same maths the straightforward way:
 Ours and the reference alternate within each repeat (medians reported). Peak
 memory: on CUDA torch.cuda.max_memory_allocated; on CPU the peak resident set
 of a fresh subprocess per variant during its second step, above its resident
-set before it (ru_maxrss minus /proc/self/statm).
+set before it (ru_maxrss minus /proc/self/statm; the allocator's caching makes
+it noisy). "saved" is exact on any device: the distinct storages autograd keeps
+for the backward pass (activations; parameters excluded).
 """
 from __future__ import annotations
 
@@ -312,6 +314,7 @@ def time_pair(name: str, size: dict, batch: int, repeats: int, device: str, dtyp
     steps = {k: make_step(m, head, x, mask, labels, device, dtype) for k, m in models.items()}
     times: Dict[str, List[float]] = {k: [] for k in steps}
     peak: Dict[str, Optional[float]] = {}
+    saved = {k: saved_for_backward_mb(m, head, x, mask, labels, device, dtype) for k, m in models.items()}
     for k, step in steps.items():  # warm-up (and CUDA peak memory of one step)
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -324,7 +327,25 @@ def time_pair(name: str, size: dict, batch: int, repeats: int, device: str, dtyp
             t0 = time.perf_counter()
             step()
             times[k].append(time.perf_counter() - t0)
-    return {"times": times, "peak_mb": peak}
+    return {"times": times, "peak_mb": peak, "saved_mb": saved}
+
+
+def saved_for_backward_mb(model: nn.Module, head: nn.Module, x, mask, labels, device: str, dtype: str) -> float:
+    """MiB of distinct tensor storages autograd keeps for the backward pass of one step
+    (parameters excluded): the activation memory, deterministic on any device."""
+    params = {p.untyped_storage().data_ptr() for p in list(model.parameters()) + list(head.parameters())}
+    seen: Dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, dtype):
+        loss, _ = head(model(x, mask).float(), labels)
+    total = sum(seen.values())
+    del loss
+    return total / 2**20
 
 
 def cpu_peak_mb(name: str, size_name: str, batch: int, variant: str, dtype: str) -> float:
@@ -373,8 +394,9 @@ def main(argv=None) -> None:
     print(f"# backend step (forward + backward, AAM head), {args.dtype}, {args.device}: {machine(args.device)}; "
           f"D {size['input_dim']}, {size['num_layers']} layers, {size['frames']} frames, "
           f"median of {args.repeats}")
+    print("# MiB: peak memory of a step (CUDA allocator, or CPU resident set); saved: activations kept for backward")
     print(f"{'backend':13s} {'batch':>5s} {'ours s':>8s} {'ref s':>8s} {'ref/ours':>8s} "
-          f"{'ours MiB':>9s} {'ref MiB':>9s}")
+          f"{'ours MiB':>9s} {'ref MiB':>9s} {'ours saved':>10s} {'ref saved':>10s}")
     rows = []
     for name in args.backends:
         for batch in args.batch:
@@ -385,11 +407,13 @@ def main(argv=None) -> None:
                 peak = {k: cpu_peak_mb(name, size_name, batch, k, args.dtype) for k in ("ours", "reference")}
             mem = {k: (f"{v:9.0f}" if v is not None else f"{'-':>9s}") for k, v in peak.items()}
             print(f"{name:13s} {batch:5d} {med['ours']:8.3f} {med['reference']:8.3f} "
-                  f"{med['reference'] / med['ours']:7.2f}x {mem['ours']} {mem['reference']}", flush=True)
+                  f"{med['reference'] / med['ours']:7.2f}x {mem['ours']} {mem['reference']} "
+                  f"{res['saved_mb']['ours']:10.0f} {res['saved_mb']['reference']:10.0f}", flush=True)
             rows.append(dict(backend=name, batch=batch, dtype=args.dtype, device=args.device,
                              ours_s=med["ours"], reference_s=med["reference"], ratio=med["reference"] / med["ours"],
                              ours_times=res["times"]["ours"], reference_times=res["times"]["reference"],
-                             ours_peak_mb=peak["ours"], reference_peak_mb=peak["reference"]))
+                             ours_peak_mb=peak["ours"], reference_peak_mb=peak["reference"],
+                             ours_saved_mb=res["saved_mb"]["ours"], reference_saved_mb=res["saved_mb"]["reference"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=machine(args.device), rows=rows), f, indent=1)

@@ -106,5 +106,21 @@ class LayerAttentivePooling(nn.Module):
         valid = mask[:, None, None, :].to(score.dtype)
         self.last_scores = ((score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)).detach()
         score = self.dropout(score)
-        pooled = (xh * score.unsqueeze(2)).view(B, C, L, T).max(dim=2).values
-        return self.out(pooled)
+        return self.out(self._max_over_layers(xh, score))
+
+    @staticmethod
+    def _max_over_layers(xh: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """max over L of xh * score: (B, h, k, L, T), (B, h, L, T) -> (B, h*k, T).
+
+        The product is formed without autograd only to find the winning layer; the
+        result is then the product of the two gathered factors, so backward keeps
+        neither the product nor xh (a (B, C, L, T) tensor each), only the indices.
+        Values are those of max(xh * score); gradients too, but at exact ties.
+        """
+        B, h, k, L, T = xh.shape
+        with torch.no_grad():
+            idx = (xh * score.unsqueeze(2)).max(dim=3, keepdim=True).indices  # (B, h, k, 1, T)
+        x_sel = xh.gather(3, idx).view(B, h * k, T)
+        flat = (idx.view(B, h, k, T) * T + torch.arange(T, device=idx.device)).view(B, h, k * T)
+        s_sel = score.reshape(B, h, L * T).gather(2, flat).view(B, h * k, T)
+        return x_sel * s_sel
