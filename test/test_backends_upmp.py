@@ -141,3 +141,12 @@ def test_benchmark_reference_formulations_equal_ours(name):
     if name == "upmp":  # the mixing logits' gradients, row i = output layer i
         g_ref = torch.stack([s.logits.grad for s in ref.vads[0].superb])
         torch.testing.assert_close(ours.vads[0].mix_logits.grad, g_ref, atol=1e-4, rtol=1e-3)
+
+
+def test_max_over_layers_has_the_gradient_of_the_plain_formula():
+    from upmp.backends.pooling import _MaxOfProduct
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 3, 4, 5, dtype=torch.double, requires_grad=True)
+    s = torch.rand(2, 2, 4, 5, dtype=torch.double, requires_grad=True)
+    torch.testing.assert_close(_MaxOfProduct.apply(x, s), (x * s.unsqueeze(2)).max(dim=3).values)
+    assert torch.autograd.gradcheck(_MaxOfProduct.apply, (x, s))

@@ -110,17 +110,38 @@ class LayerAttentivePooling(nn.Module):
 
     @staticmethod
     def _max_over_layers(xh: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """max over L of xh * score: (B, h, k, L, T), (B, h, L, T) -> (B, h*k, T).
-
-        The product is formed without autograd only to find the winning layer; the
-        result is then the product of the two gathered factors, so backward keeps
-        neither the product nor xh (a (B, C, L, T) tensor each), only the indices.
-        Values are those of max(xh * score); gradients too, but at exact ties.
-        """
+        """max over L of xh * score: (B, h, k, L, T), (B, h, L, T) -> (B, h*k, T)."""
         B, h, k, L, T = xh.shape
-        with torch.no_grad():
-            idx = (xh * score.unsqueeze(2)).max(dim=3, keepdim=True).indices  # (B, h, k, 1, T)
-        x_sel = xh.gather(3, idx).view(B, h * k, T)
-        flat = (idx.view(B, h, k, T) * T + torch.arange(T, device=idx.device)).view(B, h, k * T)
-        s_sel = score.reshape(B, h, L * T).gather(2, flat).view(B, h * k, T)
+        return _MaxOfProduct.apply(xh, score).view(B, h * k, T)
+
+
+class _MaxOfProduct(torch.autograd.Function):
+    """max over L of x * s for x (B, h, k, L, T) and s (B, h, L, T) -> (B, h, k, T).
+
+    Equal to (x * s[:, :, None]).max(dim=3).values, and to its gradient but at exact
+    ties, while backward keeps only the winning layer per output and the two
+    winning factors: neither the (B, C, L, T) product nor x (autograd's mul would keep x).
+    """
+
+    @staticmethod
+    def forward(ctx, x, s):
+        B, h, k, L, T = x.shape
+        idx = (x * s.unsqueeze(2)).max(dim=3, keepdim=True).indices  # (B, h, k, 1, T)
+        x_sel = x.gather(3, idx).squeeze(3)
+        flat = (idx.view(B, h, k, T) * T + torch.arange(T, device=x.device)).view(B, h, k * T)
+        s_sel = s.reshape(B, h, L * T).gather(2, flat).view(B, h, k, T)
+        ctx.save_for_backward(idx, flat, x_sel, s_sel)
+        ctx.shape = (B, h, k, L, T)
         return x_sel * s_sel
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, flat, x_sel, s_sel = ctx.saved_tensors
+        B, h, k, L, T = ctx.shape
+        grad_x = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.new_zeros(B, h, k, L, T).scatter_(3, idx, (grad * s_sel).unsqueeze(3))
+        if ctx.needs_input_grad[1]:
+            grad_s = grad.new_zeros(B, h, L * T).scatter_add_(2, flat, (grad * x_sel).view(B, h, k * T))
+            grad_s = grad_s.view(B, h, L, T)
+        return grad_x, grad_s
