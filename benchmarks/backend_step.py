@@ -52,8 +52,8 @@ SMALL = dict(input_dim=32, num_layers=5, frames=40, speakers=20)
 SMALL_CONF = {"upmp": dict(conv_dim=8, embed_dim=16), "lap": dict(heads=4, channels=16, embed_dim=16),
               "superb_ecapa": dict(ndim=16, output_size=24, embed_dim=16),
               "xvector": dict(ndim=16, output_size=24, embed_dim=16)}
-# the hidden states each backend sees in the paper configs (LAP keeps hidden state 0)
-EXTRA_LAYERS = {"upmp": 0, "lap": 1, "superb_ecapa": 0, "xvector": 0}
+# the hidden states each backend sees in the recipes' configs: all but upmp keep hidden state 0
+EXTRA_LAYERS = {"upmp": 0, "lap": 1, "superb_ecapa": 1, "xvector": 1}
 
 
 # ---------------------------------------------------------------- reference UPMP

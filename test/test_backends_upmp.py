@@ -124,7 +124,7 @@ def test_benchmark_reference_formulations_equal_ours(name):
             m.p = 0.0
     ref = reference_of(name, ours)
     assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
-    L = ours.vads[0].mix_logits.shape[0] if name == "upmp" else (6 if name == "lap" else 5)
+    L = 5 if name == "upmp" else 6  # the hidden states each sees in the recipes
     x = torch.randn(4, 32, L, 40)
     mask = torch.ones(4, 40, dtype=torch.bool)
     if name == "upmp":
