@@ -140,8 +140,8 @@ class _MaxOfProduct(torch.autograd.Function):
         B, h, k, L, T = ctx.shape
         grad_x = grad_s = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad.new_zeros(B, h, k, L, T).scatter_(3, idx, (grad * s_sel).unsqueeze(3))
+            grad_x = x_sel.new_zeros(B, h, k, L, T).scatter_(3, idx, (grad * s_sel).unsqueeze(3).to(x_sel.dtype))
         if ctx.needs_input_grad[1]:
-            grad_s = grad.new_zeros(B, h, L * T).scatter_add_(2, flat, (grad * x_sel).view(B, h, k * T))
+            grad_s = s_sel.new_zeros(B, h, L * T).scatter_add_(2, flat, (grad * x_sel).reshape(B, h, k * T).to(s_sel.dtype))
             grad_s = grad_s.view(B, h, L, T)
         return grad_x, grad_s
