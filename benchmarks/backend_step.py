@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -352,7 +353,10 @@ def cpu_peak_mb(name: str, size_name: str, batch: int, variant: str, dtype: str)
     """Peak resident memory (MiB) of one step above the resident set before it, in a fresh process."""
     code = ("import json, sys; from benchmarks.backend_step import _peak_child; "
             f"print(json.dumps(_peak_child({name!r}, {size_name!r}, {batch}, {variant!r}, {dtype!r})))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # a fixed mmap threshold: glibc then returns every large block on free, so the resident
+    # set follows the live tensors instead of keeping freed heap from the first step
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
