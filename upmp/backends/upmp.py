@@ -1,7 +1,7 @@
-"""The UPMP backend: universal pooling of multi-layer features (method.md).
+"""The UPMP backend: universal pooling of multi-layer features (docs/method.md).
 
 Input: a layer stack x (B, D, L, T) and a frame mask (B, T); output: speaker
-embeddings (B, E). Steps (method.md, "Backend"): 1. projection, 2. blocks of
+embeddings (B, E). Steps (docs/method.md, "UPMP, step by step"): 1. projection, 2. blocks of
 layer-wise attentive VAD + dense multi-dilated convolution with channel
 attention, 3. layer attentive pooling, 4. attentive statistics pooling.
 
@@ -13,6 +13,9 @@ Choices where the description allows two readings:
 - Padded frames are zeroed before every 3x3 convolution, and global
   statistics are masked, so in eval mode padding leaves an utterance's
   embedding unchanged.
+
+The step is written for speed and memory without changing the maths (see
+benchmarks/backend_step.py, which times it against the plain formulation).
 """
 from __future__ import annotations
 
