@@ -21,8 +21,8 @@ same weights (copied across), that does the same maths the straightforward way:
 Ours and the reference alternate within each repeat (medians reported). Peak
 memory: on CUDA torch.cuda.max_memory_allocated; on CPU the peak resident set
 of a fresh subprocess per variant during its second step, above its resident
-set before it (ru_maxrss minus /proc/self/statm; the allocator's caching makes
-it noisy). "saved" is exact on any device: the distinct storages autograd keeps
+set before it (Linux: VmHWM after resetting it through /proc/self/clear_refs,
+minus VmRSS; glibc's mmap threshold fixed so freed blocks leave the resident set). "saved" is exact on any device: the distinct storages autograd keeps
 for the backward pass (activations; parameters excluded).
 """
 from __future__ import annotations
@@ -32,7 +32,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -366,12 +365,19 @@ def _peak_child(name: str, size_name: str, batch: int, variant: str, dtype: str)
     x, mask, labels = inputs(name, size, batch, "cpu")
     step = make_step(models[variant], head, x, mask, labels, "cpu", dtype)
     step()  # first step allocates the gradients, which persist
-    page = resource.getpagesize()
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * page
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset the peak resident set (VmHWM) to the current one
+    before = _status_kb("VmRSS")
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return max(0.0, (peak - before) / 2**20)
+    return max(0.0, (_status_kb("VmHWM") - before) / 1024)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def machine(device: str) -> str:
