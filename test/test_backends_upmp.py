@@ -150,3 +150,16 @@ def test_max_over_layers_has_the_gradient_of_the_plain_formula():
     s = torch.rand(2, 2, 4, 5, dtype=torch.double, requires_grad=True)
     torch.testing.assert_close(_MaxOfProduct.apply(x, s), (x * s.unsqueeze(2)).max(dim=3).values)
     assert torch.autograd.gradcheck(_MaxOfProduct.apply, (x, s))
+
+
+def test_traced_graph_keeps_masking_when_traced_without_padding():
+    # the ONNX export traces the backend; skipping the masks for an unpadded batch must
+    # not be baked into the graph
+    m = small().eval()
+    x = torch.randn(2, 24, 5, 30)
+    full = torch.ones(2, 30, dtype=torch.bool)
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (x, full), check_trace=False)
+        padded = full.clone()
+        padded[1, 18:] = False
+        torch.testing.assert_close(traced(x, padded), m(x, padded), atol=1e-5, rtol=1e-5)

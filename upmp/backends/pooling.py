@@ -112,6 +112,8 @@ class LayerAttentivePooling(nn.Module):
     def _max_over_layers(xh: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """max over L of xh * score: (B, h, k, L, T), (B, h, L, T) -> (B, h*k, T)."""
         B, h, k, L, T = xh.shape
+        if torch.jit.is_tracing() or not (torch.is_grad_enabled() and (xh.requires_grad or score.requires_grad)):
+            return (xh * score.unsqueeze(2)).max(dim=3).values.view(B, h * k, T)  # inference, ONNX export
         return _MaxOfProduct.apply(xh, score).view(B, h * k, T)
 
 

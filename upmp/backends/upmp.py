@@ -36,6 +36,8 @@ def _frame_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 def padding_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The mask the parts below need: None when every frame of x (B, ..., T) is
     valid (training crops), so the masking products (all by 1) are skipped."""
+    if torch.jit.is_tracing():  # an exported graph must mask whatever it is given
+        return full_mask_if_none(x, mask)
     if mask is None or bool(mask.all()):
         return None
     return mask
