@@ -5,9 +5,10 @@
 The step is forward + backward with the AAM head at paper size (D 768, 12 layers,
 150 frames), as in benchmarks/backend_step.py. The precisions alternate within
 each repeat; medians, and the ratio of each to fp32 measured in the same run
-(below 1: slower than fp32). On the 2-core AMD EPYC development machine (which
-advertises avx512_bf16) bf16 autocast was about 10x slower than fp32; the trainer
-warns or refuses AMP on CPU.
+(below 1: slower than fp32). On CPUs the outcome depends on the chip and the
+threads: an earlier run on the 2-core AMD EPYC development machine (avx512_bf16)
+found bf16 10x slower; this script there gave 1.6x faster with --threads 1 and about
+equal with 2 threads (2026-12-01, machine shared).
 """
 from __future__ import annotations
 
