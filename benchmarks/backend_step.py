@@ -388,7 +388,7 @@ def machine(device: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", default=["upmp", "lap", "superb_ecapa", "xvector"], choices=sorted(BACKENDS))
+    p.add_argument("--backends", nargs="+", default=["upmp", "lap", "superb_ecapa", "xvector"], choices=sorted(EXTRA_LAYERS))
     p.add_argument("--batch", nargs="+", type=int, default=[8, 32])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")

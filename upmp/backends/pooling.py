@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from upmp.errors import ConfigError
+
 
 def full_mask_if_none(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """The frame mask (B, T) of x (B, ..., T): all frames valid when none is given."""
@@ -74,7 +76,7 @@ class LayerAttentivePooling(nn.Module):
                  dropout: float = 0.1, out_channels: Optional[int] = None, bias: bool = False):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+            raise ConfigError(f"channels {channels} must be divisible by heads {heads}")
         self.heads = heads
         hidden = max(1, num_layers // 2)
         self.norm = nn.BatchNorm2d(in_channels)
@@ -95,18 +97,24 @@ class LayerAttentivePooling(nn.Module):
         hidden = torch.relu(torch.einsum("bhlt,hlk->bhkt", z, self.w1) + self.b1[None, :, :, None])
         return torch.einsum("bhkt,hkl->bhlt", hidden, self.w2) + self.b2[None, :, :, None]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _scores(self, x: torch.Tensor):
+        """(B, C_in, L, T) -> projected input split by head (B, h, C/h, L, T), layer scores (B, h, L, T)."""
         x = self.proj(self.norm(x))
         B, C, L, T = x.shape
         xh = x.view(B, self.heads, C // self.heads, L, T)
         # max(dim) rather than amax: its backward routes the gradient through the stored
         # argmax (cheap) instead of comparing against the full input (equal but at exact ties)
-        score = torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.max(dim=2).values))
-        # mean score per head and layer over valid frames: what plot_layer_usage shows
+        return xh, torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.max(dim=2).values))
+
+    def mean_scores(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The layer score per head and layer (h, L), averaged over the batch's valid frames."""
+        score = self._scores(x)[1]
         valid = mask[:, None, None, :].to(score.dtype)
-        self.last_scores = ((score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)).detach()
-        score = self.dropout(score)
-        return self.out(self._max_over_layers(xh, score))
+        return (score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        xh, score = self._scores(x)
+        return self.out(self._max_over_layers(xh, self.dropout(score)))
 
     @staticmethod
     def _max_over_layers(xh: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

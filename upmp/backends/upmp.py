@@ -19,11 +19,12 @@ benchmarks/backend_step.py, which times it against the plain formulation).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
 from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
 
 
@@ -144,7 +145,7 @@ class DenseMultiDilatedBlock(nn.Module):
         return self.attention(torch.cat(ys, dim=1), mask, residual=x)
 
 
-class UPMPBackend(nn.Module):
+class UPMPBackend(Backend):
     """(B, D, L, T) + mask (B, T) -> (B, embed_dim).
 
     Args:
@@ -167,13 +168,25 @@ class UPMPBackend(nn.Module):
         self.frame_pooling = AttentiveStatisticsPooling(width, embed_dim, dropout)
         self.embed_dim = embed_dim
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        full = full_mask_if_none(x, mask)  # the pooling layers' statistics want a mask
-        mask = padding_mask(x, mask)  # the blocks skip masking when nothing is padded
+    def _block_outputs(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Steps 1-2: (B, D, L, T) -> the blocks' outputs stacked on channels (B, 4c * n_blocks, L, T).
+        mask None: no frame is padded (the blocks then skip masking)."""
         x = self.projection(x)
         outputs = []
         for vad, block in zip(self.vads, self.blocks):
             x = block(vad(x, mask), mask)
             outputs.append(x)
-        x = self.layer_pooling(outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), full)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        full = full_mask_if_none(x, mask)  # the pooling layers' statistics want a mask
+        x = self.layer_pooling(self._block_outputs(x, padding_mask(x, mask)), full)
         return self.frame_pooling(x, full)
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The VADs' layer-mixing matrices (softmax rows) and the layer attention score per head."""
+        out = {f"VAD mixing, block {i + 1} (row: output layer)": torch.softmax(vad.mix_logits, -1)
+               for i, vad in enumerate(self.vads)}
+        blocks = self._block_outputs(x, padding_mask(x, mask))
+        out["layer attention score (row: head)"] = self.layer_pooling.mean_scores(blocks, full_mask_if_none(x, mask))
+        return out

@@ -32,7 +32,7 @@ Audio = Union[str, Path, np.ndarray, torch.Tensor]
 
 def _load_checkpoint():
     """The checkpoint loaders (the one place that imports them): (load_model, load_upstream)."""
-    from upmp.train.trainer import load_model, load_upstream
+    from upmp.checkpoint import load_model, load_upstream
     return load_model, load_upstream
 
 
