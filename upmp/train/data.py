@@ -12,12 +12,14 @@ process would.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from upmp.data.kaldi_dir import DataDirError, c_sort_key, read_table
+from upmp.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +91,44 @@ class SpeakerSampler:
         return np.array([rng.choice(self._by_speaker[k]) for k in spk])
 
 
+def memory_budget() -> int:
+    """Bytes `preload` may fill: half of this machine's RAM (the rest for the model, the
+    DataLoader's batches in flight and the page cache)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def to_model_input(x: torch.Tensor, device) -> torch.Tensor:
+    """A loader batch -> the model's input on `device`.
+
+    Raw stack crops (B, T, L, D) in their stored dtype (float16 or float32) move as they are
+    and become float32 (B, D, L, T) there, so the widening and the permute run on the device,
+    not in the loader; waveform crops (B, S) just move.
+    """
+    x = x.to(device, non_blocking=True)
+    if x.dim() == 4:
+        x = x.to(torch.float32).permute(0, 3, 2, 1).contiguous()
+    return x
+
+
 class LayerStackCrops(SpeakerSampler):
     """Random fixed-length crops of cached layer stacks with speaker labels.
 
-    batch(step, rank=0, world=1) -> (stacks (b, D, L, T) float32, labels (b,) int64),
+    raw_batch(step, rank=0, world=1) -> (crops (b, T, L, D) in the stored dtype, labels (b,) int64)
+    batch(step, rank=0, world=1)     -> (stacks (b, D, L, T) float32, labels), i.e. to_model_input
+                                        of raw_batch on the CPU
     b = batch_size / world. Span-out zeroes spans of frames in every layer (see spanout_frames).
+
+    A crop reads only its own rows of the ark (MatrixReader: one pread per crop, straight into
+    the batch buffer); an utterance shorter than the crop is read whole once and wrap-padded.
+    `preload` holds every stack in memory instead, and refuses a set larger than
+    `preload_budget` bytes (default: half the RAM, memory_budget()).
     """
 
     def __init__(self, scp: str, utt2spk: str, num_layers: int, crop_frames: int,
                  batch_size: int, seed: int, preload: bool = True, sampling: str = "uniform",
-                 spanout_prob: float = 0.0, spanout_span: int = 3, spanout_rate: float = 0.05):
-        import kaldiio
+                 spanout_prob: float = 0.0, spanout_span: int = 3, spanout_rate: float = 0.05,
+                 preload_budget: Optional[int] = None):
+        from upmp.upstream.layer_stack import MatrixReader
         entries = read_table(scp)
         spk_of = read_table(utt2spk)
         missing = [u for u in entries if u not in spk_of]
@@ -108,33 +137,55 @@ class LayerStackCrops(SpeakerSampler):
         super().__init__(list(entries), spk_of, batch_size, seed, sampling)
         self.spanout = (spanout_prob, spanout_span, spanout_rate)
         self.num_layers, self.crop_frames = num_layers, crop_frames
-        self._entries = [entries[u] for u in self.utts]
+        self.reader = MatrixReader([entries[u] for u in self.utts], source=scp)
+        widths = {loc.cols for loc in self.reader.locations}
+        for utt, loc in zip(self.utts, self.reader.locations):
+            if loc.cols % num_layers or len(widths) > 1:
+                raise DataDirError(f"{scp}: utterance {utt}: matrix width {loc.cols} is not {num_layers} layers "
+                                   f"of one dimension shared by all utterances; re-extract the layer stacks (stage 1)")
+        self.dim = widths.pop() // num_layers
+        dtypes = {loc.dtype for loc in self.reader.locations}
+        self.dtype = np.dtype(np.float16 if dtypes == {"<f2"} else np.float32)
         self._cache: Dict[int, np.ndarray] = {}
-        self._load = kaldiio.load_mat
         if preload:
-            for i in range(len(self.utts)):
-                self._cache[i] = self._read(i)
+            self._preload(scp, memory_budget() if preload_budget is None else preload_budget)
 
-    def _read(self, i: int) -> np.ndarray:
-        return np.asarray(self._load(self._entries[i]))
+    def _preload(self, scp: str, budget: int) -> None:
+        need = sum(loc.rows * loc.cols for loc in self.reader.locations) * self.dtype.itemsize
+        if need > budget:
+            raise ConfigError(f"train_conf.preload: the layer stacks of {scp} need {need / 2**30:.1f} GiB in memory, "
+                              f"over the budget of {budget / 2**30:.1f} GiB (half this machine's RAM); set "
+                              f"train_conf.preload false to read crops from disk")
+        for i in range(len(self.utts)):
+            self._cache[i] = self.reader.read(i).astype(self.dtype, copy=False)
 
-    def _matrix(self, i: int) -> np.ndarray:
-        return self._cache[i] if i in self._cache else self._read(i)
+    def _crop(self, i: int, start: int, out: np.ndarray) -> None:
+        n = self.crop_frames
+        if i in self._cache:
+            out[...] = wrap_crop(self._cache[i], start, n)
+        elif self.reader.rows(i) >= n:
+            self.reader.read_rows(i, start, n, out=out)
+        else:  # wrap-padded: the whole (short) stack, once
+            out[...] = wrap_crop(self.reader.read(i), start, n)
 
-    def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    def raw_batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
         index = self.draw(np.random.default_rng([self.seed, step]))[rows]
-        crops = []
-        for b, i in zip(rows, index):  # a rank reads only its own rows
-            mat = self._matrix(int(i))
-            start = crop_start(np.random.default_rng([self.seed, step, b]), mat.shape[0], self.crop_frames)
-            crops.append(wrap_crop(mat, start, self.crop_frames))
-        mats = np.stack(crops).astype(np.float32)  # (b, T, L*D)
-        for row, b in enumerate(rows):
-            mats[row, spanout_frames(self.seed, step, b, self.crop_frames, *self.spanout)] = 0.0
-        n, T, LD = mats.shape
-        stacks = mats.reshape(n, T, self.num_layers, LD // self.num_layers).transpose(0, 3, 2, 1)
-        return torch.from_numpy(np.ascontiguousarray(stacks)), torch.from_numpy(self.labels[index])
+        n, LD = self.crop_frames, self.num_layers * self.dim
+        out = torch.empty((len(rows), n, LD), dtype=torch.float16 if self.dtype == np.float16 else torch.float32)
+        if torch.utils.data.get_worker_info() is not None:
+            out.share_memory_()  # a worker's batch crosses to the trainer without another copy
+        mats = out.numpy()
+        for row, (b, i) in enumerate(zip(rows, index)):  # a rank reads only its own rows
+            i = int(i)
+            start = crop_start(np.random.default_rng([self.seed, step, b]), self.reader.rows(i), n)
+            self._crop(i, start, mats[row])
+            mats[row, spanout_frames(self.seed, step, b, n, *self.spanout)] = 0
+        return out.view(len(rows), n, self.num_layers, self.dim), torch.from_numpy(self.labels[index])
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, labels = self.raw_batch(step, rank, world)
+        return to_model_input(x, "cpu"), labels
 
 
 class WaveformCrops(SpeakerSampler):
@@ -181,7 +232,8 @@ class WaveformCrops(SpeakerSampler):
 
 class StepBatches(torch.utils.data.Dataset):
     """Step-indexed batches for a torch DataLoader (batch_size=None): workers build
-    batches in parallel, each batch still a function of its step."""
+    batches in parallel, each batch still a function of its step. The trainer passes what
+    comes out through to_model_input."""
 
     def __init__(self, source, rank: int = 0, world: int = 1):
         self.source, self.rank, self.world = source, rank, world
@@ -190,4 +242,6 @@ class StepBatches(torch.utils.data.Dataset):
         return 2 ** 62
 
     def __getitem__(self, step: int):
-        return self.source.batch(step, self.rank, self.world)
+        # raw_batch, where a source has one, leaves the widening and permute to to_model_input
+        fetch = getattr(self.source, "raw_batch", self.source.batch)
+        return fetch(step, self.rank, self.world)

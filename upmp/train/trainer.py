@@ -44,7 +44,7 @@ from upmp.config import dump_resolved
 from upmp.data.audio import SAMPLE_RATE
 from upmp.fileio import atomic_torch_save, atomic_write_text
 from upmp.losses import build_loss
-from upmp.train.data import LayerStackCrops, StepBatches, WaveformCrops, shard, spanout_frames
+from upmp.train.data import LayerStackCrops, StepBatches, WaveformCrops, shard, spanout_frames, to_model_input
 from upmp.upstream.layer_stack import LayerStackMeta
 
 logger = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         np.random.seed(seed)
         random.seed(seed)
         with autocast():
-            loss, acc = runner(x.to(device, non_blocking=True), labels.to(device, non_blocking=True), step, rows)
+            loss, acc = runner(to_model_input(x, device), labels.to(device, non_blocking=True), step, rows)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
