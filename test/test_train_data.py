@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from upmp.errors import ConfigError, DataDirError
-from upmp.train.data import LayerStackCrops, StepBatches, memory_budget, spanout_frames, to_model_input, wrap_crop
+from upmp.train.data import (LayerStackCrops, StepBatches, ThreadedBatches, batch_loader, memory_budget, spanout_frames,
+                             to_model_input, wrap_crop)
 from upmp.upstream.layer_stack import LayerStackWriter
 
 L, D, CROP, BATCH = 3, 16, 20, 8
@@ -98,6 +99,26 @@ def test_batches_from_dataloader_workers(tmp_path):
         assert torch.equal(to_model_input(x, "cpu"), want) and torch.equal(y, labels)
     copy = pickle.loads(pickle.dumps(crops))  # spawn-started workers get the reader without descriptors
     assert not copy.reader._fds and torch.equal(copy.batch(3)[0], crops.batch(3)[0])
+
+
+def test_threaded_batches_in_step_order(tmp_path):
+    scp, utt2spk = write_set(tmp_path, "float16")
+    crops = LayerStackCrops(scp, utt2spk, L, CROP, BATCH, seed=5, preload=False, spanout_prob=0.3)
+    loader = batch_loader(crops, range(3, 12), num_workers=2)
+    assert isinstance(loader, ThreadedBatches) and len(loader) == 9
+    got = list(loader)
+    assert len(got) == 9
+    for step, (x, y) in zip(range(3, 12), got):  # every batch kept: no buffer is reused
+        want, labels = crops.batch(step)
+        assert torch.equal(to_model_input(x, "cpu"), want) and torch.equal(y, labels)
+    halves = [next(iter(batch_loader(crops, range(4, 5), rank, 2, num_workers=1))) for rank in (0, 1)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), crops.raw_batch(4)[0])  # DDP ranks: their rows
+    assert isinstance(batch_loader(crops, range(2), num_workers=0), torch.utils.data.DataLoader)
+    ark = tmp_path / "float16.ark"
+    ark.write_bytes(ark.read_bytes()[:-100])
+    crops = LayerStackCrops(scp, utt2spk, L, CROP, 64, seed=5, preload=False)  # draws the truncated one
+    with pytest.raises(DataDirError, match="ark truncated"):  # a thread's error reaches the loop
+        list(ThreadedBatches(crops, range(4), threads=2))
 
 
 def test_to_model_input():

@@ -234,6 +234,61 @@ class WaveformCrops(SpeakerSampler):
         return torch.from_numpy(wavs), torch.from_numpy(self.labels[index])
 
 
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+class ThreadedBatches:
+    """Iterates over source.raw_batch(step) (b, T, L, D) for `steps`, built ahead by `threads`
+    threads of this process, 2 batches per thread in flight, in parallel with the training step.
+
+    For cached crops: each crop is one preadv (the GIL is released while the kernel copies the
+    rows out of the page cache), and the batch stays in this process; a DataLoader worker process
+    would hand a batch of 383 MB over through shared memory, ~10x the cost of reading it
+    (benchmarks/loader_cached.py). pin_memory: batches come in page-locked memory (for CUDA).
+    """
+
+    def __init__(self, source: "LayerStackCrops", steps: range, rank: int = 0, world: int = 1, threads: int = 2,
+                 pin_memory: bool = False):
+        self.source, self.steps, self.rank, self.world = source, steps, rank, world
+        self.threads, self.pin_memory = max(1, threads), pin_memory
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _make(self, step: int):
+        x, labels = self.source.raw_batch(step, self.rank, self.world)
+        return (x.pin_memory(), labels.pin_memory()) if self.pin_memory else (x, labels)
+
+    def __iter__(self):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+        steps = iter(self.steps)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="crops") as pool:
+            pending = deque(pool.submit(self._make, s) for _, s in zip(range(2 * self.threads), steps))
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(steps, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._make, nxt))
+                yield batch
+
+
+def batch_loader(source, steps: range, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 pin_memory: bool = False):
+    """The training loop's batches for `steps` (pass each through to_model_input).
+
+    Cached crops (LayerStackCrops) with num_workers > 0: ThreadedBatches, num_workers threads of
+    this process. Otherwise (waveform crops: audio decoding holds the GIL) a DataLoader with
+    num_workers worker processes (0: built in the loop).
+    """
+    if isinstance(source, LayerStackCrops) and num_workers > 0:
+        return ThreadedBatches(source, steps, rank, world, num_workers, pin_memory)
+    return torch.utils.data.DataLoader(StepBatches(source, rank, world), batch_size=None, sampler=steps,
+                                       num_workers=num_workers, worker_init_fn=_one_thread,
+                                       pin_memory=pin_memory, persistent_workers=False)
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Step-indexed batches for a torch DataLoader (batch_size=None): workers build
     batches in parallel, each batch still a function of its step. The trainer passes what

@@ -44,7 +44,7 @@ from upmp.config import dump_resolved
 from upmp.data.audio import SAMPLE_RATE
 from upmp.fileio import atomic_torch_save, atomic_write_text
 from upmp.losses import build_loss
-from upmp.train.data import LayerStackCrops, StepBatches, WaveformCrops, shard, spanout_frames, to_model_input
+from upmp.train.data import LayerStackCrops, WaveformCrops, batch_loader, shard, spanout_frames, to_model_input
 from upmp.upstream.layer_stack import LayerStackMeta
 
 logger = logging.getLogger(__name__)
@@ -376,10 +376,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     if main:
         from torch.utils.tensorboard import SummaryWriter
         board = SummaryWriter(log_dir=str(exp / "tensorboard"), purge_step=start)  # a resume drops later events
-    loader = torch.utils.data.DataLoader(
-        StepBatches(data, rank, world), batch_size=None, sampler=range(start, steps),
-        num_workers=tc["num_workers"], worker_init_fn=lambda _: torch.set_num_threads(1),
-        pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = batch_loader(data, range(start, steps), rank, world, tc["num_workers"], pin_memory=device.type == "cuda")
     graph.train()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     t0, window, run_start = time.time(), [], time.time()
