@@ -150,14 +150,16 @@ class LayerStackCrops(SpeakerSampler):
         self.dtype = np.dtype(np.float16 if dtypes == {"<f2"} else np.float32)
         self._cache: Dict[int, np.ndarray] = {}
         if preload:
-            self._preload(scp, memory_budget() if preload_budget is None else preload_budget)
+            self._preload(scp, preload_budget)
 
-    def _preload(self, scp: str, budget: int) -> None:
+    def _preload(self, scp: str, budget: Optional[int]) -> None:
         need = sum(loc.rows * loc.cols for loc in self.reader.locations) * self.dtype.itemsize
-        if need > budget:
-            raise ConfigError(f"train_conf.preload: the layer stacks of {scp} need {need / 2**30:.1f} GiB in memory, "
-                              f"over the budget of {budget / 2**30:.1f} GiB (half this machine's RAM); set "
-                              f"train_conf.preload false to read crops from disk")
+        limit = memory_budget() if budget is None else budget
+        if need > limit:
+            what = " (half this machine's RAM)" if budget is None else ""
+            raise ConfigError(f"train_conf.preload: the layer stacks of {scp} need {need / 2**30:.2f} GiB in memory, "
+                              f"over the budget of {limit / 2**30:.2f} GiB{what}; set train_conf.preload false "
+                              f"to read crops from disk")
         for i in range(len(self.utts)):
             self._cache[i] = self.reader.read(i).astype(self.dtype, copy=False)
 

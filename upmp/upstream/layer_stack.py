@@ -12,6 +12,9 @@ shift and the upstream, so readers can reshape. Storage precisions:
   compressed  Kaldi compressed matrix (lossy 8/16-bit, ~4x smaller, Kaldi-readable)
   float16     numpy half array inside the ark (half the disk; kaldiio reads it,
               Kaldi binaries do not)
+Rows are stored one after another (float32 / float16), so frames [s, s+n) of an utterance
+are one contiguous byte range: MatrixReader reads a training crop by offset, never the whole
+utterance (compressed matrices are column-major and decode whole).
 """
 from __future__ import annotations
 
