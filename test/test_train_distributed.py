@@ -11,13 +11,26 @@ import yaml
 from conftest import TRAIN_CONFIG, bash_env
 
 
+def train_env():
+    return dict(bash_env(), OMP_NUM_THREADS="1")
+
+
 def run_train(dump, exp, nproc=1, *overrides):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
         if nproc > 1 else [sys.executable]
-    env = dict(bash_env(), OMP_NUM_THREADS="1")
     return subprocess.run(launcher + ["-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
                                       "--train_scp", str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"),
-                                      "--exp_dir", str(exp), *overrides], capture_output=True, text=True, env=env)
+                                      "--exp_dir", str(exp), *overrides], capture_output=True, text=True, env=train_env())
+
+
+def assert_same_training(exp, reference, dump):
+    """exp trained the reference's model: equal losses, same embeddings (the tolerance of 2 processes vs 1)."""
+    np.testing.assert_allclose(losses(exp), losses(reference), rtol=1e-4, atol=1e-4)
+    # biases whose true gradient is 0 (cancelled by a following batch norm or softmax) get
+    # rounding-noise Adam steps; in eval mode the running means absorb them up to a small lag
+    a, b = embeddings(exp, dump), embeddings(reference, dump)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.9999
 
 
 def losses(exp):
@@ -51,12 +64,7 @@ def test_two_processes_train_the_model_one_process_trains(ddp_dump):
         r = run_train(ddp_dump, exp, nproc, *extra)
         assert r.returncode == 0, r.stderr[-3000:]
     assert len(losses(one)) == 6
-    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-4, atol=1e-4)
-    # biases whose true gradient is 0 (cancelled by a following batch norm or softmax) get
-    # rounding-noise Adam steps; in eval mode the running means absorb them up to a small lag
-    a, b = embeddings(two, ddp_dump), embeddings(one, ddp_dump)
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cosine.min() > 0.9999
+    assert_same_training(two, one, ddp_dump)
     assert np.abs(losses(local) - losses(one)).max() > 1e-2
     assert torch.load(two / "model.pt", weights_only=False)["world_size"] == 2
     assert "2 processes" in (two / "train.log").read_text()
