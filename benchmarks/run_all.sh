@@ -5,7 +5,8 @@
 #
 # Convention for benchmarks/*.py: a script runs with no arguments at the issue's size, prints
 # its figures as Markdown on stdout (a "### Title" heading, then tables / lines with a ratio
-# against a baseline measured in the same run) and progress on stderr; a script that accepts
+# against a baseline measured in the same run; plain text is shown verbatim under the script's
+# name) and progress on stderr; a script that accepts
 # --small (a quick run) gets it under run_all.sh --small. Every benchmarks/*.py is run, in name
 # order; a failing one is recorded as failed and the others still run (exit status 1 then).
 # Shell helpers (*.sh, e.g. a GPU check) are not run from here.
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --small) small=true; shift ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "$0: invalid option $1" >&2; exit 1 ;;
   esac
 done
@@ -35,7 +36,7 @@ versions=$($python -c 'import sys, numpy, torch; print(f"Python {sys.version.spl
   echo "Written by \`bash benchmarks/run_all.sh$($small && echo ' --small')\`; each section is one script's output."
   echo "Speed figures are medians measured in one run beside their baseline, in the same process."
   echo
-  echo "- Machine: ${cpu:-unknown CPU}, $(nproc) cores available, $mem RAM; load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- Machine: ${cpu:-unknown CPU}, $(getconf _NPROCESSORS_ONLN) cores, $mem RAM; load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- Software: $versions; $(uname -sr)"
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
   echo
@@ -48,7 +49,11 @@ for script in benchmarks/*.py; do
   echo "== $script ${flags[*]}" >&2
   start=$(date +%s)
   if OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} $python "$script" "${flags[@]}" > "$logs/$name.md" 2> "$logs/$name.log"; then
-    cat "$logs/$name.md" >> "$tmp"
+    if grep -q '^### ' "$logs/$name.md"; then
+      cat "$logs/$name.md" >> "$tmp"
+    else  # plain text output: under its own heading, verbatim
+      { echo "### $name (\`$script${flags[*]:+ ${flags[*]}}\`)"; echo; echo '```'; cat "$logs/$name.md"; echo '```'; echo; } >> "$tmp"
+    fi
   else
     rc=$?
     status=1
