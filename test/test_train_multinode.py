@@ -58,7 +58,7 @@ def test_two_nodes_train_the_model_one_process_trains(ddp_dump):
     for log in logs:
         head = log.read_text().splitlines()[0]
         assert f"--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint {endpoint} --rdzv_id t2" in head
-    assert torch.load(exp / "model.pt", weights_only=False)["world_size"] == 2
+    assert torch.load(exp / "model.pt", weights_only=True)["world_size"] == 2
     assert "2 processes" in (exp / "train.log").read_text()
     assert_same_training(exp, one, ddp_dump)
 

@@ -202,7 +202,8 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       ${train_cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
         ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" \
           --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
-          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
+          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}" \
+          --purpose "$([ "${set}" == "${train_set}" ] && echo train || echo test)"
     fi
     { cat "${out}/reused.scp"; for f in "${out}/layers.${run_id}".*.scp; do if [ -f "${f}" ]; then cat "${f}"; fi; done; } \
       | sort > "${out}/layers.scp"
