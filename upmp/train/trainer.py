@@ -42,7 +42,7 @@ import upmp.checkpoint as checkpoint
 from upmp.config import dump_resolved
 from upmp.errors import ConfigError, UpmpError
 from upmp.losses import build_loss
-from upmp.train.data import StepBatches, shard, spanout_frames
+from upmp.train.data import batch_loader, shard, spanout_frames, to_model_input
 from upmp.train.inputs import Inputs, TrainingData, build_training_data
 from upmp.train.report import Reporter, add_file_log
 from upmp.train.validation import build_validator
@@ -277,10 +277,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         runner = nn.parallel.DistributedDataParallel(
             run.graph, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=run.upstream is not None)
-    loader = torch.utils.data.DataLoader(
-        StepBatches(td.data, rank, world), batch_size=None, sampler=range(start, steps),
-        num_workers=tc["num_workers"], worker_init_fn=lambda _: torch.set_num_threads(1),
-        pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = batch_loader(td.data, range(start, steps), rank, world, tc["num_workers"], pin_memory=device.type == "cuda")
     run.graph.train()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     t0, window, run_start = time.time(), [], time.time()
@@ -291,7 +288,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         np.random.seed(seed)
         random.seed(seed)
         with autocast():
-            loss, acc = runner(x.to(device, non_blocking=True), labels.to(device, non_blocking=True), step, rows)
+            loss, acc = runner(to_model_input(x, device), labels.to(device, non_blocking=True), step, rows)
         _check_finite(loss, step, td, rows, world)  # before the update: no NaN weights are ever written
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
