@@ -228,10 +228,11 @@ def _amp_dtype(amp: str, device: torch.device):
     if dtype is torch.float16 and device.type != "cuda":
         raise ConfigError("train_conf.amp fp16 needs a GPU (train_conf.device cuda); use none on CPU")
     if dtype is torch.bfloat16 and device.type == "cpu":
-        # kept (its numerics can be checked on CPU) but warned: most CPUs emulate bf16 matmuls
-        logger.warning("train_conf.amp bf16 on CPU: autocast is emulated on most CPUs and slow; measured on a "
-                       "2-core CPU, the UPMP step at batch 8 took 36 s vs 3.7 s in fp32 (10x slower); use amp: "
-                       "none on CPU")
+        # kept (its numerics can be checked on CPU) but warned: AMP is for GPUs; on CPUs its speed
+        # depends on the chip and the thread count (benchmarks/amp.py measures it)
+        logger.warning("train_conf.amp bf16 on CPU: no speed-up to count on (on the 2-core development machine "
+                       "one run measured the UPMP step at batch 8 10x slower than fp32, another 1.6x faster with "
+                       "1 thread and equal with 2); measure with benchmarks/amp.py, or use amp: none on CPU")
     fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if dtype is torch.bfloat16 and device.type == "cuda" and not fast_bf16:
         raise ConfigError(f"train_conf.amp bf16: {torch.cuda.get_device_name(device)} has no fast bf16 "
