@@ -1,6 +1,7 @@
 """Which layers a trained backend relies on (the paper's analysis), as a PNG.
 
 - superb_ecapa: the softmax layer weights.
+- mhfa: its two softmax layer weightings (keys, values).
 - upmp: the VAD's layer-mixing matrices (softmax rows) and the layer attentive
   pooling scores per head, averaged over a batch.
 - lap: the layer attentive pooling scores per head.
@@ -20,8 +21,9 @@ def layer_usage(model, stacks: torch.Tensor) -> Dict[str, np.ndarray]:
     """Arrays describing layer use, from the model and one batch (B, D, L, T) of inputs."""
     backend = model.backend
     out: Dict[str, np.ndarray] = {}
-    if hasattr(backend, "layer_weights"):
-        out["SUPERB layer weights"] = backend.layer_weights().cpu().numpy()[None]
+    if hasattr(backend, "layer_weights"):  # (L,) one softmax weighting, or (rows, L) several
+        weights = np.atleast_2d(backend.layer_weights().cpu().numpy())
+        out[getattr(backend, "layer_weights_label", "SUPERB layer weights")] = weights
     if hasattr(backend, "vads"):
         for i, vad in enumerate(backend.vads):
             out[f"VAD mixing, block {i + 1} (row: output layer)"] = torch.softmax(vad.mix_logits, -1).cpu().numpy()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from upmp.backends.lap import LAPBackend
+from upmp.backends.mhfa import MHFABackend
 from upmp.backends.superb_ecapa import SuperbEcapaBackend
 from upmp.backends.upmp import UPMPBackend
 from upmp.backends.xvector import XvectorBackend
@@ -18,6 +19,7 @@ from upmp.backends.xvector import XvectorBackend
 BACKENDS: Dict[str, Type[nn.Module]] = {
     "upmp": UPMPBackend,
     "lap": LAPBackend,
+    "mhfa": MHFABackend,
     "superb_ecapa": SuperbEcapaBackend,
     "xvector": XvectorBackend,
 }

@@ -24,7 +24,7 @@ extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding
 # Stage 2: backend training
 train_mode=cached       # cached: on stage 1's layer stacks | online: the upstream runs in the training loop (no stage 1)
 train_nproc=1           # >1: torchrun with this many processes (one per GPU; gloo on CPU)
-backend=""             # upmp, lap, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
+backend=""             # upmp, lap, mhfa, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
 train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
 exp_tag=""              # suffix of the experiment dir name
@@ -57,7 +57,7 @@ Options (default in brackets):
   --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
   --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
-  --backend "<upmp lap superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
+  --backend "<upmp lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
   --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
