@@ -1,40 +1,72 @@
 """Calibrate scores to log-likelihood ratios with logistic regression on a held-out list.
 
+    # linear: llr = w * score + b
     python -m upmp.bin.calibrate --dev_trials data/valid/trials --dev_scores exp/x/scores/valid.cosine \
         --scores exp/x/scores/test.cosine --out exp/x/scores/test.cosine.llr
+    # quality-aware (QMF): the score plus log durations and embedding norms of both sides
+    python -m upmp.bin.calibrate --method qmf --dev_trials data/valid/trials --dev_scores exp/x/scores/valid.cosine \
+        --dev_embeddings exp/x/embeddings/valid --embeddings exp/x/embeddings/test \
+        --scores exp/x/scores/test.cosine --out exp/x/scores/test.cosine.qmf
 
-Fits llr = w * score + b on the dev trials (classes weighted equally) and writes
-the test scores mapped through it, in the same `<utt1> <utt2> <llr>` form.
+Fits on the dev trials (classes weighted equally) and writes the test scores mapped
+through the fit, in the same `<utt1> <utt2> <llr>` form; prints the fitted weights as JSON.
+QMF reads each side's quality measures from the embeddings dirs of stage 3
+(utt2dur and xvector.scp, whose vectors are not length-normalised).
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from upmp.bin.common import fail
-from upmp.data.kaldi_dir import DataDirError
+import numpy as np
+
+from upmp.bin.common import run_main
+from upmp.data.trials import read_kaldi_trials, read_scores
+from upmp.errors import DataDirError
 from upmp.fileio import atomic_write_text
-from upmp.data.trials import align_scores, read_scores
-from upmp.scoring.calibration import LinearCalibration
+from upmp.scoring.calibration import LinearCalibration, QualityCalibration, read_quality, trial_quality
 
 
-def main(argv=None) -> None:
+def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=["linear", "qmf"], default="linear")
     p.add_argument("--dev_trials", required=True)
     p.add_argument("--dev_scores", required=True)
     p.add_argument("--scores", required=True, help="scores to calibrate")
     p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    try:
-        dev, labels = align_scores(args.dev_trials, args.dev_scores)
+    p.add_argument("--dev_embeddings", help="qmf: stage 3's embeddings dir of the dev set")
+    p.add_argument("--embeddings", help="qmf: stage 3's embeddings dir of the scored set")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    if args.method == "qmf" and not (args.dev_embeddings and args.embeddings):
+        raise DataDirError("--method qmf needs --dev_embeddings and --embeddings (stage 3's embeddings dirs)")
+    trials = read_kaldi_trials(args.dev_trials)
+    dev_scores = read_scores(args.dev_scores)
+    missing = next(((a, b) for a, b, _ in trials if (a, b) not in dev_scores), None)
+    if missing:
+        raise DataDirError(f"{args.dev_trials}: trial '{missing[0]} {missing[1]}' has no score in {args.dev_scores}")
+    labels = np.array([t for *_, t in trials], dtype=bool)
+    if labels.all() or not labels.any():
+        raise DataDirError(f"{args.dev_trials}: calibration needs target and nontarget trials")
+    dev = np.array([dev_scores[(a, b)] for a, b, _ in trials])
+    scores = read_scores(args.scores)
+    if args.method == "linear":
         cal = LinearCalibration.fit(dev, labels)
-        scores = read_scores(args.scores)
-    except (DataDirError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    llr = cal(list(scores.values()))
+        llr = cal(np.array(list(scores.values())))
+        described = {"scale": cal.scale, "offset": cal.offset}
+    else:
+        dev_q = trial_quality([(a, b) for a, b, _ in trials], read_quality(args.dev_embeddings),
+                              f" in {args.dev_embeddings}")
+        cal = QualityCalibration.fit(dev, dev_q, labels)
+        test_q = trial_quality(list(scores), read_quality(args.embeddings), f" in {args.embeddings}")
+        llr = cal(np.array(list(scores.values())), test_q)
+        described = cal.describe()
     atomic_write_text(args.out, "".join(f"{a} {b} {v:.6f}\n" for (a, b), v in zip(scores, llr)))
-    print(json.dumps({"scale": cal.scale, "offset": cal.offset}))
+    print(json.dumps({"method": args.method, **described}))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

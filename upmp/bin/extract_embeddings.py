@@ -8,8 +8,9 @@
     python -m upmp.bin.extract_embeddings --model exp/upmp/model.pt --data_dir data/voxceleb1_test \
         --upstream wavlm_base_plus --out_dir exp/upmp/embeddings/voxceleb1_test
 
-Writes xvector.ark/scp (one float vector per utterance, Kaldi/WeSpeaker style)
-and, with --utt2spk (or --data_dir), spk_xvector.ark/scp (mean of the
+Writes xvector.ark/scp (one float vector per utterance, Kaldi/WeSpeaker style, not
+length-normalised), utt2dur (seconds of each layer stack: a quality measure for QMF
+calibration) and, with --utt2spk (or --data_dir), spk_xvector.ark/scp (mean of the
 length-normalised utterance embeddings per speaker). Full utterances by
 default, as in the paper; --crop_seconds/--num_crops average evenly spaced crops.
 """
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from upmp.bin.common import fail, set_num_threads, setup_logging
 from upmp.data.kaldi_dir import DataDir, DataDirError, read_table
 from upmp.embeddings import embed_utterances, upstream_stacks
+from upmp.fileio import atomic_write_text
 from upmp.scoring.scorers import speaker_means
 from upmp.upstream.layer_stack import LayerStackMeta, load_stack
 
@@ -102,10 +104,16 @@ def main(argv=None) -> None:
              f"({data_meta.upstream}) but the model was trained on L={meta.num_layers} x D={meta.dim} ({meta.upstream})")
     crop_frames = int(round(args.crop_seconds / meta.frame_shift)) if args.crop_seconds > 0 else 0
 
+    frames = {}  # utt -> T of its full stack: utt2dur, a quality measure for QMF calibration
+
     def stacks_of(chunk):
         if args.layers_scp:
-            return (load_stack(entries[utt], meta.num_layers) for utt in chunk)
-        return upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
+            stacks = (load_stack(entries[utt], meta.num_layers) for utt in chunk)
+        else:
+            stacks = upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
+        for utt, stack in zip(chunk, stacks):
+            frames[utt] = stack.shape[1]
+            yield stack
 
     embeddings = {}
     with tqdm(total=len(utts), desc="embeddings", mininterval=5) as bar:
@@ -118,7 +126,10 @@ def main(argv=None) -> None:
                 fail(str(e))
             embeddings.update(zip(chunk, emb))
             bar.update(len(chunk))
-    write_embeddings(Path(args.out_dir), embeddings, utt2spk)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
+    write_embeddings(out, embeddings, utt2spk)
     logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, args.out_dir)
 
 
