@@ -1,7 +1,8 @@
 """Stage 5: metrics of every test set's scores -> <exp_dir>/RESULTS.md and det.png.
 
     python -m upmp.bin.write_results --exp_dir exp/upmp_x --scoring cosine --test_sets voxceleb1_test
-Reads data/<set>/trials and <exp_dir>/scores/<set>.<scoring>.
+Reads data/<set>/trials and <exp_dir>/scores/<set>.<system> (with <system>.llr, its linear
+calibration, when present); a system named <x>.qmf holds QMF-calibrated LLRs.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def main(argv=None) -> None:
                 scores = exp / "scores" / f"{name}.{system}"
                 aligned = align_scores(trials, str(scores))
                 m = metrics_of(*aligned)
-                llr = scores.with_name(scores.name + ".llr")
+                # a .qmf system's scores are LLRs already (quality-aware calibration); others have a linear .llr
+                llr = scores if system.endswith(".qmf") else scores.with_name(scores.name + ".llr")
                 if llr.is_file():
                     c = compute_all(trials, str(llr), llr=True)
                     m.update({k: c[k] for k in ("cllr", "actdcf_0.01", "actdcf_0.05")})
@@ -95,7 +97,9 @@ def main(argv=None) -> None:
         f"loss head excluded; trained in {model.get('train_seconds', 0):.0f} s); config: {exp / 'config.yaml'}",
         f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1",
         "- systems: <scoring>[.<score norm>]; Cllr (bits) and actDCF after logistic calibration on the "
-        "validation trials, where a validation set is given",
+        "validation trials, where a validation set is given; <system>.qmf: quality-aware calibration (score, "
+        "log durations and embedding norms of both sides) on the validation trials, whose LLRs also give its "
+        "EER and minDCF",
         "",
         "| test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) | Cllr | actDCF (0.01) | target / nontarget |",
         "|---|---|---|---|---|---|---|---|",

@@ -15,9 +15,9 @@ Writes into exp_dir (rank 0 only under DDP):
     checkpoints/last.pt             full state, rewritten every ckpt_every steps
     valid_metrics.tsv               validation EER every train_conf.valid_every steps (with a validation list)
     train_summary.json              parameters, training time, selected step, validation EER, inputs
-    model.pt                        the backend (no loss head; with the upstream's weights when
-                                    fine-tuned) for embedding extraction: the checkpoint with the best
-                                    validation EER when validating, else the last one
+    model.pt                        the backend (with its loss head for large-margin fine-tuning, and
+                                    the upstream's weights when fine-tuned) for embedding extraction: the
+                                    checkpoint with the best validation EER when validating, else the last one
     model_last.pt                   the last one, when validating
     layer_usage.png                 the layers the trained backend relies on
 A run whose checkpoints/last.pt exists resumes from it.
@@ -63,6 +63,7 @@ class Inputs:
     valid_trials: Optional[str] = None   # Kaldi trials of the validation set (either mode)
     upstream: Optional[str] = None       # online: upstream name (see upmp.upstream.build_upstream)
     upstream_ckpt: Optional[str] = None
+    lmft_from: Optional[str] = None      # large-margin fine-tuning: the base model.pt to start from
 
     @property
     def online(self) -> bool:
@@ -304,6 +305,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg, meta).to(device)
     head = build_loss(cfg["loss"], model.embed_dim, data.num_speakers, cfg["loss_conf"]).to(device)
+    if inputs.lmft_from:  # before step 0 (a resumed run then loads its own checkpoint)
+        from upmp.train.lmft import init_from_model
+        init_from_model(model, head, inputs.lmft_from, data.speakers)
     graph = TrainGraph(model, head, upstream, spanout, cfg["seed"])
     if world > 1 and tc["sync_batchnorm"]:  # the same statistics whatever the number of processes
         from upmp.train.sync_bn import convert_batchnorm
@@ -360,8 +364,10 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         atomic_write_text(valid_path, "step\teer\n")
 
     def snapshot() -> Dict[str, Any]:
-        """The weights model.pt needs: the backend, and the upstream when fine-tuned."""
-        out = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        """The weights model.pt needs: the backend, its loss head (for large-margin fine-tuning),
+        and the upstream when fine-tuned."""
+        out = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+               "head": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}}
         if upstream is not None and upstream.trainable:
             out["upstream"] = {"name": inputs.upstream, "ckpt": inputs.upstream_ckpt,
                                "state": {k: v.detach().cpu().clone() for k, v in upstream.state_dict().items()}}
@@ -450,7 +456,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     if validator:
         atomic_torch_save(dict(final, **snapshot()), exp / "model_last.pt")
         best = torch.load(best_path, map_location="cpu", weights_only=False)
-        final.update(step=best["step"], valid_eer=best["eer"], model=best["model"])
+        final.update(step=best["step"], valid_eer=best["eer"], model=best["model"], head=best.get("head"))
         if "upstream" in best:
             final["upstream"] = best["upstream"]
         atomic_torch_save(final, out)
