@@ -129,3 +129,19 @@ def test_cli_qmf_on_embeddings_dirs_and_its_errors(tmp_path):
     r = run("--dev_trials", one_class, "--dev_scores", dev_scores, "--scores", test_scores, "--out", out)
     assert r.returncode == 1 and "needs target and nontarget trials" in r.stderr
     assert out.read_text() == before
+
+
+def test_separable_small_list_gives_bounded_llrs():
+    """16 trials with every target above every nontarget: the weak penalty keeps the fit finite, so
+    LLRs on a fresh list stay usable (an unregularised fit runs off to scale ~1e5 and Cllr ~1e2)."""
+    rng = np.random.default_rng(0)
+    dev = np.r_[rng.normal(0.52, 0.02, 8), rng.normal(0.45, 0.02, 8)]
+    labels = np.r_[np.ones(8), np.zeros(8)].astype(bool)
+    assert dev[labels].min() > dev[~labels].max()
+    test = np.r_[rng.normal(0.52, 0.04, 100), rng.normal(0.45, 0.04, 100)]
+    test_labels = np.r_[np.ones(100), np.zeros(100)].astype(bool)
+    linear = LinearCalibration.fit(dev, labels)
+    assert 0 < linear.scale < 1e3 and cllr(linear(test), test_labels) < 1.0
+    q = rng.uniform(0, 1, (16, 4))
+    qmf = QualityCalibration.fit(dev, q, labels)
+    assert all(np.isfinite(v) and abs(v) < 1e4 for v in qmf.describe().values())

@@ -9,8 +9,8 @@ Quality-aware calibration (QMF, as WeSpeaker, ESPnet-SPK and the LAP follow-up u
 llr = w . [s, q] + b, where q holds quality measures of both sides of the trial, taken
 symmetrically (the minimum and the maximum over enrollment and test of each measure):
 the log duration and the embedding norm before length normalisation. With the balanced
-weighting the fitted objective is Cllr itself, so on its training list QMF is never worse
-than the linear calibration (whose features it contains).
+weighting the fitted objective is Cllr itself (plus a weak penalty), so on its training list
+QMF is never worse than the linear calibration (whose features it contains).
 """
 from __future__ import annotations
 
@@ -35,20 +35,22 @@ class LinearCalibration:
         s = np.asarray(scores, dtype=np.float64)
         mean, std = s.mean(), s.std() or 1.0
         model = _logistic(((s - mean) / std)[:, None], labels)
-        scale = float(model.coef_[0, 0]) / std
-        return cls(scale, float(model.intercept_[0]) - scale * mean)
+        scale = float(model.coef_[0, 0] / std)
+        return cls(scale, float(model.intercept_[0] - scale * mean))
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
         return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
 
 
 def _logistic(features: np.ndarray, labels: np.ndarray):
-    """Balanced, (almost) unregularised logistic regression: its loss is Cllr up to a constant."""
+    """Balanced logistic regression on standardised features: its loss is Cllr up to a constant, plus a
+    weak L2 penalty (C = 1000: negligible on real trial lists, keeps the weights finite when a small
+    list is separable)."""
     from sklearn.linear_model import LogisticRegression
     labels = np.asarray(labels, dtype=bool)
     if labels.all() or not labels.any():
         raise ValueError("calibration needs target and nontarget trials")
-    return LogisticRegression(C=1e6, class_weight="balanced", max_iter=10000, tol=1e-10).fit(features, labels)
+    return LogisticRegression(C=1e3, class_weight="balanced", max_iter=10000, tol=1e-10).fit(features, labels)
 
 
 def read_quality(emb_dir: str) -> Dict[str, np.ndarray]:
