@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from conftest import TRAIN_CONFIG as CONFIG
-from upmp.train.data import LayerStackCrops, wrap_crop
+from upmp.data.crops import wrap_crop
+from upmp.train.data import LayerStackCrops
 from upmp.upstream.layer_stack import LayerStackMeta, LayerStackWriter
 
 def train(dump, exp, *overrides):

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, List
 import numpy as np
 import torch
 
-from upmp.train.data import wrap_crop
+from upmp.data.crops import wrap_crop
 from upmp.upstream.layer_stack import batches_by_length
 
 

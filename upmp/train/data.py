@@ -17,19 +17,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, c_sort_key, read_table
 
 logger = logging.getLogger(__name__)
 
 SAMPLING = ("uniform", "speaker_balanced")
-
-
-def wrap_crop(mat: np.ndarray, start: int, length: int) -> np.ndarray:
-    """Rows [start, start+length) of mat (T, ...), wrapping around when T < length."""
-    T = mat.shape[0]
-    if T >= length:
-        return mat[start:start + length]
-    return mat[np.arange(start, start + length) % T]
 
 
 def spanout_frames(seed: int, step: int, item: int, n_frames: int, prob: float, span: int,
