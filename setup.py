@@ -30,6 +30,11 @@ ENTRY_POINTS = {
     "upmp-convert-trials": "upmp.bin.convert_trials:main",
     "upmp-write-results": "upmp.bin.write_results:main",
     "upmp-jobs": "upmp.bin.jobs:main",
+    "upmp-package-model": "upmp.bin.package_model:cli",
+    "upmp-embed": "upmp.bin.embed:cli",
+    "upmp-verify": "upmp.bin.verify:cli",
+    "upmp-results": "upmp.bin.results:cli",
+    "upmp-export-onnx": "upmp.bin.export_onnx:cli",
 }
 
 setup(

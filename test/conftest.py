@@ -73,15 +73,12 @@ def small_corpus(tmp_path_factory) -> Path:
     return root
 
 
-TRAIN_CONFIG = {  # a tiny training config (every required key)
-    "seed": 0, "use_hidden0": True, "backend": "upmp",
-    "backend_conf": {"conv_dim": 4, "n_blocks": 1, "heads": 2, "embed_dim": 8},
-    "loss": "aamsoftmax", "loss_conf": {"margin": 0.2, "scale": 30},
-    "optim_conf": {"lr": 3.0e-3, "upstream_lr": 1.0e-4, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0},
-    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "sampling": "uniform",
-                   "spanout_prob": 0.0, "spanout_span": 3, "spanout_rate": 0.05, "log_every": 4, "ckpt_every": 6, "valid_every": 0,
-                   "preload": True, "num_workers": 0, "num_threads": 1, "device": "cpu", "amp": "none", "sync_batchnorm": True,
-                   "finetune_upstream": False, "augment": None},
+TRAIN_CONFIG = {  # a tiny training config: what differs from the defaults (upmp/train/schema.py)
+    "use_hidden0": True,
+    "backend_conf": {"conv_dim": 4, "heads": 2, "embed_dim": 8},
+    "optim_conf": {"upstream_lr": 1.0e-4},
+    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "log_every": 4, "ckpt_every": 6,
+                   "valid_every": 0, "preload": True, "num_workers": 0, "num_threads": 1, "device": "cpu"},
 }
 
 
@@ -160,3 +157,31 @@ def bash_env() -> dict:
     env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["LC_ALL"] = "C"
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory) -> Path:
+    """A trained experiment as stages 2-3 leave it (GE2E upstream online, UPMP backend, a
+    validation list): <root>/exp/upmp with model.pt and embeddings/data/xvector.scp, the data
+    dir in <root>/data (4 speakers x 3 tones) and its trials in <root>/data/trials."""
+    import sys
+    from upmp.data.kaldi_dir import DataDir
+    from upmp.data.trials import make_balanced_trials, write_kaldi_trials
+    root = tmp_path_factory.mktemp("tiny_exp")
+    utts = {f"spk{s}-utt{u}": (f"spk{s}", 0.8 + 0.3 * u + 0.1 * s, 150 + 90 * s + 9 * u)
+            for s in range(4) for u in range(3)}
+    data = write_data_dir(root / "data", utts)
+    write_kaldi_trials(str(data / "trials"), make_balanced_trials(DataDir.load(data).utt2spk, seed=0))
+    cfg = dict(TRAIN_CONFIG, train_conf=dict(TRAIN_CONFIG["train_conf"], steps=30, crop_seconds=0.5, valid_every=15,
+                                               log_every=10, ckpt_every=30))
+    cfg["backend_conf"] = dict(cfg["backend_conf"], embed_dim=16)
+    (root / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    exp = root / "exp" / "upmp"
+    py = [sys.executable, "-m"]
+    for args in (["upmp.bin.train", "--config", root / "conf.yaml", "--train_data_dir", data, "--upstream", "ge2e",
+                  "--valid_data_dir", data, "--valid_trials", data / "trials", "--exp_dir", exp],
+                 ["upmp.bin.extract_embeddings", "--model", exp / "model.pt", "--data_dir", data,
+                  "--upstream", "ge2e", "--out_dir", exp / "embeddings" / "data", "--num_threads", "1"]):
+        r = subprocess.run(py + [str(a) for a in args], capture_output=True, text=True, env=bash_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+    return root

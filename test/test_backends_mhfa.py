@@ -84,7 +84,7 @@ def test_layer_weightings_start_uniform_learn_and_are_plotted(tmp_path):
     for logits in (model.backend.key_logits, model.backend.value_logits):
         assert logits.grad is not None and logits.grad.abs().sum() > 0
     usage = layer_usage(model, torch.randn(2, 16, 5, 30))
-    assert list(usage) == [MHFABackend.layer_weights_label]
-    np.testing.assert_allclose(usage[MHFABackend.layer_weights_label], np.full((2, 5), 0.2), rtol=1e-6)
+    assert list(usage) == [MHFABackend.LAYER_USAGE_TITLE]
+    np.testing.assert_allclose(usage[MHFABackend.LAYER_USAGE_TITLE], np.full((2, 5), 0.2), rtol=1e-6)
     plot_layer_usage(usage, tmp_path / "layer_usage.png")
     assert (tmp_path / "layer_usage.png").stat().st_size > 1000

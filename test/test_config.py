@@ -35,3 +35,74 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(str(tmp_path / "bad.yaml"))
+
+
+# the training config schema (upmp/train/schema.py)
+
+@pytest.fixture
+def train_yaml(tmp_path):
+    p = tmp_path / "train.yaml"
+    p.write_text("backend: upmp\ntrain_conf:\n  steps: 600\n  crop_seconds: 2.0\n")
+    return p
+
+
+def test_schema_fills_defaults_and_checks_types(train_yaml):
+    from upmp.train.schema import resolve_train_config
+    cfg = resolve_train_config(str(train_yaml), ["--train_conf.batch_size", "64", "--optim_conf.lr", "1e-3"])
+    assert cfg["train_conf"]["steps"] == 600 and cfg["train_conf"]["batch_size"] == 64
+    assert cfg["optim_conf"] == {"lr": 1e-3, "upstream_lr": 5e-5, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0}
+    assert cfg["backend_conf"] == {"conv_dim": 128, "n_blocks": 1, "heads": 4, "embed_dim": 192, "dropout": 0.1}
+    assert cfg["loss_conf"] == {"margin": 0.2, "scale": 30.0, "heads": 1} and cfg["use_hidden0"] is False
+    assert resolve_train_config(str(train_yaml), ["--train_conf.crop_seconds", "3"])["train_conf"]["crop_seconds"] == 3.0
+    lap = resolve_train_config(str(train_yaml), ["--backend", "lap"])
+    assert lap["backend_conf"] == {"heads": 16, "channels": 512, "embed_dim": 192, "dropout": 0.1}
+    aug = resolve_train_config(str(train_yaml), ["--train_conf.augment.rirs_root", "/r"])["train_conf"]["augment"]
+    from upmp.data.augment import KEYS
+    assert sorted(aug) == sorted(KEYS) and aug["rirs_root"] == "/r" and aug["prob"] == 0.6
+
+
+@pytest.mark.parametrize("args, text, message", [
+    (["--train_conf.batch_size", "abc"], "", "train_conf.batch_size: 'abc' is not allowed: expected an integer >= 1"),
+    ([], "  crop_seconds: '2.0'\n", "train_conf.crop_seconds: '2.0' is not allowed: expected a number > 0"),
+    ([], "optim_conf:\n  lr: [0.1]\n", "optim_conf.lr: [0.1] is not allowed: expected a number > 0"),
+    (["--train_conf.crop_seconds", "-1"], "", "train_conf.crop_seconds: -1 is not allowed: expected a number > 0"),
+    (["--train_conf.batch_size", "4.5"], "", "train_conf.batch_size: 4.5 is not allowed: expected an integer >= 1"),
+    (["--train_conf.preload", "maybe"], "", "train_conf.preload: 'maybe' is not allowed: expected true or false"),
+    (["--backend_conf.convdim", "8"], "", "unknown config key 'backend_conf.convdim'; known keys here: conv_dim, "
+                                          "dropout, embed_dim, heads, n_blocks"),
+    (["--train_conf.steps", "10"], "", "train_conf.steps 10 with optim_conf.pct_start 0.1 gives exactly 1 warm-up step"),
+    ([], "  stpes: 5\n", "unknown config key 'train_conf.stpes'"),
+    (["--train_conf.sampling", "balanced"], "", "expected one of uniform, speaker_balanced"),
+    (["--train_conf.device", "gpu"], "", "train_conf.device: 'gpu' is not allowed"),
+    (["--train_conf.augment.prob", "2"], "", "train_conf.augment.prob: 2 is not allowed: expected a number in [0, 1]"),
+    (["--train_conf.augment.kinds", "{noise: -1}"], "", "augment.kinds: expected weights >= 0"),
+])
+def test_schema_refuses_bad_values(train_yaml, args, text, message):
+    from upmp.train.schema import resolve_train_config
+    train_yaml.write_text(train_yaml.read_text() + text)
+    with pytest.raises(ConfigError) as e:
+        resolve_train_config(str(train_yaml), args)
+    assert str(e.value).startswith(f"{train_yaml}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_schema_steps_that_onecycle_can_schedule():
+    """The one (steps, pct_start) the schema refuses is the one OneCycle cannot schedule."""
+    import torch
+    from upmp.train.schema import check_train_config
+    for steps, refused in ((10, True), (11, False), (4, False), (12, False)):
+        cfg = {"train_conf": {"steps": steps}}
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        try:
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[3e-3], total_steps=steps, pct_start=0.1)
+            for _ in range(steps):
+                opt.step()
+                sched.step()
+            crashed = False
+        except ZeroDivisionError:
+            crashed = True
+        assert crashed == refused
+        if refused:
+            with pytest.raises(ConfigError, match="warm-up"):
+                check_train_config(cfg)
+        else:
+            check_train_config(cfg)

@@ -9,13 +9,12 @@ import pytest
 import soundfile
 
 from conftest import ROOT, TEMPLATE, vox1_extended_lists, vox1_split_layout
-from upmp.bin.train import check_required
-from upmp.config import load_config
 from upmp.data.augment import KEYS, Augmenter
 from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials
+from upmp.train.schema import resolve_train_config as load_config  # the resolved config: every key
 
-BACKENDS = ("upmp", "lap", "superb_ecapa", "xvector")
+BACKENDS = ("upmp", "lap", "mhfa", "superb_ecapa", "xvector")
 
 
 def make_recipe(tmp_path: Path, corpus: str) -> Path:
@@ -45,7 +44,6 @@ def keys(node, prefix=""):
 def test_configs_have_the_mini_key_set(corpus, backend):
     cfg = load_config(str(ROOT / "egs" / corpus / "sv1" / "conf" / f"train_{backend}.yaml"))
     assert keys(cfg) == keys(load_config(str(ROOT / "egs" / "mini" / "sv1" / "conf" / f"train_{backend}.yaml")))
-    check_required(cfg, backend)
     assert (cfg["train_conf"]["steps"], cfg["train_conf"]["batch_size"], cfg["train_conf"]["crop_seconds"],
             cfg["optim_conf"]["lr"], cfg["loss_conf"]["margin"], cfg["loss_conf"]["scale"]) == (10000, 128, 3.0, 3e-3, 0.2, 30)
 

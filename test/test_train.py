@@ -1,4 +1,5 @@
 """Training on cached layer stacks: determinism, resume, outputs, config errors."""
+import re
 import subprocess
 import sys
 
@@ -48,7 +49,7 @@ def test_train_outputs_and_determinism(dump):
     assert "torch" in (exp / "versions.json").read_text()
     import json
 
-    from upmp.train.trainer import load_model
+    from upmp.checkpoint import load_model
     summary = json.loads((exp / "train_summary.json").read_text())
     model, _ = load_model(str(exp / "model.pt"))
     assert summary["num_params"] == sum(p.numel() for p in model.parameters()) and summary["step"] == 12
@@ -58,8 +59,8 @@ def test_train_outputs_and_determinism(dump):
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [4, 8, 12]
     r = train(dump, dump / "exp2")
-    a = torch.load(exp / "model.pt", weights_only=False)["model"]
-    b = torch.load(dump / "exp2" / "model.pt", weights_only=False)["model"]
+    a = torch.load(exp / "model.pt", weights_only=True)["model"]
+    b = torch.load(dump / "exp2" / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -79,12 +80,12 @@ def test_resume_after_kill_matches_uninterrupted_run(dump):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (dump / "cut" / "model.pt").exists(), "training finished before it could be killed"
-    step = torch.load(ckpt, weights_only=False)["step"]
+    step = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step < 300
     r = train(dump, dump / "cut", *args)
     assert r.returncode == 0 and f"resumed from {ckpt} at step {step}" in r.stderr
-    a = torch.load(dump / "full" / "model.pt", weights_only=False)["model"]
-    b = torch.load(dump / "cut" / "model.pt", weights_only=False)["model"]
+    a = torch.load(dump / "full" / "model.pt", weights_only=True)["model"]
+    b = torch.load(dump / "cut" / "model.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
@@ -95,14 +96,29 @@ def test_unknown_override_is_an_error(dump):
     assert not (dump / "x" / "model.pt").exists()
 
 
-def test_missing_key_is_an_error(dump):
-    cfg = dict(CONFIG)
-    del cfg["optim_conf"]
-    (dump / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "bad.yaml"), "--train_scp",
-                        str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"), "--exp_dir", str(dump / "e")],
-                       capture_output=True, text=True)
-    assert r.returncode == 1 and "missing config key(s): optim_conf" in r.stderr
+def test_config_errors_are_one_line_and_write_nothing(dump):
+    """Issue-12 config faults through the entry point: exit 1, one line naming key and value, no traceback."""
+    (dump / "typo.yaml").write_text(yaml.safe_dump(dict(CONFIG, train_conf=dict(CONFIG["train_conf"], stpes=5))))
+    cases = [(("--train_conf.batch_size", "abc"), "train_conf.batch_size: 'abc' is not allowed: expected an integer >= 1"),
+             (("--train_conf.steps", "10"), "exactly 1 warm-up step"),
+             (("--backend_conf.convdim", "8"), "unknown config key 'backend_conf.convdim'"),
+             (("--config", str(dump / "typo.yaml")), "unknown config key 'train_conf.stpes'")]
+    for args, message in cases:
+        r = train(dump, dump / "x", *args)
+        assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (dump / "x").exists()
+
+
+def test_resolved_config_records_every_key(dump):
+    from upmp.train.schema import defaults
+    assert train(dump, dump / "exp").returncode == 0
+    cfg = yaml.safe_load((dump / "exp/config.yaml").read_text())
+    expect = defaults()
+    assert cfg.keys() == expect.keys() and all(cfg[k].keys() == expect[k].keys() for k in expect
+                                               if isinstance(expect[k], dict))
+    assert cfg["optim_conf"]["lr"] == 3e-3 and cfg["train_conf"]["steps"] == 12 and cfg["loss_conf"]["heads"] == 1
+    assert torch.load(dump / "exp/model.pt", weights_only=True)["config"] == cfg
 
 
 def test_extract_embeddings_batched_equals_single(dump):
@@ -197,6 +213,30 @@ def test_layer_usage_reports_each_backend():
     np.testing.assert_allclose(u["VAD mixing, block 1 (row: output layer)"].sum(axis=1), 1.0, rtol=1e-6)
     scores = u["layer attention score (row: head)"]
     assert scores.shape == (2, 4) and np.all((scores > 0) & (scores < 1))
+    # the scores are what the pooling computes on this batch, not a side effect of an earlier forward
+    m = SpeakerEmbeddingModel("upmp", 8, 4, use_hidden0=True, backend_conf=small["upmp"]).eval()
+    first = layer_usage(m, x)["layer attention score (row: head)"]
+    m(torch.randn(3, 8, 4, 11))
+    np.testing.assert_array_equal(layer_usage(m, x)["layer attention score (row: head)"], first)
+    assert not hasattr(m.backend.layer_pooling, "last_scores")
+
+
+def test_backends_implement_the_interface():
+    from upmp.backends import BACKENDS, SpeakerEmbeddingModel
+    from upmp.backends.base import Backend
+    assert all(issubclass(cls, Backend) for cls in BACKENDS.values())
+
+    class NoUsage(Backend):
+        def forward(self, x, mask=None):
+            return x.mean(dim=(2, 3))
+    with pytest.raises(TypeError, match="abstract method"):
+        NoUsage()
+    BACKENDS["plain"] = torch.nn.Identity
+    try:
+        with pytest.raises(TypeError, match="must derive from upmp.backends.base.Backend"):
+            SpeakerEmbeddingModel("plain", 8, 4)
+    finally:
+        del BACKENDS["plain"]
 
 
 def test_validation_keeps_the_best_checkpoint(dump):
@@ -209,11 +249,11 @@ def test_validation_keeps_the_best_checkpoint(dump):
     rows = [l.split("\t") for l in (dump / "exp/valid_metrics.tsv").read_text().splitlines()[1:]]
     assert [int(s) for s, _ in rows] == [4, 8, 12]
     eers = [float(e) for _, e in rows]
-    best = torch.load(dump / "exp/model.pt", weights_only=False)
+    best = torch.load(dump / "exp/model.pt", weights_only=True)
     assert best["valid_eer"] == pytest.approx(min(eers), abs=1e-3)
     assert best["step"] == [4, 8, 12][int(np.argmin(eers))]
     assert (dump / "exp/model_last.pt").is_file() and "validation EER" in r.stderr
-    ckpt = torch.load(dump / "exp/checkpoints/best.pt", weights_only=False)
+    ckpt = torch.load(dump / "exp/checkpoints/best.pt", weights_only=True)
     assert all(torch.equal(ckpt["model"][k], best["model"][k]) for k in best["model"])
     r = train(dump, dump / "exp2", "--valid_scp", str(dump / "dump/layers.scp"))
     assert r.returncode == 1 and "--valid_scp and --valid_trials go together" in r.stderr
@@ -263,3 +303,121 @@ def test_multi_head_and_subcenter_losses():
     assert single(x, y)[0].item() == pytest.approx(ref(x, y)[0].item())
     with pytest.raises(ValueError, match="must split into 5 equal heads"):
         build_loss("aamsoftmax", 12, 5, {"heads": 5})
+
+
+class _Payload:
+    """A pickle that, when unpickled, runs a shell command writing a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _extract(model, dump, out):
+    return subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(model),
+                           "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(out)],
+                          capture_output=True, text=True)
+
+
+def test_malicious_model_file_does_not_run(dump):
+    from upmp.checkpoint import load_model
+    from upmp.errors import ModelFileError
+    marker = dump / "pwned"
+    evil = dump / "evil.pt"
+    torch.save({"format": "upmp-model", "version": 1, "config": {}, "layer_stack": {}, "model": _Payload(marker)},
+               evil)
+    with pytest.raises(ModelFileError, match=r"evil\.pt: refused: holds Python objects beyond tensors"):
+        load_model(str(evil))
+    r = _extract(evil, dump, dump / "o")
+    assert r.returncode == 1 and "refused" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (dump / "o" / "xvector.scp").exists()
+    assert not marker.exists()
+    import pickle
+    import zipfile
+    with zipfile.ZipFile(evil) as z:  # the file is a real exploit: a plain unpickling runs it
+        pickle.loads(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+    assert marker.exists()
+
+
+def test_broken_model_files_are_one_line_errors(dump):
+    from upmp.checkpoint import load_model
+    from upmp.errors import ModelFileError
+    assert train(dump, dump / "exp").returncode == 0
+    good = (dump / "exp/model.pt").read_bytes()
+    state = torch.load(dump / "exp/model.pt", weights_only=True)
+    cases = {
+        "truncated.pt": (good[:len(good) // 2], "truncated or corrupt torch archive"),
+        "empty.pt": (b"", "an empty file; expected a upmp model"),
+        "random.pt": (np.random.default_rng(0).bytes(4096), "not a torch zip archive"),
+    }
+    for name, (data, message) in cases.items():
+        (dump / name).write_bytes(data)
+    torch.save({"model": state["model"]}, dump / "foreign.pt")  # a state dict, not our model.pt
+    cases["foreign.pt"] = (None, "no upmp format tag")
+    torch.save({k: v for k, v in state.items() if k != "layer_stack"}, dump / "partial.pt")
+    cases["partial.pt"] = (None, "incomplete a upmp model (model.pt): missing layer_stack")
+    torch.save(dict(state, version=99), dump / "future.pt")
+    cases["future.pt"] = (None, "format version 99; this upmp reads version 1 only")
+    for name, (_, message) in cases.items():
+        with pytest.raises(ModelFileError, match=re.escape(f"{dump / name}: ") + ".*" + re.escape(message)):
+            load_model(str(dump / name))
+    for name in ("truncated.pt", "foreign.pt"):
+        r = _extract(dump / name, dump, dump / f"o_{name}")
+        assert r.returncode == 1 and cases[name][1] in r.stderr and str(dump / name) in r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (dump / "exp/checkpoints/last.pt").write_bytes(good[:100])  # a broken resume checkpoint
+    r = train(dump, dump / "exp")
+    assert r.returncode == 1 and "last.pt: truncated or corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_non_finite_loss_stops_training(dump):
+    import kaldiio
+    d = dump / "dump"
+    stacks = dict(kaldiio.load_scp(str(d / "layers.scp")))
+    bad = stacks["s1-u2"].copy()
+    bad[:, 5] = np.nan  # every frame of one channel: any crop of it
+    (dump / "nan").mkdir()
+    with LayerStackWriter(str(dump / "nan" / "layers"), "float32") as w:
+        for utt in sorted(stacks):
+            w.write(utt, (bad if utt == "s1-u2" else stacks[utt]).reshape(-1, 3, 8).transpose(1, 0, 2))
+    LayerStackMeta(3, 8, 0.02, "test").write(str(dump / "nan"))
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
+                        "--train_scp", str(dump / "nan" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"),
+                        "--exp_dir", str(dump / "exp"), "--train_conf.ckpt_every", "1"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.search(r"error: step \d+: the training loss is nan on the batch of utterances [^;]*s1-u2", last), last
+    step = int(re.search(r"step (\d+):", last).group(1))
+    assert not (dump / "exp" / "model.pt").exists()
+    if step > 1:  # the checkpoint written before holds finite weights of the step before
+        state = torch.load(dump / "exp" / "checkpoints" / "last.pt", weights_only=True)
+        assert state["step"] == step - 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_failed_run_keeps_the_experiment_config(dump):
+    assert train(dump, dump / "exp").returncode == 0
+    before = {n: (dump / "exp" / n).read_bytes() for n in ("config.yaml", "model.pt")}
+    r = train(dump, dump / "exp", "--train_conf.steps", "20")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "holds the results of another config" in r.stderr and "train_conf.steps = 12, now 20" in r.stderr
+    # a run that fails during set-up (here: a missing utt2spk) in a fresh dir leaves no config.yaml
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"), "--train_scp",
+                        str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "missing"), "--exp_dir",
+                        str(dump / "exp2")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and not (dump / "exp2" / "config.yaml").exists()
+    assert {n: (dump / "exp" / n).read_bytes() for n in before} == before
+    r = train(dump, dump / "exp", "--train_conf.num_workers", "1")  # a speed-only key may change: same model
+    assert r.returncode == 0, r.stderr
+
+
+def test_loader_workers_give_the_same_model(dump):
+    """Batches are built in 2 DataLoader worker processes (the paper configs' default): same weights."""
+    assert train(dump, dump / "w0").returncode == 0
+    r = train(dump, dump / "w2", "--train_conf.num_workers", "2")
+    assert r.returncode == 0, r.stderr
+    a = torch.load(dump / "w0" / "model.pt", weights_only=True)["model"]
+    b = torch.load(dump / "w2" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from conftest import TRAIN_CONFIG
-from upmp.config import ConfigError
+from upmp.errors import ConfigError
 from upmp.train.lmft import lmft_config
+from upmp.train.schema import check_train_config
 
-LMFT = {"train_conf": {"steps": 6, "crop_seconds": 0.8, "valid_every": 3}, "optim_conf": {"lr": 1.0e-3},
-        "loss_conf": {"margin": 0.5}}
+LMFT = {"steps": 6, "crop_seconds": 0.8, "valid_every": 3, "lr": 1.0e-3, "margin": 0.5}
 
 
 def train(dump, exp, *args):
@@ -21,17 +21,19 @@ def train(dump, exp, *args):
                            "--exp_dir", str(exp), *map(str, args)], capture_output=True, text=True)
 
 
-def test_lmft_config_places_its_keys_and_refuses_unknown_ones():
-    cfg = dict(TRAIN_CONFIG, lmft_conf=LMFT)
+def test_lmft_config_places_its_keys_and_checks_them():
+    cfg = check_train_config(dict(TRAIN_CONFIG, lmft_conf=LMFT))
     phase = lmft_config(cfg)
-    assert (phase["train_conf"]["steps"], phase["train_conf"]["crop_seconds"], phase["optim_conf"]["lr"],
-            phase["loss_conf"]["margin"]) == (6, 0.8, 1.0e-3, 0.5)
+    assert (phase["train_conf"]["steps"], phase["train_conf"]["crop_seconds"], phase["train_conf"]["valid_every"],
+            phase["optim_conf"]["lr"], phase["loss_conf"]["margin"]) == (6, 0.8, 3, 1.0e-3, 0.5)
     assert phase["loss_conf"]["scale"] == 30 and phase["train_conf"]["batch_size"] == 4  # the rest kept
     assert cfg["loss_conf"]["margin"] == 0.2  # the base config untouched
-    with pytest.raises(ConfigError, match="unknown config key 'loss_conf.margn'"):
-        lmft_config(dict(TRAIN_CONFIG, lmft_conf={"loss_conf": {"margn": 0.5}}), "conf.yaml")
-    with pytest.raises(ConfigError, match="conf.yaml: large-margin fine-tuning needs an lmft_conf section"):
-        lmft_config(dict(TRAIN_CONFIG), "conf.yaml")
+    defaults = check_train_config(dict(TRAIN_CONFIG))["lmft_conf"]  # WeSpeaker / LAP follow-up values
+    assert (defaults["steps"], defaults["crop_seconds"], defaults["lr"], defaults["margin"]) == (2000, 6.0, 1e-4, 0.5)
+    with pytest.raises(ConfigError, match="unknown config key 'lmft_conf.margn'"):
+        check_train_config(dict(TRAIN_CONFIG, lmft_conf={"margn": 0.5}))
+    with pytest.raises(ConfigError, match="lmft_conf.lr: 0 is not allowed"):
+        check_train_config(dict(TRAIN_CONFIG, lmft_conf={"lr": 0}))
 
 
 def test_lmft_starts_from_the_selected_base_model(dump):
@@ -45,14 +47,18 @@ def test_lmft_starts_from_the_selected_base_model(dump):
     base = torch.load(dump / "base/model.pt", weights_only=True)
     assert base["head"] and base["step"] in (4, 8, 12)
 
-    # lr 0: Adam moves nothing, so the parameters at the end are those at step 0: the base model's
-    r = train(dump, dump / "frozen", "--lmft_from", dump / "base/model.pt", "--lmft_conf.optim_conf.lr", "0", *valid)
+    # lr 1e-30: Adam moves each weight by about 1e-30, so the parameters at the end are those at step 0:
+    # the base model's (a fresh initialisation differs by O(0.1))
+    r = train(dump, dump / "frozen", "--lmft_from", dump / "base/model.pt", "--lmft_conf.lr", "1e-30", *valid)
     assert r.returncode == 0, r.stderr
     frozen = torch.load(dump / "frozen/model.pt", weights_only=True)
-    from upmp.train.trainer import load_model
+    from upmp.checkpoint import load_model
     params = {n for n, _ in load_model(str(dump / "base/model.pt"))[0].named_parameters()}
-    assert params and all(torch.equal(frozen["model"][n], base["model"][n]) for n in params)
-    assert all(torch.equal(frozen["head"][k], base["head"][k]) for k in base["head"])
+    assert params
+    for n in params:
+        torch.testing.assert_close(frozen["model"][n], base["model"][n], atol=1e-20, rtol=0)
+    for k in base["head"]:
+        torch.testing.assert_close(frozen["head"][k], base["head"][k], atol=1e-20, rtol=0)
     assert "large-margin fine-tuning from" in (dump / "frozen/train.log").read_text()
 
     # the real phase: its own dir, its config (longer crops, larger margin, few steps), weights moved
@@ -83,6 +89,5 @@ def test_lmft_errors(dump):
     (dump / "utt2spk").write_text("\n".join(lines) + "\n")
     r = train(dump, dump / "z", "--lmft_from", dump / "base/model.pt", "--backend_conf.conv_dim", "6")
     assert r.returncode == 1 and "weights do not fit this config's backend" in r.stderr
-    (dump / "conf.yaml").write_text(yaml.safe_dump(dict(TRAIN_CONFIG)))
-    r = train(dump, dump / "w", "--lmft_from", dump / "base/model.pt")
-    assert r.returncode == 1 and "needs an lmft_conf section" in r.stderr
+    r = train(dump, dump / "w", "--lmft_from", dump / "base/model.pt", "--lmft_conf.steps", "0")
+    assert r.returncode == 1 and "lmft_conf.steps: 0 is not allowed" in r.stderr

@@ -70,7 +70,7 @@ def test_online_training_frozen_and_fine_tuned(small_data_dir, tiny_wavlm, tmp_p
     from upmp.data.kaldi_dir import DataDir
     from upmp.data.trials import make_balanced_trials, write_kaldi_trials
     from upmp.embeddings import embed_stacks, upstream_stacks
-    from upmp.train.trainer import load_model, load_upstream
+    from upmp.checkpoint import load_model, load_upstream
     trials = tmp_path / "trials"
     write_kaldi_trials(str(trials), make_balanced_trials(DataDir.load(small_data_dir).utt2spk, seed=0))
     up = ["--upstream", "wavlm_local", "--upstream_ckpt", tiny_wavlm]
@@ -78,7 +78,7 @@ def test_online_training_frozen_and_fine_tuned(small_data_dir, tiny_wavlm, tmp_p
     r = run("upmp.bin.train", "--config", online_config(tmp_path, valid_every=2), "--train_data_dir", small_data_dir,
             "--valid_data_dir", small_data_dir, "--valid_trials", trials, "--exp_dir", frozen, *up)
     assert r.returncode == 0, r.stderr[-3000:]
-    state = torch.load(frozen / "model.pt", weights_only=False)
+    state = torch.load(frozen / "model.pt", weights_only=True)
     assert "upstream" not in state and state["layer_stack"]["num_layers"] == 3  # hidden 0 + 2 layers
     assert len(np.loadtxt(frozen / "valid_metrics.tsv", skiprows=1, ndmin=2)) == 2
     assert "upstream wavlm_local frozen" in (frozen / "train.log").read_text()
@@ -87,9 +87,9 @@ def test_online_training_frozen_and_fine_tuned(small_data_dir, tiny_wavlm, tmp_p
     r = run("upmp.bin.train", "--config", online_config(tmp_path, finetune_upstream=True), "--train_data_dir",
             small_data_dir, "--exp_dir", tuned, *up)
     assert r.returncode == 0, r.stderr[-3000:]
-    state = torch.load(tuned / "model.pt", weights_only=False)
+    state = torch.load(tuned / "model.pt", weights_only=True)
     assert state["upstream"]["name"] == "wavlm_local"
-    ckpt = torch.load(tuned / "checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(tuned / "checkpoints/last.pt", weights_only=True)
     assert [g["max_lr"] for g in ckpt["optimizer"]["param_groups"]] == [3.0e-3, 1.0e-4]  # separate upstream lr
     fresh = load_upstream("wavlm_local", str(tiny_wavlm), "cpu")
     changed = [k for k, v in fresh.state_dict().items() if not torch.equal(v, state["upstream"]["state"][k])]

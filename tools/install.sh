@@ -2,40 +2,59 @@
 # Install upmp and everything it needs; idempotent (a second run does nothing and says so).
 #   bash tools/install.sh            # Debian packages + Python stack in tools/venv (or the active venv)
 #   bash tools/install.sh --no-apt   # skip Debian packages (install sox espeak-ng flite ffmpeg yourself)
+#   bash tools/install.sh --slurm    # only the Debian packages of a one-node Slurm (test/test_slurm_real.py)
 # Python pins: tools/requirements.txt. Debian packages: DEB_PACKAGES below.
 set -euo pipefail
 
 DEB_PACKAGES="sox libsox-fmt-all espeak-ng flite ffmpeg"
+SLURM_PACKAGES="slurmctld slurmd munge slurm-client"
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 use_apt=true
+slurm_only=false
 for arg in "$@"; do
   case "${arg}" in
     --no-apt) use_apt=false ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --slurm) slurm_only=true ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "$0: unknown option ${arg}" 1>&2; exit 1 ;;
   esac
 done
 
 log() { echo "[install] $*" 1>&2; }
 
-# 1. Debian packages
-if "${use_apt}"; then
-  missing=""
-  for p in ${DEB_PACKAGES}; do
+install_debs() {  # <packages...>: those not installed yet, with apt-get
+  local missing="" p sudo=""
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q "install ok installed" || missing="${missing} ${p}"
   done
   if [ -z "${missing}" ]; then
-    log "Debian packages already installed: ${DEB_PACKAGES}"
-  else
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-      command -v sudo > /dev/null || { log "need root (or sudo) to install:${missing}"; exit 1; }
-      sudo=sudo
-    fi
-    log "installing Debian packages:${missing}"
+    log "Debian packages already installed: $*"
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo > /dev/null || { log "need root (or sudo) to install:${missing}"; exit 1; }
+    sudo=sudo
+  fi
+  log "installing Debian packages:${missing}"
+  # a fresh image has no package lists; an install that fails on stale lists is retried after an update
+  # shellcheck disable=SC2086
+  if ! compgen -G "/var/lib/apt/lists/*_Packages*" > /dev/null || \
+     ! DEBIAN_FRONTEND=noninteractive ${sudo} apt-get install -y -qq --no-install-recommends ${missing} > /dev/null; then
     ${sudo} apt-get update -qq
     DEBIAN_FRONTEND=noninteractive ${sudo} apt-get install -y -qq --no-install-recommends ${missing} > /dev/null
   fi
+}
+
+if "${slurm_only}"; then
+  # Debian's packages start nothing where services cannot run (containers); the test starts its own daemons
+  install_debs ${SLURM_PACKAGES}
+  exit 0
+fi
+
+# 1. Debian packages
+if "${use_apt}"; then
+  # shellcheck disable=SC2086
+  install_debs ${DEB_PACKAGES}
 fi
 
 # 2. Python environment: the active venv, or tools/venv

@@ -1,4 +1,5 @@
-"""Which layers a trained backend relies on (the paper's analysis), as a PNG.
+"""Which layers a trained backend relies on (the paper's analysis), as a PNG. Each backend says
+what to show (upmp.backends.base.Backend.layer_usage):
 
 - superb_ecapa: the softmax layer weights.
 - mhfa: its two softmax layer weightings (keys, values).
@@ -18,27 +19,15 @@ import torch
 
 @torch.no_grad()
 def layer_usage(model, stacks: torch.Tensor) -> Dict[str, np.ndarray]:
-    """Arrays describing layer use, from the model and one batch (B, D, L, T) of inputs."""
-    backend = model.backend
-    out: Dict[str, np.ndarray] = {}
-    if hasattr(backend, "layer_weights"):  # (L,) one softmax weighting, or (rows, L) several
-        weights = np.atleast_2d(backend.layer_weights().cpu().numpy())
-        out[getattr(backend, "layer_weights_label", "SUPERB layer weights")] = weights
-    if hasattr(backend, "vads"):
-        for i, vad in enumerate(backend.vads):
-            out[f"VAD mixing, block {i + 1} (row: output layer)"] = torch.softmax(vad.mix_logits, -1).cpu().numpy()
-    if hasattr(backend, "layer_pooling"):
-        was_training = model.training
-        model.eval()
-        model(stacks)
+    """Arrays (rows, L) describing layer use, from the model (SpeakerEmbeddingModel) and one
+    batch (B, D, L_all, T) of inputs: what its backend's `layer_usage()` reports, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        usage = model.layer_usage(stacks)
+    finally:
         model.train(was_training)
-        out["layer attention score (row: head)"] = backend.layer_pooling.last_scores.cpu().numpy()
-    if hasattr(backend, "layer"):
-        L = stacks.shape[2] - (0 if model.use_hidden0 else 1)
-        onehot = np.zeros((1, L))
-        onehot[0, backend.layer] = 1.0
-        out["layer used"] = onehot
-    return out
+    return {title: a.detach().float().cpu().numpy() for title, a in usage.items()}
 
 
 def plot_layer_usage(usage: Dict[str, np.ndarray], png: Path, first_layer: int = 0) -> None:

@@ -18,10 +18,8 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from upmp.fileio import atomic_write_text
-
-
 from upmp.errors import ConfigError  # noqa: F401  (re-exported)
+from upmp.fileio import atomic_write_text
 
 
 class _Loader(yaml.SafeLoader):
@@ -82,7 +80,8 @@ def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[tuple], source: str
     return cfg
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+def load_config_file(path: str) -> Dict[str, Any]:
+    """The YAML mapping at path (ConfigError when missing, invalid or not a mapping)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -92,7 +91,13 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return apply_overrides(cfg, parse_overrides(overrides), source=path)
+    return cfg
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """The YAML at path with overrides of keys it holds (a config without a schema; the training
+    config has one: upmp.train.schema.resolve_train_config)."""
+    return apply_overrides(load_config_file(path), parse_overrides(overrides), source=path)
 
 
 def versions() -> Dict[str, str]:

@@ -11,6 +11,16 @@ from __future__ import annotations
 class UpmpError(Exception):
     """Bad input, reported as one line without a traceback."""
 
+    def __init__(self, *args):
+        # A torch DataLoader worker re-raises as type(e)("Caught ... Original Traceback ...: <message>"):
+        # keep the one line, so an error in a worker reads as it would in the main process.
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "\nOriginal Traceback" in args[0]:
+            head = f"{type(self).__module__}.{type(self).__qualname__}: "
+            if head in args[0]:
+                args = (args[0].rsplit(head, 1)[1].strip(),)
+        super().__init__(*args)
+
 
 class ConfigError(UpmpError, ValueError):
     """A training / scoring configuration key has a wrong name, type or value."""

@@ -230,7 +230,7 @@ def run_cluster(spec: JobSpec, backend: str, poll_seconds: float = 5.0) -> int:
         return 1
     job_id = proc.stdout.strip().split(";")[0].split()[-1] if proc.stdout.strip() else ""
     codes: Dict[int, int] = {}
-    gone_polls = 0
+    gone_since, wait = None, 0.5  # short jobs are seen soon; then the poll slows to poll_seconds
     while len(codes) < len(spec.job_ids()):
         for j in spec.job_ids():
             done = qdir / f"done.{name}.{j}"
@@ -240,13 +240,20 @@ def run_cluster(spec: JobSpec, backend: str, poll_seconds: float = 5.0) -> int:
         if len(codes) == len(spec.job_ids()):
             break
         # A job killed by the scheduler never writes its done-file: once the
-        # scheduler no longer knows the job, give it two more polls, then fail it.
-        gone_polls = gone_polls + 1 if job_id and not _job_alive(backend, job_id) else 0
-        if gone_polls > 2:
+        # scheduler no longer knows the job, give the done-files two full polls to appear
+        # (a shared file system may show them late), then fail it.
+        gone = job_id and not _job_alive(backend, job_id)
+        gone_since = (gone_since or time.time()) if gone else None
+        if gone_since is not None and time.time() - gone_since >= 2 * poll_seconds:
             for j in spec.job_ids():
-                codes.setdefault(j, 1)
+                if j not in codes:
+                    # the scheduler's reason (cancelled, time or memory limit) is in its own output file
+                    print(f"{prog}: job {j} ended without an exit status (killed by the scheduler?), "
+                          f"see {qdir}/{name}.{j}.out", file=sys.stderr)
+                    codes[j] = 1
             break
-        time.sleep(poll_seconds)
+        time.sleep(wait)
+        wait = min(2 * wait, poll_seconds)
     return _report(prog, spec, [codes[j] for j in spec.job_ids()])
 
 

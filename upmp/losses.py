@@ -12,12 +12,14 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from upmp.errors import ConfigError
+
 
 class _MultiHead(nn.Module):
     def __init__(self, make_head, embed_dim: int, heads: int):
         super().__init__()
         if heads < 1 or embed_dim % heads:
-            raise ValueError(f"embedding size {embed_dim} must split into {heads} equal heads")
+            raise ConfigError(f"embedding size {embed_dim} must split into {heads} equal heads")
         self.heads = nn.ModuleList(make_head(embed_dim // heads) for _ in range(heads))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -68,5 +70,5 @@ LOSSES = {"aamsoftmax": AAMSoftmax, "aamsoftmax_subcenter_topk": SubcenterInterT
 
 def build_loss(name: str, embed_dim: int, num_classes: int, conf: dict) -> nn.Module:
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
+        raise ConfigError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
     return LOSSES[name](embed_dim, num_classes, **conf)

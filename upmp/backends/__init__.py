@@ -1,7 +1,9 @@
 """Backends: layer stack (B, D, L, T) + mask (B, T) -> speaker embedding (B, E).
 
-One registry maps the config name to the class; `build_model` chains sizes
-(upstream D and L -> backend -> embedding -> loss head).
+One registry maps the config name to the class (each a `upmp.backends.base.Backend`: embed_dim,
+padding_invariant, forward, layer_usage); `upmp.checkpoint.build_model` chains sizes
+(upstream D and L -> backend -> embedding -> loss head). A new backend: one file with a Backend
+subclass, an entry here, and its config keys in upmp/train/schema.py (BACKEND_CONFS).
 """
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ from typing import Dict, Optional, Type
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
 from upmp.backends.lap import LAPBackend
 from upmp.backends.mhfa import MHFABackend
 from upmp.backends.superb_ecapa import SuperbEcapaBackend
 from upmp.backends.upmp import UPMPBackend
 from upmp.backends.xvector import XvectorBackend
+from upmp.errors import ConfigError
 
-BACKENDS: Dict[str, Type[nn.Module]] = {
+BACKENDS: Dict[str, Type[Backend]] = {
     "upmp": UPMPBackend,
     "lap": LAPBackend,
     "mhfa": MHFABackend,
@@ -36,18 +40,28 @@ class SpeakerEmbeddingModel(nn.Module):
                  backend_conf: Optional[dict] = None):
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(sorted(BACKENDS))}")
+            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(sorted(BACKENDS))}")
+        if not issubclass(BACKENDS[backend], Backend):
+            raise TypeError(f"backend {backend!r}: {BACKENDS[backend].__name__} must derive from "
+                            "upmp.backends.base.Backend")
         self.use_hidden0 = use_hidden0
         used_layers = num_layers if use_hidden0 else num_layers - 1
         if used_layers < 1:
-            raise ValueError(f"upstream has {num_layers} hidden states; none left for the backend")
-        self.backend = BACKENDS[backend](input_dim=input_dim, num_layers=used_layers,
-                                         **(backend_conf or {}))
+            raise ConfigError(f"upstream has {num_layers} hidden states; none left for the backend")
+        self.backend: Backend = BACKENDS[backend](input_dim=input_dim, num_layers=used_layers,
+                                                  **(backend_conf or {}))
         self.embed_dim = self.backend.embed_dim
         # whether padded batches give the same embeddings as single utterances
-        self.padding_invariant = getattr(self.backend, "padding_invariant", False)
+        self.padding_invariant = self.backend.padding_invariant
+
+    def _select(self, stack: torch.Tensor) -> torch.Tensor:
+        return stack if self.use_hidden0 else stack[:, :, 1:]
 
     def forward(self, stack: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not self.use_hidden0:
-            stack = stack[:, :, 1:]
-        return self.backend(stack, mask)
+        return self.backend(self._select(stack), mask)
+
+    def layer_usage(self, stack: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The backend's layer_usage on the hidden states it sees (see Backend.layer_usage)."""
+        if mask is None:
+            mask = torch.ones(stack.shape[0], stack.shape[-1], dtype=torch.bool, device=stack.device)
+        return self.backend.layer_usage(self._select(stack), mask)

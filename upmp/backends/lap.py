@@ -9,16 +9,16 @@ with 16 heads.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
-from torch import nn
 
+from upmp.backends.base import Backend
 from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
 from upmp.backends.upmp import LayerAttentivePooling
 
 
-class LAPBackend(nn.Module):
+class LAPBackend(Backend):
     padding_invariant = True
 
     def __init__(self, input_dim: int, num_layers: int, heads: int = 16, channels: int = 512,
@@ -32,3 +32,6 @@ class LAPBackend(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         mask = full_mask_if_none(x, mask)
         return self.frame_pooling(self.layer_pooling(x, mask), mask)
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"layer attention score (row: head)": self.layer_pooling.mean_scores(x, mask)}

@@ -11,17 +11,18 @@ The frame softmax is the only place where frames meet, so padding is neutral exa
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
 from upmp.backends.pooling import full_mask_if_none
 
 
-class MHFABackend(nn.Module):
+class MHFABackend(Backend):
     padding_invariant = True
-    layer_weights_label = "MHFA layer weights (row 0: keys, row 1: values)"
+    LAYER_USAGE_TITLE = "MHFA layer weights (row 0: keys, row 1: values)"
 
     def __init__(self, input_dim: int, num_layers: int, compression_dim: int = 128, heads: int = 64,
                  embed_dim: int = 256):
@@ -37,6 +38,9 @@ class MHFABackend(nn.Module):
     def layer_weights(self) -> torch.Tensor:
         """(2, L): the softmax layer weights of the keys (row 0) and the values (row 1)."""
         return torch.stack([torch.softmax(self.key_logits, 0), torch.softmax(self.value_logits, 0)])
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {self.LAYER_USAGE_TITLE: self.layer_weights()}
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         mask = full_mask_if_none(x, mask)

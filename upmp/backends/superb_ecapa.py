@@ -8,13 +8,15 @@ included, so batched inference is not padding-neutral: embed one utterance at a 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
 
-class SuperbEcapaBackend(nn.Module):
+
+class SuperbEcapaBackend(Backend):
     padding_invariant = False
 
     def __init__(self, input_dim: int, num_layers: int, ndim: int = 1024, model_scale: int = 8,
@@ -37,3 +39,6 @@ class SuperbEcapaBackend(nn.Module):
         frames = self.encoder(feats)  # (B, C, T)
         lengths = None if mask is None else mask.sum(dim=1)
         return self.projector(self.pooling(frames, lengths))
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"SUPERB layer weights": self.layer_weights()[None]}

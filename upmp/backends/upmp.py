@@ -16,12 +16,14 @@ Choices where the description allows two readings:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
 from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
+from upmp.errors import ConfigError
 
 
 def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -113,7 +115,7 @@ class LayerAttentivePooling(nn.Module):
                  dropout: float = 0.1, out_channels: Optional[int] = None):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+            raise ConfigError(f"channels {channels} must be divisible by heads {heads}")
         self.heads = heads
         hidden = max(1, num_layers // 2)
         self.norm = nn.BatchNorm2d(in_channels)
@@ -134,20 +136,27 @@ class LayerAttentivePooling(nn.Module):
         hidden = torch.relu(torch.einsum("bhlt,hlk->bhkt", z, self.w1) + self.b1[None, :, :, None])
         return torch.einsum("bhkt,hkl->bhlt", hidden, self.w2) + self.b2[None, :, :, None]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _scores(self, x: torch.Tensor):
+        """(B, C_in, L, T) -> projected input split by head (B, h, C/h, L, T), layer scores (B, h, L, T)."""
         x = self.proj(self.norm(x))
         B, C, L, T = x.shape
         xh = x.view(B, self.heads, C // self.heads, L, T)
-        score = torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.amax(dim=2)))
-        # mean score per head and layer over valid frames: what plot_layer_usage shows
+        return xh, torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.amax(dim=2)))
+
+    def mean_scores(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The layer score per head and layer (h, L), averaged over the batch's valid frames."""
+        score = self._scores(x)[1]
         valid = mask[:, None, None, :].to(score.dtype)
-        self.last_scores = ((score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)).detach()
-        score = self.dropout(score)
-        pooled = (xh * score.unsqueeze(2)).view(B, C, L, T).amax(dim=2)
+        return (score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        xh, score = self._scores(x)
+        B, h, c, L, T = xh.shape
+        pooled = (xh * self.dropout(score).unsqueeze(2)).view(B, h * c, L, T).amax(dim=2)
         return self.out(pooled)
 
 
-class UPMPBackend(nn.Module):
+class UPMPBackend(Backend):
     """(B, D, L, T) + mask (B, T) -> (B, embed_dim).
 
     Args:
@@ -170,12 +179,23 @@ class UPMPBackend(nn.Module):
         self.frame_pooling = AttentiveStatisticsPooling(width, embed_dim, dropout)
         self.embed_dim = embed_dim
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mask = full_mask_if_none(x, mask)
+    def _block_outputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Steps 1-2: (B, D, L, T) -> the blocks' outputs stacked on channels (B, 4c * n_blocks, L, T)."""
         x = self.projection(x)
         outputs = []
         for vad, block in zip(self.vads, self.blocks):
             x = block(vad(x, mask), mask)
             outputs.append(x)
-        x = self.layer_pooling(torch.cat(outputs, dim=1), mask)
+        return torch.cat(outputs, dim=1)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mask = full_mask_if_none(x, mask)
+        x = self.layer_pooling(self._block_outputs(x, mask), mask)
         return self.frame_pooling(x, mask)
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The VADs' layer-mixing matrices (softmax rows) and the layer attention score per head."""
+        out = {f"VAD mixing, block {i + 1} (row: output layer)": torch.softmax(vad.mix_logits, -1)
+               for i, vad in enumerate(self.vads)}
+        out["layer attention score (row: head)"] = self.layer_pooling.mean_scores(self._block_outputs(x, mask), mask)
+        return out

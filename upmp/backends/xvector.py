@@ -7,13 +7,16 @@ The TDNN's context reaches into padding, so embed one utterance at a time.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
+from upmp.backends.base import Backend
+from upmp.errors import ConfigError
 
-class XvectorBackend(nn.Module):
+
+class XvectorBackend(Backend):
     padding_invariant = False
 
     def __init__(self, input_dim: int, num_layers: int, layer: int = -1, ndim: int = 512,
@@ -22,7 +25,7 @@ class XvectorBackend(nn.Module):
         from espnet2.spk.encoder.xvector_encoder import XvectorEncoder
         from espnet2.spk.pooling.stat_pooling import StatsPooling
         if not -num_layers <= layer < num_layers:
-            raise ValueError(f"layer {layer} out of range for {num_layers} hidden states")
+            raise ConfigError(f"layer {layer} out of range for {num_layers} hidden states")
         self.layer = layer
         self.encoder = XvectorEncoder(input_dim, ndim=ndim, output_size=output_size)
         self.pooling = StatsPooling()
@@ -33,3 +36,9 @@ class XvectorBackend(nn.Module):
         frames = self.encoder(x[:, :, self.layer].transpose(1, 2))  # (B, C, T)
         lengths = None if mask is None else mask.sum(dim=1)
         return self.segment(self.pooling(frames, lengths))
+
+    def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The one hidden state used, as a one-hot row."""
+        onehot = torch.zeros(1, x.shape[2])
+        onehot[0, self.layer] = 1.0
+        return {"layer used": onehot}

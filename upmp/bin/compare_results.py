@@ -17,23 +17,33 @@ from upmp.fileio import atomic_write_text
 from upmp.metrics import EER_CONVENTION
 
 
+def result_rows(exp_dirs) -> list:
+    """One dict per (experiment, test set, system) from each <exp_dir>/results.json (dirs without one are skipped)."""
+    rows = []
+    for d in sorted({Path(x) for x in exp_dirs}):
+        f = d / "results.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        for key, m in r["results"].items():
+            test_set, system = key.split("/", 1)
+            rows.append(dict(exp_dir=str(d), experiment=r["experiment"], backend=r.get("backend"),
+                             upstream=r.get("upstream"), num_params=r.get("num_params"),
+                             train_seconds=r.get("train_seconds"), test_set=test_set, system=system, **m))
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp_dirs", nargs="+", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     rows = []
-    for d in sorted({Path(x) for x in args.exp_dirs}):
-        f = d / "results.json"
-        if not f.is_file():
-            continue
-        r = json.loads(f.read_text())
+    for r in result_rows(args.exp_dirs):
         params = f"{r['num_params']:,}" if r.get("num_params") else "?"
         seconds = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "?"
-        for key, m in r["results"].items():
-            test_set, system = key.split("/", 1)
-            rows.append(f"| {r['experiment']} | {r.get('backend')} | {params} | {seconds} | {test_set} | {system} | "
-                        f"{m['eer']:.2f} | {m['mindcf_0.01']:.4f} | {m['mindcf_0.05']:.4f} |")
+        rows.append(f"| {r['experiment']} | {r['backend']} | {params} | {seconds} | {r['test_set']} | {r['system']} | "
+                    f"{r['eer']:.2f} | {r['mindcf_0.01']:.4f} | {r['mindcf_0.05']:.4f} |")
     lines = [f"# Backend comparison ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"EER: {EER_CONVENTION}; minDCF normalised. Parameters: trainable, loss head excluded.", "",
              "| experiment | backend | parameters | training (s) | test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) |",

@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     setup_logging()
     set_num_threads(args.num_threads)
-    from upmp.train.trainer import load_model, load_upstream
+    from upmp.checkpoint import load_model, load_upstream
     try:
         model, meta = load_model(args.model, args.device)
         finetuned = model.finetuned_upstream

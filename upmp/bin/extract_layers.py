@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from upmp.bin.common import fail, set_num_threads, setup_logging
-from upmp.data.audio import SAMPLE_RATE, AudioError, load_audio
+from upmp.bin.common import fail, run_main, set_num_threads, setup_logging
+from upmp.data.audio import MIN_SAMPLES, SAMPLE_RATE, load_utterance
 from upmp.data.kaldi_dir import DataDir, DataDirError
 from upmp.upstream import build_upstream
 from upmp.upstream.layer_stack import STORAGE_TYPES, LayerStackMeta, LayerStackWriter, batches_by_length
@@ -37,6 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="padded audio per batch; 0 (default): one utterance per forward, which keeps "
                         "features independent of batching (padding changes them for GroupNorm front ends)")
     p.add_argument("--chunk_size", type=int, default=256, help="utterances loaded at once")
+    p.add_argument("--purpose", default="test", choices=("train", "test"),
+                   help="train: audio shorter than the upstream's receptive field is an error; test: a warning")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--verbose", action="store_true")
@@ -64,12 +66,9 @@ def main(argv=None) -> None:
         for start in range(0, len(utts), args.chunk_size):
             chunk = utts[start:start + args.chunk_size]
             audio = []
-            for utt in chunk:
-                entry, segment = data.wav_entry(utt)
-                try:
-                    audio.append(load_audio(entry, segment, name=utt))
-                except AudioError as e:
-                    fail(f"{args.data_dir}/wav.scp: utterance {utt}: {e}")
+            for utt in chunk:  # a bad file raises an AudioError-based DataDirError: one line by run_main
+                audio.append(load_utterance(data, utt, f"{args.data_dir}/wav.scp", min_samples=MIN_SAMPLES,
+                                            strict=args.purpose == "train"))
             for batch in batches_by_length([len(a) for a in audio], max_samples):
                 lens = torch.tensor([len(audio[i]) for i in batch])
                 wavs = torch.zeros(len(batch), int(lens.max()))
@@ -87,4 +86,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,30 +13,30 @@ import argparse
 
 import torch
 
-from upmp.bin.common import fail
-from upmp.config import ConfigError, load_config
+from upmp.bin.common import run_main
 
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def main(argv=None) -> None:
+def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--input_dim", type=int, required=True, help="D of the upstream (768 Base, 1024 Large)")
     p.add_argument("--num_layers", type=int, required=True, help="Transformer layers L (12 Base, 24 Large)")
     p.add_argument("--num_speakers", type=int, default=0, help="also count the loss head")
     p.add_argument("--frames", type=int, default=150, help="T of the example input")
-    args, overrides = p.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, overrides)
-        from upmp.backends import SpeakerEmbeddingModel
-        model = SpeakerEmbeddingModel(cfg["backend"], args.input_dim, args.num_layers + 1,
-                                      use_hidden0=cfg.get("use_hidden0", False),
-                                      backend_conf=cfg.get("backend_conf", {})).eval()
-    except (ConfigError, ValueError, KeyError) as e:
-        fail(str(e))
+    return p
+
+
+def main(argv=None) -> None:
+    args, overrides = get_parser().parse_known_args(argv)
+    from upmp.checkpoint import build_model
+    from upmp.train.schema import resolve_train_config
+    from upmp.upstream.layer_stack import LayerStackMeta
+    cfg = resolve_train_config(args.config, overrides)
+    model = build_model(cfg, LayerStackMeta(args.num_layers + 1, args.input_dim, 0.02, "model_info")).eval()
     used = args.num_layers + 1 if model.use_hidden0 else args.num_layers
     print(f"backend: {cfg['backend']} (use_hidden0: {model.use_hidden0}, {used} hidden states used)")
     for name, module in model.backend.named_children():
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     print(f"backend_params: {count(model)}")
     if args.num_speakers:
         from upmp.losses import build_loss
-        head = build_loss(cfg["loss"], model.embed_dim, args.num_speakers, cfg.get("loss_conf", {}))
+        head = build_loss(cfg["loss"], model.embed_dim, args.num_speakers, cfg["loss_conf"])
         print(f"loss_head_params: {count(head)} ({cfg['loss']}, {args.num_speakers} speakers)")
     x = torch.randn(2, args.input_dim, args.num_layers + 1, args.frames)
     with torch.no_grad():
@@ -57,4 +57,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

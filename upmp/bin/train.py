@@ -19,38 +19,21 @@ model.pt is the checkpoint with the best validation EER (model_last.pt the last)
     python -m upmp.bin.train --config conf/train_upmp.yaml --lmft_from exp/upmp/model.pt \
         --train_scp ... --utt2spk ... --exp_dir exp/upmp_lmft
 
-Any option not listed above overrides a key of the YAML config (dotted for
-nested keys); an unknown key is an error.
+Any option not listed above overrides a config key (dotted for nested keys, e.g.
+--train_conf.steps 500); an unknown key or a value of the wrong type or range is an error.
+Keys the YAML leaves out take their defaults (upmp/train/schema.py).
 """
 from __future__ import annotations
 
 import argparse
 
-from upmp.bin.common import fail, setup_logging
-from upmp.config import ConfigError, load_config
-from upmp.data.kaldi_dir import DataDirError
-
-REQUIRED = {
-    "": ["seed", "use_hidden0", "backend", "backend_conf", "loss", "loss_conf", "optim_conf", "train_conf"],
-    "optim_conf": ["lr", "upstream_lr", "weight_decay", "pct_start", "grad_clip"],
-    "train_conf": ["steps", "batch_size", "crop_seconds", "sampling", "spanout_prob", "spanout_span",
-                   "spanout_rate", "log_every", "ckpt_every", "valid_every", "preload", "num_workers",
-                   "num_threads", "device", "amp", "sync_batchnorm", "finetune_upstream", "augment"],
-}
+from upmp.bin.common import run_main, setup_logging
 
 
-def check_required(cfg: dict, path: str) -> None:
-    for section, keys in REQUIRED.items():
-        node = cfg[section] if section else cfg
-        missing = [k for k in keys if k not in node]
-        if missing:
-            where = f"{section}." if section else ""
-            raise ConfigError(f"{path}: missing config key(s): {', '.join(where + k for k in missing)}")
-
-
-def main(argv=None) -> None:
+def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="training YAML: the keys that differ from the defaults "
+                   "(upmp/train/schema.py)")
     p.add_argument("--exp_dir", required=True)
     cached = p.add_argument_group("cached layer stacks")
     cached.add_argument("--train_scp", help="layers.scp of the training set")
@@ -64,23 +47,24 @@ def main(argv=None) -> None:
     p.add_argument("--valid_trials", default=None, help="Kaldi trials of the held-out set")
     p.add_argument("--lmft_from", default=None,
                    help="large-margin fine-tuning: start from this model.pt with the config's lmft_conf applied")
-    args, overrides = p.parse_known_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args, overrides = get_parser().parse_known_args(argv)
     setup_logging()
-    try:
-        cfg = load_config(args.config, overrides)
-        check_required(cfg, args.config)
-        if args.lmft_from:
-            from upmp.train.lmft import lmft_config
-            cfg = lmft_config(cfg, args.config)
-        from upmp.train.trainer import Inputs, train
-        inputs = Inputs(train_scp=args.train_scp, utt2spk=args.utt2spk, valid_scp=args.valid_scp,
-                        train_data_dir=args.train_data_dir, valid_data_dir=args.valid_data_dir,
-                        valid_trials=args.valid_trials, upstream=args.upstream, upstream_ckpt=args.upstream_ckpt,
-                        lmft_from=args.lmft_from)
-        train(cfg, inputs, args.exp_dir)
-    except (ConfigError, DataDirError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    from upmp.train.schema import resolve_train_config
+    from upmp.train.trainer import Inputs, train
+    cfg = resolve_train_config(args.config, overrides)
+    if args.lmft_from:
+        from upmp.train.lmft import lmft_config
+        cfg = lmft_config(cfg, args.config)
+    inputs = Inputs(train_scp=args.train_scp, utt2spk=args.utt2spk, valid_scp=args.valid_scp,
+                    train_data_dir=args.train_data_dir, valid_data_dir=args.valid_data_dir,
+                    valid_trials=args.valid_trials, upstream=args.upstream, upstream_ckpt=args.upstream_ckpt,
+                    lmft_from=args.lmft_from)
+    train(cfg, inputs, args.exp_dir)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

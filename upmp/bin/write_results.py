@@ -84,8 +84,8 @@ def main(argv=None) -> None:
     if summary_path.is_file():
         model = json.loads(summary_path.read_text())
     elif (exp / "model.pt").is_file():  # trained before train_summary.json existed
-        import torch
-        model = torch.load(exp / "model.pt", map_location="cpu", weights_only=False)
+        from upmp.checkpoint import read_model
+        model = read_model(exp / "model.pt")
     else:
         model = {}
     lines = [

@@ -1,28 +1,46 @@
 """Audio loading from wav.scp entries: file paths, `cmd |` pipes and `file.ark:offset`.
 
 Every loader returns float32 mono samples in [-1, 1] at the requested rate
-(16 kHz by default), resampled with a polyphase filter when needed.
+(16 kHz by default), resampled with a polyphase filter when needed. Samples are checked
+where they are decoded: NaN / inf values, a WAV whose header promises more samples than
+the file holds, and (on request) audio shorter than the upstream's receptive field are
+AudioErrors naming the file. `read_utterance_crop` decodes only a crop of a wav / flac
+file (soundfile seek); pipes, ark entries and resampled files decode whole.
 """
 from __future__ import annotations
 
 import io
 import logging
 import math
+import os
 import subprocess
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
+from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, PathLike, Segment
+from upmp.errors import AudioError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# The receptive field of the wav2vec 2.0 / HuBERT / WavLM CNN front end (kernels 10,3,3,3,3,2,2,
+# strides 5,2,2,2,2,2,2): 400 samples (25 ms at 16 kHz) give its first 20 ms frame; less gives none.
+MIN_SAMPLES = 400
+SEEKABLE_FORMATS = ("WAV", "WAVEX", "FLAC")  # sample-accurate seek in libsndfile
+NON_FINITE_HINT = "re-encode or replace the file, or remove the utterance from the data dir"
 
 
-from upmp.errors import AudioError  # noqa: F401  (re-exported)
+def check_finite(array: np.ndarray, what: str, hint: str = NON_FINITE_HINT, error=AudioError) -> None:
+    """Raise `error` ("<what>: N of M values are NaN or inf (first at index i); <hint>") when
+    `array` holds a non-finite value. Shared by whatever decodes or writes float data."""
+    a = np.asarray(array)
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a.ravel()))
+        raise error(f"{what}: {bad.size} of {a.size} values are NaN or inf (first at index {bad[0]}); {hint}")
 
 
 def read_wav_entry(entry: str) -> Tuple[np.ndarray, int]:
@@ -40,11 +58,76 @@ def read_wav_entry(entry: str) -> Tuple[np.ndarray, int]:
         import kaldiio
         rate, samples = kaldiio.load_mat(entry)
         return _int_to_float(np.asarray(samples)), int(rate)
+    with _open_file(entry) as f:
+        try:
+            samples = f.read(dtype="float32", always_2d=False)
+        except Exception as e:  # libsndfile: "flac decoder lost sync" etc.
+            raise AudioError(_truncated(entry, f"cannot decode it ({e})")) from None
+        _check_complete(f, entry, len(samples), f.frames)
+        return samples, int(f.samplerate)
+
+
+def _open_file(path: str) -> soundfile.SoundFile:
     try:
-        samples, rate = soundfile.read(entry, dtype="float32", always_2d=False)
+        return soundfile.SoundFile(path)
     except Exception as e:  # soundfile raises several types; one message for all
-        raise AudioError(f"cannot read audio file {entry!r}: {e}") from None
-    return samples, int(rate)
+        raise AudioError(f"cannot read audio file {path!r}: {e}") from None
+
+
+def _truncated(path: str, problem: str) -> str:
+    return (f"audio file {path!r}: {problem}: the file is truncated or corrupt; copy it again from the "
+            "corpus, or remove the utterance from the data dir")
+
+
+def _check_complete(f: soundfile.SoundFile, path: str, got: int, expected: int) -> None:
+    """A decode that gave fewer samples than asked for, or a WAV whose header promises more
+    data than the file holds (libsndfile silently shortens those), is an AudioError."""
+    if got < expected:
+        raise AudioError(_truncated(path, f"decoded {got} of the {expected} samples its header promises"))
+    if f.format in ("WAV", "WAVEX"):
+        short = _wav_shortfall_cached(path)
+        if short is not None:
+            raise AudioError(_truncated(path, f"the WAV header promises {short[0]} samples but the file "
+                                              f"holds {short[1]}"))
+
+
+_COMPLETE_WAVS: Dict[Tuple[str, int, int], None] = {}  # files seen complete (online crops reopen them)
+
+
+def _wav_shortfall_cached(path: str) -> Optional[Tuple[int, int]]:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key in _COMPLETE_WAVS:
+        return None
+    short = wav_data_shortfall(path)
+    if short is None and len(_COMPLETE_WAVS) < 2_000_000:
+        _COMPLETE_WAVS[key] = None
+    return short
+
+
+def wav_data_shortfall(path: str) -> Optional[Tuple[int, int]]:
+    """(samples the data chunk of a RIFF/WAVE header declares, samples the file holds) when the
+    file holds fewer; None when complete, not a RIFF file, or the size is a streaming placeholder."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = 0
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"fmt ":
+                fmt = f.read(size + (size & 1))
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
+                continue
+            if cid == b"data":
+                have = os.fstat(f.fileno()).st_size - f.tell()
+                if block_align <= 0 or size in (0, 0xFFFFFFFF) or size <= have:
+                    return None
+                return size // block_align, have // block_align
+            f.seek(size + (size & 1), 1)
 
 
 def _is_ark_entry(entry: str) -> bool:
@@ -82,19 +165,32 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 def load_audio(entry: str, segment: Optional[Segment] = None, rate: int = SAMPLE_RATE,
                name: str = "") -> np.ndarray:
-    """wav.scp value (+ optional segment) -> float32 mono samples at `rate`."""
+    """wav.scp value (+ optional segment) -> float32 mono samples at `rate`; NaN / inf samples
+    are an AudioError."""
     samples, in_rate = read_wav_entry(entry)
     samples = to_mono(samples)
     if segment is not None:
-        start = int(round(segment.start * in_rate))
-        end = len(samples) if segment.end == -1 else int(round(segment.end * in_rate))
+        start, end = segment_range(segment, len(samples), in_rate)
         samples = samples[start:end]
     if in_rate != rate:
         logger.debug("resampling %s from %d Hz to %d Hz", name or entry, in_rate, rate)
         samples = resample(samples, in_rate, rate)
     if samples.size == 0:
         raise AudioError(f"empty audio for {name or entry!r}")
+    check_finite(samples, _source_name(entry))
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def segment_range(segment: Segment, num_samples: int, rate: int) -> Tuple[int, int]:
+    """[start, end) samples of a segment in a recording of num_samples (end -1: to the end),
+    clipped to the recording as slicing clips."""
+    end = num_samples if segment.end == -1 else min(int(round(segment.end * rate)), num_samples)
+    return min(int(round(segment.start * rate)), end), end
+
+
+def _source_name(entry: str) -> str:
+    entry = entry.strip()
+    return f"the output of {entry[:-1].strip()!r}" if entry.endswith("|") else f"audio file {entry!r}"
 
 
 def audio_headers(paths: Mapping[str, PathLike], desc: str = "audio headers") -> Dict[str, Tuple[int, float]]:
@@ -123,11 +219,69 @@ def sample_rate_of(entry: str) -> int:
         raise AudioError(f"cannot read audio file {entry!r}: {e}") from None
 
 
-def load_utterance(data, utt: str, source: str = "wav.scp", rate: int = SAMPLE_RATE) -> np.ndarray:
+def check_length(num_samples: int, min_samples: int, strict: bool, what: str, rate: int = SAMPLE_RATE) -> None:
+    """Audio shorter than the upstream's receptive field (min_samples) gives no frame: an
+    AudioError for training data (strict), a logged warning for test data."""
+    if num_samples >= min_samples:
+        return
+    problem = (f"{what}: {num_samples} samples ({1000 * num_samples / rate:.1f} ms), shorter than the "
+               f"{min_samples} samples ({1000 * min_samples / rate:.0f} ms) the upstream needs for one frame")
+    if strict:
+        raise AudioError(f"{problem}; remove the utterance from the training data (e.g. by its utt2dur)")
+    logger.warning("%s; its embedding comes from too little audio", problem)
+
+
+def load_utterance(data, utt: str, source: str = "wav.scp", rate: int = SAMPLE_RATE,
+                   min_samples: int = 0, strict: bool = True) -> np.ndarray:
     """An utterance of a DataDir (wav.scp entry + segment) -> float32 mono samples; a read
-    failure is a DataDirError naming `source` and the utterance."""
+    failure is a DataDirError naming `source` and the utterance. Fewer than `min_samples`
+    samples (upstream's receptive field, MIN_SAMPLES) is an error when `strict` (training
+    data), a logged warning otherwise (test data)."""
     entry, segment = data.wav_entry(utt)
     try:
-        return load_audio(entry, segment, rate, name=utt)
+        samples = load_audio(entry, segment, rate, name=utt)
+        check_length(len(samples), min_samples, strict, _source_name(entry), rate)
     except AudioError as e:
         raise DataDirError(f"{source}: utterance {utt}: {e}") from None
+    return samples
+
+
+def read_utterance_crop(data, utt: str, crop_samples: int, start_of: Callable[[int], int],
+                        source: str = "wav.scp", rate: int = SAMPLE_RATE, min_samples: int = 0) -> np.ndarray:
+    """A crop (crop_samples,) of a training utterance of n samples: start = start_of(n), samples
+    [start, start + crop_samples), or, when n < crop_samples, the utterance repeated from `start`
+    (wrap padding). Bit for bit the same crop as cutting `load_utterance`'s whole decode, but a
+    wav / flac file at `rate` decodes only the crop (n from its header, then seek + read);
+    pipes, ark entries and files at other rates decode whole. Errors as in load_utterance (strict)."""
+    entry, segment = data.wav_entry(utt)
+    try:
+        return _read_crop(entry.strip(), segment, crop_samples, start_of, rate, min_samples, utt)
+    except AudioError as e:
+        raise DataDirError(f"{source}: utterance {utt}: {e}") from None
+
+
+def _read_crop(entry: str, segment: Optional[Segment], crop: int, start_of: Callable[[int], int],
+               rate: int, min_samples: int, name: str) -> np.ndarray:
+    what = _source_name(entry)
+    if not entry.endswith("|") and not _is_ark_entry(entry):
+        with _open_file(entry) as f:
+            if f.format in SEEKABLE_FORMATS and f.samplerate == rate:
+                first, end = (0, f.frames) if segment is None else segment_range(segment, f.frames, rate)
+                n = end - first
+                if n <= 0:
+                    raise AudioError(f"empty audio for {name!r}")
+                check_length(n, min_samples, True, what, rate)
+                start = start_of(n)
+                offset, count = (first + start, crop) if n >= crop else (first, n)  # short: read it all, wrap
+                try:
+                    f.seek(offset)
+                    samples = to_mono(f.read(count, dtype="float32", always_2d=False))
+                except Exception as e:  # libsndfile: "flac decoder lost sync" etc.
+                    raise AudioError(_truncated(entry, f"cannot decode samples {offset}-{offset + count} ({e})")) \
+                        from None
+                _check_complete(f, entry, len(samples), count)
+                check_finite(samples, what)
+                return np.ascontiguousarray(wrap_crop(samples, 0 if n >= crop else start, crop))
+    samples = load_audio(entry, segment, rate, name=name)
+    check_length(len(samples), min_samples, True, what, rate)
+    return np.ascontiguousarray(wrap_crop(samples, start_of(len(samples)), crop))

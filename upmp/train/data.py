@@ -138,18 +138,25 @@ class WaveformCrops(SpeakerSampler):
 
     Each row is a function of (seed, step, row): the utterance comes from the step's draw,
     the crop start and the augmentation from the row's own generator, so a rank decodes
-    only its own rows. Short utterances wrap around. `augment`, when given, maps
-    (samples, rng) -> samples of the same length (upmp.data.augment.Augmenter).
+    only its own rows. Short utterances wrap around. A wav / flac file decodes only its crop
+    (upmp.data.audio.read_utterance_crop; the same samples as cutting the whole decode);
+    utterances shorter than `min_samples` (the upstream's receptive field) are an error.
+    `augment`, when given, maps (samples, rng) -> samples of the same length
+    (upmp.data.augment.Augmenter).
     """
 
     def __init__(self, data_dir: str, crop_samples: int, batch_size: int, seed: int,
                  sampling: str = "uniform", preload: bool = False,
-                 augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None):
+                 augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
+                 min_samples: Optional[int] = None):
+        from upmp.data.audio import MIN_SAMPLES
         from upmp.data.kaldi_dir import DataDir
         self.data_dir = data_dir
         self.data = DataDir.load(data_dir)
         super().__init__(self.data.utts, self.data.utt2spk, batch_size, seed, sampling)
         self.crop_samples, self.augment = crop_samples, augment
+        self.min_samples = MIN_SAMPLES if min_samples is None else min_samples
+        self._source = f"{self.data_dir}/wav.scp"
         self._cache: Dict[int, np.ndarray] = {}
         if preload:
             from tqdm import tqdm
@@ -158,16 +165,24 @@ class WaveformCrops(SpeakerSampler):
 
     def _read(self, i: int) -> np.ndarray:
         from upmp.data.audio import load_utterance
-        return load_utterance(self.data, self.utts[i], f"{self.data_dir}/wav.scp")
+        return load_utterance(self.data, self.utts[i], self._source, min_samples=self.min_samples)
+
+    def _crop(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        if i in self._cache:
+            wav = self._cache[i]
+            return wrap_crop(wav, crop_start(rng, len(wav), self.crop_samples), self.crop_samples)
+        from upmp.data.audio import read_utterance_crop
+        return read_utterance_crop(self.data, self.utts[i], self.crop_samples,
+                                   lambda n: crop_start(rng, n, self.crop_samples), self._source,
+                                   min_samples=self.min_samples)
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
         index = self.draw(np.random.default_rng([self.seed, step]))[rows]
         wavs = np.empty((len(rows), self.crop_samples), dtype=np.float32)
         for row, (b, i) in enumerate(zip(rows, index)):
-            wav = self._cache[i] if i in self._cache else self._read(int(i))
             rng = np.random.default_rng([self.seed, step, b])
-            crop = wrap_crop(wav, crop_start(rng, len(wav), self.crop_samples), self.crop_samples)
+            crop = self._crop(int(i), rng)
             wavs[row] = self.augment(crop, rng) if self.augment is not None else crop
         return torch.from_numpy(wavs), torch.from_numpy(self.labels[index])
 

@@ -58,7 +58,7 @@ class GE2EUpstream(Upstream):
         path = Path(weights) if weights else default_weights_path()
         if not path.is_file():
             raise FileNotFoundError(f"GE2E weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)["model_state"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]  # tensors and plain data
         for k, lstm in enumerate(self.lstms):
             lstm.load_state_dict({f"{name}_l0": state[f"lstm.{name}_l{k}"]
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})

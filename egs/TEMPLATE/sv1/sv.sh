@@ -24,6 +24,9 @@ extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding
 # Stage 2: backend training
 train_mode=cached       # cached: on stage 1's layer stacks | online: the upstream runs in the training loop (no stage 1)
 train_nproc=1           # >1: torchrun with this many processes (one per GPU; gloo on CPU)
+train_nnodes=1          # >1: multi-node training: stage 2 runs on every node (srun / ssh), c10d rendezvous
+train_rdzv_endpoint=""  # host:port of the rendezvous, the same on every node (needed with --train_nnodes > 1)
+train_rdzv_id=""        # rendezvous id, the same on every node [default: $SLURM_JOB_ID, else upmp]
 backend=""             # upmp, lap, mhfa, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
 train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
@@ -61,6 +64,7 @@ Options (default in brackets):
   --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
   --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
+  --train_nnodes <n> [${train_nnodes}]  --train_rdzv_endpoint <host:port> [${train_rdzv_endpoint}]  --train_rdzv_id <id> [${train_rdzv_id}]
   --backend "<upmp lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
   --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --lmft <true|false> [${lmft}]  --scoring "<cosine plda>" [${scoring}]
@@ -172,7 +176,15 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 1 ] && [ -n "${upstream_ckpt}" 
 fi
 upstream_opts="--upstream ${upstream}${upstream_ckpt:+ --upstream_ckpt ${upstream_ckpt}}"
 train_launcher="${python}"
-[ "${train_nproc}" -gt 1 ] && train_launcher="${python} -m torch.distributed.run --standalone --nproc_per_node ${train_nproc}"
+train_log=train.stdout.log
+if [ "${train_nnodes}" -gt 1 ]; then  # this is one of the nodes; README "Multi-node training"
+  [ -n "${train_rdzv_endpoint}" ] || { log "--train_nnodes ${train_nnodes} needs --train_rdzv_endpoint <host:port>"; exit 1; }
+  train_launcher="${python} -m torch.distributed.run --nnodes ${train_nnodes} --nproc_per_node ${train_nproc}"
+  train_launcher+=" --rdzv_backend c10d --rdzv_endpoint ${train_rdzv_endpoint} --rdzv_id ${train_rdzv_id:-${SLURM_JOB_ID:-upmp}}"
+  train_log=train.stdout.$(hostname -s).$$.log  # one per node: the exp dir is shared
+elif [ "${train_nproc}" -gt 1 ]; then
+  train_launcher="${python} -m torch.distributed.run --standalone --nproc_per_node ${train_nproc}"
+fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ] && [ "${train_mode}" == online ]; then
   log "Stage 1: skipped (--train_mode online: the upstream runs in stages 2 and 3, nothing is cached)"
@@ -198,7 +210,8 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       ${train_cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
         ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" \
           --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
-          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}"
+          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}" \
+          --purpose "$([ "${set}" == "${train_set}" ] && echo train || echo test)"
     fi
     { cat "${out}/reused.scp"; for f in "${out}/layers.${run_id}".*.scp; do if [ -f "${f}" ]; then cat "${f}"; fi; done; } \
       | sort > "${out}/layers.scp"
@@ -229,7 +242,7 @@ for run in ${runs}; do
         [ -n "${valid_set}" ] && inputs+=" --valid_scp ${dump}/${valid_set}/layers.scp --valid_trials data/${valid_set}/trials"
       fi
       # shellcheck disable=SC2086,SC2154
-      ${cuda_cmd} $([ "${train_nproc}" -gt 1 ] && echo "--gpu ${train_nproc}") "${exp}/train.stdout.log" \
+      ${cuda_cmd} $([ "${train_nproc}" -gt 1 ] && echo "--gpu ${train_nproc}") "${exp}/${train_log}" \
         ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" \
           ${base_exp:+--lmft_from "${base_exp}/model.pt"} ${train_args}
     fi

@@ -16,6 +16,9 @@
 #                             --train_conf.augment.{musan_root,rirs_root}; either one selects --train_mode online
 #                             and --train_config conf/train_upmp_online_aug.yaml
 #   --speed_perturb true|false  [false]
+#   --convert_audio none|flac|wav  [none] stage 0 converts the Vox2 m4a once (parallel jobs, resumable) to
+#                             local/data.sh's --convert_dir [audio/voxceleb2] and points wav.scp there
+#                             (online training then seeks crops in files instead of an ffmpeg per crop)
 # Paper upstreams, by their S3PRL names (L Transformer layers + hidden state 0, D):
 #   wav2vec2_base_960 (wav2vec 2.0 Base, 12 x 768)    wav2vec2_large_ll60k (wav2vec 2.0 Large LV-60k, 24 x 1024)
 #   hubert_base (12 x 768)                            hubert_large_ll60k (24 x 1024)
@@ -28,9 +31,10 @@ voxceleb2_root=${VOXCELEB2}
 musan_root=""
 rirs_root=""
 speed_perturb=false
+convert_audio=none
 train_args=""
 local_data_opts=""
-recipe_opts="voxceleb1_root voxceleb2_root musan_root rirs_root speed_perturb train_args local_data_opts"
+recipe_opts="voxceleb1_root voxceleb2_root musan_root rirs_root speed_perturb convert_audio train_args local_data_opts"
 . utils/recipe_options.sh
 case ${speed_perturb} in true|false) ;; *) echo "$0: --speed_perturb must be true or false" 1>&2; exit 1 ;; esac
 train_set=voxceleb2_dev
@@ -47,6 +51,6 @@ train_set=voxceleb2_dev
   --train_config conf/train_upmp.yaml \
   --scoring "cosine plda" \
   --score_norm "none asnorm" \
-  --local_data_opts "--voxceleb1_root ${voxceleb1_root} --voxceleb2_root ${voxceleb2_root} --speed_perturb ${speed_perturb} ${local_data_opts}" \
+  --local_data_opts "--voxceleb1_root ${voxceleb1_root} --voxceleb2_root ${voxceleb2_root} --speed_perturb ${speed_perturb} --convert_audio ${convert_audio} ${local_data_opts}" \
   --train_args "${aug_args}${train_args}" \
   "${aug_opts[@]}" "${sv_args[@]}"

@@ -1,0 +1,91 @@
+"""Collect the results of several experiments into one table and one DET plot.
+
+    upmp-results egs/mini/sv1/exp/*/ [--out cmp/results] [--test_set voxceleb1_test]
+
+Reads <exp_dir>/results.json (stage 5) of every experiment given (dirs without one are
+skipped) and writes <out>.md (Markdown table, also printed), <out>.csv and <out>_det.png:
+one DET curve per experiment and system on one test set (the first one found unless
+--test_set), from <exp_dir>/scores/<set>.<system> and the trials <data_root>/<set>/trials
+(default: the recipe's data/, i.e. <exp_dir>/../../data). For comparing backends or upstreams.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from pathlib import Path
+
+from upmp.bin.common import run_main, setup_logging
+from upmp.errors import DataDirError
+
+logger = logging.getLogger("results")
+
+COLUMNS = ["experiment", "backend", "upstream", "num_params", "train_seconds", "test_set", "system",
+           "eer", "mindcf_0.01", "mindcf_0.05", "cllr", "n_target", "n_nontarget"]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("exp_dirs", nargs="+", help="experiment dirs (exp/<name>)")
+    p.add_argument("--out", default="results", help="output prefix: <out>.md, <out>.csv, <out>_det.png")
+    p.add_argument("--test_set", default=None, help="test set of the DET plot [the first one]")
+    p.add_argument("--data_root", default=None, help="dir holding <set>/trials [<exp_dir>/../../data]")
+    return p
+
+
+def _cell(v, fmt=""):
+    return "-" if v is None else format(v, fmt)
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    from upmp.bin.compare_results import result_rows
+    from upmp.fileio import atomic_write_text
+    from upmp.metrics import EER_CONVENTION
+    rows = result_rows(args.exp_dirs)
+    if not rows:
+        raise DataDirError(f"no results.json in {' '.join(args.exp_dirs)}; run stage 5 (write_results) first")
+    out = Path(args.out)
+    md = ["| experiment | backend | upstream | parameters | test set | system | EER (%) | minDCF (0.01) | "
+          "minDCF (0.05) | Cllr |", "|---|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['experiment']} | {r['backend']} | {r['upstream'] or '-'} | {_cell(r['num_params'], ',')} | "
+           f"{r['test_set']} | {r['system']} | {r['eer']:.2f} | {r['mindcf_0.01']:.4f} | {r['mindcf_0.05']:.4f} | "
+           f"{_cell(r.get('cllr'), '.3f')} |" for r in rows]
+    text = "\n".join(md + ["", f"EER: {EER_CONVENTION}; minDCF normalised. DET curves: {out.name}_det.png", ""])
+    atomic_write_text(Path(f"{out}.md"), text)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(f"{out}.csv"), buf.getvalue())
+
+    from upmp.bin.write_results import plot_det
+    from upmp.data.trials import align_scores
+    test_set = args.test_set or rows[0]["test_set"]
+    curves = {}
+    for r in rows:
+        if r["test_set"] != test_set:
+            continue
+        exp = Path(r["exp_dir"])
+        trials = Path(args.data_root) / test_set / "trials" if args.data_root else exp.parent.parent / "data" / test_set / "trials"
+        scores = exp / "scores" / f"{test_set}.{r['system']}"
+        if not (trials.is_file() and scores.is_file()):
+            logger.warning("no DET curve for %s %s: %s or %s missing", r["experiment"], r["system"], scores, trials)
+            continue
+        curves[f"{r['experiment']} {r['system']}"] = align_scores(str(trials), str(scores))
+    if curves:
+        plot_det(curves, Path(f"{out}_det.png"))
+    print(text, end="")
+    logger.info("wrote %s, %s%s", Path(f"{out}.md"), Path(f"{out}.csv"),
+                f", {out}_det.png ({len(curves)} curves on {test_set})" if curves else "")
+
+
+def cli() -> None:
+    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,147 @@
+"""The model files training writes and extraction reads: one home for their layout.
+
+Every file is `torch.save` of a dict of tensors and plain data (str, int, float, bool, None,
+lists, dicts: the config as a plain dict) and is read with `torch.load(weights_only=True)`, so a
+file never runs code when loaded; a file that needs more is refused with one line.
+
+    model.pt              format "upmp-model": config, layer_stack (LayerStackMeta fields), model (the
+                          backend's state dict, no loss head), upstream ({name, ckpt, state} when the
+                          upstream was fine-tuned, else absent), speakers, num_params, train_seconds,
+                          step, world_size, inputs, valid_eer (with validation)
+    checkpoints/last.pt   format "upmp-train-state": model, head, optimizer, scheduler, scaler, step,
+                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned)
+    checkpoints/best.pt   format "upmp-best": model, upstream, step, eer
+
+Each records `version` (FORMAT_VERSION); another version is refused with one line.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from upmp.errors import ModelFileError
+from upmp.fileio import atomic_torch_save
+from upmp.upstream.layer_stack import LayerStackMeta
+
+FORMAT_VERSION = 1
+MODEL, TRAIN_STATE, BEST = "upmp-model", "upmp-train-state", "upmp-best"
+_REQUIRED = {MODEL: ("config", "layer_stack", "model"),
+             TRAIN_STATE: ("model", "head", "optimizer", "scheduler", "scaler", "step"),
+             BEST: ("model", "step", "eer")}
+_WHAT = {MODEL: "a upmp model (model.pt)", TRAIN_STATE: "a upmp training checkpoint",
+         BEST: "a upmp best-validation checkpoint"}
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+def weights(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """A state dict detached from training: CPU copies of every tensor."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _write(path, kind: str, content: Dict[str, Any]) -> None:
+    atomic_torch_save(dict(content, format=kind, version=FORMAT_VERSION), path)
+
+
+def _read(path, kind: str, device="cpu") -> Dict[str, Any]:
+    """The dict in a file of `kind`, checked; ModelFileError (one line) for anything else."""
+    p, what = Path(path), _WHAT[kind]
+    if not p.is_file():
+        hint = "; train it first (stage 2)" if kind == MODEL else ""
+        raise ModelFileError(f"{path}: not found; expected {what}{hint}")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head != _ZIP_MAGIC:
+        desc = "an empty file" if not head else "not a torch zip archive (random bytes, text or a legacy pickle)"
+        raise ModelFileError(f"{path}: {desc}; expected {what}")
+    try:
+        obj = torch.load(p, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = next((line for line in str(e).splitlines() if "Unsupported" in line), "").strip()
+        raise ModelFileError(f"{path}: refused: holds Python objects beyond tensors and plain data "
+                             f"({reason or 'not loadable with weights_only=True'}); upmp never writes "
+                             f"such files, and loading them could run code; expected {what}") from None
+    except (RuntimeError, EOFError, OSError) as e:  # torch's zip reader: a truncated or corrupt archive
+        raise ModelFileError(f"{path}: truncated or corrupt torch archive ({str(e).splitlines()[0]}); "
+                             f"expected {what}") from None
+    if not isinstance(obj, dict) or obj.get("format") != kind:
+        found = (f"format {obj.get('format')!r}" if isinstance(obj, dict) and "format" in obj
+                 else "no upmp format tag (not written by this version of upmp)")
+        raise ModelFileError(f"{path}: {found}; expected {what}")
+    if obj.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: {what} of format version {obj.get('version')!r}; this upmp reads "
+                             f"version {FORMAT_VERSION} only (retrain, or use the upmp that wrote it)")
+    missing = [k for k in _REQUIRED[kind] if k not in obj]
+    if missing:
+        raise ModelFileError(f"{path}: incomplete {what}: missing {', '.join(missing)}")
+    return obj
+
+
+# model.pt
+
+def save_model(path, content: Dict[str, Any]) -> None:
+    """content: config, layer_stack, model, [upstream], and the training summary fields."""
+    _write(path, MODEL, content)
+
+
+def read_model(path, device="cpu") -> Dict[str, Any]:
+    return _read(path, MODEL, device)
+
+
+def build_model(cfg: Dict[str, Any], meta: LayerStackMeta):
+    """The backend the resolved config describes, sized for the layer stacks."""
+    from upmp.backends import SpeakerEmbeddingModel
+    return SpeakerEmbeddingModel(cfg["backend"], meta.dim, meta.num_layers,
+                                 use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"])
+
+
+def load_model(path: str, device: str = "cpu") -> Tuple[nn.Module, LayerStackMeta]:
+    """model.pt -> (eval-mode model on device, layer-stack layout it expects).
+
+    model.finetuned_upstream is {name, ckpt, state} when the upstream was fine-tuned, else None.
+    """
+    state = read_model(path, device)
+    try:
+        meta = LayerStackMeta(**state["layer_stack"])
+        model = build_model(state["config"], meta)
+        model.load_state_dict(state["model"])
+    except (TypeError, KeyError, RuntimeError) as e:  # fields or weights that do not fit this upmp's model
+        raise ModelFileError(f"{path}: its config / weights do not build a model here: "
+                             f"{str(e).splitlines()[0]}") from None
+    model.finetuned_upstream = state.get("upstream")
+    return model.to(device).eval(), meta
+
+
+def load_upstream(name: str, ckpt: Optional[str], device, finetuned: Optional[dict] = None):
+    """The frozen upstream for extraction: built by name, with fine-tuned weights when given."""
+    from upmp.upstream import build_upstream
+    upstream = build_upstream(name, ckpt)
+    if finetuned is not None:
+        if finetuned["name"] != name:
+            raise ModelFileError(f"the model fine-tuned upstream {finetuned['name']!r}, not {name!r}")
+        upstream.load_state_dict(finetuned["state"])
+    return upstream.to(device).freeze()
+
+
+# checkpoints/last.pt and best.pt
+
+def save_train_state(path, content: Dict[str, Any]) -> None:
+    """content: model, head, optimizer, scheduler, scaler (state dicts), step, train_seconds,
+    best_eer, best_step, [upstream]."""
+    _write(path, TRAIN_STATE, content)
+
+
+def read_train_state(path, device="cpu") -> Dict[str, Any]:
+    return _read(path, TRAIN_STATE, device)
+
+
+def save_best(path, content: Dict[str, Any]) -> None:
+    """content: model, [upstream], step, eer."""
+    _write(path, BEST, content)
+
+
+def read_best(path, device="cpu") -> Dict[str, Any]:
+    return _read(path, BEST, device)

@@ -1,0 +1,236 @@
+"""Use a trained model anywhere: embed, score and verify audio files or arrays.
+
+    import upmp
+    model = upmp.load_model("<packaged dir or exp dir>", device="cpu")
+    e = model.embed("a.wav")                 # (E,) L2-normalised; arrays (16 kHz float) too
+    E = model.embed(["a.wav", "b.wav"])      # (N, E), batched through the backend
+    s = model.score("a.wav", "b.wav")        # cosine after subtracting the training-set mean
+    r = model.verify("a.wav", "b.wav")       # {"score", "llr", "decision", "threshold"}
+
+Audio of any rate and channel count is converted as the recipes convert it (channels
+averaged, polyphase resampling to 16 kHz: upmp.data.audio.load_audio). The upstream runs one
+utterance per forward, as stage 3 does (padding is not neutral for every upstream); the backend
+takes padded batches when it is padding-invariant. The embedding therefore equals stage 3's
+(`upmp.bin.extract_embeddings --data_dir`) for the same utterance.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from upmp.data.audio import SAMPLE_RATE, load_audio, to_mono
+from upmp.data.kaldi_dir import Segment
+from upmp.errors import AudioError, DataDirError, ModelFileError
+
+Audio = Union[str, Path, np.ndarray, torch.Tensor]
+
+
+def _load_checkpoint():
+    """The checkpoint loaders (the one place that imports them): (load_model, load_upstream)."""
+    from upmp.checkpoint import load_model, load_upstream
+    return load_model, load_upstream
+
+
+def load_content(path: str, device: str = "cpu") -> Dict[str, Any]:
+    """A package dir, an exp dir (after stages 2-3) or an exp dir's model.pt -> package content."""
+    from upmp.inference.package import MANIFEST, collect_experiment, read_package
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return read_package(str(p))
+    load_model, _ = _load_checkpoint()
+
+    def checkpoint(f):
+        try:
+            return load_model(f, "cpu")
+        except FileNotFoundError as e:
+            raise ModelFileError(str(e)) from None
+
+    if p.is_file() and p.suffix == ".pt":
+        return collect_experiment(str(p.parent), model_path=str(p), load_checkpoint=checkpoint)
+    if (p / "model.pt").is_file():
+        return collect_experiment(str(p), load_checkpoint=checkpoint)
+    raise ModelFileError(f"{path}: neither a model package ({MANIFEST}) nor an experiment dir with model.pt")
+
+
+class SpeakerModel:
+    """A loaded model: the frozen upstream, the backend, the training mean, calibration, threshold."""
+
+    def __init__(self, content: Dict[str, Any], device: str = "cpu", max_batch_frames: int = 6000):
+        from upmp.backends import SpeakerEmbeddingModel
+        from upmp.scoring.scorers import CosineScorer
+        from upmp.upstream.layer_stack import LayerStackMeta
+        info = content["info"]
+        self.info, self.device, self.max_batch_frames = info, device, max_batch_frames
+        cfg = info["config"]
+        self.meta = LayerStackMeta(**info["layer_stack"])
+        self.backend = SpeakerEmbeddingModel(cfg["backend"], self.meta.dim, self.meta.num_layers,
+                                             use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"])
+        try:
+            self.backend.load_state_dict(content["backend"])
+        except RuntimeError as e:
+            raise ModelFileError(f"backend weights do not fit the config: {str(e).splitlines()[0]}") from None
+        self.backend.to(device).eval()
+        up = info["upstream"]
+        name, source = up["name"], content["upstream_source"]
+        if name.startswith("hf:") and source is not None:
+            name, ckpt = f"hf:{source}", None
+        else:
+            ckpt = str(source) if source is not None else None
+        _, load_upstream = _load_checkpoint()
+        finetuned = {"name": name, "state": content["upstream_state"]} if content["upstream_state"] is not None else None
+        try:
+            self.upstream = load_upstream(name, ckpt, device, finetuned)
+        except FileNotFoundError as e:
+            raise ModelFileError(f"upstream {up['name']}: {e}") from None
+        if (self.upstream.num_layers, self.upstream.dim) != (self.meta.num_layers, self.meta.dim):
+            raise ModelFileError(f"upstream {up['name']} gives L={self.upstream.num_layers} x D={self.upstream.dim}, "
+                                 f"the backend expects L={self.meta.num_layers} x D={self.meta.dim}")
+        self.scorer = CosineScorer(subtract_mean=True)
+        self.scorer.mean = np.asarray(info["mean"], dtype=np.float64)
+        self.calibration = info.get("calibration")
+        self.threshold = (info.get("threshold") or {}).get("score")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backend.embed_dim
+
+    # --- audio -> embeddings ---------------------------------------------------------------
+    @staticmethod
+    def waveform(audio: Audio, name: str = "") -> np.ndarray:
+        """A path (or any wav.scp value: `cmd |`, `x.ark:12`) or an array of 16 kHz samples
+        ((N,) or (N, C)) -> float32 mono 16 kHz."""
+        if isinstance(audio, AudioSource):
+            return audio.load()
+        if isinstance(audio, (str, Path)):
+            return load_audio(str(audio), name=name or str(audio))
+        x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        if x.ndim not in (1, 2) or not np.issubdtype(x.dtype, np.floating):
+            raise AudioError(f"{name or 'array'}: expected float samples (N,) or (N, channels) at "
+                             f"{SAMPLE_RATE} Hz, got {x.dtype} {x.shape}")
+        x = to_mono(x.astype(np.float32))
+        if x.size == 0:
+            raise AudioError(f"{name or 'array'}: empty audio")
+        return np.ascontiguousarray(x)
+
+    @torch.no_grad()
+    def layer_stack(self, wav: np.ndarray) -> np.ndarray:
+        """(N,) samples -> (L, T, D) layer stack (one utterance per forward, as stage 3)."""
+        x = torch.from_numpy(wav)[None].to(self.device)
+        stack, _ = self.upstream(x, torch.tensor([x.shape[1]], device=self.device))
+        return stack[0].permute(1, 2, 0).float().cpu().numpy()
+
+    def embed_raw(self, audios: Sequence[Audio], names: Optional[Sequence[str]] = None) -> np.ndarray:
+        """(N, E) embeddings as stage 3 writes them to xvector.ark (not normalised)."""
+        from upmp.embeddings import embed_stacks
+        names = names or [a if isinstance(a, (str, Path)) else getattr(a, "where", f"array {i}")
+                          for i, a in enumerate(audios)]
+        stacks = [self.layer_stack(self.waveform(a, str(n))) for a, n in zip(audios, names)]
+        return embed_stacks(self.backend, stacks, self.max_batch_frames, self.device)
+
+    def embed(self, audio: Union[Audio, List[Audio]], normalize: bool = True) -> np.ndarray:
+        """One input -> (E,), a list -> (N, E); L2-normalised unless normalize=False."""
+        single = not isinstance(audio, (list, tuple))
+        emb = self.embed_raw([audio] if single else list(audio))
+        if normalize:
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb[0] if single else emb
+
+    # --- scores ----------------------------------------------------------------------------
+    def score_embeddings(self, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+        """Raw embeddings (N, E), (N, E) -> (N,) cosine scores after mean subtraction."""
+        return self.scorer.score_pairs(self.scorer.prepare(np.atleast_2d(e1)), self.scorer.prepare(np.atleast_2d(e2)))
+
+    def score(self, a: Audio, b: Audio) -> float:
+        e = self.embed_raw([a, b])
+        return float(self.score_embeddings(e[:1], e[1:])[0])
+
+    def llr(self, score: Union[float, np.ndarray]):
+        """Calibrated log-likelihood ratio (None without a validation list at packaging)."""
+        if not self.calibration:
+            return None
+        return self.calibration["scale"] * score + self.calibration["offset"]
+
+    def decide(self, score: float) -> Dict[str, Any]:
+        llr = self.llr(score)
+        return {"score": float(score), "llr": None if llr is None else float(llr),
+                "decision": None if self.threshold is None else bool(score >= self.threshold),
+                "threshold": self.threshold}
+
+    def verify(self, a: Audio, b: Audio) -> Dict[str, Any]:
+        """{"score", "llr" (None when uncalibrated), "decision" (same speaker: score >= the
+        validation EER threshold; None without one), "threshold"}."""
+        return self.decide(self.score(a, b))
+
+
+def load_model(path: str, device: str = "cpu", max_batch_frames: int = 6000) -> SpeakerModel:
+    """A packaged model dir (upmp.bin.package_model) or an experiment dir -> SpeakerModel."""
+    return SpeakerModel(load_content(str(path), device), device, max_batch_frames)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".sph")
+# containers libsndfile does not read: decoded by ffmpeg, as the VoxCeleb2 recipe does
+FFMPEG_SUFFIXES = (".m4a", ".aac", ".opus")
+
+
+@dataclass
+class AudioSource:
+    """One utterance to embed: a wav.scp value (+ segment) and where it came from (for errors)."""
+    entry: str
+    segment: Optional[Segment] = None
+    where: str = ""
+
+    def load(self) -> np.ndarray:
+        try:
+            return load_audio(self.entry, self.segment, name=self.where)
+        except AudioError as e:
+            raise AudioError(f"{self.where}: {e}") from None
+
+
+def _file_entry(path: Path) -> str:
+    if path.suffix.lower() in FFMPEG_SUFFIXES:
+        return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav -acodec pcm_s16le - |"
+    return str(path)
+
+
+def gather_audio(inputs: Sequence[str]) -> Dict[str, AudioSource]:
+    """Audio files, folders (searched recursively for audio files), Kaldi wav.scp files and
+    data dirs (wav.scp [+ segments]) -> {utterance id: source}, in input order.
+
+    Ids: a file's name without its extension; in a folder, the path below the folder without
+    the extension (VoxCeleb style, id10270/x6uYqmx31kE/00001); in a wav.scp or data dir, its keys.
+    Two inputs giving the same id are an error naming both."""
+    from upmp.data.kaldi_dir import DataDir, read_table
+    out: Dict[str, AudioSource] = {}
+
+    def add(key: str, source: AudioSource) -> None:
+        if key in out:
+            raise DataDirError(f"{source.where}: utterance id {key!r} is also given by {out[key].where}; "
+                               "give the inputs in separate runs or rename one")
+        out[key] = source
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir() and (p / "wav.scp").is_file():
+            data = DataDir.load(p, validate=False)
+            for utt in data.utts:
+                entry, segment = data.wav_entry(utt)
+                add(utt, AudioSource(entry, segment, f"{p / 'wav.scp'}: utterance {utt}"))
+        elif p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                raise DataDirError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            for f in files:
+                add(str(f.relative_to(p).with_suffix("")), AudioSource(_file_entry(f), None, str(f)))
+        elif p.is_file() and (p.suffix == ".scp" or p.name == "wav.scp"):
+            for key, entry in read_table(p, max_fields=None).items():
+                add(key, AudioSource(entry, None, f"{p}: utterance {key}"))
+        elif p.is_file():
+            add(p.stem, AudioSource(_file_entry(p), None, str(p)))
+        else:
+            raise DataDirError(f"{p}: no such file or directory")
+    return out

@@ -1,0 +1,98 @@
+"""Where training data come from: cached layer stacks (stage 1) or audio run through the upstream
+inside the training loop (online mode). `build_training_data` turns the command-line inputs and
+the resolved config into the batch source, the layer-stack layout and the upstream."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from upmp.data.audio import SAMPLE_RATE
+from upmp.errors import ConfigError, DataDirError
+from upmp.train.data import LayerStackCrops, WaveformCrops
+from upmp.upstream.layer_stack import LayerStackMeta
+
+
+@dataclass
+class Inputs:
+    """Where training and validation data come from (cached stacks or online audio)."""
+    train_scp: Optional[str] = None      # cached: layers.scp of the training set
+    utt2spk: Optional[str] = None        # cached: its utt2spk
+    valid_scp: Optional[str] = None      # cached: layers.scp of the validation set
+    train_data_dir: Optional[str] = None  # online: Kaldi data dir of the training set
+    valid_data_dir: Optional[str] = None  # online: Kaldi data dir of the validation set
+    valid_trials: Optional[str] = None   # Kaldi trials of the validation set (either mode)
+    upstream: Optional[str] = None       # online: upstream name (see upmp.upstream.build_upstream)
+    upstream_ckpt: Optional[str] = None
+    lmft_from: Optional[str] = None      # large-margin fine-tuning: the base model.pt to start from
+
+    @property
+    def online(self) -> bool:
+        return self.train_data_dir is not None
+
+    def check(self) -> None:
+        if self.online == (self.train_scp is not None):
+            raise ConfigError("give either cached inputs (--train_scp, --utt2spk) or online ones "
+                              "(--train_data_dir, --upstream)")
+        if self.online and not self.upstream:
+            raise ConfigError("online training (--train_data_dir) needs --upstream")
+        if not self.online and not self.utt2spk:
+            raise ConfigError("--train_scp needs --utt2spk")
+        valid_src = self.valid_data_dir if self.online else self.valid_scp
+        other = self.valid_scp if self.online else self.valid_data_dir
+        if other:
+            raise ConfigError("validation data must come in the training mode's form "
+                              f"({'--valid_data_dir' if self.online else '--valid_scp'})")
+        if bool(valid_src) != bool(self.valid_trials):
+            raise ConfigError(f"{'--valid_data_dir' if self.online else '--valid_scp'} and --valid_trials go together")
+        for option in ("train_scp", "utt2spk", "valid_scp", "valid_trials", "upstream_ckpt"):
+            path = getattr(self, option)
+            if path is not None and not Path(path).is_file():
+                raise DataDirError(f"--{option} {path}: file not found")
+        for option in ("train_data_dir", "valid_data_dir"):
+            path = getattr(self, option)
+            if path is not None and not Path(path).is_dir():
+                raise DataDirError(f"--{option} {path}: directory not found")
+
+    def recorded(self) -> Dict[str, str]:
+        """The inputs given, as model.pt and train_summary.json record them."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class TrainingData:
+    data: Any                      # LayerStackCrops or WaveformCrops: batch(step, rank, world)
+    meta: LayerStackMeta           # the layer stacks the backend sees
+    upstream: Optional[Any]        # online: the upstream (trainable when fine-tuned), else None
+    description: str               # for the log
+
+
+def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> TrainingData:
+    tc = cfg["train_conf"]
+    if inputs.online:
+        augment = None
+        if tc["augment"]:  # before the upstream: a bad root fails fast
+            from upmp.data.augment import Augmenter
+            augment = Augmenter(tc["augment"])
+        from upmp.upstream import build_upstream
+        upstream = build_upstream(inputs.upstream, inputs.upstream_ckpt).to(device)
+        upstream.set_trainable(bool(tc["finetune_upstream"]))
+        meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream)
+        data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * SAMPLE_RATE)), tc["batch_size"],
+                             cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
+        description = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \
+            (" fine-tuned" if upstream.trainable else " frozen") + (", augmented" if augment else "")
+        return TrainingData(data, meta, upstream, description)
+    if tc["finetune_upstream"] or tc["augment"]:
+        raise ConfigError("train_conf.finetune_upstream and train_conf.augment need online training "
+                          "(--train_data_dir): cached layer stacks are fixed")
+    try:
+        meta = LayerStackMeta.read(str(Path(inputs.train_scp).parent))
+    except FileNotFoundError as e:  # the layer_stack.json beside layers.scp (its message names it)
+        raise DataDirError(str(e)) from None
+    crop_frames = int(round(tc["crop_seconds"] / meta.frame_shift))
+    data = LayerStackCrops(inputs.train_scp, inputs.utt2spk, meta.num_layers, crop_frames, tc["batch_size"],
+                           cfg["seed"], preload=tc["preload"], sampling=tc["sampling"],
+                           spanout_prob=tc["spanout_prob"], spanout_span=tc["spanout_span"],
+                           spanout_rate=tc["spanout_rate"])
+    return TrainingData(data, meta, None, f"cached crops of {crop_frames} frames")

@@ -1,0 +1,90 @@
+"""What training reports into the experiment dir (rank 0): train.log, train_metrics.tsv,
+valid_metrics.tsv, TensorBoard events, train_curve.png, layer_usage.png, train_summary.json."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from upmp.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def add_file_log(exp_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(exp_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def plot_curve(tsv: Path, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = np.loadtxt(tsv, skiprows=1, ndmin=2)
+    if rows.size == 0:
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a1.plot(rows[:, 0], rows[:, 1])
+    a1.set_xlabel("step")
+    a1.set_ylabel("AAM-softmax loss")
+    a2.plot(rows[:, 0], rows[:, 2] * 100)
+    a2.set_xlabel("step")
+    a2.set_ylabel("train accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+class Reporter:
+    """Training curves as TSV rows and TensorBoard scalars (resumes append; a resume drops the
+    TensorBoard events after its step). Only rank 0 creates one."""
+
+    def __init__(self, exp: Path, start: int, validating: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        self.exp = exp
+        self.metrics_path, self.valid_path = exp / "train_metrics.tsv", exp / "valid_metrics.tsv"
+        if start == 0 or not self.metrics_path.is_file():
+            atomic_write_text(self.metrics_path, "step\tloss\taccuracy\tlr\n")
+        if validating and (start == 0 or not self.valid_path.is_file()):
+            atomic_write_text(self.valid_path, "step\teer\n")
+        self.board = SummaryWriter(log_dir=str(exp / "tensorboard"), purge_step=start)
+
+    def train_step(self, done: int, steps: int, loss: float, acc: float, lr: float, seconds_per_step: float) -> None:
+        logger.info("step %d/%d loss %.4f acc %.3f lr %.2e (%.2f s/step)", done, steps, loss, acc, lr,
+                    seconds_per_step)
+        with open(self.metrics_path, "a") as f:
+            f.write(f"{done}\t{loss:.5f}\t{acc:.5f}\t{lr:.6g}\n")
+        self.board.add_scalar("train/loss", loss, done)
+        self.board.add_scalar("train/accuracy", acc, done)
+        self.board.add_scalar("train/lr", lr, done)
+
+    def valid_step(self, done: int, eer: float, best_eer: float, best_step: int) -> None:
+        with open(self.valid_path, "a") as f:
+            f.write(f"{done}\t{eer:.4f}\n")
+        self.board.add_scalar("valid/eer", eer, done)
+        logger.info("step %d: validation EER %.2f %% (best %.2f %% at step %d)", done, eer, best_eer, best_step)
+
+    def close(self) -> None:
+        self.board.close()
+
+    def summary(self, final: Dict[str, Any], num_speakers: int) -> None:
+        atomic_write_text(self.exp / "train_summary.json", json.dumps(
+            {k: final[k] for k in ("num_params", "train_seconds", "step", "world_size", "inputs")}
+            | {"valid_eer": final.get("valid_eer"), "num_speakers": num_speakers}, indent=2) + "\n")
+
+    def plots(self, model, x, upstream: Optional[Any], device, first_layer: int) -> None:
+        """train_curve.png, and layer_usage.png from one batch x (of stacks, or of audio with an upstream)."""
+        import torch
+
+        from upmp.analysis import layer_usage, plot_layer_usage
+        plot_curve(self.metrics_path, self.exp / "train_curve.png")
+        if upstream is not None:
+            with torch.no_grad():
+                upstream.eval()
+                x, _ = upstream(x.to(device), torch.full((x.shape[0],), x.shape[1], device=device))
+        plot_layer_usage(layer_usage(model, x.to(device)), self.exp / "layer_usage.png", first_layer=first_layer)

@@ -1,0 +1,290 @@
+"""The training config: every key, its type, default and allowed range, in one place.
+
+    cfg = resolve_train_config("conf/train_upmp.yaml", ["--train_conf.steps", "500"])
+
+The defaults are the paper's VoxCeleb1 recipe for the UPMP backend (docs: "Reference training
+recipe"), so a recipe YAML holds only what differs. Resolving merges the YAML and the
+command-line overrides (`--key value`, dotted for nested keys, parsed as YAML) onto the
+defaults, refuses a key the schema does not know (a typo never trains the wrong model), and
+checks every value: a wrong one is a one-line ConfigError naming the key, the value and what is
+allowed. The result is a plain dict holding every value (written to the experiment's config.yaml).
+
+backend_conf and loss_conf take the keys of the chosen backend / loss (BACKEND_CONFS, LOSS_CONFS;
+a backend without an entry there gets the keys, defaults and types of its constructor).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, get_type_hints
+
+from upmp.config import load_config_file, parse_overrides
+from upmp.errors import ConfigError
+
+
+def spec(default, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, pattern=None):
+    """A field with its allowed range (numbers), choices or pattern (strings)."""
+    meta = dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, choices=choices, pattern=pattern)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# backend_conf, one per backend (upmp.backends.BACKENDS)
+
+@dataclass
+class UPMPConf:
+    conv_dim: int = spec(128, lo=1)          # c; the block width is 4c
+    n_blocks: int = spec(1, lo=1)
+    heads: int = spec(4, lo=1)               # layer attentive pooling heads (4c must divide by it)
+    embed_dim: int = spec(192, lo=1)
+    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
+
+
+@dataclass
+class LAPConf:
+    heads: int = spec(16, lo=1)
+    channels: int = spec(512, lo=1)
+    embed_dim: int = spec(192, lo=1)
+    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
+
+
+@dataclass
+class MHFAConf:
+    compression_dim: int = spec(128, lo=1)   # c: keys and values compressed D -> c
+    heads: int = spec(64, lo=1)              # frame-attention heads (WeSpeaker / BUT Base recipe)
+    embed_dim: int = spec(256, lo=1)
+
+
+@dataclass
+class SuperbEcapaConf:
+    ndim: int = spec(1024, lo=1)
+    model_scale: int = spec(8, lo=1)
+    output_size: int = spec(1536, lo=1)
+    embed_dim: int = spec(192, lo=1)
+
+
+@dataclass
+class XvectorConf:
+    layer: int = spec(-1)                    # hidden state used (negative: from the last)
+    ndim: int = spec(512, lo=1)
+    output_size: int = spec(1500, lo=1)
+    embed_dim: int = spec(512, lo=1)
+
+
+BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "mhfa": MHFAConf,
+                                  "superb_ecapa": SuperbEcapaConf, "xvector": XvectorConf}
+
+
+# loss_conf, one per loss (upmp.losses.LOSSES)
+
+@dataclass
+class AAMSoftmaxConf:
+    margin: float = spec(0.2, lo=0)
+    scale: float = spec(30.0, lo=0, lo_open=True)
+    heads: int = spec(1, lo=1)               # multi-head AAM-softmax: the embedding split into this many heads
+
+
+@dataclass
+class SubcenterTopkConf(AAMSoftmaxConf):
+    subcenters: int = spec(3, lo=1)
+    topk: int = spec(5, lo=1)
+    topk_margin: float = spec(0.06, lo=0)
+
+
+LOSS_CONFS: Dict[str, type] = {"aamsoftmax": AAMSoftmaxConf, "aamsoftmax_subcenter_topk": SubcenterTopkConf}
+
+
+@dataclass
+class AugmentConf:
+    """train_conf.augment (online mode); values checked further by upmp.data.augment.check_conf."""
+    musan_root: str = spec("")               # empty: noise, music and babble disabled
+    rirs_root: str = spec("")                # empty: reverb disabled
+    prob: float = spec(0.6, lo=0, hi=1)      # probability that an utterance is augmented at all
+    kinds: dict = spec({"noise": 1, "music": 1, "babble": 1, "reverb": 1})  # relative weights
+    snr: dict = spec({"noise": [0, 15], "music": [5, 15], "babble": [13, 20]})  # dB, drawn uniformly
+    babble_speakers: list = spec([3, 7])     # speech files summed for babble (inclusive)
+    rir_sets: list = spec(["simulated_rirs"])
+
+
+@dataclass
+class OptimConf:
+    lr: float = spec(3.0e-3, lo=0, lo_open=True)           # OneCycle max lr
+    upstream_lr: float = spec(5.0e-5, lo=0, lo_open=True)  # the upstream's max lr when fine-tuned
+    weight_decay: float = spec(0.0, lo=0)
+    pct_start: float = spec(0.1, lo=0, hi=1, lo_open=True, hi_open=True)  # warm-up fraction
+    grad_clip: float = spec(5.0, lo=0, lo_open=True)       # gradient-norm clip
+
+
+@dataclass
+class TrainConf:
+    steps: int = spec(10000, lo=1)
+    batch_size: int = spec(128, lo=1)                      # the global batch (all processes)
+    crop_seconds: float = spec(3.0, lo=0, lo_open=True)    # shorter utterances wrap around
+    sampling: str = spec("uniform", choices=("uniform", "speaker_balanced"))
+    spanout_prob: float = spec(0.0, lo=0, hi=1)            # span-out (paper option: 0.3)
+    spanout_span: int = spec(3, lo=1)                      # frames per span
+    spanout_rate: float = spec(0.05, lo=0, hi=1)           # per-frame probability of starting a span
+    log_every: int = spec(100, lo=1)
+    ckpt_every: int = spec(1000, lo=1)
+    valid_every: int = spec(1000, lo=0)                    # 0: no validation
+    preload: bool = spec(False)                            # keep the training data in memory
+    num_workers: int = spec(2, lo=0)                       # data-loader processes building batches
+    num_threads: int = spec(0, lo=0)                       # 0: torch's default
+    device: str = spec("cuda", pattern=r"cpu|cuda(:\d+)?")
+    amp: str = spec("none", choices=("none", "bf16", "fp16"))  # autocast on the GPU
+    sync_batchnorm: bool = spec(True)                      # torchrun: batch-norm over the global batch
+    finetune_upstream: bool = spec(False)                  # online mode: train the upstream too
+    augment: Optional[AugmentConf] = spec(None)            # online mode: MUSAN / RIR augmentation
+
+
+@dataclass
+class LMFTConf:
+    """Large-margin fine-tuning (upmp.train.lmft; sv.sh --lmft true): the phase's values, placed over
+    train_conf.steps / crop_seconds / valid_every, optim_conf.lr and loss_conf.margin."""
+    steps: int = spec(2000, lo=1)
+    crop_seconds: float = spec(6.0, lo=0, lo_open=True)    # longer crops (WeSpeaker / LAP follow-up: 6 s)
+    valid_every: int = spec(500, lo=0)
+    lr: float = spec(1.0e-4, lo=0, lo_open=True)           # a short, low OneCycle (max lr)
+    margin: float = spec(0.5, lo=0)                        # larger AAM margin
+
+
+@dataclass
+class TrainConfig:
+    seed: int = spec(0, lo=0)
+    use_hidden0: bool = spec(False)          # the backend sees hidden state 0 (the CNN output)
+    backend: str = spec("upmp", choices=tuple(BACKEND_CONFS))
+    backend_conf: dict = spec({})            # keys of the backend's entry in BACKEND_CONFS
+    loss: str = spec("aamsoftmax", choices=tuple(LOSS_CONFS))
+    loss_conf: dict = spec({})               # keys of the loss's entry in LOSS_CONFS
+    optim_conf: OptimConf = field(default_factory=OptimConf)
+    train_conf: TrainConf = field(default_factory=TrainConf)
+    lmft_conf: LMFTConf = field(default_factory=LMFTConf)
+
+
+def _constructor_conf(name: str, cls) -> type:
+    """A conf dataclass from a backend constructor's keyword defaults (types from the defaults)."""
+    params = [p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name not in ("self", "input_dim", "num_layers") and p.default is not inspect.Parameter.empty]
+    return dataclasses.make_dataclass(f"{name}_conf", [(p.name, type(p.default), spec(p.default)) for p in params])
+
+
+def backend_conf_class(name: str) -> type:
+    if name in BACKEND_CONFS:
+        return BACKEND_CONFS[name]
+    from upmp.backends import BACKENDS
+    return _constructor_conf(name, BACKENDS[name])
+
+
+def _describe(typ, meta) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(meta["choices"])
+    if meta.get("pattern"):
+        return f"a string matching {meta['pattern']}"
+    text = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping", list: "a list"}.get(typ, str(typ))
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None:
+        text += f" in {'(' if meta['lo_open'] else '['}{lo}, {hi}{')' if meta['hi_open'] else ']'}"
+    elif lo is not None:
+        text += f" {'>' if meta['lo_open'] else '>='} {lo}"
+    return text
+
+
+def _check_value(key: str, value, typ, meta):
+    """The value, checked against type and range (ints accepted for floats, as floats)."""
+    given = value
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, typ)
+    if ok and meta.get("choices"):
+        ok = value in meta["choices"]
+    if ok and meta.get("pattern"):
+        ok = re.fullmatch(meta["pattern"], value) is not None
+    if ok and typ in (int, float):
+        lo, hi = meta.get("lo"), meta.get("hi")
+        ok = ((lo is None or (value > lo if meta["lo_open"] else value >= lo))
+              and (hi is None or (value < hi if meta["hi_open"] else value <= hi)))
+    if not ok:
+        raise ConfigError(f"{key}: {given!r} is not allowed: expected {_describe(typ, meta)}")
+    return value
+
+
+def _resolve(cls: type, node, where: str) -> Dict[str, Any]:
+    """A (partial) mapping -> every key of the dataclass, checked, defaults filled in."""
+    if node is None:
+        node = {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {node!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in node if k not in names]
+    if unknown:
+        raise ConfigError(f"unknown config key {where + unknown[0]!r}; known keys here: {', '.join(sorted(names))}")
+    hints = get_type_hints(cls)
+    out: Dict[str, Any] = {}
+    defaults = dataclasses.asdict(cls())
+    for f in dataclasses.fields(cls):
+        typ, key = hints[f.name], where + f.name
+        value = node.get(f.name, defaults[f.name])
+        inner = [a for a in getattr(typ, "__args__", ()) if a is not type(None)]
+        if inner and dataclasses.is_dataclass(inner[0]):  # Optional[<conf>]: None or a mapping
+            out[f.name] = None if value is None else _resolve(inner[0], value, key + ".")
+        elif dataclasses.is_dataclass(typ):
+            out[f.name] = _resolve(typ, node.get(f.name), key + ".")
+        else:
+            out[f.name] = _check_value(key, value, typ, f.metadata)
+    return out
+
+
+def _set(cfg: Dict[str, Any], key: str, value) -> None:
+    """Put an override into the (partial) config, creating the mappings on its way."""
+    node, parts = cfg, key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])}: {node!r} has no keys (override {key})")
+    node[parts[-1]] = value
+
+
+def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """A (partial) config mapping -> the full, checked config (a new plain dict)."""
+    out = _resolve(TrainConfig, cfg, "")
+    out["backend_conf"] = _resolve(backend_conf_class(out["backend"]), cfg.get("backend_conf"), "backend_conf.")
+    out["loss_conf"] = _resolve(LOSS_CONFS[out["loss"]], cfg.get("loss_conf"), "loss_conf.")
+    tc, oc = out["train_conf"], out["optim_conf"]
+    if math.isclose(oc["pct_start"] * tc["steps"], 1.0):
+        # OneCycle's warm-up phase then ends at step 0 and its schedule divides by zero
+        raise ConfigError(f"train_conf.steps {tc['steps']} with optim_conf.pct_start {oc['pct_start']} gives "
+                          "exactly 1 warm-up step, which the OneCycle schedule cannot hold: change either "
+                          f"(e.g. train_conf.steps {tc['steps'] + 1})")
+    if tc["augment"] is not None:
+        from upmp.data.augment import check_conf
+        check_conf(tc["augment"])
+    return out
+
+
+def resolve_train_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """The YAML at path with the command-line overrides, on the defaults, checked (see module doc)."""
+    cfg = load_config_file(path)
+    for key, value in parse_overrides(overrides):
+        _set(cfg, key, value)
+    try:
+        return check_train_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def defaults() -> Dict[str, Any]:
+    """The full default config (the paper's VoxCeleb1 UPMP recipe)."""
+    return check_train_config({})
