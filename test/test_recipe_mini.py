@@ -187,8 +187,8 @@ def test_mhfa_with_lmft_and_qmf(small_recipe):
     recipe, _ = small_recipe
     r = run(recipe, "--stage", "2", "--stop_stage", "5", "--upstream", "wavlm_local", "--backend", "mhfa",
             "--lmft", "true", "--calibration", "linear qmf", "--scoring", "cosine", "--score_norm", "none",
-            "--train_args", "--train_conf.steps 8 --train_conf.batch_size 8 --lmft_conf.train_conf.steps 4 "
-            "--lmft_conf.train_conf.valid_every 2")
+            "--train_args", "--train_conf.steps 8 --train_conf.batch_size 8 --lmft_conf.steps 4 "
+            "--lmft_conf.valid_every 2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     base = recipe / "exp" / "mhfa_wavlm_local_wavlm_tiny"
     lmft = base.parent / (base.name + "_lmft")
