@@ -38,6 +38,24 @@ def test_lap_is_padding_invariant():
     assert LAPBackend.padding_invariant and not SuperbEcapaBackend.padding_invariant
 
 
+def lap_params_from_description(D, L, heads=16, C=512, E=192):
+    """LAP + ASTP parameters counted term by term (docs/method.md, "LAP")."""
+    k = L // 2
+    layer_pooling = 2 * D + (D * D + D) + heads * (L * k + k + k * L + L) + (D * C + C) + 2 * C
+    asp = (3 * C * (C // 2) + C // 2) + C + (C // 2 * C + C) + 2 * (2 * C) + (2 * C * E + E) + 2 * E
+    return layer_pooling + asp
+
+
+@pytest.mark.parametrize("D, L, pinned", [(768, 13, 1_714_480), (1024, 25, 2_312_464)])
+def test_lap_parameter_count_as_the_follow_up_code(D, L, pinned):
+    # both 1x1 convolutions carry biases as in the LAP follow-up's code (Base: 13 hidden
+    # states, Large: 25); without them the counts would be 1,280 / 1,536 lower
+    n = sum(p.numel() for p in LAPBackend(D, L).parameters())
+    assert n == pinned == lap_params_from_description(D, L)
+    m = LAPBackend(D, L).layer_pooling
+    assert m.proj.bias is not None and m.out[0].bias is not None
+
+
 def test_superb_weights_start_uniform_and_learn():
     m = SuperbEcapaBackend(16, 5, ndim=16, output_size=24, embed_dim=8)
     torch.testing.assert_close(m.layer_weights(), torch.full((5,), 0.2))

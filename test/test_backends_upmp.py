@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from upmp.backends import SpeakerEmbeddingModel
-from upmp.backends.pooling import AttentiveStatisticsPooling
-from upmp.backends.upmp import LayerAttentivePooling, LayerwiseAttentiveVAD, UPMPBackend
+from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling
+from upmp.backends.upmp import LayerwiseAttentiveVAD, UPMPBackend
 
 
 def small(**kw):
@@ -109,3 +109,57 @@ def test_parameter_count_pinned_for_base_upstreams():
     # by instantiating its modules: 1,617,692 + 526,984 + 724,800)
     m = UPMPBackend(input_dim=768, num_layers=12)
     assert sum(p.numel() for p in m.parameters()) == 2_869_476
+    # UPMP's own layer attentive pooling stays without biases (unlike the LAP backend's)
+    assert m.layer_pooling.proj.bias is None and m.layer_pooling.out[0].bias is None
+
+
+@pytest.mark.parametrize("name", ["upmp", "lap", "superb_ecapa", "xvector"])
+def test_benchmark_reference_formulations_equal_ours(name):
+    # benchmarks/backend_step.py times each backend against a straightforward formulation
+    # (UPMP: the per-output-layer SUPERB loop of the reference code); same weights, same maths
+    from benchmarks.backend_step import SMALL, build, reference_of
+    ours = build(name, SMALL)
+    for m in ours.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ref = reference_of(name, ours)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+    L = 5 if name == "upmp" else 6  # the hidden states each sees in the recipes
+    x = torch.randn(4, 32, L, 40)
+    mask = torch.ones(4, 40, dtype=torch.bool)
+    if name == "upmp":
+        with torch.no_grad():  # away from the one-hot start, so the mixing matters
+            ours.vads[0].mix_logits.normal_()
+            ref.load_from(ours)
+    a, b = ours(x, mask), ref(x, mask)  # training mode: batch statistics
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    ga = torch.cat([p.grad.flatten() for p in ours.parameters()]).norm()
+    gb = torch.cat([p.grad.flatten() for p in ref.parameters()]).norm()
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    if name == "upmp":  # the mixing logits' gradients, row i = output layer i
+        g_ref = torch.stack([s.logits.grad for s in ref.vads[0].superb])
+        torch.testing.assert_close(ours.vads[0].mix_logits.grad, g_ref, atol=1e-4, rtol=1e-3)
+
+
+def test_max_over_layers_has_the_gradient_of_the_plain_formula():
+    from upmp.backends.pooling import _MaxOfProduct
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 3, 4, 5, dtype=torch.double, requires_grad=True)
+    s = torch.rand(2, 2, 4, 5, dtype=torch.double, requires_grad=True)
+    torch.testing.assert_close(_MaxOfProduct.apply(x, s), (x * s.unsqueeze(2)).max(dim=3).values)
+    assert torch.autograd.gradcheck(_MaxOfProduct.apply, (x, s))
+
+
+def test_traced_graph_keeps_masking_when_traced_without_padding():
+    # the ONNX export traces the backend; skipping the masks for an unpadded batch must
+    # not be baked into the graph
+    m = small().eval()
+    x = torch.randn(2, 24, 5, 30)
+    full = torch.ones(2, 30, dtype=torch.bool)
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (x, full), check_trace=False)
+        padded = full.clone()
+        padded[1, 18:] = False
+        torch.testing.assert_close(traced(x, padded), m(x, padded), atol=1e-5, rtol=1e-5)

@@ -98,7 +98,7 @@ def test_bf16_autocast_on_cpu_and_fp16_needs_a_gpu(dump):
     assert r.returncode == 0, r.stderr
     r = run_train(dump, dump / "bf16", 1, "--train_conf.amp", "bf16")
     assert r.returncode == 0, r.stderr
-    assert "WARNING: train_conf.amp bf16 on CPU" in r.stderr and "36 s vs 3.7 s" in r.stderr
+    assert "WARNING: train_conf.amp bf16 on CPU" in r.stderr and "benchmarks/amp.py" in r.stderr
     # bf16 keeps ~3 significant digits: the same training, slightly perturbed
     np.testing.assert_allclose(losses(dump / "bf16"), losses(dump / "fp32"), rtol=0.1)
     assert not np.array_equal(losses(dump / "bf16"), losses(dump / "fp32"))

@@ -1,10 +1,18 @@
-"""Attentive statistics pooling (ECAPA-TDNN style) with frame masks (method.md, step 4)."""
+"""Pooling layers shared by the backends, with frame masks.
+
+- LayerAttentivePooling (B, C, L, T) -> (B, C_out, T): squeezes the layer axis
+  (docs/method.md, UPMP step 3; the LAP backend uses it straight on the hidden states).
+- AttentiveStatisticsPooling (B, C, T) -> (B, E): ECAPA-TDNN style pooling over
+  frames (UPMP step 4; also LAP's ASTP).
+"""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 from torch import nn
+
+from upmp.errors import ConfigError
 
 
 def full_mask_if_none(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -53,3 +61,97 @@ class AttentiveStatisticsPooling(nn.Module):
         sigma = ((w * x * x).sum(dim=2) - mu * mu).clamp(min=1e-4).sqrt()
         stats = self.bn_stats(torch.cat([mu, sigma], dim=1))
         return self.bn_embed(self.linear(stats))
+
+
+class LayerAttentivePooling(nn.Module):
+    """Step 3. (B, C_in, L, T) -> (B, C_out, T): per-head layer scores from the
+    channel mean and max, a per-head MLP over layers, then max over layers and a
+    1x1 Conv1d (C -> C_out, C_out = C unless given) with BN.
+
+    bias: whether the two 1x1 convolutions carry biases (UPMP's stage has none;
+    the LAP follow-up's code has them).
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_layers: int, heads: int,
+                 dropout: float = 0.1, out_channels: Optional[int] = None, bias: bool = False):
+        super().__init__()
+        if channels % heads:
+            raise ConfigError(f"channels {channels} must be divisible by heads {heads}")
+        self.heads = heads
+        hidden = max(1, num_layers // 2)
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.proj = nn.Conv2d(in_channels, channels, 1, bias=bias)
+        self.w1 = nn.Parameter(torch.empty(heads, num_layers, hidden))
+        self.b1 = nn.Parameter(torch.zeros(heads, hidden))
+        self.w2 = nn.Parameter(torch.empty(heads, hidden, num_layers))
+        self.b2 = nn.Parameter(torch.zeros(heads, num_layers))
+        for w in (self.w1, self.w2):
+            for h in range(heads):
+                nn.init.xavier_uniform_(w[h])
+        self.dropout = nn.Dropout(dropout)
+        out_channels = out_channels or channels
+        self.out = nn.Sequential(nn.Conv1d(channels, out_channels, 1, bias=bias), nn.BatchNorm1d(out_channels))
+
+    def _layer_mlp(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, h, L, T) -> (B, h, L, T): an MLP over L for each head."""
+        hidden = torch.relu(torch.einsum("bhlt,hlk->bhkt", z, self.w1) + self.b1[None, :, :, None])
+        return torch.einsum("bhkt,hkl->bhlt", hidden, self.w2) + self.b2[None, :, :, None]
+
+    def _scores(self, x: torch.Tensor):
+        """(B, C_in, L, T) -> projected input split by head (B, h, C/h, L, T), layer scores (B, h, L, T)."""
+        x = self.proj(self.norm(x))
+        B, C, L, T = x.shape
+        xh = x.view(B, self.heads, C // self.heads, L, T)
+        # max(dim) rather than amax: its backward routes the gradient through the stored
+        # argmax (cheap) instead of comparing against the full input (equal but at exact ties)
+        return xh, torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.max(dim=2).values))
+
+    def mean_scores(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The layer score per head and layer (h, L), averaged over the batch's valid frames."""
+        score = self._scores(x)[1]
+        valid = mask[:, None, None, :].to(score.dtype)
+        return (score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        xh, score = self._scores(x)
+        return self.out(self._max_over_layers(xh, self.dropout(score)))
+
+    @staticmethod
+    def _max_over_layers(xh: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """max over L of xh * score: (B, h, k, L, T), (B, h, L, T) -> (B, h*k, T)."""
+        B, h, k, L, T = xh.shape
+        if torch.jit.is_tracing() or not (torch.is_grad_enabled() and (xh.requires_grad or score.requires_grad)):
+            return (xh * score.unsqueeze(2)).max(dim=3).values.view(B, h * k, T)  # inference, ONNX export
+        return _MaxOfProduct.apply(xh, score).view(B, h * k, T)
+
+
+class _MaxOfProduct(torch.autograd.Function):
+    """max over L of x * s for x (B, h, k, L, T) and s (B, h, L, T) -> (B, h, k, T).
+
+    Equal to (x * s[:, :, None]).max(dim=3).values, and to its gradient but at exact
+    ties, while backward keeps only the winning layer per output and the two
+    winning factors: neither the (B, C, L, T) product nor x (autograd's mul would keep x).
+    """
+
+    @staticmethod
+    def forward(ctx, x, s):
+        B, h, k, L, T = x.shape
+        idx = (x * s.unsqueeze(2)).max(dim=3, keepdim=True).indices  # (B, h, k, 1, T)
+        x_sel = x.gather(3, idx).squeeze(3)
+        flat = (idx.view(B, h, k, T) * T + torch.arange(T, device=x.device)).view(B, h, k * T)
+        s_sel = s.reshape(B, h, L * T).gather(2, flat).view(B, h, k, T)
+        ctx.save_for_backward(idx, flat, x_sel, s_sel)
+        ctx.shape = (B, h, k, L, T)
+        return x_sel * s_sel
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, flat, x_sel, s_sel = ctx.saved_tensors
+        B, h, k, L, T = ctx.shape
+        grad_x = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x_sel.new_zeros(B, h, k, L, T).scatter_(3, idx, (grad * s_sel).unsqueeze(3).to(x_sel.dtype))
+        if ctx.needs_input_grad[1]:
+            grad_s = s_sel.new_zeros(B, h, L * T).scatter_add_(2, flat, (grad * x_sel).reshape(B, h, k * T).to(s_sel.dtype))
+            grad_s = grad_s.view(B, h, L, T)
+        return grad_x, grad_s

@@ -35,8 +35,11 @@ class SuperbEcapaBackend(Backend):
         return torch.softmax(self.layer_logits, dim=0)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        feats = torch.einsum("bdlt,l->btd", x, self.layer_weights())
-        frames = self.encoder(feats)  # (B, C, T)
+        B, D, L, T = x.shape
+        # the weighted sum as one product over the layer axis of x viewed (B*D, L, T):
+        # no permuted copy of the stack, forward or backward
+        feats = torch.matmul(self.layer_weights(), x.reshape(B * D, L, T)).view(B, D, T)
+        frames = self.encoder(feats.transpose(1, 2))  # (B, T, D) in, (B, C, T) out
         lengths = None if mask is None else mask.sum(dim=1)
         return self.projector(self.pooling(frames, lengths))
 

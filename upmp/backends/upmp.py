@@ -1,7 +1,7 @@
-"""The UPMP backend: universal pooling of multi-layer features (method.md).
+"""The UPMP backend: universal pooling of multi-layer features (docs/method.md).
 
 Input: a layer stack x (B, D, L, T) and a frame mask (B, T); output: speaker
-embeddings (B, E). Steps (method.md, "Backend"): 1. projection, 2. blocks of
+embeddings (B, E). Steps (docs/method.md, "UPMP, step by step"): 1. projection, 2. blocks of
 layer-wise attentive VAD + dense multi-dilated convolution with channel
 attention, 3. layer attentive pooling, 4. attentive statistics pooling.
 
@@ -13,6 +13,9 @@ Choices where the description allows two readings:
 - Padded frames are zeroed before every 3x3 convolution, and global
   statistics are masked, so in eval mode padding leaves an utterance's
   embedding unchanged.
+
+The step is written for speed and memory without changing the maths (see
+benchmarks/backend_step.py, which times it against the plain formulation).
 """
 from __future__ import annotations
 
@@ -22,18 +25,34 @@ import torch
 from torch import nn
 
 from upmp.backends.base import Backend
-from upmp.backends.pooling import AttentiveStatisticsPooling, full_mask_if_none
-from upmp.errors import ConfigError
+from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
 
 
-def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool -> (B, 1, 1, T) float for multiplying (B, C, L, T) tensors."""
-    return mask[:, None, None, :].float()
+def _frame_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B, T) bool -> (B, 1, 1, T) float for multiplying (B, C, L, T) tensors;
+    None (every frame valid) stays None."""
+    return None if mask is None else mask[:, None, None, :].float()
+
+
+def padding_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The mask the parts below need: None when every frame of x (B, ..., T) is
+    valid (training crops), so the masking products (all by 1) are skipped."""
+    if torch.jit.is_tracing():  # an exported graph must mask whatever it is given
+        return full_mask_if_none(x, mask)
+    if mask is None or bool(mask.all()):
+        return None
+    return mask
 
 
 class LayerwiseAttentiveVAD(nn.Module):
     """Step 2a. (B, C, L, T) -> (B, C, L, T): per-layer SUPERB mixing, then a
-    per-layer sigmoid frame score s[i, t] = sigmoid(w_i . x[:, i, t] + b_i)."""
+    per-layer sigmoid frame score s[i, t] = sigmoid(w_i . x[:, i, t] + b_i).
+
+    The L weighted sums are one (L x L) matrix product over the layer axis of x
+    (no copy of x). The scores use linearity: w_i . (sum_l mix[i, l] x_l) =
+    sum_l mix[i, l] (w_i . x_l), so the small (B, L, L, T) tensor of all w_i . x_l
+    is formed from x directly, instead of a permuted copy of the mixed x.
+    """
 
     def __init__(self, channels: int, num_layers: int):
         super().__init__()
@@ -42,16 +61,21 @@ class LayerwiseAttentiveVAD(nn.Module):
         self.frame_bias = nn.Parameter(torch.zeros(num_layers))
         nn.init.xavier_uniform_(self.frame_weight)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, C, L, T = x.shape
         mix = torch.softmax(self.mix_logits, dim=-1)  # (L_out, L_in)
-        x = torch.einsum("bclt,ml->bcmt", x, mix)
-        logits = torch.einsum("bclt,lc->blt", x, self.frame_weight) + self.frame_bias[None, :, None]
-        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
-        return x * torch.sigmoid(logits).unsqueeze(1)
+        mixed = torch.matmul(mix, x)  # (B, C, L_out, T)
+        per_layer = torch.matmul(self.frame_weight, x.reshape(B, C, L * T)).view(B, L, L, T)  # (B, i, l, T)
+        logits = (per_layer * mix[None, :, :, None]).sum(dim=2) + self.frame_bias[None, :, None]
+        if mask is not None:
+            logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        return mixed * torch.sigmoid(logits).unsqueeze(1)
 
 
 class ChannelAttention(nn.Module):
-    """CBAM-like channel attention over (L, T) with masked global average and max."""
+    """CBAM-like channel attention over (L, T) with masked global average and max.
+
+    forward(x, mask, residual) returns residual + x * scale (one fused multiply-add)."""
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
@@ -61,12 +85,22 @@ class ChannelAttention(nn.Module):
                                  nn.Conv2d(hidden, channels, 1))
         self.mlp_avg, self.mlp_max = mlp(), mlp()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def scale(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, C, L, T) -> (B, C, 1, 1) channel weights in (0, 1)."""
         m = _frame_mask(mask)
-        count = (m.sum(dim=3, keepdim=True) * x.shape[2]).clamp(min=1.0)
-        avg = (x * m).sum(dim=(2, 3), keepdim=True) / count
-        mx = x.masked_fill(m == 0, float("-inf")).amax(dim=(2, 3), keepdim=True)
-        return x * torch.sigmoid(self.mlp_avg(avg) + self.mlp_max(mx))
+        if m is None:
+            avg = x.mean(dim=(2, 3), keepdim=True)
+            mx = x.flatten(2).max(dim=2).values[:, :, None, None]  # max(dim): argmax backward
+        else:
+            count = (m.sum(dim=3, keepdim=True) * x.shape[2]).clamp(min=1.0)
+            avg = (x * m).sum(dim=(2, 3), keepdim=True) / count
+            mx = x.masked_fill(m == 0, float("-inf")).flatten(2).max(dim=2).values[:, :, None, None]
+        return torch.sigmoid(self.mlp_avg(avg) + self.mlp_max(mx))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        scale = self.scale(x, mask)
+        return x * scale if residual is None else torch.addcmul(residual, x, scale)
 
 
 class MultiDilatedLayer(nn.Module):
@@ -75,16 +109,21 @@ class MultiDilatedLayer(nn.Module):
 
     def __init__(self, channels: int, dilations: Sequence[int]):
         super().__init__()
+        # ReLU in place: BN's backward needs its input, not its output
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
                           nn.Conv2d(channels, channels, 3, dilation=d, padding=d))
             for d in dilations)
 
-    def forward(self, inputs: List[torch.Tensor], m: torch.Tensor) -> torch.Tensor:
-        out = 0
+    def forward(self, inputs: List[torch.Tensor], m: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = None
         for branch, y in zip(self.branches, inputs):
             bn_relu, conv = branch[:2], branch[2]
-            out = out + conv(bn_relu(y) * m)  # zero padded frames before the 3x3 conv
+            h = bn_relu(y)
+            if m is not None:
+                h = h * m  # zero padded frames before the 3x3 conv
+            # a conv's output is not saved for its backward, so the sum can run in place
+            out = conv(h) if out is None else out.add_(conv(h))
         return out
 
 
@@ -98,62 +137,12 @@ class DenseMultiDilatedBlock(nn.Module):
                                     for k in range(1, len(dilations) + 1))
         self.attention = ChannelAttention(conv_dim * (len(dilations) + 1), conv_dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         m = _frame_mask(mask)
         ys = [self.entry(x)]
         for layer in self.layers:
             ys.append(layer(ys, m))
-        return x + self.attention(torch.cat(ys, dim=1), mask)
-
-
-class LayerAttentivePooling(nn.Module):
-    """Step 3. (B, C_in, L, T) -> (B, C_out, T): per-head layer scores from the
-    channel mean and max, a per-head MLP over layers, then max over layers and a
-    1x1 Conv1d (C -> C_out, C_out = C unless given) with BN."""
-
-    def __init__(self, in_channels: int, channels: int, num_layers: int, heads: int,
-                 dropout: float = 0.1, out_channels: Optional[int] = None):
-        super().__init__()
-        if channels % heads:
-            raise ConfigError(f"channels {channels} must be divisible by heads {heads}")
-        self.heads = heads
-        hidden = max(1, num_layers // 2)
-        self.norm = nn.BatchNorm2d(in_channels)
-        self.proj = nn.Conv2d(in_channels, channels, 1, bias=False)
-        self.w1 = nn.Parameter(torch.empty(heads, num_layers, hidden))
-        self.b1 = nn.Parameter(torch.zeros(heads, hidden))
-        self.w2 = nn.Parameter(torch.empty(heads, hidden, num_layers))
-        self.b2 = nn.Parameter(torch.zeros(heads, num_layers))
-        for w in (self.w1, self.w2):
-            for h in range(heads):
-                nn.init.xavier_uniform_(w[h])
-        self.dropout = nn.Dropout(dropout)
-        out_channels = out_channels or channels
-        self.out = nn.Sequential(nn.Conv1d(channels, out_channels, 1, bias=False), nn.BatchNorm1d(out_channels))
-
-    def _layer_mlp(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, h, L, T) -> (B, h, L, T): an MLP over L for each head."""
-        hidden = torch.relu(torch.einsum("bhlt,hlk->bhkt", z, self.w1) + self.b1[None, :, :, None])
-        return torch.einsum("bhkt,hkl->bhlt", hidden, self.w2) + self.b2[None, :, :, None]
-
-    def _scores(self, x: torch.Tensor):
-        """(B, C_in, L, T) -> projected input split by head (B, h, C/h, L, T), layer scores (B, h, L, T)."""
-        x = self.proj(self.norm(x))
-        B, C, L, T = x.shape
-        xh = x.view(B, self.heads, C // self.heads, L, T)
-        return xh, torch.sigmoid(self._layer_mlp(xh.mean(dim=2)) + self._layer_mlp(xh.amax(dim=2)))
-
-    def mean_scores(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The layer score per head and layer (h, L), averaged over the batch's valid frames."""
-        score = self._scores(x)[1]
-        valid = mask[:, None, None, :].to(score.dtype)
-        return (score * valid).sum(dim=(0, 3)) / valid.sum(dim=(0, 3)).clamp(min=1)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        xh, score = self._scores(x)
-        B, h, c, L, T = xh.shape
-        pooled = (xh * self.dropout(score).unsqueeze(2)).view(B, h * c, L, T).amax(dim=2)
-        return self.out(pooled)
+        return self.attention(torch.cat(ys, dim=1), mask, residual=x)
 
 
 class UPMPBackend(Backend):
@@ -179,23 +168,25 @@ class UPMPBackend(Backend):
         self.frame_pooling = AttentiveStatisticsPooling(width, embed_dim, dropout)
         self.embed_dim = embed_dim
 
-    def _block_outputs(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Steps 1-2: (B, D, L, T) -> the blocks' outputs stacked on channels (B, 4c * n_blocks, L, T)."""
+    def _block_outputs(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Steps 1-2: (B, D, L, T) -> the blocks' outputs stacked on channels (B, 4c * n_blocks, L, T).
+        mask None: no frame is padded (the blocks then skip masking)."""
         x = self.projection(x)
         outputs = []
         for vad, block in zip(self.vads, self.blocks):
             x = block(vad(x, mask), mask)
             outputs.append(x)
-        return torch.cat(outputs, dim=1)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        mask = full_mask_if_none(x, mask)
-        x = self.layer_pooling(self._block_outputs(x, mask), mask)
-        return self.frame_pooling(x, mask)
+        full = full_mask_if_none(x, mask)  # the pooling layers' statistics want a mask
+        x = self.layer_pooling(self._block_outputs(x, padding_mask(x, mask)), full)
+        return self.frame_pooling(x, full)
 
     def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The VADs' layer-mixing matrices (softmax rows) and the layer attention score per head."""
         out = {f"VAD mixing, block {i + 1} (row: output layer)": torch.softmax(vad.mix_logits, -1)
                for i, vad in enumerate(self.vads)}
-        out["layer attention score (row: head)"] = self.layer_pooling.mean_scores(self._block_outputs(x, mask), mask)
+        blocks = self._block_outputs(x, padding_mask(x, mask))
+        out["layer attention score (row: head)"] = self.layer_pooling.mean_scores(blocks, full_mask_if_none(x, mask))
         return out

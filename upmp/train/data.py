@@ -12,6 +12,7 @@ process would.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, c_sort_key, read_table
+from upmp.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +84,46 @@ class SpeakerSampler:
         return np.array([rng.choice(self._by_speaker[k]) for k in spk])
 
 
+def memory_budget() -> int:
+    """Bytes `preload` may fill: half of this machine's RAM (the rest for the model, the
+    DataLoader's batches in flight and the page cache)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def to_model_input(x: torch.Tensor, device) -> torch.Tensor:
+    """A loader batch -> the model's input on `device`.
+
+    Raw stack crops (B, T, L, D) in their stored dtype (float16 or float32) move as they are
+    and become float32 (B, D, L, T) there, so the widening and the permute run on the device,
+    not in the loader; waveform crops (B, S) just move.
+    """
+    if x.dim() == 4 and torch.device(device).type == "cpu":  # numpy's strided cast is ~3x torch's here
+        return torch.from_numpy(x.numpy().transpose(0, 3, 2, 1).astype(np.float32, order="C"))
+    x = x.to(device, non_blocking=True)
+    if x.dim() == 4:
+        x = x.to(torch.float32).permute(0, 3, 2, 1).contiguous()
+    return x
+
+
 class LayerStackCrops(SpeakerSampler):
     """Random fixed-length crops of cached layer stacks with speaker labels.
 
-    batch(step, rank=0, world=1) -> (stacks (b, D, L, T) float32, labels (b,) int64),
+    raw_batch(step, rank=0, world=1) -> (crops (b, T, L, D) in the stored dtype, labels (b,) int64)
+    batch(step, rank=0, world=1)     -> (stacks (b, D, L, T) float32, labels), i.e. to_model_input
+                                        of raw_batch on the CPU
     b = batch_size / world. Span-out zeroes spans of frames in every layer (see spanout_frames).
+
+    A crop reads only its own rows of the ark (MatrixReader: one pread per crop, straight into
+    the batch buffer); an utterance shorter than the crop is read whole once and wrap-padded.
+    `preload` holds every stack in memory instead, and refuses a set larger than
+    `preload_budget` bytes (default: half the RAM, memory_budget()).
     """
 
     def __init__(self, scp: str, utt2spk: str, num_layers: int, crop_frames: int,
                  batch_size: int, seed: int, preload: bool = True, sampling: str = "uniform",
-                 spanout_prob: float = 0.0, spanout_span: int = 3, spanout_rate: float = 0.05):
-        import kaldiio
+                 spanout_prob: float = 0.0, spanout_span: int = 3, spanout_rate: float = 0.05,
+                 preload_budget: Optional[int] = None):
+        from upmp.upstream.layer_stack import MatrixReader
         entries = read_table(scp)
         spk_of = read_table(utt2spk)
         missing = [u for u in entries if u not in spk_of]
@@ -101,33 +132,59 @@ class LayerStackCrops(SpeakerSampler):
         super().__init__(list(entries), spk_of, batch_size, seed, sampling)
         self.spanout = (spanout_prob, spanout_span, spanout_rate)
         self.num_layers, self.crop_frames = num_layers, crop_frames
-        self._entries = [entries[u] for u in self.utts]
+        self.reader = MatrixReader([entries[u] for u in self.utts], source=scp)
+        widths = {loc.cols for loc in self.reader.locations}
+        for utt, loc in zip(self.utts, self.reader.locations):
+            if loc.cols % num_layers or len(widths) > 1:
+                raise DataDirError(f"{scp}: utterance {utt}: matrix width {loc.cols} is not {num_layers} layers "
+                                   f"of one dimension shared by all utterances; re-extract the layer stacks (stage 1)")
+        self.dim = widths.pop() // num_layers
+        dtypes = {loc.dtype for loc in self.reader.locations}
+        self.dtype = np.dtype(np.float16 if dtypes == {"<f2"} else np.float32)
         self._cache: Dict[int, np.ndarray] = {}
-        self._load = kaldiio.load_mat
         if preload:
-            for i in range(len(self.utts)):
-                self._cache[i] = self._read(i)
+            self._preload(scp, preload_budget)
 
-    def _read(self, i: int) -> np.ndarray:
-        return np.asarray(self._load(self._entries[i]))
+    def _preload(self, scp: str, budget: Optional[int]) -> None:
+        need = sum(loc.rows * loc.cols for loc in self.reader.locations) * self.dtype.itemsize
+        limit = memory_budget() if budget is None else budget
+        if need > limit:
+            what = " (half this machine's RAM)" if budget is None else ""
+            raise ConfigError(f"train_conf.preload: the layer stacks of {scp} need {need / 2**30:.2f} GiB in memory, "
+                              f"over the budget of {limit / 2**30:.2f} GiB{what}; set train_conf.preload false "
+                              f"to read crops from disk")
+        for i in range(len(self.utts)):
+            self._cache[i] = self.reader.read(i).astype(self.dtype, copy=False)
 
-    def _matrix(self, i: int) -> np.ndarray:
-        return self._cache[i] if i in self._cache else self._read(i)
+    def _crop(self, i: int, start: int, out: np.ndarray) -> None:
+        n = self.crop_frames
+        if i in self._cache:
+            out[...] = wrap_crop(self._cache[i], start, n)
+        elif self.reader.rows(i) >= n:
+            self.reader.read_rows(i, start, n, out=out)
+        else:  # wrap-padded: the whole (short) stack, once
+            out[...] = wrap_crop(self.reader.read(i), start, n)
 
-    def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    def raw_batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
         index = self.draw(np.random.default_rng([self.seed, step]))[rows]
-        crops = []
-        for b, i in zip(rows, index):  # a rank reads only its own rows
-            mat = self._matrix(int(i))
-            start = crop_start(np.random.default_rng([self.seed, step, b]), mat.shape[0], self.crop_frames)
-            crops.append(wrap_crop(mat, start, self.crop_frames))
-        mats = np.stack(crops).astype(np.float32)  # (b, T, L*D)
-        for row, b in enumerate(rows):
-            mats[row, spanout_frames(self.seed, step, b, self.crop_frames, *self.spanout)] = 0.0
-        n, T, LD = mats.shape
-        stacks = mats.reshape(n, T, self.num_layers, LD // self.num_layers).transpose(0, 3, 2, 1)
-        return torch.from_numpy(np.ascontiguousarray(stacks)), torch.from_numpy(self.labels[index])
+        n, LD = self.crop_frames, self.num_layers * self.dim
+        if torch.utils.data.get_worker_info() is not None:  # read straight into shared memory: the batch
+            out = torch.empty((len(rows), n, LD), dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
+            mats = out.share_memory_().numpy()  # crosses to the trainer without another copy
+        else:  # numpy's allocator maps large buffers with huge pages: ~5x faster to fill than torch.empty
+            mats = np.empty((len(rows), n, LD), dtype=self.dtype)
+            out = torch.from_numpy(mats)
+        for row, (b, i) in enumerate(zip(rows, index)):  # a rank reads only its own rows
+            i = int(i)
+            start = crop_start(np.random.default_rng([self.seed, step, b]), self.reader.rows(i), n)
+            self._crop(i, start, mats[row])
+            mats[row, spanout_frames(self.seed, step, b, n, *self.spanout)] = 0
+        return out.view(len(rows), n, self.num_layers, self.dim), torch.from_numpy(self.labels[index])
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, labels = self.raw_batch(step, rank, world)
+        return to_model_input(x, "cpu"), labels
 
 
 class WaveformCrops(SpeakerSampler):
@@ -187,9 +244,65 @@ class WaveformCrops(SpeakerSampler):
         return torch.from_numpy(wavs), torch.from_numpy(self.labels[index])
 
 
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+class ThreadedBatches:
+    """Iterates over source.raw_batch(step) (b, T, L, D) for `steps`, built ahead by `threads`
+    threads of this process, 2 batches per thread in flight, in parallel with the training step.
+
+    For cached crops: each crop is one preadv (the GIL is released while the kernel copies the
+    rows out of the page cache), and the batch stays in this process; a DataLoader worker process
+    would hand a batch of 383 MB over through shared memory, ~10x the cost of reading it
+    (benchmarks/loader_cached.py). pin_memory: batches come in page-locked memory (for CUDA).
+    """
+
+    def __init__(self, source: "LayerStackCrops", steps: range, rank: int = 0, world: int = 1, threads: int = 2,
+                 pin_memory: bool = False):
+        self.source, self.steps, self.rank, self.world = source, steps, rank, world
+        self.threads, self.pin_memory = max(1, threads), pin_memory
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _make(self, step: int):
+        x, labels = self.source.raw_batch(step, self.rank, self.world)
+        return (x.pin_memory(), labels.pin_memory()) if self.pin_memory else (x, labels)
+
+    def __iter__(self):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+        steps = iter(self.steps)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="crops") as pool:
+            pending = deque(pool.submit(self._make, s) for _, s in zip(range(2 * self.threads), steps))
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(steps, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._make, nxt))
+                yield batch
+
+
+def batch_loader(source, steps: range, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 pin_memory: bool = False):
+    """The training loop's batches for `steps` (pass each through to_model_input).
+
+    Cached crops (LayerStackCrops) with num_workers > 0: ThreadedBatches, num_workers threads of
+    this process. Otherwise (waveform crops: audio decoding holds the GIL) a DataLoader with
+    num_workers worker processes (0: built in the loop).
+    """
+    if isinstance(source, LayerStackCrops) and num_workers > 0:
+        return ThreadedBatches(source, steps, rank, world, num_workers, pin_memory)
+    return torch.utils.data.DataLoader(StepBatches(source, rank, world), batch_size=None, sampler=steps,
+                                       num_workers=num_workers, worker_init_fn=_one_thread,
+                                       pin_memory=pin_memory, persistent_workers=False)
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Step-indexed batches for a torch DataLoader (batch_size=None): workers build
-    batches in parallel, each batch still a function of its step."""
+    batches in parallel, each batch still a function of its step. The trainer passes what
+    comes out through to_model_input."""
 
     def __init__(self, source, rank: int = 0, world: int = 1):
         self.source, self.rank, self.world = source, rank, world
@@ -198,4 +311,6 @@ class StepBatches(torch.utils.data.Dataset):
         return 2 ** 62
 
     def __getitem__(self, step: int):
-        return self.source.batch(step, self.rank, self.world)
+        # raw_batch, where a source has one, leaves the widening and permute to to_model_input
+        fetch = getattr(self.source, "raw_batch", self.source.batch)
+        return fetch(step, self.rank, self.world)

@@ -42,7 +42,7 @@ import upmp.checkpoint as checkpoint
 from upmp.config import dump_resolved
 from upmp.errors import ConfigError, UpmpError
 from upmp.losses import build_loss
-from upmp.train.data import StepBatches, shard, spanout_frames
+from upmp.train.data import batch_loader, shard, spanout_frames, to_model_input
 from upmp.train.inputs import Inputs, TrainingData, build_training_data
 from upmp.train.report import Reporter, add_file_log
 from upmp.train.validation import build_validator
@@ -229,10 +229,11 @@ def _amp_dtype(amp: str, device: torch.device):
     if dtype is torch.float16 and device.type != "cuda":
         raise ConfigError("train_conf.amp fp16 needs a GPU (train_conf.device cuda); use none on CPU")
     if dtype is torch.bfloat16 and device.type == "cpu":
-        # kept (its numerics can be checked on CPU) but warned: most CPUs emulate bf16 matmuls
-        logger.warning("train_conf.amp bf16 on CPU: autocast is emulated on most CPUs and slow; measured on a "
-                       "2-core CPU, the UPMP step at batch 8 took 36 s vs 3.7 s in fp32 (10x slower); use amp: "
-                       "none on CPU")
+        # kept (its numerics can be checked on CPU) but warned: AMP is for GPUs; on CPUs its speed
+        # depends on the chip and the thread count (benchmarks/amp.py measures it)
+        logger.warning("train_conf.amp bf16 on CPU: no speed-up to count on (on the 2-core development machine "
+                       "one run measured the UPMP step at batch 8 10x slower than fp32, another 1.6x faster with "
+                       "1 thread and equal with 2); measure with benchmarks/amp.py, or use amp: none on CPU")
     fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if dtype is torch.bfloat16 and device.type == "cuda" and not fast_bf16:
         raise ConfigError(f"train_conf.amp bf16: {torch.cuda.get_device_name(device)} has no fast bf16 "
@@ -281,10 +282,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         runner = nn.parallel.DistributedDataParallel(
             run.graph, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=run.upstream is not None)
-    loader = torch.utils.data.DataLoader(
-        StepBatches(td.data, rank, world), batch_size=None, sampler=range(start, steps),
-        num_workers=tc["num_workers"], worker_init_fn=lambda _: torch.set_num_threads(1),
-        pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = batch_loader(td.data, range(start, steps), rank, world, tc["num_workers"], pin_memory=device.type == "cuda")
     run.graph.train()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     t0, window, run_start = time.time(), [], time.time()
@@ -295,7 +293,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         np.random.seed(seed)
         random.seed(seed)
         with autocast():
-            loss, acc = runner(x.to(device, non_blocking=True), labels.to(device, non_blocking=True), step, rows)
+            loss, acc = runner(to_model_input(x, device), labels.to(device, non_blocking=True), step, rows)
         _check_finite(loss, step, td, rows, world)  # before the update: no NaN weights are ever written
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()

@@ -241,10 +241,16 @@ for run in ${runs}; do
         inputs="--train_scp ${dump}/${train_set}/layers.scp --utt2spk data/${train_set}/utt2spk"
         [ -n "${valid_set}" ] && inputs+=" --valid_scp ${dump}/${valid_set}/layers.scp --valid_trials data/${valid_set}/trials"
       fi
+      # the job's output goes to ${train_log}; train.log's lines (step, loss, s/step) also to the terminal
+      tail -n 0 -F --pid=$$ "${exp}/train.log" 1>&2 2>/dev/null &
+      follow=$!
+      rc=0
       # shellcheck disable=SC2086,SC2154
       ${cuda_cmd} $([ "${train_nproc}" -gt 1 ] && echo "--gpu ${train_nproc}") "${exp}/${train_log}" \
         ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" \
-          ${base_exp:+--lmft_from "${base_exp}/model.pt"} ${train_args}
+          ${base_exp:+--lmft_from "${base_exp}/model.pt"} ${train_args} || rc=$?
+      sleep 1; kill "${follow}" 2>/dev/null || true
+      [ "${rc}" -eq 0 ] || exit "${rc}"
     fi
   fi
 
