@@ -210,6 +210,35 @@ def test_bad_audio_in_a_job_names_the_users_wav_scp_line(small_recipe):
     shutil.rmtree(recipe / "data" / "broken")
 
 
+def test_mhfa_with_lmft_and_qmf(small_recipe):
+    """--backend mhfa --lmft true --calibration "linear qmf": the base model and its large-margin fine-tuning
+    in their own dirs, each with linear and QMF rows (Cllr / actDCF) in RESULTS.md, both in the comparison."""
+    recipe, _ = small_recipe
+    r = run(recipe, "--stage", "2", "--stop_stage", "5", "--upstream", "wavlm_local", "--backend", "mhfa",
+            "--lmft", "true", "--calibration", "linear qmf", "--scoring", "cosine", "--score_norm", "none",
+            "--train_args", "--train_conf.steps 8 --train_conf.batch_size 8 --lmft_conf.steps 4 "
+            "--lmft_conf.valid_every 2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    base = recipe / "exp" / "mhfa_wavlm_local_wavlm_tiny"
+    lmft = base.parent / (base.name + "_lmft")
+    assert (base / "layer_usage.png").stat().st_size > 1000
+    assert f"large-margin fine-tuning from {base.relative_to(recipe)}/model.pt" in (lmft / "train.log").read_text()
+    cfg = (lmft / "config.yaml").read_text()
+    assert "margin: 0.5" in cfg and "crop_seconds: 4.0" in cfg
+    for exp in (base, lmft):
+        results = json.loads((exp / "results.json").read_text())["results"]
+        assert set(results) == {"voxceleb1_test/cosine", "voxceleb1_test/cosine.qmf"}
+        assert all(0 <= m["cllr"] and 0 <= m["actdcf_0.01"] for m in results.values())
+        assert "| voxceleb1_test | cosine.qmf |" in (exp / "RESULTS.md").read_text()
+        fit = json.loads((exp / "scores" / "voxceleb1_test.cosine.qmf.calibration.json").read_text())
+        assert fit["method"] == "qmf" and "min_log_duration" in fit
+        assert (exp / "embeddings" / "voxceleb1_valid" / "utt2dur").is_file()
+    comparison = (recipe / "exp" / "RESULTS.md").read_text()
+    assert f"| {base.name} | mhfa |" in comparison and f"| {lmft.name} | mhfa |" in comparison
+    r = run(recipe, "--stage", "4", "--stop_stage", "4", "--upstream", "wavlm_local", "--calibration", "platt")
+    assert r.returncode == 1 and "unknown --calibration platt (linear, qmf)" in r.stderr
+
+
 @pytest.mark.skipif(os.environ.get("UPMP_SKIP_FULL_RECIPE") == "1", reason="UPMP_SKIP_FULL_RECIPE=1")
 def test_full_mini_recipe_eer_and_repeatability(tmp_path):
     """README's main job: default mini recipe, stages 0-5; EER far below chance."""

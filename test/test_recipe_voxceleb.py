@@ -14,7 +14,7 @@ from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials
 from upmp.train.schema import resolve_train_config as load_config  # the resolved config: every key
 
-BACKENDS = ("upmp", "lap", "superb_ecapa", "xvector")
+BACKENDS = ("upmp", "lap", "mhfa", "superb_ecapa", "xvector")
 
 
 def make_recipe(tmp_path: Path, corpus: str) -> Path:

@@ -2,6 +2,7 @@
 what to show (upmp.backends.base.Backend.layer_usage):
 
 - superb_ecapa: the softmax layer weights.
+- mhfa: its two softmax layer weightings (keys, values).
 - upmp: the VAD's layer-mixing matrices (softmax rows) and the layer attentive
   pooling scores per head, averaged over a batch.
 - lap: the layer attentive pooling scores per head.

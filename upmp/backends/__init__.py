@@ -14,6 +14,7 @@ from torch import nn
 
 from upmp.backends.base import Backend
 from upmp.backends.lap import LAPBackend
+from upmp.backends.mhfa import MHFABackend
 from upmp.backends.superb_ecapa import SuperbEcapaBackend
 from upmp.backends.upmp import UPMPBackend
 from upmp.backends.xvector import XvectorBackend
@@ -22,6 +23,7 @@ from upmp.errors import ConfigError
 BACKENDS: Dict[str, Type[Backend]] = {
     "upmp": UPMPBackend,
     "lap": LAPBackend,
+    "mhfa": MHFABackend,
     "superb_ecapa": SuperbEcapaBackend,
     "xvector": XvectorBackend,
 }

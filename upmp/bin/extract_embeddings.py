@@ -8,8 +8,9 @@
     python -m upmp.bin.extract_embeddings --model exp/upmp/model.pt --data_dir data/voxceleb1_test \
         --upstream wavlm_base_plus --out_dir exp/upmp/embeddings/voxceleb1_test
 
-Writes xvector.ark/scp (one float vector per utterance, Kaldi/WeSpeaker style)
-and, with --utt2spk (or --data_dir), spk_xvector.ark/scp (mean of the
+Writes xvector.ark/scp (one float vector per utterance, Kaldi/WeSpeaker style, not
+length-normalised), utt2dur (seconds of each layer stack: a quality measure for QMF
+calibration) and, with --utt2spk (or --data_dir), spk_xvector.ark/scp (mean of the
 length-normalised utterance embeddings per speaker). Full utterances by
 default, as in the paper; --crop_seconds/--num_crops average evenly spaced crops.
 Layer stacks must come from the model's upstream (name and L x D, from layer_stack.json);
@@ -24,6 +25,7 @@ from upmp.bin.common import make_parser, require_files, run_main, set_num_thread
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.embeddings import check_stacks_fit, embed_all, upstream_stacks, write_embeddings
 from upmp.errors import ConfigError, DataDirError, UpstreamError
+from upmp.fileio import atomic_write_text
 from upmp.upstream.layer_stack import META_NAME, LayerStackMeta, load_stack
 
 logger = logging.getLogger("extract_embeddings")
@@ -84,14 +86,23 @@ def main(argv=None) -> None:
     check_stacks_fit(data_meta, meta, source, args.allow_other_upstream)
     crop_frames = int(round(args.crop_seconds / meta.frame_shift)) if args.crop_seconds > 0 else 0
 
+    frames = {}  # utt -> T of its full stack: utt2dur, a quality measure for QMF calibration
+
     def stacks_of(chunk):
         if args.layers_scp:
-            return (load_stack(entries[utt], meta.num_layers) for utt in chunk)
-        return upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
+            stacks = (load_stack(entries[utt], meta.num_layers) for utt in chunk)
+        else:
+            stacks = upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
+        for utt, stack in zip(chunk, stacks):
+            frames[utt] = stack.shape[1]
+            yield stack
 
     embeddings = embed_all(model, utts, stacks_of, crop_frames, args.num_crops, args.max_batch_frames,
                            args.device, args.chunk_size)
-    write_embeddings(Path(args.out_dir), embeddings, utt2spk)
+    out = Path(args.out_dir)
+    # before xvector.scp, which write_embeddings renames into place last (stage 3's completeness mark)
+    atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
+    write_embeddings(out, embeddings, utt2spk)
     logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, args.out_dir)
 
 

@@ -15,6 +15,10 @@
 With a validation list, the EER is measured every train_conf.valid_every steps and
 model.pt is the checkpoint with the best validation EER (model_last.pt the last).
 
+    # large-margin fine-tuning: continue from a trained model with the config's lmft_conf
+    python -m upmp.bin.train --config conf/train_upmp.yaml --lmft_from exp/upmp/model.pt \
+        --train_scp ... --utt2spk ... --exp_dir exp/upmp_lmft
+
 Any option not listed above overrides a config key (dotted for nested keys, e.g.
 --train_conf.steps 500); an unknown key or a value of the wrong type or range is an error.
 Keys the YAML leaves out take their defaults (upmp/train/schema.py).
@@ -41,6 +45,8 @@ def get_parser() -> argparse.ArgumentParser:
     online.add_argument("--upstream", help="ge2e, hf:<dir> or an S3PRL name")
     online.add_argument("--upstream_ckpt", help="checkpoint path for *_local upstreams")
     p.add_argument("--valid_trials", default=None, help="Kaldi trials of the held-out set")
+    p.add_argument("--lmft_from", default=None,
+                   help="large-margin fine-tuning: start from this model.pt with the config's lmft_conf applied")
     return p
 
 
@@ -50,9 +56,13 @@ def main(argv=None) -> None:
     from upmp.train.schema import resolve_train_config
     from upmp.train.trainer import Inputs, train
     cfg = resolve_train_config(args.config, overrides)
+    if args.lmft_from:
+        from upmp.train.lmft import lmft_config
+        cfg = lmft_config(cfg, args.config)
     inputs = Inputs(train_scp=args.train_scp, utt2spk=args.utt2spk, valid_scp=args.valid_scp,
                     train_data_dir=args.train_data_dir, valid_data_dir=args.valid_data_dir,
-                    valid_trials=args.valid_trials, upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
+                    valid_trials=args.valid_trials, upstream=args.upstream, upstream_ckpt=args.upstream_ckpt,
+                    lmft_from=args.lmft_from)
     train(cfg, inputs, args.exp_dir)
 
 

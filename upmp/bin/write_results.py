@@ -2,7 +2,8 @@
 
     python -m upmp.bin.write_results --exp_dir exp/upmp_x --systems cosine plda.asnorm --test_sets voxceleb1_test
 
-Reads <data_root>/<set>/trials and <exp_dir>/scores/<set>.<system> (and <set>.<system>.llr when calibrated).
+Reads <data_root>/<set>/trials and <exp_dir>/scores/<set>.<system> (and <set>.<system>.llr when calibrated). A system named
+<x>.qmf holds QMF-calibrated LLRs.
 """
 from __future__ import annotations
 

@@ -4,14 +4,25 @@ Linear logistic-regression calibration (as in BOSARIS / Brummer): llr = w * s + 
 fitted on a held-out trial list with the two classes weighted equally, so the
 fitted log-odds are LLRs (prior 0.5). Cllr and actual DCF measure how good
 the LLRs are as decisions, beside minDCF which ignores calibration.
+
+Quality-aware calibration (QMF, as WeSpeaker, ESPnet-SPK and the LAP follow-up use):
+llr = w . [s, q] + b, where q holds quality measures of both sides of the trial, taken
+symmetrically (the minimum and the maximum over enrollment and test of each measure):
+the log duration and the embedding norm before length normalisation. With the balanced
+weighting the fitted objective is Cllr itself (plus a weak penalty), so on its training list
+QMF is never worse than the linear calibration (whose features it contains).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from upmp.errors import ScoringError
+from upmp.errors import DataDirError, ScoringError
+
+QUALITY_MEASURES = ("log_duration", "norm")
 
 
 @dataclass
@@ -22,17 +33,88 @@ class LinearCalibration:
     @classmethod
     def fit(cls, scores: np.ndarray, labels: np.ndarray, source: str = "the calibration trials",
             ) -> "LinearCalibration":
-        from sklearn.linear_model import LogisticRegression
-        labels = np.asarray(labels, dtype=bool)
-        if labels.all() or not labels.any():
-            raise ScoringError(f"{source}: calibration needs target and nontarget trials, got "
-                               f"{int(labels.sum())} target and {int((~labels).sum())} nontarget")
-        model = LogisticRegression(C=1e6, class_weight="balanced", max_iter=1000)
-        model.fit(np.asarray(scores, dtype=np.float64)[:, None], labels)
-        return cls(float(model.coef_[0, 0]), float(model.intercept_[0]))
+        s = np.asarray(scores, dtype=np.float64)
+        mean, std = s.mean(), s.std() or 1.0
+        model = _logistic(((s - mean) / std)[:, None], labels, source)
+        scale = float(model.coef_[0, 0] / std)
+        return cls(scale, float(model.intercept_[0] - scale * mean))
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
         return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+
+
+def _logistic(features: np.ndarray, labels: np.ndarray, source: str = "the calibration trials"):
+    """Balanced logistic regression on standardised features: its loss is Cllr up to a constant, plus a
+    weak L2 penalty (C = 1000: negligible on real trial lists, keeps the weights finite when a small
+    list is separable)."""
+    from sklearn.linear_model import LogisticRegression
+    labels = np.asarray(labels, dtype=bool)
+    if labels.all() or not labels.any():
+        raise ScoringError(f"{source}: calibration needs target and nontarget trials, got "
+                           f"{int(labels.sum())} target and {int((~labels).sum())} nontarget")
+    return LogisticRegression(C=1e3, class_weight="balanced", max_iter=10000, tol=1e-10).fit(features, labels)
+
+
+def read_quality(emb_dir: str) -> Dict[str, np.ndarray]:
+    """{utt: [log duration (s), embedding norm]} from <emb_dir>/utt2dur and xvector.scp (stage 3)."""
+    import kaldiio
+    from upmp.data.kaldi_dir import read_table
+    d = Path(emb_dir)
+    for name in ("utt2dur", "xvector.scp"):
+        if not (d / name).is_file():
+            raise DataDirError(f"{d / name}: not found; quality measures need stage 3's embeddings with utt2dur "
+                               f"(delete {d / 'xvector.scp'} and rerun stage 3)")
+    durations = read_table(str(d / "utt2dur"))
+    out = {}
+    for lineno, (utt, vector) in enumerate(kaldiio.load_scp_sequential(str(d / "xvector.scp")), 1):
+        if utt not in durations:
+            raise DataDirError(f"{d / 'xvector.scp'}:{lineno}: utterance {utt!r} has no duration in {d / 'utt2dur'}")
+        try:
+            seconds = float(durations[utt])
+        except ValueError:
+            raise DataDirError(f"{d / 'utt2dur'}: duration of {utt!r} is not a number: {durations[utt]!r}") from None
+        if not seconds > 0:
+            raise DataDirError(f"{d / 'utt2dur'}: duration of {utt!r} must be positive, got {seconds}")
+        out[utt] = np.array([np.log(seconds), np.linalg.norm(vector)])
+    return out
+
+
+def trial_quality(pairs: Sequence[Tuple[str, str]], quality: Dict[str, np.ndarray], source: str = "") -> np.ndarray:
+    """(N, 2Q): per measure, the minimum then the maximum over the trial's two sides."""
+    rows = np.empty((len(pairs), 2 * len(QUALITY_MEASURES)))
+    for i, (a, b) in enumerate(pairs):
+        for utt in (a, b):
+            if utt not in quality:
+                raise DataDirError(f"trial '{a} {b}': utterance {utt!r} has no quality measures{source}")
+        qa, qb = quality[a], quality[b]
+        rows[i, 0::2], rows[i, 1::2] = np.minimum(qa, qb), np.maximum(qa, qb)
+    return rows
+
+
+@dataclass
+class QualityCalibration:
+    """llr = score_weight * s + quality_weights . q + offset (q: trial_quality)."""
+    score_weight: float = 1.0
+    quality_weights: List[float] = field(default_factory=lambda: [0.0] * 2 * len(QUALITY_MEASURES))
+    offset: float = 0.0
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, quality: np.ndarray, labels: np.ndarray, source: str = "the calibration trials",
+            ) -> "QualityCalibration":
+        x = np.column_stack([np.asarray(scores, dtype=np.float64), quality])
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        std[std == 0] = 1.0  # a constant measure (all durations equal) carries no information
+        model = _logistic((x - mean) / std, labels, source)
+        w = model.coef_[0] / std  # back to raw features
+        return cls(float(w[0]), [float(v) for v in w[1:]], float(model.intercept_[0] - w @ mean))
+
+    def __call__(self, scores: np.ndarray, quality: np.ndarray) -> np.ndarray:
+        return (self.score_weight * np.asarray(scores, dtype=np.float64)
+                + np.asarray(quality, dtype=np.float64) @ np.asarray(self.quality_weights) + self.offset)
+
+    def describe(self) -> dict:
+        names = [f"{side}_{m}" for m in QUALITY_MEASURES for side in ("min", "max")]
+        return {"score": self.score_weight, **dict(zip(names, self.quality_weights)), "offset": self.offset}
 
 
 def cllr(llr: np.ndarray, labels: np.ndarray) -> float:

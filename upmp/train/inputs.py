@@ -24,6 +24,7 @@ class Inputs:
     valid_trials: Optional[str] = None   # Kaldi trials of the validation set (either mode)
     upstream: Optional[str] = None       # online: upstream name (see upmp.upstream.build_upstream)
     upstream_ckpt: Optional[str] = None
+    lmft_from: Optional[str] = None      # large-margin fine-tuning: the base model.pt to start from
 
     @property
     def online(self) -> bool:

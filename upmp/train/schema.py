@@ -53,6 +53,13 @@ class LAPConf:
 
 
 @dataclass
+class MHFAConf:
+    compression_dim: int = spec(128, lo=1)   # c: keys and values compressed D -> c
+    heads: int = spec(64, lo=1)              # frame-attention heads (WeSpeaker / BUT Base recipe)
+    embed_dim: int = spec(256, lo=1)
+
+
+@dataclass
 class SuperbEcapaConf:
     ndim: int = spec(1024, lo=1)
     model_scale: int = spec(8, lo=1)
@@ -68,8 +75,8 @@ class XvectorConf:
     embed_dim: int = spec(512, lo=1)
 
 
-BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "superb_ecapa": SuperbEcapaConf,
-                                  "xvector": XvectorConf}
+BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "mhfa": MHFAConf,
+                                  "superb_ecapa": SuperbEcapaConf, "xvector": XvectorConf}
 
 
 # loss_conf, one per loss (upmp.losses.LOSSES)
@@ -135,6 +142,17 @@ class TrainConf:
 
 
 @dataclass
+class LMFTConf:
+    """Large-margin fine-tuning (upmp.train.lmft; sv.sh --lmft true): the phase's values, placed over
+    train_conf.steps / crop_seconds / valid_every, optim_conf.lr and loss_conf.margin."""
+    steps: int = spec(2000, lo=1)
+    crop_seconds: float = spec(6.0, lo=0, lo_open=True)    # longer crops (WeSpeaker / LAP follow-up: 6 s)
+    valid_every: int = spec(500, lo=0)
+    lr: float = spec(1.0e-4, lo=0, lo_open=True)           # a short, low OneCycle (max lr)
+    margin: float = spec(0.5, lo=0)                        # larger AAM margin
+
+
+@dataclass
 class TrainConfig:
     seed: int = spec(0, lo=0)
     use_hidden0: bool = spec(False)          # the backend sees hidden state 0 (the CNN output)
@@ -144,6 +162,7 @@ class TrainConfig:
     loss_conf: dict = spec({})               # keys of the loss's entry in LOSS_CONFS
     optim_conf: OptimConf = field(default_factory=OptimConf)
     train_conf: TrainConf = field(default_factory=TrainConf)
+    lmft_conf: LMFTConf = field(default_factory=LMFTConf)
 
 
 def _constructor_conf(name: str, cls) -> type:

@@ -15,9 +15,9 @@ Writes into exp_dir (rank 0 only under DDP):
     checkpoints/last.pt             full state, rewritten every ckpt_every steps
     valid_metrics.tsv               validation EER every train_conf.valid_every steps (with a validation list)
     train_summary.json              parameters, training time, selected step, validation EER, inputs
-    model.pt                        the backend (no loss head; with the upstream's weights when
-                                    fine-tuned) for embedding extraction: the checkpoint with the best
-                                    validation EER when validating, else the last one
+    model.pt                        the backend (with its loss head for large-margin fine-tuning, and
+                                    the upstream's weights when fine-tuned) for embedding extraction: the
+                                    checkpoint with the best validation EER when validating, else the last one
     model_last.pt                   the last one, when validating
     layer_usage.png                 the layers the trained backend relies on
 A run whose checkpoints/last.pt exists resumes from it.
@@ -112,8 +112,9 @@ class Run:
         self.scaler.load_state_dict(state["scaler"])
 
     def weights(self, inputs: Inputs) -> Dict[str, Any]:
-        """The weights model.pt needs: the backend, and the upstream when fine-tuned."""
-        out: Dict[str, Any] = {"model": checkpoint.weights(self.model)}
+        """The weights model.pt needs: the backend, its loss head (for large-margin fine-tuning),
+        and the upstream when fine-tuned."""
+        out: Dict[str, Any] = {"model": checkpoint.weights(self.model), "head": checkpoint.weights(self.head)}
         if self.upstream is not None:
             out["upstream"] = {"name": inputs.upstream, "ckpt": inputs.upstream_ckpt,
                                "state": checkpoint.weights(self.upstream)}
@@ -255,6 +256,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
                 td.data.num_speakers, td.description, td.meta.num_layers, td.meta.dim,
                 f", {world} processes" if world > 1 else "")
     run = build_run(cfg, td, device, world, amp_dtype)
+    if inputs.lmft_from:  # before step 0 (a resumed run then loads its own checkpoint)
+        from upmp.train.lmft import init_from_model
+        init_from_model(run.model, run.head, inputs.lmft_from, td.data.speakers)
     n_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
     validator = None
@@ -355,7 +359,7 @@ def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: 
     if validated:
         checkpoint.save_model(exp / "model_last.pt", dict(final, **run.weights(inputs)))
         best = checkpoint.read_best(exp / "checkpoints" / "best.pt")
-        final.update(step=best["step"], valid_eer=best["eer"], model=best["model"])
+        final.update(step=best["step"], valid_eer=best["eer"], model=best["model"], head=best.get("head"))
         if "upstream" in best:
             final["upstream"] = best["upstream"]
         checkpoint.save_model(out, final)

@@ -27,15 +27,18 @@ train_nproc=1           # >1: torchrun with this many processes (one per GPU; gl
 train_nnodes=1          # >1: multi-node training: stage 2 runs on every node (srun / ssh), c10d rendezvous
 train_rdzv_endpoint=""  # host:port of the rendezvous, the same on every node (needed with --train_nnodes > 1)
 train_rdzv_id=""        # rendezvous id, the same on every node [default: $SLURM_JOB_ID, else upmp]
-backend=""             # upmp, lap, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
+backend=""             # upmp, lap, mhfa, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
 train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
 exp_tag=""              # suffix of the experiment dir name
+lmft=false              # true: then large-margin fine-tuning from each model (the config's lmft_conf) -> <exp>_lmft
 # Stages 3-5: embeddings, scoring, metrics
 scoring=cosine          # cosine and/or plda (a space-separated list scores with each)
 score_norm=none         # none, snorm and/or asnorm (list); cohort = training speakers' mean embeddings
 cohort_top_n=300        # AS-norm: top-N cohort scores per side
 lda_dim=200             # PLDA: LDA dimension (capped at #speakers - 1)
+calibration=linear      # linear and/or qmf (list), fitted on --valid_set: linear -> <scores>.llr (Cllr / actDCF of
+                        # the system); qmf (score + log durations + embedding norms) -> its own system <system>.qmf
 train_set=""            # data/<train_set>, or a path (contains /) to a data dir prepared elsewhere
 valid_set=""            # data/<valid_set> with trials: held-out list for calibration (optional)
 test_sets=""            # space-separated data/<set> names (each with data/<set>/trials) or paths
@@ -49,7 +52,8 @@ Stages:
   0: data preparation (local/data.sh): Kaldi data dirs under data/ and trials
   1: layer stacks of every hidden state of the frozen upstream -> ${dumpdir}/<upstream>/<set>
      (skipped with --train_mode online)
-  2: backend training (python -m upmp.bin.train; torchrun with --train_nproc > 1)
+  2: backend training (python -m upmp.bin.train; torchrun with --train_nproc > 1); with --lmft true
+     then large-margin fine-tuning from the trained model (the config's lmft_conf) -> <exp>_lmft
   3: embedding extraction (xvector.scp per set; from audio with --train_mode online)
   4: scoring of data/<test_set>/trials
   5: metrics: EER / minDCF -> <exp>/RESULTS.md
@@ -61,10 +65,11 @@ Options (default in brackets):
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
   --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
   --train_nnodes <n> [${train_nnodes}]  --train_rdzv_endpoint <host:port> [${train_rdzv_endpoint}]  --train_rdzv_id <id> [${train_rdzv_id}]
-  --backend "<upmp lap superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
+  --backend "<upmp lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
   --train_args "<--key value ...>" [${train_args}]
-  --exp_tag <tag> [${exp_tag}]  --scoring "<cosine plda>" [${scoring}]
+  --exp_tag <tag> [${exp_tag}]  --lmft <true|false> [${lmft}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
+  --calibration "<linear qmf>" [${calibration}]
   --train_set <name|path> [${train_set}]  --valid_set <name|path> [${valid_set}]  --test_sets "<names|paths>" [${test_sets}]
   --trials "<list per test set>" [${trials}]
      A set given as a path (anything with a /) is a Kaldi / ESPnet / WeSpeaker data dir prepared
@@ -82,8 +87,11 @@ if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --t
 for m in ${scoring}; do case ${m} in cosine|plda) ;; *) log "unknown --scoring ${m} (cosine, plda)"; exit 1 ;; esac; done
 case ${train_mode} in cached|online) ;; *) log "unknown --train_mode ${train_mode} (cached, online)"; exit 1 ;; esac
 for n in ${score_norm}; do case ${n} in none|snorm|asnorm) ;; *) log "unknown --score_norm ${n} (none, snorm, asnorm)"; exit 1 ;; esac; done
+for c in ${calibration}; do case ${c} in linear|qmf) ;; *) log "unknown --calibration ${c} (linear, qmf)"; exit 1 ;; esac; done
 systems=""
 for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == none ] || echo ".${n}")"; done; done
+result_systems=${systems}  # stage 5's rows: each system, and its QMF-calibrated twin
+[ -n "${valid_set}" ] && [[ " ${calibration} " == *" qmf "* ]] && for s in ${systems}; do result_systems+=" ${s}.qmf"; done
 
 # Sets given as paths are imported into data/<name> (read-only on the source; a name already
 # taken by another source gets a suffix); --trials are converted to Kaldi form beside them.
@@ -216,12 +224,17 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   done
 fi
 
-for train_config in ${train_configs}; do
+runs=""  # <config>[:lmft] in training order: each model, then (--lmft true) its large-margin fine-tuning
+for c in ${train_configs}; do runs+=" ${c}"; if "${lmft}"; then runs+=" ${c}:lmft"; fi; done
+for run in ${runs}; do
+  train_config=${run%:lmft}
   backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
   exp=${expdir}/${backend_tag}_${upstream_tag}$([ "${train_mode}" == cached ] || echo _online)${exp_tag:+_${exp_tag}}
+  base_exp=""  # LMFT: the experiment whose model.pt it continues from
+  if [ "${run}" != "${train_config}" ]; then base_exp=${exp}; exp=${exp}_lmft; fi
 
   if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
-    log "Stage 2: backend training -> ${exp}"
+    log "Stage 2: backend training -> ${exp}${base_exp:+ (large-margin fine-tuning of ${base_exp}/model.pt)}"
     if [ -f "${exp}/model.pt" ]; then
       log "${exp}/model.pt exists, skipping (delete it, or set --exp_tag, to train again)"
     else
@@ -239,7 +252,8 @@ for train_config in ${train_configs}; do
       rc=0
       # shellcheck disable=SC2086,SC2154
       ${cuda_cmd} $([ "${train_nproc}" -gt 1 ] && echo "--gpu ${train_nproc}") "${exp}/${train_log}" \
-        ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" ${train_args} || rc=$?
+        ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" \
+          ${base_exp:+--lmft_from "${base_exp}/model.pt"} ${train_args} || rc=$?
       sleep 1; kill "${follow}" 2>/dev/null || true
       [ "${rc}" -eq 0 ] || exit "${rc}"
     fi
@@ -267,7 +281,7 @@ for train_config in ${train_configs}; do
   fi
 
   if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-    log "Stage 4: scoring (${systems# }), then calibration on ${valid_set:-no validation set}"
+    log "Stage 4: scoring (${systems# }), then ${calibration} calibration on ${valid_set:-no validation set}"
     mkdir -p "${exp}/scores"
     for set in ${valid_set} ${test_sets}; do
       for m in ${scoring}; do
@@ -278,21 +292,30 @@ for train_config in ${train_configs}; do
           [ "${m}" == plda ] && opts+=" --lda_dim ${lda_dim}"
           [ "${n}" == asnorm ] && opts+=" --cohort_top_n ${cohort_top_n}"
           opts=${opts# }
-          if [ "$(cat "${scores}.opts" 2>/dev/null)" == "${opts}" ] && newer_than_all "${scores}" "${exp}/embeddings/${set}/xvector.scp" \
-               "${exp}/embeddings/${train_set}/xvector.scp" "data/${set}/trials" && \
-             { [ "${set}" == "${valid_set}" ] || [ -z "${valid_set}" ] || \
-               newer_than_all "${scores}.llr" "${scores}" "${exp}/scores/${valid_set}.${system}"; }; then
+          calibrated=()  # <method> <output> pairs: test sets are calibrated on the validation set's scores
+          if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
+            for c in ${calibration}; do calibrated+=("${c}" "${scores}$([ "${c}" == linear ] && echo .llr || echo .qmf)"); done
+          fi
+          up_to_date=true
+          for ((k = 1; k < ${#calibrated[@]}; k += 2)); do
+            newer_than_all "${calibrated[k]}" "${scores}" "${exp}/scores/${valid_set}.${system}" || up_to_date=false
+          done
+          if "${up_to_date}" && [ "$(cat "${scores}.opts" 2>/dev/null)" == "${opts}" ] && newer_than_all "${scores}" \
+               "${exp}/embeddings/${set}/xvector.scp" "${exp}/embeddings/${train_set}/xvector.scp" "data/${set}/trials"; then
             log "${scores} is up to date, skipping"; continue
           fi
           # shellcheck disable=SC2086
           ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" ${opts} --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
             --train_embeddings "${exp}/embeddings/${train_set}/xvector.scp" --utt2spk "data/${train_set}/utt2spk" \
             --out "${exp}/scores/${set}.${system}"
-          if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
-            ${python} -m upmp.bin.calibrate --dev_trials "data/${valid_set}/trials" \
-              --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${exp}/scores/${set}.${system}" \
-              --out "${exp}/scores/${set}.${system}.llr" > "${exp}/scores/${set}.${system}.calibration.json"
-          fi
+          for ((k = 0; k < ${#calibrated[@]}; k += 2)); do  # qmf: quality measures from stage 3's embeddings dirs
+            out=${calibrated[k + 1]}
+            # shellcheck disable=SC2046
+            ${python} -m upmp.bin.calibrate --method "${calibrated[k]}" --dev_trials "data/${valid_set}/trials" \
+              --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${scores}" --out "${out}" \
+              $([ "${calibrated[k]}" == qmf ] && echo --dev_embeddings "${exp}/embeddings/${valid_set}" \
+                --embeddings "${exp}/embeddings/${set}") > "${out%.llr}.calibration.json"
+          done
           if [ -f "data/${set}/utt_map" ]; then  # imported ids renamed for Kaldi's sort rule: the user's ids too
             ${python} -m upmp.bin.map_score_ids --utt_map "data/${set}/utt_map" --scores "${scores}" --out "${scores}.source_ids"
           fi
@@ -305,7 +328,7 @@ for train_config in ${train_configs}; do
   if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     log "Stage 5: metrics -> ${exp}/RESULTS.md"
     # shellcheck disable=SC2086
-    ${python} -m upmp.bin.write_results --exp_dir "${exp}" --systems ${systems} \
+    ${python} -m upmp.bin.write_results --exp_dir "${exp}" --systems ${result_systems} \
       --upstream "${upstream}" --test_sets ${test_sets}
     cat "${exp}/RESULTS.md"
   fi

@@ -1,0 +1,64 @@
+"""Large-margin fine-tuning (LMFT): the last training phase of WeSpeaker's VoxCeleb recipes and of the
+LAP follow-up. Training continues from a selected model.pt with longer crops, a larger AAM margin
+and a short, low learning-rate cycle (few steps).
+
+The phase's values are the config's `lmft_conf` (upmp/train/schema.py: LMFTConf; defaults 2000
+steps, 6 s crops, lr 1e-4, margin 0.5). `lmft_config(cfg)` places them over the training keys;
+`init_from_model` loads the backend and loss-head weights of the base model before step 0.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+from torch import nn
+
+import upmp.checkpoint as checkpoint
+from upmp.errors import ModelFileError
+
+logger = logging.getLogger(__name__)
+
+# lmft_conf key -> (section, key) of the training config it replaces
+PLACES = {"steps": ("train_conf", "steps"), "crop_seconds": ("train_conf", "crop_seconds"),
+          "valid_every": ("train_conf", "valid_every"), "lr": ("optim_conf", "lr"), "margin": ("loss_conf", "margin")}
+
+
+def lmft_config(cfg: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
+    """The resolved config of the LMFT phase: cfg with its lmft_conf values in place, checked again."""
+    from upmp.errors import ConfigError
+    from upmp.train.schema import check_train_config
+    out = copy.deepcopy(cfg)
+    for key, (section, name) in PLACES.items():
+        out[section][name] = cfg["lmft_conf"][key]
+    try:
+        return check_train_config(out)
+    except ConfigError as e:
+        raise ConfigError(f"{source} (lmft_conf): {e}") from None
+
+
+def init_from_model(model: nn.Module, head: nn.Module, path: str, speakers: List[str]) -> None:
+    """Backend and loss-head weights from a base model.pt (its checkpoints/last.pt supplies the head
+    of a model.pt written without one). The training speakers must be the base model's."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{path}: base model for large-margin fine-tuning not found; train it first (stage 2)")
+    state = checkpoint.read_model(p)
+    if state.get("speakers") is not None and list(state["speakers"]) != list(speakers):
+        raise ModelFileError(f"{path}: trained on other speakers ({len(state['speakers'])}) than this training "
+                             f"set's ({len(speakers)}); fine-tune on the base model's training set")
+    head_state = state.get("head")
+    if head_state is None:
+        last = p.parent / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise ModelFileError(f"{path}: has no loss head and {last} is missing; retrain the base model")
+        head_state = checkpoint.read_train_state(last)["head"]
+        logger.warning("%s has no loss head: using the last checkpoint's (%s)", path, last)
+    try:
+        model.load_state_dict(state["model"])
+        head.load_state_dict(head_state)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: weights do not fit this config's backend / loss head "
+                             f"({str(e).splitlines()[0]}); use the base model's config") from None
+    logger.info("large-margin fine-tuning from %s (step %s)", path, state.get("step", "?"))
