@@ -197,11 +197,12 @@ def test_prepare_voxceleb1_extended_lists_test_only(tmp_path, small_corpus):
 
 
 def test_prepare_voxceleb1_cli_errors(tmp_path, small_corpus, capsys):
+    from upmp.bin.common import run_main
     from upmp.bin.prepare_voxceleb1 import main
     root = vox1_split_layout(small_corpus, tmp_path / "vox1")
     vox1_extended_lists(small_corpus, root)
     with pytest.raises(SystemExit) as e:
-        main(["--root", str(root), "--out", str(tmp_path / "data"), "--extended"])
+        run_main(main, ["--root", str(root), "--out", str(tmp_path / "data"), "--extended"])
     assert e.value.code == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "error: " in err and "Vox1-E/H" in err

@@ -76,6 +76,7 @@ def test_vox2_meta(tmp_path, small_vox2):
 
 
 def test_errors(tmp_path, small_vox2, capsys):
+    from upmp.bin.common import run_main
     from upmp.bin.prepare_voxceleb2 import main
     src, _ = small_vox2
     root = tmp_path / "VoxCeleb2"
@@ -96,7 +97,7 @@ def test_errors(tmp_path, small_vox2, capsys):
         prepare_voxceleb2(str(root), str(tmp_path / "data"), valid_speakers=4)
     assert not (tmp_path / "data").exists()
     with pytest.raises(SystemExit) as e:
-        main(["--root", str(tmp_path), "--out", str(tmp_path / "data")])
+        run_main(main, ["--root", str(tmp_path), "--out", str(tmp_path / "data")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and "\n" not in err and "no VoxCeleb2 dev tree" in err
     main(["--root", str(root), "--out", str(tmp_path / "data"), "--valid_speakers", "2"])

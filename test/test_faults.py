@@ -71,7 +71,7 @@ def test_s3prl_download_without_network(tmp_path):
 
 def test_sv_sh_checks_the_upstream_once_before_the_jobs():
     sv = (ROOT / "egs" / "TEMPLATE" / "sv1" / "sv.sh").read_text()
-    stage1 = sv[sv.index('log "Stage 1: layer stacks'):sv.index("for train_config in")]
+    stage1 = sv[sv.index('log "Stage 1: layer stacks'):sv.index("for run in ${runs}; do")]
     assert stage1.count("upmp.bin.check_upstream") == 1
     assert stage1.index("upmp.bin.check_upstream") < stage1.index("for set in")  # once, not per set / job
 

@@ -40,19 +40,10 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
-    from upmp.inference import _load_checkpoint
-    from upmp.errors import ModelFileError
+    from upmp.inference import load_checkpoint
     from upmp.inference.package import collect_experiment, write_package
-    load_model, _ = _load_checkpoint()
-
-    def checkpoint(path):
-        try:
-            return load_model(path, "cpu")
-        except FileNotFoundError as e:
-            raise ModelFileError(str(e)) from None
-
     content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
-                                 args.valid_trials, load_checkpoint=checkpoint,
+                                 args.valid_trials, load_checkpoint=load_checkpoint,
                                  upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
     out = write_package(content, args.out)
     t = content["info"]["threshold"]

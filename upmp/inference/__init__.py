@@ -30,10 +30,11 @@ from upmp.errors import AudioError, DataDirError, ModelFileError
 Audio = Union[str, Path, np.ndarray, torch.Tensor]
 
 
-def _load_checkpoint():
-    """The checkpoint loaders (the one place that imports them): (load_model, load_upstream)."""
-    from upmp.checkpoint import load_model, load_upstream
-    return load_model, load_upstream
+def load_checkpoint(path: str):
+    """model.pt -> (backend model on the CPU, LayerStackMeta); a missing, corrupt or foreign file is
+    one ModelFileError line (upmp.checkpoint)."""
+    from upmp.checkpoint import load_model
+    return load_model(path, "cpu")
 
 
 def load_content(path: str, device: str = "cpu") -> Dict[str, Any]:
@@ -42,18 +43,10 @@ def load_content(path: str, device: str = "cpu") -> Dict[str, Any]:
     p = Path(path)
     if (p / MANIFEST).is_file():
         return read_package(str(p))
-    load_model, _ = _load_checkpoint()
-
-    def checkpoint(f):
-        try:
-            return load_model(f, "cpu")
-        except FileNotFoundError as e:
-            raise ModelFileError(str(e)) from None
-
     if p.is_file() and p.suffix == ".pt":
-        return collect_experiment(str(p.parent), model_path=str(p), load_checkpoint=checkpoint)
+        return collect_experiment(str(p.parent), model_path=str(p), load_checkpoint=load_checkpoint)
     if (p / "model.pt").is_file():
-        return collect_experiment(str(p), load_checkpoint=checkpoint)
+        return collect_experiment(str(p), load_checkpoint=load_checkpoint)
     raise ModelFileError(f"{path}: neither a model package ({MANIFEST}) nor an experiment dir with model.pt")
 
 
@@ -81,7 +74,7 @@ class SpeakerModel:
             name, ckpt = f"hf:{source}", None
         else:
             ckpt = str(source) if source is not None else None
-        _, load_upstream = _load_checkpoint()
+        from upmp.checkpoint import load_upstream
         finetuned = {"name": name, "state": content["upstream_state"]} if content["upstream_state"] is not None else None
         try:
             self.upstream = load_upstream(name, ckpt, device, finetuned)
