@@ -3,6 +3,7 @@ naming the file / line / utterance and what to do, no traceback, and nothing alr
 import ast
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,46 @@ def test_disk_full_while_writing_layer_stacks(small_data_dir, tiny_wavlm, tmp_pa
     assert "free space there" in err[0] and "rerun" in err[0]
     assert not (out / "layers.2.1.scp").exists() and not (out / "layers.2.1.scp.tmp").exists()  # no scp of missing data
     assert (out / "layers.1.1.scp").read_text() == finished
+
+
+def test_non_finite_layer_stacks_are_not_written(small_data_dir, tiny_wavlm, tmp_path, monkeypatch, capsys):
+    """An upstream that returns NaN (broken weights) on finite audio: one line naming the utterance,
+    no scp; float16 storage refuses values it would turn into inf."""
+    import torch
+    from upmp.upstream.s3prl import S3PRLLayerStack
+    real = S3PRLLayerStack.forward
+    out = tmp_path / "dump" / "set"
+    for value, storage, message in ((float("nan"), "float32", "values are NaN or inf"),
+                                    (1e6, "float16", "beyond float16's 65504")):
+        def poisoned(self, wavs, lens, value=value):
+            stack, frames = real(self, wavs, lens)
+            stack = stack.clone()
+            stack[..., 0] = value
+            return stack, frames
+        monkeypatch.setattr(S3PRLLayerStack, "forward", poisoned)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            _extract(small_data_dir, out / f"layers.{storage}", tiny_wavlm, extra=("--storage", storage))
+        assert e.value.code == 1
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ": error: " in ln]
+        assert len(err) == 1 and re.search(r"utterance spk\d-utt\d: layer stack of wavlm_local", err[0]) and message in err[0]
+        assert not (out / f"layers.{storage}.scp").exists()
+
+
+def test_embeddings_of_a_broken_model_are_refused():
+    """A model whose output is NaN (non-finite weights) names the first utterance; nothing is returned."""
+    import torch
+    from upmp.embeddings import embed_all
+    from upmp.errors import ModelFileError
+
+    class Broken(torch.nn.Module):
+        embed_dim, padding_invariant = 3, True
+
+        def forward(self, x, mask=None):
+            return torch.full((x.shape[0], 3), float("nan"))
+    stacks = lambda chunk: (np.ones((2, 5, 4), dtype=np.float32) for _ in chunk)
+    with pytest.raises(ModelFileError, match="utterance u1: the model's embedding holds NaN or inf"):
+        embed_all(Broken(), ["u1", "u2"], stacks)
 
 
 def test_stage1_killed_midway_resumes_and_cleans_up(small_data_dir, tiny_wavlm, tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from upmp.data.crops import wrap_crop
-from upmp.errors import UpstreamError
+from upmp.errors import ModelFileError, UpstreamError
 from upmp.upstream.layer_stack import LayerStackMeta, batches_by_length
 
 
@@ -98,6 +98,10 @@ def embed_all(model, utts: Sequence[str], stacks_of: Callable[[Sequence[str]], I
         for start in range(0, len(utts), chunk_size):
             chunk = utts[start:start + chunk_size]
             emb = embed_utterances(model, stacks_of(chunk), crop_frames, num_crops, max_batch_frames, device)
+            for utt, e in zip(chunk, emb):
+                if not np.isfinite(e).all():  # the stacks were checked when written: the model is broken
+                    raise ModelFileError(f"utterance {utt}: the model's embedding holds NaN or inf; its weights "
+                                         f"are not usable (retrain, or take another checkpoint)")
             embeddings.update(zip(chunk, emb))
             bar.update(len(chunk))
     return embeddings

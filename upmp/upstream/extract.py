@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from upmp.data.audio import SAMPLE_RATE, load_utterance
+from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
 from upmp.data.kaldi_dir import DataDir, read_table, write_table
-from upmp.errors import DataDirError, DiskFullError
+from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.upstream.layer_stack import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
 
@@ -130,6 +130,23 @@ def wav_scp_lines(data_dir: str) -> Dict[str, int]:
     return lines
 
 
+FLOAT16_MAX = 65504.0
+
+
+def check_stack(mat: np.ndarray, utt: str, upstream: str, storage: str) -> None:
+    """A layer stack about to be written holds only finite values that its storage can hold: an
+    UpstreamError naming the utterance otherwise (the audio was checked when it was decoded, so
+    NaN here comes from the upstream's weights or an overflow)."""
+    check_finite(mat, f"utterance {utt}: layer stack of {upstream}",
+                 hint="the upstream's weights or its numerics are broken (check the checkpoint; "
+                      "--extract_device cpu runs in float32)", error=UpstreamError)
+    if storage == "float16":
+        peak = float(np.abs(mat).max()) if mat.size else 0.0
+        if peak > FLOAT16_MAX:
+            raise UpstreamError(f"utterance {utt}: layer stack of {upstream} reaches {peak:.4g}, beyond float16's "
+                                f"{FLOAT16_MAX:.0f}: stored as float16 it would be inf; use --storage float32")
+
+
 def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str = "float32",
                          max_batch_seconds: float = 0.0, chunk_size: int = 256, device: str = "cpu",
                          source_dir: Optional[str] = None, upstream_name: str = "", desc: str = "layers",
@@ -174,7 +191,9 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
                         t = int(frames[row])
                         n_tried += 1
                         tried_bytes += t * extractor.num_layers * extractor.dim * bytes_per_value
-                        writer.write(chunk[i], np.transpose(stack[row, :, :, :t], (1, 2, 0)))
+                        mat = np.transpose(stack[row, :, :, :t], (1, 2, 0))
+                        check_stack(mat, chunk[i], upstream_name or getattr(extractor, "name", "the upstream"), storage)
+                        writer.write(chunk[i], mat)
                         n_frames += t
                         n_done += 1
                     bar.update(len(batch))
