@@ -57,8 +57,16 @@ def set_num_threads(num_threads: int) -> None:
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print a one-line error (no traceback) and exit."""
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    """Print a one-line error (no traceback) and exit. The line goes out in one write, so the lines
+    of processes sharing a stderr (torchrun's ranks, parallel jobs) never interleave mid-line."""
+    line = f"{os.path.basename(sys.argv[0])}: error: {message}\n"
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a file (captured in tests)
+        sys.stderr.write(line)
+    else:
+        os.write(fd, line.encode("utf-8", "replace"))
     sys.exit(code)
 
 
