@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from upmp.data.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from upmp.upstream.layer_stack import STORAGE_TYPES  # noqa: E402
+from upmp.data.layer_stacks import STORAGE_TYPES  # noqa: E402
 
 BASE_PLUS = dict(num_layers=12, dim=768, ffn_dim=3072, heads=12, conv_dim=512)
 TINY = dict(num_layers=3, dim=32, ffn_dim=64, heads=2, conv_dim=32)

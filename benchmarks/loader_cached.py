@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from upmp.train.data import (LayerStackCrops, StepBatches, ThreadedBatches, crop_start,  # noqa: E402
                              spanout_frames, to_model_input, wrap_crop)
-from upmp.upstream.layer_stack import LayerStackWriter  # noqa: E402
+from upmp.data.layer_stacks import LayerStackWriter  # noqa: E402
 
 FPS, L, D = 50, 13, 768
 

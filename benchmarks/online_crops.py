@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from upmp.data.audio import SAMPLE_RATE  # noqa: E402
 from upmp.data.kaldi_dir import DataDir  # noqa: E402
-from upmp.data.voxceleb import wav_scp_entry  # noqa: E402
+from upmp.recipes.voxceleb import wav_scp_entry  # noqa: E402
 from upmp.data.crops import wrap_crop  # noqa: E402
 from upmp.train.data import WaveformCrops, crop_start  # noqa: E402
 

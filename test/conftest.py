@@ -66,7 +66,7 @@ def tiny_wavlm(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A 8-speaker synthetic VoxCeleb1-layout corpus (3 test speakers)."""
-    from upmp.data.synthetic import make_corpus
+    from upmp.recipes.mini_corpus import make_corpus
     root = tmp_path_factory.mktemp("corpus") / "vox1"
     make_corpus(str(root), num_speakers=8, num_test_speakers=3, sessions_per_speaker=2,
                 utts_per_session=2, seed=7, num_workers=2, progress=False)
@@ -85,7 +85,7 @@ TRAIN_CONFIG = {  # a tiny training config: what differs from the defaults (upmp
 @pytest.fixture
 def dump(tmp_path):
     """Cached layer stacks of 9 random utterances (3 speakers, L=3, D=8) + utt2spk + conf.yaml."""
-    from upmp.upstream.layer_stack import LayerStackMeta, LayerStackWriter
+    from upmp.data.layer_stacks import LayerStackMeta, LayerStackWriter
     rng = np.random.default_rng(0)
     d = tmp_path / "dump"
     d.mkdir()

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, sox_flac, tone
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError
-from upmp.data.librispeech import prepare_librispeech, read_speakers_txt
+from upmp.recipes.librispeech import prepare_librispeech, read_speakers_txt
 from upmp.data.trials import read_kaldi_trials
 
 PROTOCOLS = ROOT.parent / "shared" / "protocols" / "unipool-sv"

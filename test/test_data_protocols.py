@@ -1,4 +1,4 @@
-"""upmp.data.protocols: resolving the paper's protocol files (local dir, download, cache, fallback),
+"""upmp.recipes.protocols: resolving the paper's protocol files (local dir, download, cache, fallback),
 seeded speaker splits and regenerated balanced trials."""
 import logging
 import re
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from upmp.data.kaldi_dir import DataDirError
-from upmp.data.protocols import (PAPER_COMMIT, PAPER_URL, PROTOCOL_FILES, read_speaker_csv, regenerate_trials,
+from upmp.recipes.protocols import (PAPER_COMMIT, PAPER_URL, PROTOCOL_FILES, read_speaker_csv, regenerate_trials,
                                  remote_path, resolve_protocol, split_sizes, split_speakers)
 
 VCTK_FILES = {

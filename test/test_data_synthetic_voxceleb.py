@@ -9,9 +9,9 @@ import soundfile
 from conftest import ROOT, tone, vox1_extended_lists, vox1_split_layout
 
 from upmp.data.kaldi_dir import DataDir, DataDirError, validate_data_dir
-from upmp.data.synthetic import make_corpus
+from upmp.recipes.mini_corpus import make_corpus
 from upmp.data.trials import read_kaldi_trials, read_paper_csv_trials, read_voxceleb_trials
-from upmp.data.voxceleb import prepare_voxceleb1
+from upmp.recipes.voxceleb import prepare_voxceleb1
 
 
 def digest(root):

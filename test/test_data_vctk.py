@@ -17,7 +17,7 @@ from conftest import ROOT, sox_flac, tone
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, read_table, validate_data_dir
 from upmp.data.trials import read_kaldi_trials
-from upmp.data.vctk import prepare_vctk, read_speaker_info
+from upmp.recipes.vctk import prepare_vctk, read_speaker_info
 
 PROTOCOLS = ROOT.parent / "shared" / "protocols" / "unipool-sv"
 needs_protocols = pytest.mark.skipif(not PROTOCOLS.is_dir(), reason="shared/protocols not beside the checkout")

@@ -13,7 +13,7 @@ from conftest import dev_speakers
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, validate_data_dir
 from upmp.data.trials import read_kaldi_trials
-from upmp.data.voxceleb import prepare_voxceleb2, read_vox2_meta
+from upmp.recipes.voxceleb import prepare_voxceleb2, read_vox2_meta
 
 PIPE = re.compile(r"ffmpeg -nostdin -v 8 -i (\S+\.m4a) -f wav -ar 16000 -ac 1 -acodec pcm_s16le - \|")
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_data_dir
 from test_train import train
-from upmp.upstream.layer_stack import LayerStackMeta
+from upmp.data.layer_stacks import LayerStackMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 UTILS = ROOT / "egs" / "TEMPLATE" / "sv1" / "utils"
@@ -103,7 +103,7 @@ def test_disk_full_while_writing_layer_stacks(small_data_dir, tiny_wavlm, tmp_pa
     out = tmp_path / "dump" / "set"
     _extract(small_data_dir, out / "layers.1.1", tiny_wavlm)  # a finished earlier job: must survive
     finished = (out / "layers.1.1.scp").read_text()
-    from upmp.upstream.layer_stack import LayerStackWriter
+    from upmp.data.layer_stacks import LayerStackWriter
     real_write, calls = LayerStackWriter.write, []
 
     def write_until_full(self, utt, stack):
@@ -130,8 +130,8 @@ def test_non_finite_layer_stacks_are_not_written(small_data_dir, tiny_wavlm, tmp
     """An upstream that returns NaN (broken weights) on finite audio: one line naming the utterance,
     no scp; float16 storage refuses values it would turn into inf."""
     import torch
-    from upmp.upstream.s3prl import S3PRLLayerStack
-    real = S3PRLLayerStack.forward
+    from upmp.upstream.s3prl import S3PRLUpstream
+    real = S3PRLUpstream.forward
     out = tmp_path / "dump" / "set"
     for value, storage, message in ((float("nan"), "float32", "values are NaN or inf"),
                                     (1e6, "float16", "beyond float16's 65504")):
@@ -140,7 +140,7 @@ def test_non_finite_layer_stacks_are_not_written(small_data_dir, tiny_wavlm, tmp
             stack = stack.clone()
             stack[..., 0] = value
             return stack, frames
-        monkeypatch.setattr(S3PRLLayerStack, "forward", poisoned)
+        monkeypatch.setattr(S3PRLUpstream, "forward", poisoned)
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             _extract(small_data_dir, out / f"layers.{storage}", tiny_wavlm, extra=("--storage", storage))
@@ -172,7 +172,7 @@ def test_stage1_killed_midway_resumes_and_cleans_up(small_data_dir, tiny_wavlm, 
     import kaldiio
     from upmp.data.kaldi_dir import split_data_dir
     from upmp.upstream.extract import join_layer_stacks, plan_extraction
-    from upmp.upstream.layer_stack import LayerStackWriter
+    from upmp.data.layer_stacks import LayerStackWriter
     data = tmp_path / "data" / "set"
     import shutil
     shutil.copytree(small_data_dir, data)

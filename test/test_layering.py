@@ -1,4 +1,4 @@
-"""Imports point down: bin -> train / inference -> backends / upstream / scoring -> data -> shared.
+"""Imports point down: bin -> train / inference / recipes -> backends / upstream / scoring -> data -> shared.
 
 Parses every module of the package (no import is executed) and checks each `upmp.*` import
 against the layer of the importing module. Sideways imports between sibling packages of one
@@ -34,6 +34,7 @@ LAYERS: List[Tuple[str, int, str]] = [
     ("upmp.results", 4, "results"),
     ("upmp.train", 5, "train"),
     ("upmp.inference", 5, "inference"),
+    ("upmp.recipes", 5, "recipes"),
     ("upmp.export", 6, "export"),
     ("upmp.bin", 9, "bin"),
 ]

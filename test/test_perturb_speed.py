@@ -11,7 +11,7 @@ from conftest import ROOT, bash_env, tone
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, Segment, validate_data_dir
 from upmp.data.speed_perturb import perturb_speed, speed_entry
-from upmp.data.voxceleb import prepare_voxceleb1
+from upmp.recipes.voxceleb import prepare_voxceleb1
 
 RESAMPLE = {0.9: (10, 9), 1.1: (10, 11)}  # speed f = resample by 1/f (pitch and tempo together)
 

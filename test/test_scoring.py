@@ -10,7 +10,7 @@ from upmp.data.kaldi_dir import DataDirError
 from upmp.metrics import compute_eer
 from upmp.scoring.calibration import LinearCalibration, actual_dcf, cllr
 from upmp.scoring.normalization import cohort_stats
-from upmp.scoring.plda import PLDA, true_llr
+from upmp.scoring.plda import PLDA
 from upmp.scoring.scorers import CosineScorer, PLDAScorer, score_trials, speaker_means
 
 
@@ -44,9 +44,20 @@ def sample_speakers(rng, mu, Sb, Sw, n_spk, per_spk):
     return X, np.repeat(np.arange(n_spk), per_spk)
 
 
+def true_llr(x1, x2, mu, Sb, Sw):
+    """The two-covariance LLR from full Gaussian densities of the pair (independent of PLDA's algebra)."""
+    from scipy.stats import multivariate_normal as mvn
+    d = len(mu)
+    St = Sb + Sw
+    joint = np.block([[St, Sb], [Sb, St]])
+    z = np.hstack([x1 - mu, x2 - mu])
+    return (mvn(np.zeros(2 * d), joint).logpdf(z) - mvn(np.zeros(d), St).logpdf(x1 - mu)
+            - mvn(np.zeros(d), St).logpdf(x2 - mu))
+
+
 def test_plda_closed_form_equals_gaussian_llr():
     rng, mu, Sb, Sw = two_cov_model(5, 0)
-    plda = PLDA.from_state({"mean": mu, "between": Sb, "within": Sw})
+    plda = PLDA(mean=mu, between=Sb, within=Sw)
     x1, x2 = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
     expected = np.array([true_llr(a, b, mu, Sb, Sw) for a, b in zip(x1, x2)])
     np.testing.assert_allclose(plda.score_pairs(plda.project(x1), plda.project(x2)), expected, rtol=1e-6, atol=1e-6)
@@ -64,7 +75,7 @@ def test_plda_em_oracle():
     e = np.vstack([enroll, enroll])
     t = np.vstack([test, np.roll(test, 1, axis=0)])
     target = np.r_[np.ones(2000), np.zeros(2000)].astype(bool)
-    oracle = PLDA.from_state({"mean": mu, "between": Sb, "within": Sw})
+    oracle = PLDA(mean=mu, between=Sb, within=Sw)
     eer_true = compute_eer(oracle.score_pairs(oracle.project(e), oracle.project(t)), target)
     eer = compute_eer(plda.score_pairs(plda.project(e), plda.project(t)), target)
     assert 0.03 < eer_true < 0.3  # a task that is neither trivial nor hopeless

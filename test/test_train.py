@@ -11,7 +11,7 @@ import yaml
 from conftest import TRAIN_CONFIG as CONFIG
 from upmp.data.crops import wrap_crop
 from upmp.train.data import LayerStackCrops
-from upmp.upstream.layer_stack import LayerStackMeta, LayerStackWriter
+from upmp.data.layer_stacks import LayerStackMeta, LayerStackWriter
 
 def train(dump, exp, *overrides):
     return subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),

@@ -11,7 +11,7 @@ import torch
 from upmp.errors import ConfigError, DataDirError
 from upmp.train.data import (LayerStackCrops, StepBatches, ThreadedBatches, batch_loader, memory_budget, spanout_frames,
                              to_model_input, wrap_crop)
-from upmp.upstream.layer_stack import LayerStackWriter
+from upmp.data.layer_stacks import LayerStackWriter
 
 L, D, CROP, BATCH = 3, 16, 20, 8
 # long utterances and wrap-padded short ones (< CROP frames), one exactly CROP long

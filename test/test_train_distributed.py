@@ -41,7 +41,7 @@ def embeddings(exp, dump):
     from upmp.data.kaldi_dir import read_table
     from upmp.embeddings import embed_stacks
     from upmp.checkpoint import load_model
-    from upmp.upstream.layer_stack import load_stack
+    from upmp.data.layer_stacks import load_stack
     model, meta = load_model(str(exp / "model.pt"))
     entries = read_table(dump / "dump/layers.scp")
     return embed_stacks(model, [load_stack(entries[u], meta.num_layers) for u in sorted(entries)])

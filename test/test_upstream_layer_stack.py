@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from upmp.errors import UpstreamError
-from upmp.upstream.s3prl import S3PRLLayerStack
-from upmp.upstream.layer_stack import (LayerStackMeta, LayerStackWriter,
+from upmp.upstream.s3prl import S3PRLUpstream
+from upmp.data.layer_stacks import (LayerStackMeta, LayerStackWriter,
                                        batches_by_length, load_stack, matrix_to_stack, stack_to_matrix)
 from upmp.upstream.tiny import build_tiny_checkpoint
 
@@ -23,7 +23,7 @@ def expected_frames(n_samples: int) -> int:
 def test_tiny_checkpoints_load_in_s3prl(tmp_path, kind):
     ckpt = build_tiny_checkpoint(kind, str(tmp_path / f"{kind}.pt"), num_layers=3, dim=32, ffn_dim=64,
                                  heads=2, conv_dim=32)
-    ex = S3PRLLayerStack(f"{kind}_local", str(ckpt))
+    ex = S3PRLUpstream(f"{kind}_local", str(ckpt))
     assert (ex.num_layers, ex.dim, ex.frame_shift) == (4, 32, 0.02)
     assert not ex.upstream.training and not any(p.requires_grad for p in ex.parameters())
     wavs = torch.randn(3, 24000)
@@ -37,7 +37,7 @@ def test_tiny_checkpoints_load_in_s3prl(tmp_path, kind):
 
 def test_trailing_zeros_are_not_padding_for_a_single_utterance(tiny_wavlm):
     """The extractor cuts each waveform to its length, so a lone padded input equals the unpadded one."""
-    ex = S3PRLLayerStack("wavlm_local", str(tiny_wavlm))
+    ex = S3PRLUpstream("wavlm_local", str(tiny_wavlm))
     short = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
     alone, n = ex(short, torch.tensor([16000]))
     padded, m = ex(torch.cat([short, torch.zeros(1, 8000)], dim=1), torch.tensor([16000]))
@@ -47,9 +47,9 @@ def test_trailing_zeros_are_not_padding_for_a_single_utterance(tiny_wavlm):
 
 def test_errors(tmp_path):
     with pytest.raises(UpstreamError, match="needs --upstream_ckpt"):
-        S3PRLLayerStack("wavlm_local")
+        S3PRLUpstream("wavlm_local")
     with pytest.raises(UpstreamError, match="upstream checkpoint not found"):
-        S3PRLLayerStack("wavlm_local", str(tmp_path / "missing.pt"))
+        S3PRLUpstream("wavlm_local", str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="unknown upstream kind"):
         build_tiny_checkpoint("conformer", str(tmp_path / "x.pt"))
 
@@ -110,7 +110,7 @@ def test_extract_layers_cli(small_data_dir, tiny_wavlm, tmp_path):
     from upmp.data.audio import load_audio
     from upmp.data.kaldi_dir import DataDir
     data = DataDir.load(small_data_dir)
-    ex = S3PRLLayerStack("wavlm_local", str(tiny_wavlm))
+    ex = S3PRLUpstream("wavlm_local", str(tiny_wavlm))
     for utt in data.utts[:3]:
         x = torch.from_numpy(load_audio(data.wav_scp[utt]))[None]
         stack, _ = ex(x, torch.tensor([x.shape[1]]))

@@ -25,7 +25,7 @@ from torch import nn
 
 from upmp.errors import ModelFileError
 from upmp.fileio import atomic_torch_save
-from upmp.upstream.layer_stack import LayerStackMeta
+from upmp.data.layer_stacks import LayerStackMeta
 
 FORMAT_VERSION = 1
 MODEL, TRAIN_STATE, BEST = "upmp-model", "upmp-train-state", "upmp-best"

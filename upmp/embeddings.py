@@ -1,7 +1,7 @@
 """Speaker embeddings from layer stacks: full utterance (default) or multi-crop averaging, and
 their files (xvector.ark/scp, spk_xvector.ark/scp as in Kaldi and WeSpeaker).
 
-Stacks are (L, T, D) numpy arrays (as stored by upmp.upstream.layer_stack); the
+Stacks are (L, T, D) numpy arrays (as stored by upmp.data.layer_stacks); the
 model takes (B, D, L, T) + mask (B, T). Batches group utterances of similar
 length; the backends' masking makes the padding neutral.
 """
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from upmp.data.crops import wrap_crop
 from upmp.errors import ModelFileError, UpstreamError
-from upmp.upstream.layer_stack import LayerStackMeta, batches_by_length
+from upmp.data.layer_stacks import LayerStackMeta, batches_by_length
 
 
 def crops(stack: np.ndarray, crop_frames: int, num_crops: int) -> List[np.ndarray]:

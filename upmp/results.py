@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 import yaml
 
-from upmp.data.trials import align_scores
+from upmp.scoring.io import align_scores
 from upmp.errors import ScoringError
 from upmp.fileio import atomic_write_text
 from upmp.metrics import EER_CONVENTION, compute_eer, compute_min_dcf, operating_points

@@ -20,10 +20,10 @@ import json
 import numpy as np
 
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
-from upmp.data.trials import align_scores, read_kaldi_trials, read_scores
+from upmp.data.trials import read_kaldi_trials
 from upmp.errors import DataDirError
 from upmp.scoring.calibration import LinearCalibration, QualityCalibration, read_quality, trial_quality
-from upmp.scoring.io import write_scores
+from upmp.scoring.io import align_scores, read_scores, write_scores
 
 
 def get_parser():

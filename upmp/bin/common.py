@@ -79,8 +79,8 @@ def require_files(**paths: Optional[str]) -> None:
 
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
-    """Options of upmp.data.protocols.resolve_protocol (the paper's speaker splits and trials)."""
-    from upmp.data.protocols import PAPER_URL
+    """Options of upmp.recipes.protocols.resolve_protocol (the paper's speaker splits and trials)."""
+    from upmp.recipes.protocols import PAPER_URL
     p.add_argument("--protocol_dir", default=None, help="local copy of the paper's protocol files")
     p.add_argument("--protocol_cache", default=None,
                    help="download cache of the paper's protocol files [<out>/local/unipool-sv]")

@@ -26,7 +26,7 @@ from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.embeddings import check_stacks_fit, embed_all, upstream_stacks, write_embeddings
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 from upmp.fileio import atomic_write_text
-from upmp.upstream.layer_stack import META_NAME, LayerStackMeta, load_stack
+from upmp.data.layer_stacks import META_NAME, LayerStackMeta, load_stack
 
 logger = logging.getLogger("extract_embeddings")
 

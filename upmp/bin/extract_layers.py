@@ -3,7 +3,7 @@
     python -m upmp.bin.extract_layers --data_dir data/test --out_prefix dump/test/layers.1 \
         --upstream wavlm_base_plus [--upstream_ckpt ckpt.pt] [--storage float16] [--source_data_dir data/test]
 
-Writes <out_prefix>.ark/.scp (one (T, L*D) matrix per utterance, see upmp.upstream.layer_stack)
+Writes <out_prefix>.ark/.scp (one (T, L*D) matrix per utterance, see upmp.data.layer_stacks)
 and layer_stack.json beside them; the scp appears only once every utterance is written
 (upmp.upstream.extract). With --source_data_dir (the user's data dir that --data_dir is a split
 copy of), audio errors name its wav.scp line.
@@ -17,7 +17,7 @@ from upmp.data.audio import MIN_SAMPLES
 from upmp.data.kaldi_dir import DataDir
 from upmp.upstream import build_upstream
 from upmp.upstream.extract import extract_layer_stacks
-from upmp.upstream.layer_stack import STORAGE_TYPES
+from upmp.data.layer_stacks import STORAGE_TYPES
 
 
 def get_parser():

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.data.synthetic import make_corpus
+from upmp.recipes.mini_corpus import make_corpus
 from upmp.errors import ConfigError
 
 

@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     args, overrides = get_parser().parse_known_args(argv)
     from upmp.checkpoint import build_model
     from upmp.train.schema import resolve_train_config
-    from upmp.upstream.layer_stack import LayerStackMeta
+    from upmp.data.layer_stacks import LayerStackMeta
     cfg = resolve_train_config(args.config, overrides)
     model = build_model(cfg, LayerStackMeta(args.num_layers + 1, args.input_dim, 0.02, "model_info")).eval()
     used = args.num_layers + 1 if model.use_hidden0 else args.num_layers

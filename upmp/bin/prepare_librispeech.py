@@ -10,7 +10,7 @@ test = test-clean + test-other. Trials: --protocol_dir, else a download of the p
 from __future__ import annotations
 
 from upmp.bin.common import add_protocol_args, make_parser, protocol_kwargs, run_main, setup_logging
-from upmp.data.librispeech import prepare_librispeech
+from upmp.recipes.librispeech import prepare_librispeech
 
 
 def get_parser():

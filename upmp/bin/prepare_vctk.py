@@ -9,7 +9,7 @@ the paper's files into --protocol_cache, else regenerated with the same rules fr
 from __future__ import annotations
 
 from upmp.bin.common import add_protocol_args, make_parser, protocol_kwargs, run_main, setup_logging
-from upmp.data.vctk import prepare_vctk
+from upmp.recipes.vctk import prepare_vctk
 
 
 def get_parser():

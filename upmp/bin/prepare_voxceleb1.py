@@ -11,7 +11,7 @@ on voxceleb1_dev. --trials may be the paper's CSV (trials-vox1.csv, LABEL,SAMPLE
 from __future__ import annotations
 
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.data.voxceleb import prepare_voxceleb1
+from upmp.recipes.voxceleb import prepare_voxceleb1
 
 
 def get_parser():

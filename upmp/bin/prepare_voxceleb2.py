@@ -11,7 +11,7 @@ Test sets come from VoxCeleb1: upmp.bin.prepare_voxceleb1 --test_only --extended
 from __future__ import annotations
 
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.data.voxceleb import prepare_voxceleb2
+from upmp.recipes.voxceleb import prepare_voxceleb2
 
 
 def get_parser():

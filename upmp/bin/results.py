@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     atomic_write_text(Path(f"{out}.csv"), buf.getvalue())
 
     from upmp.results import plot_det
-    from upmp.data.trials import align_scores
+    from upmp.scoring.io import align_scores
     test_set = args.test_set or rows[0]["test_set"]
     curves = {}
     for r in rows:

@@ -266,44 +266,6 @@ def _kaldi_trials_text(trials: List[Tuple[str, str, bool]]) -> str:
     return "".join(f"{a} {b} {'target' if t else 'nontarget'}\n" for a, b, t in trials)
 
 
-def read_scores(path: str) -> dict:
-    """Read a score file `<utt1> <utt2> <score>` into {(utt1, utt2): score}; a trial scored
-    twice is an error (which of the two values would count?)."""
-    scores, first_line = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) != 3:
-                raise DataDirError(f"{path}:{lineno}: expected '<utt1> <utt2> <score>', got {line.rstrip()!r}")
-            try:
-                value = float(fields[2])
-            except ValueError:
-                raise DataDirError(f"{path}:{lineno}: score is not a number: {fields[2]!r}") from None
-            if not np.isfinite(value):
-                raise DataDirError(f"{path}:{lineno}: score is not finite: {fields[2]!r}")
-            key = (fields[0], fields[1])
-            if key in scores:
-                raise DataDirError(f"{path}:{lineno}: trial '{key[0]} {key[1]}' is scored twice (first on line "
-                                   f"{first_line[key]}); remove one of the two lines, or score again")
-            scores[key], first_line[key] = value, lineno
-    return scores
-
-
-def align_scores(trials_path: str, scores_path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores and boolean target labels in trial order; errors name the missing trial."""
-    trials = read_kaldi_trials(trials_path)
-    scores = read_scores(scores_path)
-    out = np.empty(len(trials))
-    labels = np.empty(len(trials), dtype=bool)
-    for i, (a, b, t) in enumerate(trials):
-        try:
-            out[i] = scores[(a, b)]
-        except KeyError:
-            raise DataDirError(f"{trials_path}:{i + 1}: trial '{a} {b}' has no score in {scores_path}") from None
-        labels[i] = t
-    return out, labels
-
-
 __all__ = ["voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials", "read_espnet_trials",
            "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list", "write_kaldi_trials",
-           "update_kaldi_trials", "read_scores", "align_scores"]
+           "update_kaldi_trials"]

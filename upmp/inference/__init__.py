@@ -56,7 +56,7 @@ class SpeakerModel:
     def __init__(self, content: Dict[str, Any], device: str = "cpu", max_batch_frames: int = 6000):
         from upmp.backends import SpeakerEmbeddingModel
         from upmp.scoring.scorers import CosineScorer
-        from upmp.upstream.layer_stack import LayerStackMeta
+        from upmp.data.layer_stacks import LayerStackMeta
         info = content["info"]
         self.info, self.device, self.max_batch_frames = info, device, max_batch_frames
         cfg = info["config"]

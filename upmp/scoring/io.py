@@ -4,6 +4,8 @@
     X, labels = labelled_matrix(emb, "data/train/utt2spk", scp)       # (N, E), (N,) speakers, sorted by utt
     trials = load_trials("data/test/trials")                           # [(utt1, utt2, is_target)], non-empty
     write_scores("scores", [(utt1, utt2), ...], values)                # `<utt1> <utt2> <score>` lines, atomic
+    scores = read_scores("scores")                                     # {(utt1, utt2): score}, each trial once
+    values, is_target = align_scores("data/test/trials", "scores")    # (N,), (N,) bool in trial order
 
 Embeddings are Kaldi float vectors (kaldiio), as WeSpeaker and Kaldi write them; errors name the file.
 """
@@ -71,3 +73,41 @@ def map_score_ids(scores_path: str, utt_map_path: str) -> List[str]:
                     raise DataDirError(f"{scores_path}:{lineno}: utterance {u!r} is not in {utt_map_path}")
             lines.append(f"{mapping[fields[0]]} {mapping[fields[1]]} {fields[2]}\n")
     return lines
+
+
+def read_scores(path: str) -> dict:
+    """Read a score file `<utt1> <utt2> <score>` into {(utt1, utt2): score}; a trial scored
+    twice is an error (which of the two values would count?)."""
+    scores, first_line = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if len(fields) != 3:
+                raise DataDirError(f"{path}:{lineno}: expected '<utt1> <utt2> <score>', got {line.rstrip()!r}")
+            try:
+                value = float(fields[2])
+            except ValueError:
+                raise DataDirError(f"{path}:{lineno}: score is not a number: {fields[2]!r}") from None
+            if not np.isfinite(value):
+                raise DataDirError(f"{path}:{lineno}: score is not finite: {fields[2]!r}")
+            key = (fields[0], fields[1])
+            if key in scores:
+                raise DataDirError(f"{path}:{lineno}: trial '{key[0]} {key[1]}' is scored twice (first on line "
+                                   f"{first_line[key]}); remove one of the two lines, or score again")
+            scores[key], first_line[key] = value, lineno
+    return scores
+
+
+def align_scores(trials_path: str, scores_path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Scores and boolean target labels in trial order; errors name the missing trial."""
+    trials = read_kaldi_trials(trials_path)
+    scores = read_scores(scores_path)
+    out = np.empty(len(trials))
+    labels = np.empty(len(trials), dtype=bool)
+    for i, (a, b, t) in enumerate(trials):
+        try:
+            out[i] = scores[(a, b)]
+        except KeyError:
+            raise DataDirError(f"{trials_path}:{i + 1}: trial '{a} {b}' has no score in {scores_path}") from None
+        labels[i] = t
+    return out, labels

@@ -42,6 +42,13 @@ class PLDA:
     between: Optional[np.ndarray] = None   # Sb
     within: Optional[np.ndarray] = None    # Sw
 
+    def __post_init__(self) -> None:
+        """A PLDA given its parameters (mean, Sb, Sw) scores at once; PLDA().fit(...) estimates them."""
+        if self.mean is not None:
+            self.mean, self.between, self.within = (np.asarray(a, dtype=np.float64)
+                                                    for a in (self.mean, self.between, self.within))
+            self._diagonalise()
+
     def fit(self, X: np.ndarray, labels: Sequence, num_iters: int = 10) -> "PLDA":
         X = np.asarray(X, dtype=np.float64)
         counts, sums, scatter = _speaker_stats(X, labels)
@@ -101,23 +108,3 @@ class PLDA:
         """LLRs of all pairs of projected vectors (N, d) x (M, d) -> (N, M)."""
         q1, q2 = (U1 * U1) @ self._a, (U2 * U2) @ self._a
         return q1[:, None] + q2[None, :] + (U1 * self._b) @ U2.T + self._c
-
-    def state(self) -> dict:
-        return {"mean": self.mean, "between": self.between, "within": self.within}
-
-    @classmethod
-    def from_state(cls, state: dict) -> "PLDA":
-        plda = cls(state["mean"], state["between"], state["within"])
-        plda._diagonalise()
-        return plda
-
-
-def true_llr(x1: np.ndarray, x2: np.ndarray, mu: np.ndarray, Sb: np.ndarray, Sw: np.ndarray) -> np.ndarray:
-    """Exact two-covariance LLR by full Gaussian densities (a reference for tests)."""
-    from scipy.stats import multivariate_normal as mvn
-    d = len(mu)
-    St = Sb + Sw
-    joint = np.block([[St, Sb], [Sb, St]])
-    z = np.hstack([x1 - mu, x2 - mu])
-    return (mvn(np.zeros(2 * d), joint).logpdf(z) - mvn(np.zeros(d), St).logpdf(x1 - mu)
-            - mvn(np.zeros(d), St).logpdf(x2 - mu))

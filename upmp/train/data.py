@@ -123,7 +123,7 @@ class LayerStackCrops(SpeakerSampler):
                  batch_size: int, seed: int, preload: bool = True, sampling: str = "uniform",
                  spanout_prob: float = 0.0, spanout_span: int = 3, spanout_rate: float = 0.05,
                  preload_budget: Optional[int] = None):
-        from upmp.upstream.layer_stack import MatrixReader
+        from upmp.data.layer_stacks import MatrixReader
         entries = read_table(scp)
         spk_of = read_table(utt2spk)
         missing = [u for u in entries if u not in spk_of]

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 from upmp.data.audio import SAMPLE_RATE
 from upmp.errors import ConfigError, DataDirError
 from upmp.train.data import LayerStackCrops, WaveformCrops
-from upmp.upstream.layer_stack import LayerStackMeta
+from upmp.data.layer_stacks import LayerStackMeta
 
 
 @dataclass

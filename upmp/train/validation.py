@@ -74,7 +74,7 @@ def build_validator(inputs, meta, upstream, device, rank: int, world: int) -> Va
         return Validator(inputs.valid_trials, set(vdata.utts), inputs.valid_data_dir,
                          _online_stacks(upstream, vdata, inputs.valid_data_dir, device), device, rank, world)
     from upmp.data.kaldi_dir import read_table
-    from upmp.upstream.layer_stack import load_stack
+    from upmp.data.layer_stacks import load_stack
     entries = read_table(inputs.valid_scp)
     return Validator(inputs.valid_trials, entries, inputs.valid_scp,
                      lambda utts: [load_stack(entries[u], meta.num_layers) for u in utts], device, rank, world)

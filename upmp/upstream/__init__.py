@@ -31,5 +31,5 @@ def build_upstream(name: str, ckpt: Optional[str] = None):
                                 f"written by transformers' save_pretrained)")
         from upmp.upstream.hf import HFUpstream
         return HFUpstream(name[3:])
-    from upmp.upstream.s3prl import S3PRLLayerStack
-    return S3PRLLayerStack(name, ckpt)
+    from upmp.upstream.s3prl import S3PRLUpstream
+    return S3PRLUpstream(name, ckpt)

@@ -4,7 +4,7 @@
     extract_layer_stacks(extractor, data, out_prefix, storage, ...)        # one job: <prefix>.ark/.scp
     join_layer_stacks(data_dir, out_dir, run_id)                            # layers.scp; orphan arks removed
 
-Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.upstream.layer_stack for the matrices):
+Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.data.layer_stacks for the matrices):
     layer_stack.json           L, D, frame shift, upstream name, storage
     reused.scp                 stacks this run takes from earlier runs or other sets (scp lines)
     layers.<run>.<job>.ark     a job's stacks; its scp `layers.<run>.<job>.scp` is renamed into
@@ -33,7 +33,7 @@ from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
 from upmp.data.kaldi_dir import DataDir, read_table, write_table
 from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
-from upmp.upstream.layer_stack import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
+from upmp.data.layer_stacks import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
 
 logger = logging.getLogger(__name__)
 

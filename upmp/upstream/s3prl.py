@@ -54,7 +54,7 @@ def build_s3prl_upstream(name: str, ckpt: Optional[str] = None):
             f"--upstream_ckpt <file.pt> (or --upstream hf:<save_pretrained dir>)") from None
 
 
-class S3PRLLayerStack(Upstream):
+class S3PRLUpstream(Upstream):
     """A frozen upstream that returns every hidden state.
 
     forward(wavs (B, N) float, wav_lens (B,)) -> (stack (B, D, L, T), lengths (B,))

@@ -18,7 +18,7 @@ local_data_opts=""      # options for local/data.sh
 upstream=wavlm_base_plus   # any S3PRL upstream name (wavlm_local etc. need --upstream_ckpt)
 upstream_ckpt=""           # checkpoint path for *_local upstreams
 tiny_upstream=false        # true: build a tiny random-init <kind>_local checkpoint when none is given (offline tests)
-storage=float32            # float32 | float16 | compressed (see upmp/upstream/layer_stack.py)
+storage=float32            # float32 | float16 | compressed (see upmp/data/layer_stacks.py)
 extract_device=cpu
 extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding changes Base models' features slightly)
 # Stage 2: backend training

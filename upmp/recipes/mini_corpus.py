@@ -9,7 +9,7 @@ band limits, EQ, light reverb and noise at a random SNR. Everything is drawn
 from one seed, utterance by utterance, so the corpus is identical whatever the
 number of worker processes.
 
-Output (VoxCeleb1 layout, consumed by upmp.data.voxceleb.prepare_voxceleb1):
+Output (VoxCeleb1 layout, consumed by upmp.recipes.voxceleb.prepare_voxceleb1):
     <root>/wav/<idNNNNN>/<session-id>/<nnnnn>.wav   16 kHz, mono, 16 bit
     <root>/vox1_meta.csv                            speakers and their dev/test set
     <root>/veri_test2.txt                           `1 a.wav b.wav` trials, cross-session targets

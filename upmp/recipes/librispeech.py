@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple
 
 from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError
-from upmp.data.protocols import PAPER_URL, load_paper_trials, regenerate_trials, resolve_protocol
+from upmp.recipes.protocols import PAPER_URL, load_paper_trials, regenerate_trials, resolve_protocol
 from upmp.data.trials import write_kaldi_trials
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError
-from upmp.data.protocols import (PAPER_URL, load_paper_trials, read_speaker_csv, regenerate_trials, resolve_protocol,
+from upmp.recipes.protocols import (PAPER_URL, load_paper_trials, read_speaker_csv, regenerate_trials, resolve_protocol,
                                  split_sizes, split_speakers)
 from upmp.data.trials import write_kaldi_trials
 
