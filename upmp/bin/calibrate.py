@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
-from upmp.data.trials import read_kaldi_trials
 from upmp.errors import DataDirError
-from upmp.scoring.calibration import LinearCalibration, QualityCalibration, read_quality, trial_quality
-from upmp.scoring.io import align_scores, read_scores, write_scores
+from upmp.scoring.files import calibrate_file
 
 
 def get_parser():
@@ -44,21 +40,8 @@ def main(argv=None) -> None:
     if args.method == "qmf" and not (args.dev_embeddings and args.embeddings):
         raise DataDirError("--method qmf needs --dev_embeddings and --embeddings (stage 3's embeddings dirs)")
     require_files(dev_trials=args.dev_trials, dev_scores=args.dev_scores, scores=args.scores)
-    dev, labels = align_scores(args.dev_trials, args.dev_scores)
-    scores = read_scores(args.scores)
-    if args.method == "linear":
-        cal = LinearCalibration.fit(dev, labels, source=args.dev_trials)
-        llr = cal(np.array(list(scores.values())))
-        described = {"scale": cal.scale, "offset": cal.offset}
-    else:
-        pairs = [(a, b) for a, b, _ in read_kaldi_trials(args.dev_trials)]
-        dev_q = trial_quality(pairs, read_quality(args.dev_embeddings), f" in {args.dev_embeddings}")
-        cal = QualityCalibration.fit(dev, dev_q, labels, source=args.dev_trials)
-        test_q = trial_quality(list(scores), read_quality(args.embeddings), f" in {args.embeddings}")
-        llr = cal(np.array(list(scores.values())), test_q)
-        described = cal.describe()
-    write_scores(args.out, list(scores), llr)
-    print(json.dumps({"method": args.method, **described}))
+    print(json.dumps(calibrate_file(args.method, args.dev_trials, args.dev_scores, args.scores, args.out,
+                                    args.dev_embeddings, args.embeddings)))
 
 
 if __name__ == "__main__":

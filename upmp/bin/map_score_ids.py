@@ -8,8 +8,7 @@ Lines keep their order; an id the map does not know is an error naming the score
 from __future__ import annotations
 
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
-from upmp.fileio import atomic_write_text
-from upmp.scoring.io import map_score_ids
+from upmp.scoring.files import write_source_ids
 
 
 def get_parser():
@@ -24,7 +23,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
     require_files(utt_map=args.utt_map, scores=args.scores)
-    atomic_write_text(args.out, "".join(map_score_ids(args.scores, args.utt_map)))
+    write_source_ids(args.utt_map, args.scores, args.out)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
-
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
-from upmp.errors import ConfigError
-from upmp.scoring.io import labelled_matrix, load_embeddings, load_trials, write_scores
-from upmp.scoring.scorers import build_scorer, score_trials, speaker_means
+from upmp.scoring.files import check_score_args, score_file
 
 logger = logging.getLogger("score")
 
@@ -43,27 +39,13 @@ def get_parser():
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
-    needs_train = args.method == "plda" or args.subtract_mean or (args.score_norm != "none" and not args.cohort)
-    if needs_train and not (args.train_embeddings and args.utt2spk):
-        raise ConfigError(f"--method {args.method} / --subtract_mean / --score_norm {args.score_norm} need "
-                          f"--train_embeddings and --utt2spk")
+    check_score_args(args.method, args.train_embeddings, args.utt2spk, args.subtract_mean, args.score_norm,
+                     args.cohort)
     require_files(trials=args.trials, utt2spk=args.utt2spk)
     t0 = time.time()
-    trials = load_trials(args.trials)
-    emb = load_embeddings(args.embeddings)
-    scorer = build_scorer(args.method, args.lda_dim, args.subtract_mean)
-    cohort = None
-    if needs_train:
-        X, labels = labelled_matrix(load_embeddings(args.train_embeddings), args.utt2spk, args.train_embeddings)
-        scorer.fit(X, labels)
-        if args.score_norm != "none" and not args.cohort:
-            cohort = speaker_means(X, labels)
-    if args.cohort:
-        cohort = np.stack(list(load_embeddings(args.cohort).values()))
-    scores = score_trials(scorer, emb, trials, source=args.embeddings, cohort=cohort,
-                          norm=args.score_norm, top_n=args.cohort_top_n)
-    write_scores(args.out, trials, scores)
-    logger.info("scored %d trials (%s, norm %s) in %.1f s -> %s", len(trials), args.method, args.score_norm,
+    n = score_file(args.method, args.embeddings, args.trials, args.out, args.train_embeddings, args.utt2spk,
+                   args.lda_dim, args.subtract_mean, args.score_norm, args.cohort_top_n, args.cohort)
+    logger.info("scored %d trials (%s, norm %s) in %.1f s -> %s", n, args.method, args.score_norm,
                 time.time() - t0, args.out)
 
 

@@ -141,11 +141,6 @@ if [ -n "${backend}" ]; then
 fi
 
 num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
-newer_than_all() {  # <file> <inputs...>: the file exists and is newer than every input
-  local f=$1; shift
-  [ -f "${f}" ] || return 1
-  for x in "$@"; do [ "${f}" -nt "${x}" ] || return 1; done
-}
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   log "Stage 0: data preparation"
@@ -282,47 +277,12 @@ for run in ${runs}; do
 
   if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "Stage 4: scoring (${systems# }), then ${calibration} calibration on ${valid_set:-no validation set}"
-    mkdir -p "${exp}/scores"
-    for set in ${valid_set} ${test_sets}; do
-      for m in ${scoring}; do
-        for n in ${score_norm}; do
-          system=${m}$([ "${n}" == none ] || echo ".${n}")
-          scores=${exp}/scores/${set}.${system}
-          opts=""  # the scoring options this system uses, recorded with its scores
-          [ "${m}" == plda ] && opts+=" --lda_dim ${lda_dim}"
-          [ "${n}" == asnorm ] && opts+=" --cohort_top_n ${cohort_top_n}"
-          opts=${opts# }
-          calibrated=()  # <method> <output> pairs: test sets are calibrated on the validation set's scores
-          if [ -n "${valid_set}" ] && [ "${set}" != "${valid_set}" ]; then
-            for c in ${calibration}; do calibrated+=("${c}" "${scores}$([ "${c}" == linear ] && echo .llr || echo .qmf)"); done
-          fi
-          up_to_date=true
-          for ((k = 1; k < ${#calibrated[@]}; k += 2)); do
-            newer_than_all "${calibrated[k]}" "${scores}" "${exp}/scores/${valid_set}.${system}" || up_to_date=false
-          done
-          if "${up_to_date}" && [ "$(cat "${scores}.opts" 2>/dev/null)" == "${opts}" ] && newer_than_all "${scores}" \
-               "${exp}/embeddings/${set}/xvector.scp" "${exp}/embeddings/${train_set}/xvector.scp" "data/${set}/trials"; then
-            log "${scores} is up to date, skipping"; continue
-          fi
-          # shellcheck disable=SC2086
-          ${python} -m upmp.bin.score --method "${m}" --score_norm "${n}" ${opts} --embeddings "${exp}/embeddings/${set}/xvector.scp" --trials "data/${set}/trials" \
-            --train_embeddings "${exp}/embeddings/${train_set}/xvector.scp" --utt2spk "data/${train_set}/utt2spk" \
-            --out "${exp}/scores/${set}.${system}"
-          for ((k = 0; k < ${#calibrated[@]}; k += 2)); do  # qmf: quality measures from stage 3's embeddings dirs
-            out=${calibrated[k + 1]}
-            # shellcheck disable=SC2046
-            ${python} -m upmp.bin.calibrate --method "${calibrated[k]}" --dev_trials "data/${valid_set}/trials" \
-              --dev_scores "${exp}/scores/${valid_set}.${system}" --scores "${scores}" --out "${out}" \
-              $([ "${calibrated[k]}" == qmf ] && echo --dev_embeddings "${exp}/embeddings/${valid_set}" \
-                --embeddings "${exp}/embeddings/${set}") > "${out%.llr}.calibration.json"
-          done
-          if [ -f "data/${set}/utt_map" ]; then  # imported ids renamed for Kaldi's sort rule: the user's ids too
-            ${python} -m upmp.bin.map_score_ids --utt_map "data/${set}/utt_map" --scores "${scores}" --out "${scores}.source_ids"
-          fi
-          echo "${opts}" > "${scores}.opts"
-        done
-      done
-    done
+    # per system (<set>.<method>[.<norm>]): skipped when up to date (upmp.scoring.stage), else scored,
+    # calibrated (test sets: .llr / .qmf), ids mapped back for imported sets, options recorded in .opts
+    # shellcheck disable=SC2086
+    ${python} -m upmp.bin.score_sets --exp_dir "${exp}" --data_root data --train_set "${train_set}" \
+      ${valid_set:+--valid_set "${valid_set}"} --test_sets ${test_sets} --scoring ${scoring} --score_norm ${score_norm} \
+      --lda_dim "${lda_dim}" --cohort_top_n "${cohort_top_n}" --calibration ${calibration}
   fi
 
   if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then

@@ -1,0 +1,104 @@
+"""Score files from embedding files: scoring, calibration and id mapping as the entry points run them.
+
+    n = score_file("plda", "exp/x/embeddings/test/xvector.scp", "data/test/trials", "exp/x/scores/test.plda",
+                   train_embeddings="exp/x/embeddings/train/xvector.scp", utt2spk="data/train/utt2spk",
+                   lda_dim=200, score_norm="asnorm", cohort_top_n=300)           # -> number of trials scored
+    fit = calibrate_file("linear", "data/valid/trials", "exp/x/scores/valid.plda",
+                         "exp/x/scores/test.plda", "exp/x/scores/test.plda.llr")  # -> {"method": ..., weights}
+    write_source_ids("data/test/utt_map", "exp/x/scores/test.plda", "exp/x/scores/test.plda.source_ids")
+
+upmp.bin.score / calibrate / map_score_ids call these once per file; stage 4 (upmp.scoring.stage)
+calls them for every system in one process. Outputs are written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Optional
+
+import numpy as np
+
+from upmp.data.trials import read_kaldi_trials
+from upmp.errors import ConfigError, DataDirError
+from upmp.fileio import atomic_write_text
+from upmp.scoring.calibration import LinearCalibration, QualityCalibration, read_quality, trial_quality
+from upmp.scoring.io import (align_scores, labelled_matrix, load_embeddings, load_trials, map_score_ids,
+                             read_scores, write_scores)
+from upmp.scoring.scorers import build_scorer, score_trials, speaker_means
+
+logger = logging.getLogger(__name__)
+
+
+def check_score_args(method: str, train_embeddings: Optional[str], utt2spk: Optional[str],
+                     subtract_mean: bool = False, score_norm: str = "none", cohort: Optional[str] = None) -> bool:
+    """Whether scoring needs the training embeddings (PLDA, mean subtraction, the default cohort);
+    an error when they are needed and not given."""
+    needs_train = method == "plda" or subtract_mean or (score_norm != "none" and not cohort)
+    if needs_train and not (train_embeddings and utt2spk):
+        raise ConfigError(f"--method {method} / --subtract_mean / --score_norm {score_norm} need "
+                          f"--train_embeddings and --utt2spk")
+    return needs_train
+
+
+def score_file(method: str, embeddings: str, trials: str, out: str, train_embeddings: Optional[str] = None,
+               utt2spk: Optional[str] = None, lda_dim: int = 200, subtract_mean: bool = False,
+               score_norm: str = "none", cohort_top_n: int = 300, cohort: Optional[str] = None,
+               loaded: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> int:
+    """Score the Kaldi `trials` with the embeddings of the scp `embeddings`; write `<utt1> <utt2> <score>`
+    lines in trial order to `out`. PLDA, mean subtraction and the default normalisation cohort (the
+    training speakers' mean embeddings) come from `train_embeddings` (speakers from `utt2spk`).
+    `loaded` caches embedding files by path across calls (stage 4 reads each scp once). Returns the
+    number of trials."""
+    needs_train = check_score_args(method, train_embeddings, utt2spk, subtract_mean, score_norm, cohort)
+    load = (lambda scp: load_embeddings(scp)) if loaded is None else (
+        lambda scp: loaded[scp] if scp in loaded else loaded.setdefault(scp, load_embeddings(scp)))
+    t0 = time.time()
+    pairs = load_trials(trials)
+    emb = load(embeddings)
+    scorer = build_scorer(method, lda_dim, subtract_mean)
+    cohort_matrix = None
+    if needs_train:
+        X, labels = labelled_matrix(load(train_embeddings), utt2spk, train_embeddings)
+        scorer.fit(X, labels)
+        if score_norm != "none" and not cohort:
+            cohort_matrix = speaker_means(X, labels)
+    if cohort:
+        cohort_matrix = np.stack(list(load(cohort).values()))
+    scores = score_trials(scorer, emb, pairs, source=embeddings, cohort=cohort_matrix, norm=score_norm,
+                          top_n=cohort_top_n)
+    write_scores(out, pairs, scores)
+    logger.debug("scored %d trials (%s, norm %s) in %.1f s -> %s", len(pairs), method, score_norm,
+                 time.time() - t0, out)
+    return len(pairs)
+
+
+def calibrate_file(method: str, dev_trials: str, dev_scores: str, scores: str, out: str,
+                   dev_embeddings: Optional[str] = None, embeddings: Optional[str] = None) -> dict:
+    """Fit `method` (linear: llr = w * score + b; qmf: the score plus log durations and embedding
+    norms of both sides, from stage 3's embeddings dirs) on the dev trials and scores, write `scores`
+    mapped through the fit to `out` (`<utt1> <utt2> <llr>`); returns the fit as
+    {"method": method, <weights>} (what upmp.bin.calibrate prints as JSON)."""
+    if method not in ("linear", "qmf"):
+        raise ConfigError(f"unknown calibration method {method!r} (linear, qmf)")
+    if method == "qmf" and not (dev_embeddings and embeddings):
+        raise DataDirError("--method qmf needs --dev_embeddings and --embeddings (stage 3's embeddings dirs)")
+    dev, labels = align_scores(dev_trials, dev_scores)
+    test = read_scores(scores)
+    if method == "linear":
+        cal = LinearCalibration.fit(dev, labels, source=dev_trials)
+        llr = cal(np.array(list(test.values())))
+        described = {"scale": cal.scale, "offset": cal.offset}
+    else:
+        pairs = [(a, b) for a, b, _ in read_kaldi_trials(dev_trials)]
+        dev_q = trial_quality(pairs, read_quality(dev_embeddings), f" in {dev_embeddings}")
+        cal = QualityCalibration.fit(dev, dev_q, labels, source=dev_trials)
+        test_q = trial_quality(list(test), read_quality(embeddings), f" in {embeddings}")
+        llr = cal(np.array(list(test.values())), test_q)
+        described = cal.describe()
+    write_scores(out, list(test), llr)
+    return {"method": method, **described}
+
+
+def write_source_ids(utt_map: str, scores: str, out: str) -> None:
+    """`scores` with its utterance ids mapped through an imported set's utt_map (`<our id> <source id>`)."""
+    atomic_write_text(out, "".join(map_score_ids(scores, utt_map)))
