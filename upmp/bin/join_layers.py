@@ -10,9 +10,10 @@ See upmp.upstream.extract.join_layer_stacks.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.upstream.extract import join_layer_stacks
+from upmp.upstream.extract import REUSED_SCP, join_layer_stacks, num_lines
 
 logger = logging.getLogger("join_layers")
 
@@ -29,7 +30,8 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
     n = join_layer_stacks(args.data_dir, args.out_dir, args.run_id)
-    logger.info("%d layer stacks in %s/layers.scp", n, args.out_dir)
+    logger.info("%d layer stacks in %s/layers.scp (%d reused)", n, args.out_dir,
+                num_lines(Path(args.out_dir) / REUSED_SCP))
 
 
 if __name__ == "__main__":

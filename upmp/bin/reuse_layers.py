@@ -1,19 +1,22 @@
 """Plan stage 1 for a set: reuse finished stacks (this set's earlier jobs, other sets' dumps), list the rest.
 
     python -m upmp.bin.reuse_layers --data_dir data/voxceleb1_h --out_dir dump/wavlm/voxceleb1_h \
-        --from dump/wavlm/voxceleb1_e dump/wavlm/voxceleb1_test --upstream wavlm_base_plus --storage float32
+        --sets voxceleb1_e voxceleb1_h voxceleb1_test --upstream wavlm_base_plus --storage float32 \
+        [--from dump/other_run/voxceleb1_e]
 
-Test lists often share utterances (Vox1-O and Vox1-H lie inside Vox1-E), and a killed or failed
-stage 1 leaves finished jobs behind: both are reused (rules: upmp.upstream.extract.plan_extraction).
-Writes <out_dir>/reused.scp and <out_dir>/todo/ (a Kaldi data dir of the utterances still to extract,
-absent when none), and prints the number of utterances to extract.
+A set whose <out_dir>/layers.scp is complete (a line per utterance, and layer_stack.json) is left
+as it is: prints `complete`. Otherwise: test lists often share utterances (Vox1-O and Vox1-H lie
+inside Vox1-E), and a killed or failed stage 1 leaves finished jobs behind: both are reused, from
+the dumps of the run's --sets beside <out_dir> and any --from dirs (rules:
+upmp.upstream.extract.plan_extraction). Writes <out_dir>/reused.scp and <out_dir>/todo/ (a Kaldi
+data dir of the utterances still to extract, absent when none), and prints their number.
 """
 from __future__ import annotations
 
 import logging
 
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.upstream.extract import plan_extraction
+from upmp.upstream.extract import plan_set
 
 logger = logging.getLogger("reuse_layers")
 
@@ -22,6 +25,8 @@ def get_parser():
     p = make_parser(__doc__)
     p.add_argument("--data_dir", required=True)
     p.add_argument("--out_dir", required=True)
+    p.add_argument("--sets", nargs="*", default=[],
+                   help="the run's sets: their dumps beside --out_dir are reused from (its own is skipped)")
     p.add_argument("--from", dest="sources", nargs="*", default=[],
                    help="dump dirs of other sets (<dump>/<set>, with data/<set> beside the data dir)")
     p.add_argument("--upstream", required=True, help="the upstream of this extraction (must match)")
@@ -32,7 +37,11 @@ def get_parser():
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
-    plan = plan_extraction(args.data_dir, args.out_dir, args.sources, args.upstream, args.storage)
+    plan = plan_set(args.data_dir, args.out_dir, args.sets, args.upstream, args.storage, args.sources)
+    if plan is None:
+        logger.info("%s/layers.scp is complete, skipping (delete it to extract again)", args.out_dir)
+        print("complete")
+        return
     logger.info("%s: %d of %d utterances reused (%d from this set's earlier jobs), %d to extract", args.data_dir,
                 len(plan.reused), len(plan.reused) + len(plan.todo), plan.resumed, len(plan.todo))
     print(len(plan.todo))

@@ -30,6 +30,9 @@ Rules:
   we prepared gets a suffix (_2, _3, ...), so two imports never clobber each other.
 - A data dir of ours (data_root/<name>) is used as it is; a trial list given for it is
   converted into its trials, rewritten only when they change.
+- Sets as recipes name them (use_sets: sv.sh's --train_set / --valid_set / --test_sets): a set
+  of ours is a name (no '/') or a path to data_root/<its name>; anything else with a '/' is a
+  path to import. The trial lists of our sets can be deferred until stage 0 has written them.
 """
 from __future__ import annotations
 
@@ -45,10 +48,10 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from upmp.data.audio import SAMPLE_RATE, AudioError, sample_rate_of
 from upmp.data.kaldi_dir import (DataDirError, PathLike, c_sort_key, parse_positive, parse_segment, read_table,
                                  speaker_sort_violation, utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
+from upmp.errors import AudioError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     record.update(num_utts=result.num_utts, num_speakers=result.num_speakers, sample_rate=result.sample_rate,
                   num_trials=result.num_trials)
     _write_dir(data_root, dst, tables, record)
+    from upmp.data.audio import SAMPLE_RATE  # here: scipy's import would cost every use_sets call 0.5 s
     if result.sample_rate != SAMPLE_RATE:
         logger.info("%s: audio is %d Hz; it is resampled to %d Hz at extraction", src, result.sample_rate,
                     SAMPLE_RATE)
@@ -119,17 +123,64 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     return result
 
 
+OURS_TRIALS = ("now", "defer", "only")
+
+
+def is_ours(spec: PathLike, data_root: PathLike = "data") -> bool:
+    """A set of ours, used as it is: a name (no '/'), or a path to data_root/<its name>."""
+    spec = str(spec)
+    return "/" not in spec or os.path.realpath(spec) == os.path.realpath(Path(data_root) / Path(spec).name)
+
+
+def use_sets(specs: List[str], data_root: PathLike = "data", trials: Optional[List[str]] = None,
+             require_trials: bool = False, ours_trials: str = "now", src_root: Optional[PathLike] = None,
+             ) -> List[str]:
+    """The names under data_root of sets given by name or path, in order: a set of ours (is_ours) as
+    it is, any other dir imported (import_data_dir) with its trial list. trials: one list per set, or
+    none. ours_trials, for the lists given for our sets: "now" converts them into data_root/<name>/
+    trials; "defer" leaves them (stage 0 has not written the sets yet) and checks nothing of ours;
+    "only" converts them and leaves the other sets alone (they were imported before)."""
+    trials = list(trials or [])
+    if trials and len(trials) != len(specs):
+        raise DataDirError(f"--trials has {len(trials)} lists for {len(specs)} test sets "
+                           f"(give one per test set, in order)")
+    if ours_trials not in OURS_TRIALS:
+        raise ValueError(f"ours_trials {ours_trials!r} not in {OURS_TRIALS}")
+    names = []
+    for spec, listed in zip(specs, trials or [None] * len(specs)):
+        if not is_ours(spec, data_root):
+            spec = (_choose_name(Path(os.path.abspath(spec)), Path(data_root)) if ours_trials == "only"
+                    else import_data_dir(spec, data_root, listed, require_trials, src_root).name)
+        elif ours_trials == "now":
+            import_data_dir(Path(data_root) / Path(spec).name, data_root, listed, require_trials)
+        elif ours_trials == "only" and listed:
+            convert_ours_trials(Path(data_root) / Path(spec).name, listed)
+        names.append(Path(spec).name)
+    return names
+
+
+def convert_ours_trials(dst: Path, trials: PathLike) -> int:
+    """A trial list (any form upmp.data.trials reads) converted into dst/trials, our ids (through
+    dst/utt_map when the import renamed them); rewritten only when they change, so stage 4 does not
+    rescore an unchanged list. Returns the number of trials."""
+    path = _find_trials(dst, trials, True)
+    if not (dst / "utt2spk").is_file():
+        raise DataDirError(f"{dst / 'utt2spk'}: no such file (the data dir the trial list {path} is for)")
+    utt_map = read_table(dst / "utt_map") if (dst / "utt_map").is_file() else {}
+    converted = convert_trial_list(str(path), read_table(dst / "utt2spk"), {v: k for k, v in utt_map.items()})
+    written = update_kaldi_trials(str(dst / "trials"), converted)
+    n_tar = sum(t for *_, t in converted)
+    logger.info("%s: %d trials (%d target, %d nontarget)%s, from %s", dst / "trials", len(converted), n_tar,
+                len(converted) - n_tar, "" if written else ", unchanged", path)
+    return len(converted)
+
+
 def _use_ours(src: Path, trials: Optional[PathLike], require_trials: bool) -> ImportResult:
     """One of our data dirs as it is; a given trial list is converted into its trials (written
     only when they change, so stage 4 does not rescore an unchanged list)."""
     result = ImportResult(src.name, src, skipped=True)
     if trials:
-        path = _find_trials(src, trials, require_trials)
-        utt_map = read_table(src / "utt_map") if (src / "utt_map").is_file() else {}
-        converted = convert_trial_list(str(path), read_table(src / "utt2spk"), {v: k for k, v in utt_map.items()})
-        if update_kaldi_trials(str(src / "trials"), converted):
-            logger.info("%s: trials converted from %s (%d trials)", src / "trials", path, len(converted))
-        result.num_trials = len(converted)
+        result.num_trials = convert_ours_trials(src, trials)
     elif require_trials and not (src / "trials").is_file():
         raise DataDirError(f"{src}: no trials file (Kaldi trials of this data dir); give a trial list with --trials")
     return result
@@ -375,6 +426,7 @@ def _probe_rate(src: Path, wav_scp: Dict[str, str]) -> int:
     """Sample rate of the first recording in file order."""
     if not wav_scp:
         raise DataDirError(f"{src / 'wav.scp'}: empty")
+    from upmp.data.audio import sample_rate_of
     lineno = 1
     try:
         rate = sample_rate_of(next(iter(wav_scp.values())))

@@ -1,6 +1,7 @@
 """Stage 1 as library code: plan which layer stacks to extract, extract them, join the job outputs.
 
     plan = plan_extraction(data_dir, out_dir, sources, upstream, storage)   # reuse, then what is left
+    plan = plan_set(data_dir, out_dir, sets, upstream, storage)             # None when already complete
     extract_layer_stacks(extractor, data, out_prefix, storage, ...)        # one job: <prefix>.ark/.scp
     join_layer_stacks(data_dir, out_dir, run_id)                            # layers.scp; orphan arks removed
 
@@ -113,6 +114,34 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     if plan.todo:
         data.subset(plan.todo).write(out / "todo")
     return plan
+
+
+def layer_stacks_complete(data_dir: str, out_dir: str) -> bool:
+    """Stage 1 is done for a set: <out_dir>/layers.scp has as many lines as data_dir's utt2spk, and
+    layer_stack.json is there (delete layers.scp to extract again)."""
+    out = Path(out_dir)
+    return (out / META_NAME).is_file() and (out / JOINED_SCP).is_file() \
+        and num_lines(out / JOINED_SCP) == num_lines(Path(data_dir) / "utt2spk")
+
+
+def plan_set(data_dir: str, out_dir: str, sets: Sequence[str], upstream: str, storage: str,
+             sources: Sequence[str] = ()) -> Optional[ExtractionPlan]:
+    """Stage 1's plan for one set of a run: None when its layer stacks are complete; else
+    plan_extraction reusing from `sources` and from the dumps of the run's other `sets` (names:
+    <out_dir>/../<set>, their data dirs beside data_dir)."""
+    if layer_stacks_complete(data_dir, out_dir):
+        return None
+    dump = Path(out_dir).parent
+    others = [str(dump / s) for s in sets if (dump / s).resolve() != Path(out_dir).resolve()]
+    return plan_extraction(data_dir, out_dir, list(sources) + others, upstream, storage)
+
+
+def num_lines(path: Path) -> int:
+    """Newlines in a file (wc -l), 0 when it does not exist."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def _ark_exists(entry: str) -> bool:

@@ -93,36 +93,16 @@ for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == 
 result_systems=${systems}  # stage 5's rows: each system, and its QMF-calibrated twin
 [ -n "${valid_set}" ] && [[ " ${calibration} " == *" qmf "* ]] && for s in ${systems}; do result_systems+=" ${s}.qmf"; done
 
-# Sets given as paths are imported into data/<name> (read-only on the source; a name already
-# taken by another source gets a suffix); --trials are converted to Kaldi form beside them.
-# --trials of sets given by name (or as a path to our data/<name>) are converted after stage 0
-# (which writes data/<set>).
-read -r -a trial_lists <<< "${trials}"
-n_test=$(wc -w <<< "${test_sets}")
-if [ ${#trial_lists[@]} -ne 0 ] && [ ${#trial_lists[@]} -ne "${n_test}" ]; then
-  log "--trials has ${#trial_lists[@]} lists for ${n_test} test sets (give one per test set, in order)"; exit 1
-fi
-is_ours() {  # <set name or path>: a name, or a path to one of our data/<name> dirs
-  [[ "$1" != */* ]] || [ "$(readlink -f "$1")" == "$(readlink -f "data/$(basename "$1")")" ]
-}
-use_set() {  # <set name or path> <trial list or ""> <needs trials: true|false> -> prints the name under data/
-  if is_ours "$1"; then
-    basename "$1"
-  else
-    ${python} -m upmp.bin.import_data_dir --src "$1" --data_root data ${2:+--trials "$2"} \
-      $("$3" && echo --require_trials) || return 1
-  fi
-}
-train_set=$(use_set "${train_set}" "" false)
-[ -z "${valid_set}" ] || valid_set=$(use_set "${valid_set}" "" true)
-names=""; named_trials=(); i=0  # named_trials: <set> <list> pairs
-for set in ${test_sets}; do
-  name=$(use_set "${set}" "${trial_lists[i]:-}" true)
-  names+=" ${name}"
-  if is_ours "${set}" && [ -n "${trial_lists[i]:-}" ]; then named_trials+=("${name}" "${trial_lists[i]}"); fi
-  i=$((i + 1))
-done
-test_sets=${names# }
+# Sets given as paths are imported into data/<name> (read-only on the source; a name already taken
+# by another source gets a suffix), --trials converted to Kaldi form beside them; a set of ours (a
+# name, or a path to data/<name>) is used as it is, its --trials converted after stage 0 (which
+# writes data/<set>). The rule lives in upmp.data.import_dir; these print the names under data/.
+import_sets() { ${python} -m upmp.bin.import_data_dir --data_root data "$@"; }
+given_test_sets=${test_sets}
+train_set=$(import_sets --src "${train_set}" --ours_trials defer)
+[ -z "${valid_set}" ] || valid_set=$(import_sets --src "${valid_set}" --require_trials --ours_trials defer)
+# shellcheck disable=SC2086
+test_sets=$(import_sets --src ${given_test_sets} --trials ${trials} --require_trials --ours_trials defer)
 
 if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
   if ! "${tiny_upstream}"; then log "--upstream ${upstream} needs --upstream_ckpt (or --tiny_upstream true)"; exit 1; fi
@@ -153,13 +133,10 @@ if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   for set in ${train_set} ${valid_set} ${test_sets}; do utils/validate_data_dir.sh --no-text --no-feats "data/${set}"; done
 fi
 
-# --trials of sets given by name replace data/<set>/trials (stage 0's own list too), also when
-# the run starts later; rewritten only when changed (stage 4 rescores when the trials are newer)
-for ((k = 0; k < ${#named_trials[@]}; k += 2)); do
-  set=${named_trials[k]}
-  ${python} -m upmp.bin.convert_trials --format auto --input "${named_trials[k + 1]}" --output "data/${set}/trials" \
-    --data_dir "data/${set}" 1>&2
-done
+# --trials of our sets replace data/<set>/trials (stage 0's own list too), also when the run starts
+# later; rewritten only when changed (stage 4 rescores when the trials are newer)
+# shellcheck disable=SC2086
+[ -z "${trials}" ] || import_sets --src ${given_test_sets} --trials ${trials} --ours_trials only > /dev/null
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 1 ] && [ -n "${upstream_ckpt}" ] && [ ! -f "${upstream_ckpt}" ]; then
   if "${tiny_upstream}"; then
@@ -189,17 +166,17 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   # wrong name) is one line now, not one traceback per job; S3PRL weights are downloaded here
   # shellcheck disable=SC2086
   ${python} -m upmp.bin.check_upstream ${upstream_opts} 1>&2
+  # shellcheck disable=SC2154
+  if [[ "${extract_device}" == cuda* ]]; then cmd=${cuda_cmd}; else cmd=${train_cmd}; fi  # GPU jobs, as in stage 3
   for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${dump}/${set}
-    if [ "$(num_lines "${out}/layers.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ] && [ -f "${out}/layer_stack.json" ]; then
-      log "${out}/layers.scp is complete, skipping (delete it to extract again)"; continue
-    fi
-    # reused: this set's finished jobs of an interrupted run, and utterances of other sets extracted
-    # from the same audio (Vox1-O/H lie in Vox1-E)
-    others=""; for other in ${train_set} ${valid_set} ${test_sets}; do [ "${other}" == "${set}" ] || others+=" ${dump}/${other}"; done
+    # "complete" when layers.scp has every utterance (skipped); else the stacks it can reuse (this set's
+    # finished jobs of an interrupted run, other sets' stacks of the same audio: Vox1-O/H lie in Vox1-E)
+    # go to reused.scp, the rest to ${out}/todo, and it prints their number
     # shellcheck disable=SC2086
-    n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" --from ${others} \
-               --upstream "${upstream}" --storage "${storage}")
+    n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" \
+               --sets ${train_set} ${valid_set} ${test_sets} --upstream "${upstream}" --storage "${storage}")
+    [ "${n_todo}" != complete ] || continue
     # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones;
     # a job's scp appears only when the job is complete
     run_id=$(date +%Y%m%d%H%M%S)
@@ -207,15 +184,13 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       n_jobs=$(( n_todo < nj ? n_todo : nj ))
       utils/split_data.sh --per-utt "${out}/todo" "${n_jobs}"
       mkdir -p "${out}/log"
-      # shellcheck disable=SC2154
-      ${train_cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
+      ${cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
         ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" --source_data_dir "data/${set}" \
           --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
           --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}" \
           --purpose "$([ "${set}" == "${train_set}" ] && echo train || echo test)"
     fi
     ${python} -m upmp.bin.join_layers --data_dir "data/${set}" --out_dir "${out}" --run_id "${run_id}"
-    log "$(num_lines "${out}/layers.scp") layer stacks in ${out}/layers.scp ($(num_lines "${out}/reused.scp") reused)"
   done
 fi
 
