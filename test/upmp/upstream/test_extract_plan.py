@@ -1,0 +1,62 @@
+"""Stage 1's planning entry point (upmp.bin.reuse_layers -> upmp.upstream.extract.plan_set): a complete
+set is left alone, an incomplete one reuses the stacks of the run's other sets made from the same audio."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from upmp.data.kaldi_dir import DataDir, read_table
+from upmp.data.layer_stacks import LayerStackMeta
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def data_dir(d: Path, utts) -> Path:
+    DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: u.split("-")[0] for u in utts}).write(d)
+    return d
+
+
+def plan(tmp_path, set_name, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "upmp.bin.reuse_layers", "--data_dir", str(tmp_path / "data" / set_name),
+         "--out_dir", str(tmp_path / "dump" / set_name), "--upstream", "wavlm_local", "--storage", "float32", *extra],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_complete_set_is_skipped_and_others_are_reused(tmp_path):
+    e_utts = [f"s{i}-u{j}" for i in range(3) for j in range(2)]
+    data_dir(tmp_path / "data" / "vox_e", e_utts)
+    data_dir(tmp_path / "data" / "vox_o", e_utts[:4] + ["s9-u0"])   # 4 of 5 utterances lie in vox_e
+    e = tmp_path / "dump" / "vox_e"
+    e.mkdir(parents=True)
+    LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
+    (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(e_utts)))
+    before = {p.name: p.stat().st_mtime_ns for p in e.iterdir()}
+
+    r = plan(tmp_path, "vox_e", "--sets", "vox_e", "vox_o")
+    assert r.returncode == 0 and r.stdout == "complete\n", r.stderr
+    assert "vox_e/layers.scp is complete, skipping (delete it to extract again)" in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in e.iterdir()} == before   # nothing planned, nothing written
+
+    r = plan(tmp_path, "vox_o", "--sets", "vox_e", "vox_o")
+    assert r.returncode == 0 and r.stdout == "1\n", r.stderr
+    o = tmp_path / "dump" / "vox_o"
+    assert read_table(o / "reused.scp") == {u: f"{e}/layers.1.1.ark:{10 * k}" for k, u in enumerate(e_utts[:4])}
+    assert read_table(o / "todo" / "utt2spk") == {"s9-u0": "s9"}
+    assert r.stdout == plan(tmp_path, "vox_o", "--sets", "vox_e", "vox_o").stdout   # an unfinished plan: again
+
+    r = plan(tmp_path, "vox_o")   # without the run's sets nothing is reused
+    assert r.stdout == "5\n" and (o / "reused.scp").read_text() == ""
+
+    (e / "layers.scp").write_text((e / "layers.scp").read_text().split("\n", 1)[1])   # one line short
+    r = plan(tmp_path, "vox_e", "--sets", "vox_e", "vox_o")
+    assert r.returncode == 0 and r.stdout == "6\n"   # its arks are gone: nothing of its own to reuse
+
+
+def test_missing_data_dir_is_one_line(tmp_path):
+    r = plan(tmp_path, "nothing", "--sets", "nothing")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().endswith(f"{tmp_path}/data/nothing: not a directory")
+    assert not (tmp_path / "dump").exists()
