@@ -39,6 +39,7 @@ def test_extraction_jobs_use_the_device_command(recipe, device, cmd):
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 1, r.stderr[-3000:]   # the recording job fails: the stage stops at the first set
     jobs = (recipe / "jobs.log").read_text().splitlines()
-    assert len(jobs) == 1 and jobs[0].startswith(f"{cmd} JOB=1:2 dump/wavlm_local_wavlm_tiny/train/log/extract.JOB.log ")
+    assert len(jobs) == 1
+    assert jobs[0].startswith(f"{cmd} JOB=1:2 dump/wavlm_local_wavlm_tiny/train/log/extract.JOB.log ")
     assert "-m upmp.bin.extract_layers --data_dir dump/wavlm_local_wavlm_tiny/train/todo/split2utt/JOB" in jobs[0]
     assert f"--device {device} " in jobs[0] and jobs[0].endswith("--purpose train")

@@ -19,12 +19,13 @@ import json
 
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
 from upmp.errors import DataDirError
+from upmp.scoring.calibration import CALIBRATION_METHODS
 from upmp.scoring.files import calibrate_file
 
 
 def get_parser():
     p = make_parser(__doc__)
-    p.add_argument("--method", choices=["linear", "qmf"], default="linear")
+    p.add_argument("--method", choices=CALIBRATION_METHODS, default="linear")
     p.add_argument("--dev_trials", required=True)
     p.add_argument("--dev_scores", required=True)
     p.add_argument("--scores", required=True, help="scores to calibrate")

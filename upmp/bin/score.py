@@ -16,13 +16,14 @@ import time
 
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
 from upmp.scoring.files import check_score_args, score_file
+from upmp.scoring.scorers import SCORE_NORMS, SCORING_METHODS
 
 logger = logging.getLogger("score")
 
 
 def get_parser():
     p = make_parser(__doc__)
-    p.add_argument("--method", default="cosine", choices=["cosine", "plda"])
+    p.add_argument("--method", default="cosine", choices=SCORING_METHODS)
     p.add_argument("--embeddings", required=True, help="xvector.scp of the trial utterances")
     p.add_argument("--trials", required=True, help="Kaldi trials: <utt1> <utt2> target|nontarget")
     p.add_argument("--out", required=True)
@@ -30,7 +31,7 @@ def get_parser():
     p.add_argument("--utt2spk", default=None, help="speakers of the training embeddings")
     p.add_argument("--lda_dim", type=int, default=200)
     p.add_argument("--subtract_mean", action="store_true", help="cosine: subtract the training mean first")
-    p.add_argument("--score_norm", default="none", choices=["none", "snorm", "asnorm"])
+    p.add_argument("--score_norm", default="none", choices=SCORE_NORMS)
     p.add_argument("--cohort_top_n", type=int, default=300)
     p.add_argument("--cohort", default=None, help="cohort embeddings scp (default: training speaker means)")
     return p

@@ -11,7 +11,9 @@ system (scored, or up to date and skipped). Files and freshness rules: upmp.scor
 from __future__ import annotations
 
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.scoring.stage import CALIBRATIONS, METHODS, NORMS, score_sets
+from upmp.scoring.calibration import CALIBRATION_METHODS
+from upmp.scoring.scorers import SCORE_NORMS, SCORING_METHODS
+from upmp.scoring.stage import score_sets
 
 
 def get_parser():
@@ -21,11 +23,11 @@ def get_parser():
     p.add_argument("--train_set", required=True, help="set whose embeddings train PLDA and the cohort")
     p.add_argument("--valid_set", default=None, help="set with trials the test sets are calibrated on")
     p.add_argument("--test_sets", nargs="+", required=True)
-    p.add_argument("--scoring", nargs="+", default=["cosine"], choices=METHODS)
-    p.add_argument("--score_norm", nargs="+", default=["none"], choices=NORMS)
+    p.add_argument("--scoring", nargs="+", default=["cosine"], choices=SCORING_METHODS)
+    p.add_argument("--score_norm", nargs="+", default=["none"], choices=SCORE_NORMS)
     p.add_argument("--lda_dim", type=int, default=200)
     p.add_argument("--cohort_top_n", type=int, default=300)
-    p.add_argument("--calibration", nargs="*", default=["linear"], choices=CALIBRATIONS)
+    p.add_argument("--calibration", nargs="*", default=["linear"], choices=CALIBRATION_METHODS)
     return p
 
 

@@ -25,6 +25,9 @@ from upmp.errors import DataDirError, ScoringError
 QUALITY_MEASURES = ("log_duration", "norm")
 
 
+CALIBRATION_METHODS = ("linear", "qmf")  # LinearCalibration, QualityCalibration (upmp.scoring.files)
+
+
 @dataclass
 class LinearCalibration:
     scale: float = 1.0

@@ -21,7 +21,8 @@ import numpy as np
 from upmp.data.trials import read_kaldi_trials
 from upmp.errors import ConfigError, DataDirError
 from upmp.fileio import atomic_write_text
-from upmp.scoring.calibration import LinearCalibration, QualityCalibration, read_quality, trial_quality
+from upmp.scoring.calibration import (CALIBRATION_METHODS, LinearCalibration, QualityCalibration, read_quality,
+                                      trial_quality)
 from upmp.scoring.io import (align_scores, labelled_matrix, load_embeddings, load_trials, map_score_ids,
                              read_scores, write_scores)
 from upmp.scoring.scorers import build_scorer, score_trials, speaker_means
@@ -78,8 +79,8 @@ def calibrate_file(method: str, dev_trials: str, dev_scores: str, scores: str, o
     norms of both sides, from stage 3's embeddings dirs) on the dev trials and scores, write `scores`
     mapped through the fit to `out` (`<utt1> <utt2> <llr>`); returns the fit as
     {"method": method, <weights>} (what upmp.bin.calibrate prints as JSON)."""
-    if method not in ("linear", "qmf"):
-        raise ConfigError(f"unknown calibration method {method!r} (linear, qmf)")
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"unknown calibration method {method!r} ({', '.join(CALIBRATION_METHODS)})")
     if method == "qmf" and not (dev_embeddings and embeddings):
         raise DataDirError("--method qmf needs --dev_embeddings and --embeddings (stage 3's embeddings dirs)")
     dev, labels = align_scores(dev_trials, dev_scores)

@@ -91,6 +91,10 @@ class PLDAScorer:
         return self.plda.score_matrix(R1, R2)
 
 
+SCORING_METHODS = ("cosine", "plda")        # build_scorer's names (upmp.bin.score --method, sv.sh --scoring)
+SCORE_NORMS = ("none", "snorm", "asnorm")   # score_trials' norm
+
+
 def build_scorer(method: str, lda_dim: Optional[int] = 200, subtract_mean: bool = False):
     if method == "cosine":
         return CosineScorer(subtract_mean=subtract_mean)

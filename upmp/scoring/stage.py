@@ -32,13 +32,12 @@ import numpy as np
 
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
+from upmp.scoring.calibration import CALIBRATION_METHODS
 from upmp.scoring.files import calibrate_file, score_file, write_source_ids
+from upmp.scoring.scorers import SCORE_NORMS, SCORING_METHODS
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("cosine", "plda")
-NORMS = ("none", "snorm", "asnorm")
-CALIBRATIONS = ("linear", "qmf")
 SUFFIX = {"linear": ".llr", "qmf": ".qmf"}
 
 
@@ -83,8 +82,8 @@ def score_sets(exp_dir: str, data_root: str, train_set: str, valid_set: Optional
                methods: Sequence[str], norms: Sequence[str], lda_dim: int = 200, cohort_top_n: int = 300,
                calibration: Sequence[str] = ("linear",)) -> List[Tuple[str, str]]:
     """Stage 4 (see the module docstring): (scores path, "scored" | "up to date") per system, in order."""
-    for value, known, what in ((methods, METHODS, "scoring"), (norms, NORMS, "score_norm"),
-                               (calibration, CALIBRATIONS, "calibration")):
+    for value, known, what in ((methods, SCORING_METHODS, "scoring"), (norms, SCORE_NORMS, "score_norm"),
+                               (calibration, CALIBRATION_METHODS, "calibration")):
         for v in value:
             if v not in known:
                 raise ConfigError(f"unknown --{what} {v} ({', '.join(known)})")
