@@ -34,6 +34,21 @@ def test_resample_8k_and_48k_to_16k(tmp_path):
         assert abs(peak_hz(y) - 1000) < 2
 
 
+def test_resample_equals_scipy_with_the_filter_designed_once():
+    """resample() keeps one designed filter per up / down pair; the output is scipy's resample_poly
+    bit for bit, for float32, float64 and integer samples (scipy matches the filter's dtype to floats)."""
+    from scipy.signal import resample_poly
+    from upmp.data import audio
+    audio._resampling_filter.cache_clear()
+    for dtype in (np.float32, np.float64, np.int16):
+        x = (tone(0.5, 440, rate=44100) * 1000).astype(dtype)
+        for rate in (8000, 23467, 44100):  # 23467: the mini corpus' formant-shifted TTS rates
+            g = np.gcd(rate, 16000)
+            expected = resample_poly(x[: rate // 2], 16000 // g, rate // g).astype(np.float32)
+            assert np.array_equal(audio.resample(x[: rate // 2], rate, 16000), expected)
+    assert audio._resampling_filter.cache_info().misses == 3  # one design per rate, reused across dtypes
+
+
 def test_stereo_to_mono(tmp_path):
     left, right = tone(0.5, 300), np.zeros(8000, dtype=np.float32)
     soundfile.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
