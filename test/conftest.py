@@ -1,9 +1,14 @@
-"""Shared fixtures: small audio data dirs, tiny upstream checkpoints, a small synthetic corpus."""
+"""Shared fixtures: small audio data dirs, tiny upstream checkpoints, a small synthetic corpus, a
+trained tiny experiment. Plain helpers (tone, write_data_dir, ...) are in test/helpers.py.
+
+The tests mirror the package: test/upmp/<module path>/test_<module>.py; recipe runs (egs/) are in
+test/recipes/, the fault injection across entry points in test/faults/. pytest runs them in
+importlib mode (pytest.ini), so files in different directories may share a name.
+"""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,42 +16,10 @@ import pytest
 import soundfile
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "egs" / "TEMPLATE" / "sv1"
-VOX2_VIDEOS = ["0-1LxEjzb_Q", "ZzY9Xmz41gA"]  # 11 characters; YouTube ids may contain '-'
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from helpers import ...` in every test file
 
-
-def tone(seconds: float, freq: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """A sine plus a little noise, float32 in [-1, 1]."""
-    t = np.arange(int(seconds * rate)) / rate
-    rng = np.random.default_rng(seed)
-    return (0.4 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-
-
-def sox_flac(path: Path, seconds: float, freq: float, rate: int, seed: int = 0) -> Path:
-    """A tone() encoded as 16-bit flac at `rate` by sox (as corpora ship), parent dirs created."""
-    import subprocess
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wav = path.with_suffix(".tmp.wav")
-    soundfile.write(wav, tone(seconds, freq, rate, seed), rate, subtype="PCM_16")
-    subprocess.run(["sox", str(wav), "-b", "16", str(path)], check=True)
-    wav.unlink()
-    return path
-
-
-def write_data_dir(directory: Path, utts: dict, rate: int = 16000) -> Path:
-    """utts: {utt_id: (spk, seconds, freq)} -> Kaldi data dir with wav files under directory/wav."""
-    directory.mkdir(parents=True, exist_ok=True)
-    wav_dir = directory / "wav"
-    wav_dir.mkdir(exist_ok=True)
-    wav_scp, utt2spk = {}, {}
-    for i, (utt, (spk, seconds, freq)) in enumerate(sorted(utts.items())):
-        path = wav_dir / f"{utt}.wav"
-        soundfile.write(path, tone(seconds, freq, rate, seed=i), rate, subtype="PCM_16")
-        wav_scp[utt], utt2spk[utt] = str(path), spk
-    from upmp.data.kaldi_dir import DataDir
-    DataDir(wav_scp, utt2spk).write(directory)
-    return directory
+from helpers import (TRAIN_CONFIG, VOX2_VIDEOS, bash_env, dev_speakers, tone,  # noqa: E402
+                     write_data_dir)
 
 
 @pytest.fixture
@@ -73,15 +46,6 @@ def small_corpus(tmp_path_factory) -> Path:
     return root
 
 
-TRAIN_CONFIG = {  # a tiny training config: what differs from the defaults (upmp/train/schema.py)
-    "use_hidden0": True,
-    "backend_conf": {"conv_dim": 4, "heads": 2, "embed_dim": 8},
-    "optim_conf": {"upstream_lr": 1.0e-4},
-    "train_conf": {"steps": 12, "batch_size": 4, "crop_seconds": 0.4, "log_every": 4, "ckpt_every": 6,
-                   "valid_every": 0, "preload": True, "num_workers": 0, "num_threads": 1, "device": "cpu"},
-}
-
-
 @pytest.fixture
 def dump(tmp_path):
     """Cached layer stacks of 9 random utterances (3 speakers, L=3, D=8) + utt2spk + conf.yaml."""
@@ -100,32 +64,6 @@ def dump(tmp_path):
     (tmp_path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
     return tmp_path
-
-
-def vox1_split_layout(corpus, root):
-    """The corpus as the official archives unpack side by side: vox1_{dev,test}_wav/wav/<id>/..."""
-    test_spk = {l.split("\t")[0] for l in (corpus / "vox1_meta.csv").read_text().splitlines() if l.endswith("\ttest")}
-    for spk_dir in sorted((corpus / "wav").iterdir()):
-        part = "vox1_test_wav" if spk_dir.name in test_spk else "vox1_dev_wav"
-        shutil.copytree(spk_dir, root / part / "wav" / spk_dir.name)
-    for name in ("vox1_meta.csv", "veri_test2.txt"):
-        shutil.copy(corpus / name, root / name)
-    return root
-
-
-def vox1_extended_lists(corpus, root):
-    """Vox1-E / Vox1-H-like lists over every speaker (dev included), in the official format."""
-    wavs = sorted(str(p.relative_to(corpus / "wav")) for p in corpus.glob("wav/*/*/*.wav"))
-    pairs = [(a, b) for i, a in enumerate(wavs) for b in wavs[i + 1:]]
-    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}" for a, b in pairs]
-    (root / "list_test_all2.txt").write_text("\n".join(lines[::3]) + "\n")
-    (root / "list_test_hard2.txt").write_text("\n".join(lines[1::7]) + "\n")
-    return lines[::3], lines[1::7]
-
-
-def dev_speakers(n):
-    """n VoxCeleb2 dev speaker ids (official idNNNNN form; the suite does not need ../shared)."""
-    return ["id00012", "id00015", "id00016", "id00017", "id00018", "id00019", "id00020"][:n]
 
 
 @pytest.fixture(scope="session")
@@ -150,13 +88,6 @@ def small_vox2(tmp_path_factory):
     meta += [f"{spk} ,n{spk[2:]}0 ,m ,dev " for spk in dev_speakers(5)] + ["id09999 ,n099990 ,f ,test "]
     (root / "vox2_meta.csv").write_text("\n".join(meta) + "\n")
     return root, originals
-
-
-def bash_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["LC_ALL"] = "C"
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -185,3 +116,12 @@ def tiny_experiment(tmp_path_factory) -> Path:
         r = subprocess.run(py + [str(a) for a in args], capture_output=True, text=True, env=bash_env())
         assert r.returncode == 0, r.stderr[-3000:]
     return root
+
+
+@pytest.fixture
+def ddp_dump(dump):
+    cfg = dict(TRAIN_CONFIG, backend_conf=dict(TRAIN_CONFIG["backend_conf"], dropout=0.0),
+               train_conf=dict(TRAIN_CONFIG["train_conf"], steps=30, batch_size=8, log_every=5, ckpt_every=10))
+    (dump / "conf.yaml").write_text(yaml.safe_dump(cfg))
+    return dump
+

@@ -2,7 +2,7 @@
 # Install upmp and everything it needs; idempotent (a second run does nothing and says so).
 #   bash tools/install.sh            # Debian packages + Python stack in tools/venv (or the active venv)
 #   bash tools/install.sh --no-apt   # skip Debian packages (install sox espeak-ng flite ffmpeg yourself)
-#   bash tools/install.sh --slurm    # only the Debian packages of a one-node Slurm (test/test_slurm_real.py)
+#   bash tools/install.sh --slurm    # only the Debian packages of a one-node Slurm (test/recipes/test_slurm.py)
 # Python pins: tools/requirements.txt. Debian packages: DEB_PACKAGES below.
 set -euo pipefail
 

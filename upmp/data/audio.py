@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import functools
 import math
 import os
 import subprocess
@@ -18,7 +19,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, PathLike, Segment
@@ -156,11 +157,25 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1).astype(np.float32) if samples.ndim == 2 else samples
 
 
+@functools.lru_cache(maxsize=64)
+def _resampling_filter(up: int, down: int) -> np.ndarray:
+    """The anti-aliasing FIR that scipy's resample_poly designs for up / down (its default Kaiser
+    window, beta 5, 10 taps per phase each side): designing it costs more than filtering a few
+    seconds when up / down are large (e.g. 147 / 320 for 44.1 kHz), so each pair is designed once."""
+    max_rate = max(up, down)
+    return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+
+
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """(N,) float samples at `rate` -> float32 at `target` (polyphase, scipy's resample_poly)."""
     if rate == target:
         return samples
     g = math.gcd(rate, target)
-    return resample_poly(samples, target // g, rate // g).astype(np.float32)
+    up, down = target // g, rate // g
+    h = _resampling_filter(up, down)
+    if np.issubdtype(samples.dtype, np.floating):
+        h = h.astype(samples.dtype)  # as resample_poly does with the filter it designs: same output, bit for bit
+    return resample_poly(samples, up, down, window=h).astype(np.float32)
 
 
 def load_audio(entry: str, segment: Optional[Segment] = None, rate: int = SAMPLE_RATE,

@@ -1,0 +1,181 @@
+"""Packaged models and the Python API (upmp/inference/package.py, upmp/inference/__init__.py)."""
+import json
+import subprocess
+import sys
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from helpers import bash_env
+from upmp.inference.package import eer_threshold
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True,
+                          env=bash_env(), cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def package(tiny_experiment, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pkg") / "model"
+    elsewhere = tmp_path_factory.mktemp("cwd")  # recorded paths are absolute here; any cwd works
+    r = run("upmp.bin.package_model", "--exp_dir", tiny_experiment / "exp" / "upmp", "--out", out, cwd=elsewhere)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(package):
+    import upmp
+    return upmp.load_model(str(package))
+
+
+def stage3(tiny_experiment):
+    return {k: np.asarray(v) for k, v in
+            kaldiio.load_scp(str(tiny_experiment / "exp/upmp/embeddings/data/xvector.scp")).items()}
+
+
+def test_eer_threshold_hand_computed():
+    # targets .9 .8 .3, nontargets .5 .2: the operating points at t = .5 (P_miss 1/3, P_fa 1/2) and
+    # t = .8 (1/3, 0) bracket the EER 1/3; interpolation 1/3 of the way from .5 to .8 gives .6
+    scores, labels = np.array([.9, .8, .3, .5, .2]), np.array([1, 1, 1, 0, 0], bool)
+    assert eer_threshold(scores, labels) == pytest.approx(0.6)
+    # targets .9 .8 .4, nontargets .5 .3 .1: P_miss = P_fa = 1/3 exactly at t = .5
+    assert eer_threshold(np.array([.9, .8, .4, .5, .3, .1]), np.array([1, 1, 1, 0, 0, 0], bool)) == pytest.approx(0.5)
+
+
+def test_package_embed_equals_stage3(tiny_experiment, model):
+    want = stage3(tiny_experiment)
+    wav = tiny_experiment / "data/wav"
+    utts = ["spk0-utt0", "spk2-utt1", "spk3-utt2"]
+    got = model.embed_raw([wav / f"{u}.wav" for u in utts])
+    for u, g in zip(utts, got):
+        np.testing.assert_allclose(g, want[u], atol=1e-5)
+    one = model.embed(str(wav / "spk0-utt0.wav"))
+    assert one.shape == (model.embed_dim,) and np.linalg.norm(one) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(one, want["spk0-utt0"] / np.linalg.norm(want["spk0-utt0"]), atol=1e-5)
+    batch = model.embed([str(wav / f"{u}.wav") for u in utts])
+    assert batch.shape == (3, model.embed_dim)
+    np.testing.assert_allclose(batch[0], one, atol=1e-6)
+    samples, rate = soundfile.read(wav / "spk0-utt0.wav", dtype="float32")
+    assert rate == 16000
+    np.testing.assert_allclose(model.embed(samples), one, atol=1e-6)               # arrays: 16 kHz float
+    np.testing.assert_allclose(model.embed(torch.from_numpy(samples)), one, atol=1e-6)
+
+
+def test_audio_is_converted_as_the_recipes_do(tiny_experiment, model, tmp_path):
+    from upmp.data.audio import load_audio
+    samples, _ = soundfile.read(tiny_experiment / "data/wav/spk1-utt1.wav", dtype="float32")
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, np.stack([samples, samples], axis=1), 16000, subtype="FLOAT")
+    np.testing.assert_allclose(model.embed(str(stereo)), model.embed(samples), atol=1e-6)  # channels averaged
+    from scipy.signal import resample_poly
+    hi = tmp_path / "48k.flac"
+    soundfile.write(hi, resample_poly(samples, 3, 1).astype(np.float32), 48000, subtype="PCM_24")
+    recipe = load_audio(str(hi))  # the recipes' loader: polyphase resampling to 16 kHz
+    np.testing.assert_allclose(model.embed(str(hi)), model.embed(recipe), atol=1e-6)
+    assert float(model.embed(str(hi)) @ model.embed(samples)) > 0.99
+    with pytest.raises(Exception, match="nope.wav") as e:
+        model.embed(str(tmp_path / "nope.wav"))
+    assert "\n" not in str(e.value)
+
+
+def test_package_contents_are_plain_data(tiny_experiment, package):
+    from upmp.scoring.calibration import LinearCalibration
+    from upmp.data.trials import read_kaldi_trials
+    for pt in package.rglob("*.pt"):
+        torch.load(pt, weights_only=True)
+    info = json.loads((package / "package.json").read_text())
+    emb = stage3(tiny_experiment)
+    X = np.stack(list(emb.values())).astype(np.float64)
+    np.testing.assert_allclose(info["mean"], X.mean(axis=0), atol=1e-9)
+    # calibration and threshold belong to the package's score: cosine after mean subtraction
+    trials = read_kaldi_trials(str(tiny_experiment / "data/trials"))
+    unit = {k: (v - X.mean(axis=0)) / np.linalg.norm(v - X.mean(axis=0)) for k, v in emb.items()}
+    scores = np.array([unit[a] @ unit[b] for a, b, _ in trials])
+    labels = np.array([t for _, _, t in trials])
+    cal = LinearCalibration.fit(scores, labels)
+    assert info["calibration"]["scale"] == pytest.approx(cal.scale, rel=1e-6)
+    assert info["calibration"]["offset"] == pytest.approx(cal.offset, rel=1e-6, abs=1e-9)
+    t = info["threshold"]["score"]
+    p_miss, p_fa = np.mean(scores[labels] < t), np.mean(scores[~labels] >= t)
+    assert abs(p_miss - p_fa) <= 1 / labels.sum() + 1e-9  # t sits at the crossing
+    assert info["threshold"]["eer"] == pytest.approx(json.loads(
+        (tiny_experiment / "exp/upmp/train_summary.json").read_text())["valid_eer"], abs=1e-6)
+    card = (package / "README.md").read_text()
+    assert "ge2e" in card and f"EER {info['threshold']['eer']:.2f} %" in card
+
+
+def test_verify_same_speaker_scores_above_different(tiny_experiment, model, tmp_path):
+    wav = tiny_experiment / "data/wav"
+    same = model.verify(wav / "spk0-utt0.wav", wav / "spk0-utt2.wav")
+    diff = model.verify(wav / "spk0-utt0.wav", wav / "spk2-utt0.wav")
+    assert same["score"] > diff["score"]
+    assert same["decision"] is True and diff["decision"] is False
+    for r in (same, diff):
+        cal = model.calibration
+        assert r["llr"] == pytest.approx(cal["scale"] * r["score"] + cal["offset"])
+        assert r["decision"] == (r["score"] >= r["threshold"])
+    # the score is upmp.bin.score's cosine with --subtract_mean on stage 3's embeddings
+    xv = tiny_experiment / "exp/upmp/embeddings/data/xvector.scp"
+    (tmp_path / "trials").write_text("spk0-utt0 spk0-utt2 target\nspk0-utt0 spk2-utt0 nontarget\n")
+    r = run("upmp.bin.score", "--method", "cosine", "--subtract_mean", "--embeddings", xv, "--trials",
+            tmp_path / "trials", "--train_embeddings", xv, "--utt2spk", tiny_experiment / "data/utt2spk",
+            "--out", tmp_path / "scores")
+    assert r.returncode == 0, r.stderr[-2000:]
+    want = [float(line.split()[2]) for line in (tmp_path / "scores").read_text().splitlines()]
+    assert [same["score"], diff["score"]] == pytest.approx(want, abs=1e-5)
+
+
+def test_exp_dir_loads_like_its_package(tiny_experiment, model):
+    import upmp
+    direct = upmp.load_model(str(tiny_experiment / "exp/upmp"))
+    x = tiny_experiment / "data/wav/spk1-utt0.wav"
+    np.testing.assert_allclose(direct.embed(x), model.embed(x), atol=1e-6)
+    assert direct.threshold == pytest.approx(model.threshold)
+
+
+def test_import_upmp_stays_light():
+    r = subprocess.run([sys.executable, "-c", "import sys, upmp; print('torch' in sys.modules); upmp.load_model"],
+                       capture_output=True, text=True, env=bash_env())
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("version", "package format version 99"),
+    ("weights", "backend.pt: corrupted (checksum differs"),
+    ("manifest", "package.json: corrupted"),
+    ("missing", "backend.pt: missing from the package"),
+    ("not_a_package", "neither a model package"),
+])
+def test_other_version_or_corrupted_package_is_refused(tiny_experiment, package, tmp_path, fault, message):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(package, bad)
+    manifest = bad / "package.json"
+    if fault == "version":
+        info = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps(dict(info, format_version=99, upmp_version="9.0")))
+    elif fault == "weights":
+        data = bytearray((bad / "backend.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bad / "backend.pt").write_bytes(bytes(data))
+    elif fault == "manifest":
+        manifest.write_text(manifest.read_text()[:100])
+    elif fault == "missing":
+        (bad / "backend.pt").unlink()
+    else:
+        manifest.unlink()
+    import upmp
+    from upmp.errors import ModelFileError
+    with pytest.raises(ModelFileError, match=message.replace("(", r"\(")) as e:
+        upmp.load_model(str(bad))
+    assert "\n" not in str(e.value)
+    if fault == "version":  # the commands say it in one line, without a traceback
+        wav = tiny_experiment / "data/wav/spk0-utt0.wav"
+        r = run("upmp.bin.verify", "--model", bad, wav, wav)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
