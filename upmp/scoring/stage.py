@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -78,6 +78,25 @@ def recorded_opts(path: Path) -> str:
         return ""
 
 
+@dataclass
+class _Run:
+    """What every system of one stage-4 run shares."""
+    exp: Path
+    data: Path
+    train_set: str
+    valid_set: Optional[str]
+    lda_dim: int
+    cohort_top_n: int
+    calibration: Sequence[str]
+    loaded: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)  # embedding files, read once
+
+    def xvectors(self, s: str) -> Path:
+        return self.exp / "embeddings" / s / "xvector.scp"
+
+    def scores(self, s: str, system: System) -> Path:
+        return self.exp / "scores" / f"{s}.{system.name}"
+
+
 def score_sets(exp_dir: str, data_root: str, train_set: str, valid_set: Optional[str], test_sets: Sequence[str],
                methods: Sequence[str], norms: Sequence[str], lda_dim: int = 200, cohort_top_n: int = 300,
                calibration: Sequence[str] = ("linear",)) -> List[Tuple[str, str]]:
@@ -87,52 +106,44 @@ def score_sets(exp_dir: str, data_root: str, train_set: str, valid_set: Optional
         for v in value:
             if v not in known:
                 raise ConfigError(f"unknown --{what} {v} ({', '.join(known)})")
-    exp, data = Path(exp_dir), Path(data_root)
-    scores_dir = exp / "scores"
-    scores_dir.mkdir(parents=True, exist_ok=True)
-    embeddings = lambda s: exp / "embeddings" / s  # noqa: E731 (stage 3's dir of a set)
-    loaded: Dict[str, Dict[str, np.ndarray]] = {}  # embedding files read once for all systems
+    run = _Run(Path(exp_dir), Path(data_root), train_set, valid_set, lda_dim, cohort_top_n, calibration)
+    (run.exp / "scores").mkdir(parents=True, exist_ok=True)
     done = []
-    for s in ([valid_set] if valid_set else []) + list(test_sets):
+    for s in ([valid_set] if valid_set else []) + list(test_sets):  # validation first: test sets calibrate on it
         for m in methods:
             for n in norms:
                 system = System(s, m, n)
-                scores = scores_dir / f"{s}.{system.name}"
-                state = _score_system(system, scores, exp, data, train_set, valid_set, embeddings,
-                                      system.opts(lda_dim, cohort_top_n), lda_dim, cohort_top_n, calibration, loaded)
-                done.append((str(scores), state))
+                done.append((str(run.scores(s, system)), _score_system(run, system)))
     return done
 
 
-def _score_system(system: System, scores: Path, exp: Path, data: Path, train_set: str, valid_set: Optional[str],
-                  embeddings, opts: str, lda_dim: int, cohort_top_n: int, calibration: Sequence[str],
-                  loaded: Dict[str, Dict[str, np.ndarray]]) -> str:
-    s = system.set
+def _score_system(run: _Run, system: System) -> str:
+    s, scores = system.set, run.scores(system.set, system)
+    opts = system.opts(run.lda_dim, run.cohort_top_n)
     # test sets are calibrated on the validation set's scores of the same system
-    calibrated = [(c, Path(f"{scores}{SUFFIX[c]}")) for c in calibration] if valid_set and s != valid_set else []
-    dev_scores = exp / "scores" / f"{valid_set}.{system.name}"
-    xvectors, train_xvectors, trials = (embeddings(s) / "xvector.scp", embeddings(train_set) / "xvector.scp",
-                                        data / s / "trials")
+    calibrated = ([(c, Path(f"{scores}{SUFFIX[c]}")) for c in run.calibration]
+                  if run.valid_set and s != run.valid_set else [])
+    dev_scores = run.scores(run.valid_set, system) if run.valid_set else None
     opts_file = Path(f"{scores}.opts")
     if (all(newer_than_all(out, [scores, dev_scores]) for _, out in calibrated)
-            and recorded_opts(opts_file) == opts and newer_than_all(scores, [xvectors, train_xvectors, trials])):
+            and recorded_opts(opts_file) == opts
+            and newer_than_all(scores, [run.xvectors(s), run.xvectors(run.train_set), run.data / s / "trials"])):
         logger.info("%s is up to date, skipping", scores)
         return "up to date"
     t0 = time.time()
-    n = score_file(system.method, str(xvectors), str(trials), str(scores), str(train_xvectors),
-                   str(data / train_set / "utt2spk"), lda_dim=lda_dim, score_norm=system.norm,
-                   cohort_top_n=cohort_top_n, loaded=loaded)
+    n = score_file(system.method, str(run.xvectors(s)), str(run.data / s / "trials"), str(scores),
+                   str(run.xvectors(run.train_set)), str(run.data / run.train_set / "utt2spk"), lda_dim=run.lda_dim,
+                   score_norm=system.norm, cohort_top_n=run.cohort_top_n, loaded=run.loaded)
     for method, out in calibrated:  # qmf: quality measures from stage 3's embeddings dirs
-        fit = calibrate_file(method, str(data / valid_set / "trials"), str(dev_scores), str(scores), str(out),
-                             str(embeddings(valid_set)), str(embeddings(s)))
+        fit = calibrate_file(method, str(run.data / run.valid_set / "trials"), str(dev_scores), str(scores), str(out),
+                             str(run.xvectors(run.valid_set).parent), str(run.xvectors(s).parent))
         fit_json = f"{out}.calibration.json" if method == "qmf" else f"{scores}.calibration.json"
         atomic_write_text(fit_json, json.dumps(fit) + "\n")
-    utt_map = data / s / "utt_map"
+    utt_map = run.data / s / "utt_map"
     if utt_map.is_file():  # imported ids renamed for Kaldi's sort rule: the user's ids too
         write_source_ids(str(utt_map), str(scores), f"{scores}.source_ids")
     atomic_write_text(str(opts_file), opts + "\n")
     logger.info("%s scored: %d trials%s%s in %.1f s", scores, n,
-                f", calibrated ({' '.join(c for c, _ in calibrated)}) on {valid_set}" if calibrated else "",
+                f", calibrated ({' '.join(c for c, _ in calibrated)}) on {run.valid_set}" if calibrated else "",
                 ", source ids mapped" if utt_map.is_file() else "", time.time() - t0)
     return "scored"
-
