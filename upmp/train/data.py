@@ -83,6 +83,15 @@ class SpeakerSampler:
         spk = rng.integers(len(self.speakers), size=self.batch_size)
         return np.array([rng.choice(self._by_speaker[k]) for k in spk])
 
+    def step_rows(self, step: int, rows: range) -> np.ndarray:
+        """Indices into self.utts of a step's batch rows: a function of (seed, step) only, so every
+        rank and loader worker draws the same global batch and takes its rows of it."""
+        return self.draw(np.random.default_rng([self.seed, step]))[rows]
+
+    def step_utterances(self, step: int, rows: range) -> List[str]:
+        """The utterance ids of a step's batch rows (what an error about that batch names)."""
+        return [self.utts[int(i)] for i in self.step_rows(step, rows)]
+
 
 def memory_budget() -> int:
     """Bytes `preload` may fill: half of this machine's RAM (the rest for the model, the
@@ -167,7 +176,7 @@ class LayerStackCrops(SpeakerSampler):
 
     def raw_batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
-        index = self.draw(np.random.default_rng([self.seed, step]))[rows]
+        index = self.step_rows(step, rows)
         n, LD = self.crop_frames, self.num_layers * self.dim
         if torch.utils.data.get_worker_info() is not None:  # read straight into shared memory: the batch
             out = torch.empty((len(rows), n, LD), dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
@@ -235,7 +244,7 @@ class WaveformCrops(SpeakerSampler):
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
-        index = self.draw(np.random.default_rng([self.seed, step]))[rows]
+        index = self.step_rows(step, rows)
         wavs = np.empty((len(rows), self.crop_samples), dtype=np.float32)
         for row, (b, i) in enumerate(zip(rows, index)):
             rng = np.random.default_rng([self.seed, step, b])

@@ -182,12 +182,6 @@ def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
                           "--exp_dir, or remove that one to retrain")
 
 
-def _batch_utts(data, step: int, rows: range) -> List[str]:
-    """The utterances of a step's batch rows (the draw LayerStackCrops / WaveformCrops make)."""
-    index = data.draw(np.random.default_rng([data.seed, step]))[rows]
-    return [data.utts[int(i)] for i in index]
-
-
 def train(cfg: Dict[str, Any], inputs: Inputs, exp_dir: str) -> Path:
     """Train with the resolved config on the inputs (cached or online); returns exp_dir/model.pt."""
     inputs.check()
@@ -341,7 +335,7 @@ def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, 
         torch.distributed.all_reduce(bad)
     if bad.item() == 0:
         return
-    where = (f"on the batch of utterances {', '.join(_batch_utts(td.data, step, rows))}" if mine
+    where = (f"on the batch of utterances {', '.join(td.data.step_utterances(step, rows))}" if mine
              else "on another process's rows of the batch")
     raise NonFiniteLossError(f"step {step + 1}: the training loss is {loss.item()} {where}; look for NaN / inf "
                              "values in those utterances (their audio or layer stacks), or lower optim_conf.lr; "
