@@ -19,7 +19,6 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import soundfile
-from scipy.signal import firwin, resample_poly
 
 from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, PathLike, Segment
@@ -162,6 +161,7 @@ def _resampling_filter(up: int, down: int) -> np.ndarray:
     """The anti-aliasing FIR that scipy's resample_poly designs for up / down (its default Kaiser
     window, beta 5, 10 taps per phase each side): designing it costs more than filtering a few
     seconds when up / down are large (e.g. 147 / 320 for 44.1 kHz), so each pair is designed once."""
+    from scipy.signal import firwin
     max_rate = max(up, down)
     return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
 
@@ -171,6 +171,7 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return samples
     g = math.gcd(rate, target)
+    from scipy.signal import resample_poly  # here: scipy.signal takes 0.5 s to import
     up, down = target // g, rate // g
     h = _resampling_filter(up, down)
     if np.issubdtype(samples.dtype, np.floating):

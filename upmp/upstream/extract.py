@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
@@ -191,6 +190,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     Audio shorter than min_samples (the upstream's receptive field) is an error when strict
     (training data), a logged warning otherwise (upmp.data.audio.load_utterance).
     """
+    import torch  # here, not at the top: planning and joining (reuse_layers, join_layers) stay torch-free
     out_dir = Path(out_prefix).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift,

@@ -1,6 +1,7 @@
 """Speed perturbation (upmp/data/speed_perturb.py, upmp.bin.perturb_speed): every perturbed entry of a
 synthetic TTS corpus is decoded through its sox pipe and checked against a resampled original."""
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def similar(a, b):
 def test_synthetic_corpus(tmp_path, small_corpus):
     src = prepare_voxceleb1(str(small_corpus), str(tmp_path / "data"))["voxceleb1_dev"]
     dest = tmp_path / "data" / "voxceleb1_dev_sp"
-    r = subprocess.run([str(ROOT / "tools" / "venv" / "bin" / "python"), "-m", "upmp.bin.perturb_speed",
+    r = subprocess.run([sys.executable, "-m", "upmp.bin.perturb_speed",
                         str(src), str(dest)], env=bash_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     validate_data_dir(dest)
