@@ -35,6 +35,8 @@ def _network_error(e: BaseException) -> bool:
 def build_s3prl_upstream(name: str, ckpt: Optional[str] = None):
     """s3prl.nn.S3PRLUpstream(name); an unknown name, or weights that are neither in S3PRL's cache
     nor downloadable (no network), is one UpstreamError saying where S3PRL looked and the ways out."""
+    from upmp.upstream import s3prl_hub
+    s3prl_hub.install()  # import only this name's hubconf, not all of S3PRL's upstreams (~7 s)
     from s3prl.nn import S3PRLUpstream
     if name not in S3PRLUpstream.available_names():
         raise UpstreamError(f"--upstream {name}: not an S3PRL upstream name (see "
