@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from helpers import TEMPLATE
 from upmp.data.kaldi_dir import DataDir
-
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "egs" / "TEMPLATE" / "sv1"
 
 
 @pytest.fixture
