@@ -44,25 +44,35 @@ def check_score_args(method: str, train_embeddings: Optional[str], utt2spk: Opti
 def score_file(method: str, embeddings: str, trials: str, out: str, train_embeddings: Optional[str] = None,
                utt2spk: Optional[str] = None, lda_dim: int = 200, subtract_mean: bool = False,
                score_norm: str = "none", cohort_top_n: int = 300, cohort: Optional[str] = None,
-               loaded: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> int:
+               cache: Optional[Dict[tuple, object]] = None) -> int:
     """Score the Kaldi `trials` with the embeddings of the scp `embeddings`; write `<utt1> <utt2> <score>`
     lines in trial order to `out`. PLDA, mean subtraction and the default normalisation cohort (the
     training speakers' mean embeddings) come from `train_embeddings` (speakers from `utt2spk`).
-    `loaded` caches embedding files by path across calls (stage 4 reads each scp once). Returns the
-    number of trials."""
+    `cache` (a dict) keeps embedding files and scorers fitted on the training embeddings across calls,
+    so stage 4 reads each scp once and fits PLDA once for all its sets and norms. Returns the number
+    of trials."""
     needs_train = check_score_args(method, train_embeddings, utt2spk, subtract_mean, score_norm, cohort)
-    load = (lambda scp: load_embeddings(scp)) if loaded is None else (
-        lambda scp: loaded[scp] if scp in loaded else loaded.setdefault(scp, load_embeddings(scp)))
+    cache = {} if cache is None else cache
+
+    def load(scp: str) -> Dict[str, np.ndarray]:
+        if ("embeddings", scp) not in cache:
+            cache[("embeddings", scp)] = load_embeddings(scp)
+        return cache[("embeddings", scp)]
+
     t0 = time.time()
     pairs = load_trials(trials)
     emb = load(embeddings)
-    scorer = build_scorer(method, lda_dim, subtract_mean)
     cohort_matrix = None
     if needs_train:
-        X, labels = labelled_matrix(load(train_embeddings), utt2spk, train_embeddings)
-        scorer.fit(X, labels)
+        key = ("fit", method, lda_dim, subtract_mean, train_embeddings, utt2spk)
+        if key not in cache:  # the fitted scorer and the training speakers' means
+            X, labels = labelled_matrix(load(train_embeddings), utt2spk, train_embeddings)
+            cache[key] = (build_scorer(method, lda_dim, subtract_mean).fit(X, labels), speaker_means(X, labels))
+        scorer, means = cache[key]
         if score_norm != "none" and not cohort:
-            cohort_matrix = speaker_means(X, labels)
+            cohort_matrix = means
+    else:
+        scorer = build_scorer(method, lda_dim, subtract_mean)
     if cohort:
         cohort_matrix = np.stack(list(load(cohort).values()))
     scores = score_trials(scorer, emb, pairs, source=embeddings, cohort=cohort_matrix, norm=score_norm,

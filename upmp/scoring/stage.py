@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
@@ -88,7 +87,7 @@ class _Run:
     lda_dim: int
     cohort_top_n: int
     calibration: Sequence[str]
-    loaded: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)  # embedding files, read once
+    cache: Dict[tuple, object] = field(default_factory=dict)  # embedding files and fitted scorers (score_file)
 
     def xvectors(self, s: str) -> Path:
         return self.exp / "embeddings" / s / "xvector.scp"
@@ -133,7 +132,7 @@ def _score_system(run: _Run, system: System) -> str:
     t0 = time.time()
     n = score_file(system.method, str(run.xvectors(s)), str(run.data / s / "trials"), str(scores),
                    str(run.xvectors(run.train_set)), str(run.data / run.train_set / "utt2spk"), lda_dim=run.lda_dim,
-                   score_norm=system.norm, cohort_top_n=run.cohort_top_n, loaded=run.loaded)
+                   score_norm=system.norm, cohort_top_n=run.cohort_top_n, cache=run.cache)
     for method, out in calibrated:  # qmf: quality measures from stage 3's embeddings dirs
         fit = calibrate_file(method, str(run.data / run.valid_set / "trials"), str(dev_scores), str(scores), str(out),
                              str(run.xvectors(run.valid_set).parent), str(run.xvectors(s).parent))

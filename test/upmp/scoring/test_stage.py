@@ -159,3 +159,18 @@ def test_bad_input_is_one_line_and_keeps_what_was_written(exp):
     assert {p.name: p.read_bytes() for p in scores.iterdir()} == kept   # valid's up to date, test's kept
     r = run(exp, "--scoring", "lda")
     assert r.returncode == 2 and "invalid choice: 'lda'" in r.stderr and not list(scores.glob("*.tmp"))
+
+
+def test_each_training_file_is_read_and_each_scorer_fitted_once(exp, monkeypatch):
+    """2 sets x 2 norms of PLDA and of cosine: PLDA is fitted once, every xvector.scp read once."""
+    from upmp.scoring import files
+    from upmp.scoring.scorers import PLDAScorer
+    from upmp.scoring.stage import score_sets
+    fits, reads = [], []
+    fit, load = PLDAScorer.fit, files.load_embeddings
+    monkeypatch.setattr(PLDAScorer, "fit", lambda self, X, labels: fits.append(len(X)) or fit(self, X, labels))
+    monkeypatch.setattr(files, "load_embeddings", lambda scp: reads.append(scp) or load(scp))
+    done = score_sets(str(exp), str(exp.parent / "data"), "train", "valid", ["test"], methods=["cosine", "plda"],
+                      norms=["none", "asnorm"], lda_dim=4, cohort_top_n=3, calibration=["linear"])
+    assert [state for _, state in done] == ["scored"] * 8
+    assert fits == [24] and sorted(reads) == sorted(set(reads)) and len(reads) == 3  # train, valid, test
