@@ -100,9 +100,10 @@ def make_recipe(tmp_path: Path, corpus: str = "mini") -> Path:
     """A copy of egs/<corpus>/sv1 (run.sh, local/, conf/) linked to the real TEMPLATE, as recipes are."""
     d = tmp_path / "egs" / corpus / "sv1"
     d.mkdir(parents=True)
-    for name in ("sv.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
-        (d / name).symlink_to(TEMPLATE / name)
     src = ROOT / "egs" / corpus / "sv1"
+    for name in ("sv.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
+        assert os.readlink(src / name) == f"../../TEMPLATE/sv1/{name}"  # the recipe shares the TEMPLATE's
+        (d / name).symlink_to(TEMPLATE / name)
     shutil.copy(src / "run.sh", d / "run.sh")
     shutil.copytree(src / "local", d / "local")
     shutil.copytree(src / "conf", d / "conf")  # follows the voxceleb2 -> voxceleb1 conf links

@@ -1,32 +1,13 @@
 """The LibriSpeech recipe's run.sh: its own flags reach stage 0, which writes only data/; help and
 unknown options. (Stages 1-5 are the shared sv.sh, run end to end by test/recipes/test_vctk.py.)"""
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
-from helpers import ROOT, TEMPLATE
+from helpers import ROOT, make_recipe, run
 from fakes.librispeech import SPEAKERS, make_librispeech
 from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials
 
 LIBRI = ROOT / "egs" / "librispeech" / "sv1"
-
-
-def make_recipe(tmp_path: Path) -> Path:
-    d = tmp_path / "egs" / "librispeech" / "sv1"
-    d.mkdir(parents=True)
-    for name in ("sv.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
-        assert os.readlink(LIBRI / name) == f"../../TEMPLATE/sv1/{name}"
-        (d / name).symlink_to(TEMPLATE / name)
-    shutil.copy(LIBRI / "run.sh", d / "run.sh")
-    shutil.copytree(LIBRI / "local", d / "local")
-    shutil.copytree(LIBRI / "conf", d / "conf")
-    return d
-
-
-def run(recipe: Path, *args):
-    return subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True)
 
 
 def test_stage0_with_root_and_protocol_dir_flags(tmp_path):
@@ -38,7 +19,7 @@ def test_stage0_with_root_and_protocol_dir_flags(tmp_path):
                                           "dev-other/116/116-1006-0001.wav\n")
     (proto / "trials-test.csv").write_text("LABEL,SAMPLE1,SAMPLE2\n0,test-clean/61/61-1007-0000.wav,"
                                            "test-clean/237/237-2009-0001.wav\n")
-    recipe = make_recipe(tmp_path)
+    recipe = make_recipe(tmp_path, "librispeech")
     r = run(recipe, "--stage", "0", "--stop_stage", "0", f"--librispeech_root={corpus}",
             "--protocol-dir", str(tmp_path / "proto"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -54,7 +35,7 @@ def test_stage0_with_root_and_protocol_dir_flags(tmp_path):
 
 
 def test_help_and_unknown_option(tmp_path):
-    recipe = make_recipe(tmp_path)
+    recipe = make_recipe(tmp_path, "librispeech")
     r = run(recipe, "--help")
     assert r.returncode == 0 and "--librispeech_root <dir>" in r.stderr and "--upstream wavlm_large" in r.stderr
     assert "Stages:" in r.stderr   # sv.sh's help follows

@@ -5,11 +5,9 @@ the paper-default configs are cut down by flags (steps, batch, sizes, CPU).
 """
 import json
 import os
-import shutil
 import subprocess
-from pathlib import Path
 
-from helpers import ROOT, TEMPLATE
+from helpers import ROOT, make_recipe
 from fakes.vctk import SPEAKERS, expected_utts, make_vctk_092
 from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials
@@ -20,22 +18,9 @@ FAST = ("--train_conf.steps 20 --train_conf.batch_size 8 --train_conf.crop_secon
         "--train_conf.device cpu --train_conf.num_threads 1 --backend_conf.conv_dim 8")
 
 
-def make_recipe(tmp_path: Path) -> Path:
-    """A copy of egs/vctk/sv1 (run.sh, local/, conf/) linked to the real TEMPLATE, as recipes are."""
-    d = tmp_path / "egs" / "vctk" / "sv1"
-    d.mkdir(parents=True)
-    for name in ("sv.sh", "path.sh", "cmd.sh", "db.sh", "utils"):
-        assert os.readlink(VCTK / name) == f"../../TEMPLATE/sv1/{name}"
-        (d / name).symlink_to(TEMPLATE / name)
-    shutil.copy(VCTK / "run.sh", d / "run.sh")
-    shutil.copytree(VCTK / "local", d / "local")
-    shutil.copytree(VCTK / "conf", d / "conf")
-    return d
-
-
 def test_vctk_recipe_stages_0_to_5(tmp_path):
     corpus = make_vctk_092(tmp_path / "VCTK-Corpus-0.92", seconds=1.2, mics=("mic1",))
-    recipe = make_recipe(tmp_path)
+    recipe = make_recipe(tmp_path, "vctk")
     r = subprocess.run(
         ["./run.sh", "--stage", "0", "--stop_stage", "5", "--vctk_root", str(corpus),
          "--local_data_opts", f"--protocol_url {(tmp_path / 'no-repo').as_uri()}",
