@@ -151,7 +151,8 @@ def test_multi_crop_embeddings():
     stack = np.arange(2 * 10 * 3, dtype=np.float32).reshape(2, 10, 3)
     cs = crops(stack, 4, 3)
     assert [c.shape for c in cs] == [(2, 4, 3)] * 3
-    np.testing.assert_array_equal(cs[0], stack[:, 0:4]) and np.testing.assert_array_equal(cs[2], stack[:, 6:10])
+    np.testing.assert_array_equal(cs[0], stack[:, 0:4])
+    np.testing.assert_array_equal(cs[2], stack[:, 6:10])
     np.testing.assert_array_equal(crops(stack, 14, 1)[0][:, 10:], stack[:, :4])  # wrapped
     from upmp.backends import SpeakerEmbeddingModel
     torch.manual_seed(0)
