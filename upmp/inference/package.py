@@ -383,12 +383,14 @@ def _read_state_dict(path: Path, what: str) -> Dict[str, Any]:
 def _check_upstream_ckpt(d: Path, ckpt: str, hashed: set, manifest: Path) -> None:
     """upstream.ckpt: inside the package, hashed (a file, or a directory whose files all are), data."""
     path = _inside(d, ckpt, f"{manifest}: upstream.ckpt")
-    names = [ckpt] if path.is_file() else \
-        [str(f.relative_to(d)) for f in sorted(path.rglob("*")) if not f.is_dir()] if path.is_dir() else []
-    unhashed = [n for n in names if str(Path(n)) not in hashed]
-    if not names or unhashed:
-        what = f"holds {unhashed[0]!r}, which" if unhashed else "is no file or directory of the package and"
-        raise ModelFileError(f"{manifest}: upstream.ckpt {ckpt!r} {what} is not among the package's hashed files; "
+    if path.is_dir():
+        unhashed = [n for n in (str(f.relative_to(d)) for f in sorted(path.rglob("*")) if not f.is_dir())
+                    if n not in hashed]
+        problem = f"holds {unhashed[0]!r}, which is not" if unhashed else None
+    else:
+        problem = None if str(Path(ckpt)) in hashed else "is not"
+    if problem:
+        raise ModelFileError(f"{manifest}: upstream.ckpt {ckpt!r} {problem} among the package's hashed files; "
                              f"{PACKAGE_AGAIN}")
     check_checkpoint(path, "an upstream checkpoint of tensors and plain data",
                      f"package_model never packages such files: do not use this package; {PACKAGE_AGAIN}")
