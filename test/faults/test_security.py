@@ -355,7 +355,6 @@ def test_crafted_upstream_pt(tiny_experiment, package, tmp_path):
 @pytest.mark.parametrize("utt", ["../../escaped", "/ABS/escaped", "sub/../../escaped"])
 def test_embed_npy_ids_stay_inside_out(tiny_experiment, package, tmp_path, utt):
     wav = tiny_experiment / "data/wav/spk0-utt0.wav"
-    target = tmp_path / "escaped.npy" if not utt.startswith("/") else None
     utt = utt.replace("/ABS", str(tmp_path))
     scp = tmp_path / "wav.scp"
     scp.write_text(f"good {wav}\n{utt} {wav}\n")
@@ -365,8 +364,9 @@ def test_embed_npy_ids_stay_inside_out(tiny_experiment, package, tmp_path, utt):
     r = run("upmp.bin.embed", "--model", package, scp, "--out", out, "--format", "npy")
     one_line_error(r, f"{scp}: utterance {utt}: utterance id {utt!r} would write {utt}.npy outside --out {out}",
                    "rename the utterance, or use --format kaldi")
-    assert not (tmp_path / "escaped.npy").exists() and not (target and target.exists())
+    target = Path(os.path.normpath(out / f"{utt}.npy"))
+    assert target.is_relative_to(tmp_path) and not target.is_relative_to(out) and not target.exists()
     assert snapshot(out) == {"earlier.npy": b"mine"}  # nothing embedded before the refusal
-    # the same ids are fine in a Kaldi ark (ids are keys there, not paths)
-    r = run("upmp.bin.embed", "--model", package, scp, "--out", tmp_path / "k", "--format", "kaldi")
-    assert r.returncode == 0, r.stderr[-2000:]
+    if utt == "../../escaped":  # the same ids are fine in a Kaldi ark (keys there, not paths)
+        r = run("upmp.bin.embed", "--model", package, scp, "--out", tmp_path / "k", "--format", "kaldi")
+        assert r.returncode == 0, r.stderr[-2000:]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -259,7 +260,6 @@ def model_card(info: Dict[str, Any]) -> str:
 
 def _schema_problem(value, spec, where: str) -> Optional[str]:
     """None when value fits spec (see MANIFEST_SCHEMA), else '<where>: <what is wrong>'."""
-    import math
     if spec is None or isinstance(spec, tuple) and spec[0] not in ("list", "map"):  # alternatives
         alternatives = spec if isinstance(spec, tuple) else (None,)
         if value is None and None in alternatives:
@@ -374,7 +374,7 @@ def _read_state_dict(path: Path, what: str) -> Dict[str, Any]:
                             f"{PACKAGE_AGAIN}", zip_only=True)
     if not isinstance(state, dict) or not state or \
             not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        found = f"an empty dict" if isinstance(state, dict) and not state else \
+        found = "an empty dict" if isinstance(state, dict) and not state else \
             "a dict of other values" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise ModelFileError(f"{path}: holds {found}; expected {expected}")
     return state
