@@ -111,9 +111,19 @@ def is_torch_file(path) -> bool:
     return head == ZIP_MAGIC or head[:1] == PICKLE_MAGIC
 
 
+def safetensors_hint(path) -> str:
+    """What to do with a refused weights file of a transformers directory: convert it to safetensors."""
+    q, out = shlex.quote(str(path)), shlex.quote(str(Path(path).with_name("model.safetensors")))
+    return ("if you trust its source, convert it to safetensors (transformers then loads that): python -c \"import sys, "
+            "torch, safetensors.torch as st; st.save_file(torch.load(sys.argv[1], weights_only=False), sys.argv[2])\" "
+            f"{q} {out}, then remove {q} (a file that holds no weights, e.g. training_args.bin, can just be removed)")
+
+
 def check_checkpoint(path, expected: str, if_refused: Optional[str] = None,
                      error: Type[UpmpError] = ModelFileError) -> None:
-    """check_torch_data on every file of pickle_files(path); if_refused defaults to resave_hint."""
+    """check_torch_data on every file of pickle_files(path); if_refused defaults to resave_hint
+    (safetensors_hint in a directory)."""
     for f in pickle_files(path):
-        check_torch_data(f, expected, if_refused or resave_hint(f), error)
+        hint = if_refused or (safetensors_hint(f) if Path(path).is_dir() else resave_hint(f))
+        check_torch_data(f, expected, hint, error)
 
