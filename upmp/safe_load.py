@@ -8,7 +8,7 @@
 dicts, and refuses any other global a pickle names (os.system, a class of some module): such a
 file is refused with one line, before anything else reads it. S3PRL's builders (distiller,
 mockingjay, ...) call `torch.load(weights_only=False)`, which runs whatever the pickle names, so
-every checkpoint upmp hands to S3PRL or transformers goes through `check_torch_data` first.
+every checkpoint upmp hands to S3PRL or transformers goes through `check_checkpoint` first.
 
 One class beyond plain data is allowed: `argparse.Namespace` (attributes only, no code runs when
 it is rebuilt), in which S3PRL's pretraining runner (`Args`) and fairseq (`args`) store their
@@ -29,7 +29,6 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (torch >= 1.6)
 PICKLE_MAGIC = b"\x80"     # the legacy format: a pickle (protocol >= 2)
 SAFE_GLOBALS = [argparse.Namespace]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # torch.save'd weights in a transformers / S3PRL dir
-
 
 
 def _refusal_reason(e: Exception) -> str:
@@ -68,6 +67,8 @@ def load_torch_data(path, expected: str, if_refused: str, error: Type[UpmpError]
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and head == ZIP_MAGIC)
     except pickle.UnpicklingError as e:
+        if not re.search(r"GLOBAL|[Uu]nsupported", str(e)):  # e.g. 'pickle data was truncated'
+            raise error(f"{path}: truncated or corrupt torch file ({_refusal_reason(e)}); expected {expected}") from None
         raise error(f"{path}: refused: holds Python objects beyond tensors and plain data "
                     f"({_refusal_reason(e)}); loading it could run code; {if_refused}") from None
     except Exception as e:  # torch's zip / pickle readers on a truncated or corrupt file: many types, OSError too
