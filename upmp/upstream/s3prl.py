@@ -45,8 +45,9 @@ def _check_downloads() -> None:
             for path in [paths] if isinstance(paths, str) else paths:
                 if is_torch_file(path):
                     check_checkpoint(path, f"an S3PRL checkpoint downloaded from {args[0] if args else 'a URL'}",
-                                     f"delete it from S3PRL's cache ({path}) and download it again, or use a local "
-                                     f"checkpoint of tensors and plain data (--upstream <kind>_local --upstream_ckpt)",
+                                     "delete it from S3PRL's cache and download it again; if a fresh download is "
+                                     "refused too, re-save it as tensors and plain data and use --upstream "
+                                     "<kind>_local --upstream_ckpt <that file>",
                                      error=UpstreamError)
             return paths
         urls_to_filepaths.upmp_checked = True
