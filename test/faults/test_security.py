@@ -185,6 +185,17 @@ def test_online_training_refuses_a_crafted_upstream_checkpoint(small_data_dir, t
     assert (exp / "notes.txt").read_text() == "mine\n"
 
 
+def test_extract_embeddings_refuses_a_crafted_upstream_checkpoint(tiny_experiment, tmp_path):
+    """Stage 3 of an online experiment builds the upstream from --upstream / --upstream_ckpt too."""
+    marker = tmp_path / "pwned"
+    evil = evil_checkpoint(tmp_path / "model.ckpt", marker)
+    r = run("upmp.bin.extract_embeddings", "--model", tiny_experiment / "exp/upmp/model.pt", "--data_dir",
+            tiny_experiment / "data", "--upstream", "distiller_local", "--upstream_ckpt", evil,
+            "--out_dir", tmp_path / "emb")
+    one_line_error(r, f"extract_embeddings.py: error: {evil}: {REFUSED}")
+    assert not marker.exists() and not (tmp_path / "emb" / "xvector.scp").exists()
+
+
 def test_package_model_refuses_a_crafted_upstream_checkpoint(tiny_experiment, tmp_path):
     marker = tmp_path / "pwned"
     evil = evil_checkpoint(tmp_path / "model.ckpt", marker)
