@@ -16,7 +16,6 @@ Each records `version` (FORMAT_VERSION); another version is refused with one lin
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from upmp.errors import ModelFileError
 from upmp.fileio import atomic_torch_save
+from upmp.safe_load import load_torch_data
 from upmp.data.layer_stacks import LayerStackMeta
 
 FORMAT_VERSION = 1
@@ -34,7 +34,6 @@ _REQUIRED = {MODEL: ("config", "layer_stack", "model"),
              BEST: ("model", "step", "eer")}
 _WHAT = {MODEL: "a upmp model (model.pt)", TRAIN_STATE: "a upmp training checkpoint",
          BEST: "a upmp best-validation checkpoint"}
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def weights(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -52,21 +51,8 @@ def _read(path, kind: str, device="cpu") -> Dict[str, Any]:
     if not p.is_file():
         hint = "; train it first (stage 2)" if kind == MODEL else ""
         raise ModelFileError(f"{path}: not found; expected {what}{hint}")
-    with open(p, "rb") as f:
-        head = f.read(4)
-    if head != _ZIP_MAGIC:
-        desc = "an empty file" if not head else "not a torch zip archive (random bytes, text or a legacy pickle)"
-        raise ModelFileError(f"{path}: {desc}; expected {what}")
-    try:
-        obj = torch.load(p, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = next((line for line in str(e).splitlines() if "Unsupported" in line), "").strip()
-        raise ModelFileError(f"{path}: refused: holds Python objects beyond tensors and plain data "
-                             f"({reason or 'not loadable with weights_only=True'}); upmp never writes "
-                             f"such files, and loading them could run code; expected {what}") from None
-    except (RuntimeError, EOFError, OSError) as e:  # torch's zip reader: a truncated or corrupt archive
-        raise ModelFileError(f"{path}: truncated or corrupt torch archive ({str(e).splitlines()[0]}); "
-                             f"expected {what}") from None
+    obj = load_torch_data(p, what, f"upmp never writes such files; expected {what}", map_location=device,
+                          zip_only=True)
     if not isinstance(obj, dict) or obj.get("format") != kind:
         found = (f"format {obj.get('format')!r}" if isinstance(obj, dict) and "format" in obj
                  else "no upmp format tag (not written by this version of upmp)")

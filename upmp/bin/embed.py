@@ -76,6 +76,19 @@ class KaldiOutput:
             self.parts.rmdir()
 
 
+def check_npy_ids(sources: dict, out: Path) -> None:
+    """<out>/<id>.npy must stay below --out: an absolute id, a `..` or a link out is refused (one line,
+    naming the id and where it came from) before anything is embedded."""
+    from upmp.errors import DataDirError
+    root = out.resolve()
+    for key, source in sources.items():
+        p = Path(f"{key}.npy")
+        if p.is_absolute() or ".." in p.parts or not (root / p).resolve().is_relative_to(root):
+            raise DataDirError(f"{source.where}: utterance id {key!r} would write {key}.npy outside --out {out}; "
+                               "with --format npy an id is a path below --out: rename the utterance, or use "
+                               "--format kaldi")
+
+
 class NpyOutput:
     def __init__(self, out: Path):
         self.out = out
@@ -85,6 +98,7 @@ class NpyOutput:
         from upmp.fileio import atomic_write_bytes
         import io
         for key, v in vectors.items():
+            assert (self.out / f"{key}.npy").resolve().is_relative_to(self.out.resolve()), key  # check_npy_ids
             buf = io.BytesIO()
             np.save(buf, np.asarray(v, dtype=np.float32), allow_pickle=False)
             atomic_write_bytes(self.out / f"{key}.npy", buf.getvalue())
@@ -102,6 +116,8 @@ def main(argv=None) -> None:
     from upmp.inference import gather_audio, load_model
     sources = gather_audio(args.inputs)
     out = Path(args.out).resolve()  # the scp names the ark by absolute path: readable from anywhere
+    if args.format == "npy":
+        check_npy_ids(sources, out)
     out.mkdir(parents=True, exist_ok=True)
     writer = KaldiOutput(out) if args.format == "kaldi" else NpyOutput(out)
     todo = [k for k in sources if k not in writer.done]

@@ -10,7 +10,13 @@
     <dir>/upstream/       the upstream checkpoint file or HF directory (`*_local`, `hf:<dir>`)
     <dir>/README.md       the model card
 
-Everything loads with json / yaml.safe_load / torch.load(weights_only=True). The score is the
+    <dir>/package.json.sha256   the SHA-256 of package.json (sha256sum format)
+
+Everything loads with json / yaml.safe_load / torch.load(weights_only=True), and read_package
+checks all of it before anything is used: package.json's checksum and its typed schema (MANIFEST_SCHEMA:
+no unknown or missing keys, finite numbers), every file's checksum, every path inside the package
+(no `..`, absolute paths or links out of it), the upstream checkpoint among the hashed files and
+loadable as data (S3PRL unpickles it fully later). The score is the
 cosine after subtracting the training-set mean (`CosineScorer(subtract_mean=True)`, as
 `upmp.bin.score --subtract_mean`); the calibration and the threshold are fitted on the
 validation trials scored that way, so they belong to that score.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -34,12 +41,34 @@ import yaml
 
 from upmp.errors import ModelFileError
 from upmp.fileio import atomic_write_text
+from upmp.safe_load import check_checkpoint, load_torch_data
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "upmp-model-package"
 FORMAT_VERSION = 1
 MANIFEST = "package.json"
+MANIFEST_SUM = "package.json.sha256"
+PACKAGE_AGAIN = "package the model again (python -m upmp.bin.package_model)"
+
+# package.json, key by key: a type name ("str", "int", "num": a finite int or float, "bool", "dict",
+# "sha256"), None (null allowed), a tuple of alternatives, ("list", spec), ("map", spec): a dict of
+# str keys, or a dict of the keys an object holds ("key?": optional). write_package and read_package
+# both check it: a key added to collect_experiment's info goes here too.
+_CALIBRATION = {"scale": "num", "offset": "num", "trials": "str", "num_trials": "int"}
+_THRESHOLD = {"score": "num", "eer": "num", "trials": "str"}
+MANIFEST_SCHEMA = {
+    "format": "str", "format_version": "int", "upmp_version": "str", "created": "str", "experiment": "str",
+    "config": {"backend": "str", "use_hidden0": "bool", "backend_conf": "dict", "*": "any"},
+    "layer_stack": {"num_layers": "int", "dim": "int", "frame_shift": "num", "upstream": "str", "storage?": "str",
+                    "layout?": "str"},
+    "embed_dim": "int", "num_params?": ("int", None),
+    "upstream": {"name": "str", "ckpt": ("str", None), "provider?": "str", "versions?": ("map", "str")},
+    "finetuned_upstream": "bool", "train_set": ("str", None), "num_train_embeddings": "int",
+    "num_speakers?": ("int", None), "step?": ("int", None), "valid_eer?": ("num", None), "scoring": "str",
+    "mean": ("list", "num"), "calibration": (_CALIBRATION, None), "threshold": (_THRESHOLD, None),
+    "results": ("map", "dict"), "train_versions?": ("map", "str"), "files": ("map", "sha256"),
+}
 
 
 def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -110,6 +139,8 @@ def _upstream_entry(inputs: dict, exp: Path, layer_upstream: str) -> dict:
         entry["provider"] = "resemblyzer (weights in the pinned wheel)"
     else:
         entry["provider"] = "s3prl hub"
+    if entry["source"] is not None:  # S3PRL / transformers may unpickle it fully: data only
+        check_checkpoint(entry["source"], "an upstream checkpoint of tensors and plain data")
     import importlib.metadata as md
     for dist in ("espnet-s3prl", "transformers", "resemblyzer"):
         try:
@@ -227,6 +258,66 @@ def model_card(info: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _schema_problem(value, spec, where: str) -> Optional[str]:
+    """None when value fits spec (see MANIFEST_SCHEMA), else '<where>: <what is wrong>'."""
+    if spec is None or isinstance(spec, tuple) and spec[0] not in ("list", "map"):  # alternatives
+        alternatives = spec if isinstance(spec, tuple) else (None,)
+        if value is None and None in alternatives:
+            return None
+        problems = [_schema_problem(value, alt, where) for alt in alternatives if alt is not None]
+        return None if None in problems else (problems[0] if problems else f"{where}: expected null")
+    if isinstance(spec, tuple):  # ("list", element) or ("map", value)
+        kind, inner = spec
+        if not isinstance(value, list if kind == "list" else dict):
+            return f"{where}: expected a {'list' if kind == 'list' else 'JSON object'}, got {type(value).__name__}"
+        items = enumerate(value) if kind == "list" else value.items()
+        return next((p for k, v in items if (p := _schema_problem(v, inner, f"{where}[{json.dumps(k)}]"))), None)
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'top level'}: expected a JSON object, got {type(value).__name__}"
+        keys = {k.rstrip("?"): k.endswith("?") for k in spec if k != "*"}
+        missing = [k for k, optional in keys.items() if not optional and k not in value]
+        if missing:
+            return f"{where or 'top level'}: missing key {missing[0]!r}"
+        unknown = [k for k in value if k not in keys]
+        if unknown and "*" not in spec:
+            return f"{where or 'top level'}: unknown key {unknown[0]!r}"
+        return next((p for k, v in value.items() if k in keys
+                     and (p := _schema_problem(v, spec[k + "?" if keys[k] else k], f"{where}.{k}".lstrip(".")))),
+                    None)
+    if spec == "any":
+        return None
+    if spec == "num":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where}: expected a number, got {json.dumps(value)[:40]}"
+        return None if math.isfinite(value) else f"{where}: {value} is not a finite number"
+    if spec == "sha256":
+        ok = isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+        return None if ok else f"{where}: expected a SHA-256 hex digest, got {json.dumps(value)[:40]}"
+    types = {"str": str, "int": int, "bool": bool, "dict": dict}[spec]
+    if not isinstance(value, types) or (spec == "int" and isinstance(value, bool)):
+        return f"{where}: expected {'an' if spec == 'int' else 'a'} {spec}, got {json.dumps(value)[:40]}"
+    return None
+
+
+def check_manifest(info: Any, where: str) -> None:
+    """package.json's content against MANIFEST_SCHEMA (+ the mean's length); one ModelFileError line."""
+    problem = _schema_problem(info, MANIFEST_SCHEMA, "")
+    if problem is None and len(info["mean"]) != info["embed_dim"]:
+        problem = f"mean: {len(info['mean'])} values for embed_dim {info['embed_dim']}"
+    if problem is not None:
+        raise ModelFileError(f"{where}: {problem}; not a package this upmp writes: {PACKAGE_AGAIN}")
+
+
+def _inside(d: Path, name: str, where: str) -> Path:
+    """d / name, refused unless a relative path that stays inside d (symlinks resolved)."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts or not (d / p).resolve().is_relative_to(d.resolve()):
+        raise ModelFileError(f"{where}: the path {name!r} leads outside the package; a package names only its "
+                             f"own files: {PACKAGE_AGAIN}")
+    return d / p
+
+
 def write_package(content: Dict[str, Any], out: str) -> Path:
     """Write collect_experiment's content into `out` (created; an existing package is replaced
     only once the new one is complete)."""
@@ -246,7 +337,10 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
         (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dest)
     atomic_write_text(tmp / "config.yaml", yaml.safe_dump(info["config"], sort_keys=False))
     info["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    atomic_write_text(tmp / MANIFEST, json.dumps(info, indent=1) + "\n")
+    check_manifest(info, f"{out}/{MANIFEST}")  # never write a package that read_package refuses
+    manifest_text = json.dumps(info, indent=1, allow_nan=False) + "\n"
+    atomic_write_text(tmp / MANIFEST, manifest_text)
+    atomic_write_text(tmp / MANIFEST_SUM, f"{hashlib.sha256(manifest_text.encode()).hexdigest()}  {MANIFEST}\n")
     atomic_write_text(tmp / "README.md", model_card(info))
     for f in tmp.rglob("*"):  # a package is for sharing: readable by all (mkstemp makes files 0600)
         f.chmod(0o755 if f.is_dir() else 0o644)
@@ -261,11 +355,51 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
     return out
 
 
+def _check_manifest_sum(d: Path, manifest: Path) -> None:
+    """package.json against package.json.sha256 (a flipped bit in a number is not a JSON error)."""
+    sum_file = d / MANIFEST_SUM
+    if not sum_file.is_file():
+        raise ModelFileError(f"{sum_file}: missing from the package (packages of upmp before this check have none); "
+                             f"{PACKAGE_AGAIN}")
+    want = sum_file.read_text(errors="replace").split(maxsplit=1)[:1]
+    if want != [_sha256(manifest)]:
+        raise ModelFileError(f"{manifest}: corrupted (checksum differs from {MANIFEST_SUM}); {PACKAGE_AGAIN}")
+
+
+def _read_state_dict(path: Path, what: str) -> Dict[str, Any]:
+    """backend.pt / upstream.pt: a dict of tensors, loaded as data; anything else is one line."""
+    import torch
+    expected = f"{what}: a state dict of tensors; {PACKAGE_AGAIN}"
+    state = load_torch_data(path, expected, f"package_model never writes such files: do not use this package; "
+                            f"{PACKAGE_AGAIN}", zip_only=True)
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        found = "an empty dict" if isinstance(state, dict) and not state else \
+            "a dict of other values" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ModelFileError(f"{path}: holds {found}; expected {expected}")
+    return state
+
+
+def _check_upstream_ckpt(d: Path, ckpt: str, hashed: set, manifest: Path) -> None:
+    """upstream.ckpt: inside the package, hashed (a file, or a directory whose files all are), data."""
+    path = _inside(d, ckpt, f"{manifest}: upstream.ckpt")
+    if path.is_dir():
+        unhashed = [n for n in (str(f.relative_to(d)) for f in sorted(path.rglob("*")) if not f.is_dir())
+                    if n not in hashed]
+        problem = f"holds {unhashed[0]!r}, which is not" if unhashed else None
+    else:
+        problem = None if str(Path(ckpt)) in hashed else "is not"
+    if problem:
+        raise ModelFileError(f"{manifest}: upstream.ckpt {ckpt!r} {problem} among the package's hashed files; "
+                             f"{PACKAGE_AGAIN}")
+    check_checkpoint(path, "an upstream checkpoint of tensors and plain data",
+                     f"package_model never packages such files: do not use this package; {PACKAGE_AGAIN}")
+
+
 def read_package(directory: str) -> Dict[str, Any]:
     """A package dir -> the same content as collect_experiment (upstream checkpoint resolved to
     its path inside the package). Another format version, a missing file or a changed file is a
     ModelFileError."""
-    import torch
     d = Path(directory)
     manifest = d / MANIFEST
     if not manifest.is_file():
@@ -281,17 +415,24 @@ def read_package(directory: str) -> Dict[str, Any]:
         raise ModelFileError(f"{manifest}: package format version {info.get('format_version')} (upmp "
                              f"{info.get('upmp_version')}), this upmp reads version {FORMAT_VERSION}; "
                              "package the experiment again with this upmp (python -m upmp.bin.package_model)")
-    for name, digest in info.get("files", {}).items():
-        path = d / name
+    _check_manifest_sum(d, manifest)
+    check_manifest(info, str(manifest))
+    files = {name: _inside(d, name, f"{manifest}: files") for name in info["files"]}
+    for name, digest in info["files"].items():
+        path = files[name]
         if not path.is_file():
-            raise ModelFileError(f"{path}: missing from the package; package the model again")
+            raise ModelFileError(f"{path}: missing from the package; {PACKAGE_AGAIN}")
         if _sha256(path) != digest:
-            raise ModelFileError(f"{path}: corrupted (checksum differs from {MANIFEST}); package the model again")
-    if "backend.pt" not in info.get("files", {}):
-        raise ModelFileError(f"{manifest}: lists no backend.pt; package the model again")
-    backend = torch.load(d / "backend.pt", map_location="cpu", weights_only=True)
-    up_state = torch.load(d / "upstream.pt", map_location="cpu", weights_only=True) \
-        if (d / "upstream.pt").is_file() else None
-    ckpt = info["upstream"].get("ckpt")
+            raise ModelFileError(f"{path}: corrupted (checksum differs from {MANIFEST}); {PACKAGE_AGAIN}")
+    if "backend.pt" not in files:
+        raise ModelFileError(f"{manifest}: lists no backend.pt; {PACKAGE_AGAIN}")
+    backend = _read_state_dict(d / "backend.pt", "the backend's weights")
+    if info["finetuned_upstream"] and "upstream.pt" not in files:
+        raise ModelFileError(f"{manifest}: a fine-tuned upstream, but no upstream.pt among its files; {PACKAGE_AGAIN}")
+    up_state = _read_state_dict(d / "upstream.pt", "the fine-tuned upstream's weights") \
+        if info["finetuned_upstream"] else None
+    ckpt = info["upstream"]["ckpt"]
+    if ckpt:
+        _check_upstream_ckpt(d, ckpt, {str(Path(n)) for n in files}, manifest)
     return {"info": info, "backend": backend, "upstream_state": up_state,
             "upstream_source": (d / ckpt) if ckpt else None}

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from upmp.data.audio import SAMPLE_RATE
+from upmp.errors import UpstreamError
+from upmp.safe_load import load_torch_data, resave_hint
 from upmp.upstream.base import Upstream
 
 N_MELS, HIDDEN, NUM_LSTM_LAYERS = 40, 256, 3
@@ -58,7 +60,11 @@ class GE2EUpstream(Upstream):
         path = Path(weights) if weights else default_weights_path()
         if not path.is_file():
             raise FileNotFoundError(f"GE2E weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]  # tensors and plain data
+        expected = "GE2E weights (resemblyzer's pretrained.pt: a dict with model_state)"
+        state = load_torch_data(path, expected, resave_hint(path), UpstreamError)  # tensors and plain data only
+        if not isinstance(state, dict) or not isinstance(state.get("model_state"), dict):
+            raise UpstreamError(f"{path}: no model_state dict; expected {expected}")
+        state = state["model_state"]
         for k, lstm in enumerate(self.lstms):
             lstm.load_state_dict({f"{name}_l0": state[f"lstm.{name}_l{k}"]
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})

@@ -2,6 +2,7 @@
 and `<kind>_local` with a checkpoint path), as frozen layer-stack extractors."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -32,6 +33,32 @@ def _network_error(e: BaseException) -> bool:
     return False
 
 
+def _check_downloads() -> None:
+    """Make S3PRL's hubconf modules check each torch file a download resolves to (a file in S3PRL's
+    cache, fetched now or earlier) with weights_only=True before their builders unpickle it: each
+    hubconf binds `_urls_to_filepaths` (s3prl.util.download) as a global, wrapped here once."""
+    from upmp.safe_load import check_checkpoint, is_torch_file
+
+    def checked(fetch):
+        def urls_to_filepaths(*args, **kwargs):
+            paths = fetch(*args, **kwargs)
+            for path in [paths] if isinstance(paths, str) else paths:
+                if is_torch_file(path):
+                    check_checkpoint(path, f"an S3PRL checkpoint downloaded from {args[0] if args else 'a URL'}",
+                                     "delete it from S3PRL's cache and download it again; if a fresh download is "
+                                     "refused too, re-save it as tensors and plain data and use --upstream "
+                                     "<kind>_local --upstream_ckpt <that file>",
+                                     error=UpstreamError)
+            return paths
+        urls_to_filepaths.upmp_checked = True
+        return urls_to_filepaths
+
+    for module_name, module in list(sys.modules.items()):
+        fetch = getattr(module, "_urls_to_filepaths", None) if module_name.startswith("s3prl.upstream.") else None
+        if callable(fetch) and not getattr(fetch, "upmp_checked", False):
+            module._urls_to_filepaths = checked(fetch)
+
+
 def build_s3prl_upstream(name: str, ckpt: Optional[str] = None):
     """s3prl.nn.S3PRLUpstream(name); an unknown name, or weights that are neither in S3PRL's cache
     nor downloadable (no network), is one UpstreamError saying where S3PRL looked and the ways out."""
@@ -41,6 +68,9 @@ def build_s3prl_upstream(name: str, ckpt: Optional[str] = None):
     if name not in S3PRLUpstream.available_names():
         raise UpstreamError(f"--upstream {name}: not an S3PRL upstream name (see "
                             f"s3prl.nn.S3PRLUpstream.available_names()), nor ge2e or hf:<dir>")
+    from s3prl import hub
+    getattr(hub, name)  # imports the hubconf that defines the name (and those it imports)
+    _check_downloads()
     try:
         return S3PRLUpstream(name, path_or_url=ckpt)
     except Exception as e:  # S3PRL's download raises requests / urllib errors, chained
