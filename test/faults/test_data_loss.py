@@ -133,7 +133,8 @@ def test_package_replaces_an_earlier_package(tiny_experiment, package, tmp_path)
     import upmp
     out = tmp_path / "model"
     shutil.copytree(package, out)
-    (tmp_path / ".model.tmp.stale1").mkdir()  # the temporary dir of a killed run: removed
+    (tmp_path / ".model.tmp.stale1").mkdir()  # the temporary dirs of a killed run: removed
+    (tmp_path / ".model.old.stale2").mkdir()
     r = run("upmp.bin.package_model", "--exp_dir", tiny_experiment / "exp/upmp", "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -244,6 +245,38 @@ def test_two_embed_runs_into_one_out(tiny_experiment, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["embed_info.json", "xvector.ark", "xvector.scp"]
 
 
+def test_a_killed_writer_leaves_no_stale_lock(tiny_experiment, tmp_path):
+    """kill -9 while holding --out (its lock file stays behind): the next run takes over and
+    completes, keeping the chunk the killed run had finished."""
+    import signal
+    wav = tiny_experiment / "data/wav"
+    scp, out = tmp_path / "wav.scp", tmp_path / "emb"
+    scp.write_text(f"spk0-utt0 {wav}/spk0-utt0.wav\n"
+                   f"spk1-utt1 for i in $(seq 600); do sleep 0.1; done; cat {wav}/spk1-utt1.wav |\n")
+    args = ("--model", tiny_experiment / "exp/upmp", scp, "--out", out, "--chunk", "1", "--num_threads", "1")
+    first = subprocess.Popen(command("upmp.bin.embed", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=bash_env(), cwd=ROOT, start_new_session=True)
+    try:
+        wait_for_lock(out / ".embed.lock", first)
+        end = time.monotonic() + 120
+        while not list(out.glob("parts/*.scp")) and time.monotonic() < end:  # the first chunk is written
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the embed process and the pipe's shell
+        first.wait()
+    assert (out / ".embed.lock").is_file()
+    scp.write_text(f"spk0-utt0 {wav}/spk0-utt0.wav\nspk1-utt1 {wav}/spk1-utt1.wav\n")
+    r = run("upmp.bin.embed", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 utterances, 1 already in" in r.stderr  # the chunk the killed run finished is kept
+    got = {k: np.asarray(v) for k, v in kaldiio.load_scp(str(out / "xvector.scp")).items()}
+    want = stage3(tiny_experiment)
+    assert sorted(got) == ["spk0-utt0", "spk1-utt1"]
+    for u in got:
+        np.testing.assert_allclose(got[u], want[u], atol=1e-5)
+    assert not (out / ".embed.lock").exists()
+
+
 # --- upmp-embed resume ------------------------------------------------------------------------------
 
 def test_embed_resume_embeds_an_utterance_again_when_its_input_changed(tiny_experiment, tmp_path, caplog):
@@ -272,7 +305,7 @@ def test_embed_resume_embeds_an_utterance_again_when_its_input_changed(tiny_expe
     scp.write_text(f"u {wav}/spk2-utt1.wav\nv {wav}/spk1-utt0.wav\n")  # same id, another file
     got = embed()
     assert "1 to embed" in caplog.messages[0]
-    assert any("1 of them are in" in m and "input changed" in m for m in caplog.messages)
+    assert any(f"1 utterances in {out} were embedded from another input" in m for m in caplog.messages)
     np.testing.assert_allclose(got["u"], want["spk2-utt1"], atol=1e-5)
     np.testing.assert_allclose(got["v"], want["spk1-utt0"], atol=1e-5)
 

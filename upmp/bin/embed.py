@@ -236,8 +236,8 @@ def main(argv=None) -> None:
         logger.info("%d utterances, %d already in %s, %d to embed", len(sources), len(sources) - len(todo), out,
                     len(todo))
         if changed:
-            logger.info("%d of them are in %s already but their input changed since (another file, size or "
-                        "mtime; e.g. %s): embedded again", len(changed), out, changed[0])
+            logger.info("%d utterances in %s were embedded from another input (another file, or its size or "
+                        "mtime changed; e.g. %s): embedding them again", len(changed), out, changed[0])
         if todo:
             model = load_model(args.model, args.device, args.max_batch_frames)
             info.save(identity)

@@ -8,7 +8,9 @@ wav2vec 2.0), <out stem>.wav.onnx (wavs (B, N) float32 at 16 kHz + wav_lens (B,)
 embeddings (B, E)); B, T and N are dynamic. <out>.json holds what scoring needs beside the
 graphs (the training-set mean, calibration, EER threshold, input names). Each graph is run by
 onnxruntime on a zero-padded batch of utterances of different lengths and compared with torch
-embedding each one alone; a difference above --tolerance is an error.
+embedding each one alone; a difference above --tolerance is an error, and then nothing is
+written (each graph is checked under a temporary name and renamed only when all pass, so an
+earlier export at <out> stays as it was).
 """
 from __future__ import annotations
 

@@ -304,10 +304,11 @@ def _foreign_files(d: Path) -> list:
 
 def remove_stale_temps(out: str) -> None:
     """The temporary directories of write_package runs that were killed (call with the lock on
-    `out` held: no other run is writing them)."""
+    `out` held: no other run is writing them): .<name>.tmp.* and replace_dir's .<name>.old.*."""
     out = Path(out)
-    for d in out.parent.glob(f".{out.name}.tmp.*"):
-        shutil.rmtree(d, ignore_errors=True)
+    for pattern in (f".{out.name}.tmp.*", f".{out.name}.old.*"):
+        for d in out.parent.glob(pattern):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def write_package(content: Dict[str, Any], out: str) -> Path:
