@@ -185,7 +185,7 @@ class EmbedInfo:
         for part in sorted(self.parts.glob("*.json")):
             try:
                 self.inputs.update(json.loads(part.read_text()))
-            except ValueError:
+            except (ValueError, TypeError):
                 pass  # its utterances count as unrecorded: embedded again
 
     def save(self, model: dict) -> None:
