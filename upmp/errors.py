@@ -53,3 +53,8 @@ class UpstreamError(UpmpError, RuntimeError):
 
 class DiskFullError(UpmpError, OSError):
     """An output could not be written: the disk (or quota) is full."""
+
+
+class OutputError(UpmpError, RuntimeError):
+    """An output path cannot be written: another process is writing it, or it holds what the
+    command did not write (an experiment, a user's folder) and must not be replaced."""

@@ -1,14 +1,21 @@
-"""Atomic file writes: a temporary file in the target's directory, then a rename.
+"""Atomic file writes: a temporary file in the target's directory, then a rename; and the lock
+that keeps two processes from writing one output.
 
 A crash, Ctrl-C or bad input never leaves a half-written file under the final name, and a file
-already in place stays intact until its replacement is complete.
+already in place stays intact until its replacement is complete. A directory is replaced by
+swapping the complete new one with the old (`replace_dir`).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
+
+from upmp.errors import OutputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,3 +56,82 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def output_lock(target: PathLike, lock_file: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `target` (an output a command writes) for the `with` block.
+
+    The lock is flock(2) on `lock_file` (created, holding the holder's pid, removed on release):
+    a second process gets OutputError naming the holder's pid. The kernel releases a flock when
+    its process dies however it dies, so a killed run leaves no stale lock (the file that stays
+    behind is locked again by the next run)."""
+    import fcntl
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(f"{target} is being written by another process (pid {pid}); "
+                              "wait for it or choose another --out") from None
+        # the previous holder may have removed the file between our open and our lock: then we
+        # hold a lock on a deleted file, which nobody else sees; lock the file now in place instead
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_file))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_file)  # while still held: the next process locks a fresh file
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where the C library,
+    the kernel (< 3.15) or the file system does not provide it."""
+    import ctypes
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: PathLike, dest: PathLike) -> None:
+    """Put the complete directory `new` at `dest` (same file system), replacing a directory
+    there: the two are swapped in one atomic step, then the old one is deleted. Nobody ever sees
+    `dest` missing or half written."""
+    new, dest = Path(new), Path(dest)
+    if not dest.exists():
+        os.rename(new, dest)
+        return
+    if _exchange(new, dest):
+        shutil.rmtree(new)  # now the old directory
+        return
+    # No renameat2 here (old C library or kernel, or a file system without RENAME_EXCHANGE): two
+    # renames, with a moment between them when `dest` does not exist; the old directory keeps a
+    # unique name until the new one is in place, so nothing is lost if we are killed there.
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+    os.rename(dest, old / dest.name)
+    os.rename(new, dest)
+    shutil.rmtree(old)

@@ -9,13 +9,19 @@ name without its extension, in a folder the path below it without the extension
 stage 3 does (not length-normalised): Kaldi `<out>/xvector.ark` + `xvector.scp` (C-sorted;
 kaldiio / Kaldi / WeSpeaker read them), or with --format npy one `<out>/<id>.npy` per utterance.
 Resumable: utterances already in <out> are skipped, and every --chunk utterances are written
-as they finish, so an interrupted run loses at most one chunk.
+as they finish, so an interrupted run loses at most one chunk. <out>/embed_info.json records
+the model (a SHA-256) and each utterance's input (wav.scp entry, and the path, size and mtime
+of its files): an utterance whose input changed is embedded again, and embeddings of another
+model in <out> are refused. One run writes an <out> at a time (a lock; a second one is refused).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -108,29 +114,159 @@ class NpyOutput:
         pass
 
 
+INFO = "embed_info.json"
+INFO_FORMAT = "upmp-embed-info"
+
+
+def model_identity(path: str) -> str:
+    """SHA-256 of what raw embeddings depend on: a package's files (package.json lists their
+    hashes) and upstream / layer stack / config; an experiment's model.pt (the backend, a
+    fine-tuned upstream, the layer-stack layout) and the upstream training recorded. The
+    training mean and calibration are not involved in raw embeddings."""
+    from upmp.errors import ModelFileError
+    from upmp.inference.package import MANIFEST
+    p = Path(path)
+    h = hashlib.sha256()
+    if (p / MANIFEST).is_file():
+        raw = (p / MANIFEST).read_bytes()
+        try:
+            info = json.loads(raw)
+            files = {k: v for k, v in info["files"].items() if k != "README.md"}
+            raw = json.dumps([files, info["upstream"], info["layer_stack"], info["config"]], sort_keys=True).encode()
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass  # load_model says what is wrong with it; the bytes still identify it
+        h.update(b"package\0" + raw)
+        return h.hexdigest()
+    model_pt = p if p.is_file() and p.suffix == ".pt" else p / "model.pt"
+    if not model_pt.is_file():
+        raise ModelFileError(f"{path}: neither a model package ({MANIFEST}) nor an experiment dir with model.pt")
+    h.update(b"experiment\0")
+    with open(model_pt, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    summary = model_pt.parent / "train_summary.json"
+    try:
+        inputs = json.loads(summary.read_text()).get("inputs", {}) if summary.is_file() else {}
+        h.update(json.dumps([inputs.get("upstream"), inputs.get("upstream_ckpt")]).encode())
+    except (ValueError, AttributeError):
+        pass
+    return h.hexdigest()
+
+
+def input_signature(source) -> dict:
+    """An utterance's input as the resume check compares it: the wav.scp entry (+ segment) and
+    path, size and mtime of the files it reads (a file, or the files named in a pipe)."""
+    entry = source.entry
+    sig = {"entry": entry}
+    if source.segment is not None:
+        sig["segment"] = [source.segment.reco, source.segment.start, source.segment.end]
+    if entry.rstrip().endswith("|"):
+        try:
+            names = [t for t in shlex.split(entry.rstrip()[:-1]) if os.path.isfile(t)]
+        except ValueError:  # unbalanced quotes: the entry string alone
+            names = []
+    else:
+        names = [entry]
+    files = []
+    for name in names:
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        files.append([os.path.abspath(name), st.st_size, st.st_mtime_ns])
+    sig["files"] = files
+    return sig
+
+
+class EmbedInfo:
+    """<out>/embed_info.json: {"format", "model": {"path", "sha256"}, "inputs": {utt: signature}}.
+    Written whole at the start and the end (atomically); in between each chunk's signatures go
+    to embed_info.parts/ before the chunk's embeddings are written."""
+
+    def __init__(self, out: Path):
+        self.path, self.parts = out / INFO, out / "embed_info.parts"
+        self.model, self.inputs = None, {}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                self.model, self.inputs = data["model"], dict(data["inputs"])
+                if not isinstance(self.model.get("sha256"), str):
+                    raise TypeError("no model hash")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                from upmp.errors import OutputError
+                raise OutputError(f"{self.path}: unreadable, so the model and inputs of the embeddings in {out} "
+                                  "are unknown; use another --out or remove it") from None
+        for part in sorted(self.parts.glob("*.json")):
+            try:
+                self.inputs.update(json.loads(part.read_text()))
+            except (ValueError, TypeError):
+                pass  # its utterances count as unrecorded: embedded again
+
+    def save(self, model: dict) -> None:
+        from upmp.fileio import atomic_write_text
+        self.model = model
+        atomic_write_text(self.path, json.dumps({"format": INFO_FORMAT, "model": model, "inputs": self.inputs},
+                                                indent=0, sort_keys=True) + "\n")
+
+    def record(self, sigs: dict) -> None:
+        from upmp.fileio import atomic_write_text
+        self.parts.mkdir(exist_ok=True)
+        atomic_write_text(self.parts / f"{len(list(self.parts.glob('*.json'))):05d}.json", json.dumps(sigs))
+        self.inputs.update(sigs)
+
+    def close(self) -> None:
+        self.save(self.model)
+        if self.parts.is_dir():
+            for f in self.parts.iterdir():
+                f.unlink()
+            self.parts.rmdir()
+
+
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     set_num_threads(args.num_threads)
     from tqdm import tqdm
     from upmp.inference import gather_audio, load_model
+    from upmp.errors import OutputError
+    from upmp.fileio import output_lock
     sources = gather_audio(args.inputs)
+    identity = {"path": args.model, "sha256": model_identity(args.model)}
     out = Path(args.out).resolve()  # the scp names the ark by absolute path: readable from anywhere
     if args.format == "npy":
         check_npy_ids(sources, out)
     out.mkdir(parents=True, exist_ok=True)
-    writer = KaldiOutput(out) if args.format == "kaldi" else NpyOutput(out)
-    todo = [k for k in sources if k not in writer.done]
-    logger.info("%d utterances, %d already in %s, %d to embed", len(sources), len(sources) - len(todo), out, len(todo))
-    if todo:
-        model = load_model(args.model, args.device, args.max_batch_frames)
-        with tqdm(total=len(todo), desc="embed", unit="utt", mininterval=5) as bar:
-            for start in range(0, len(todo), args.chunk):
-                keys = todo[start:start + args.chunk]
-                emb = model.embed_raw([sources[k] for k in keys])
-                writer.write_chunk(dict(zip(keys, emb)))
-                bar.update(len(keys))
-    writer.close()
+    with output_lock(args.out, out / ".embed.lock"):  # one writer per --out: no lost chunks, no shared temp names
+        writer = KaldiOutput(out) if args.format == "kaldi" else NpyOutput(out)
+        info = EmbedInfo(out)
+        if writer.done and info.model is None:
+            raise OutputError(f"{args.out} holds embeddings without {INFO} (another tool's or an older upmp's): "
+                              "their model and inputs are unknown; use another --out or remove it")
+        if writer.done and info.model["sha256"] != identity["sha256"]:
+            raise OutputError(f"{args.out} holds embeddings of another model ({info.model.get('path')}, sha256 "
+                              f"{str(info.model.get('sha256'))[:12]}; --model {args.model} is "
+                              f"{identity['sha256'][:12]}); use another --out or remove it")
+        sigs = {k: input_signature(v) for k, v in sources.items()}
+        changed = [k for k in sources if k in writer.done and info.inputs.get(k) != sigs[k]]
+        todo = [k for k in sources if k not in writer.done or info.inputs.get(k) != sigs[k]]
+        logger.info("%d utterances, %d already in %s, %d to embed", len(sources), len(sources) - len(todo), out,
+                    len(todo))
+        if changed:
+            logger.info("%d utterances in %s were embedded from another input (another file, or its size or "
+                        "mtime changed; e.g. %s): embedding them again", len(changed), out, changed[0])
+        if todo:
+            model = load_model(args.model, args.device, args.max_batch_frames)
+            info.save(identity)
+            with tqdm(total=len(todo), desc="embed", unit="utt", mininterval=5) as bar:
+                for start in range(0, len(todo), args.chunk):
+                    keys = todo[start:start + args.chunk]
+                    emb = model.embed_raw([sources[k] for k in keys])
+                    info.record({k: sigs[k] for k in keys})
+                    writer.write_chunk(dict(zip(keys, emb)))
+                    bar.update(len(keys))
+        writer.close()
+        if info.model is not None:
+            info.close()
     logger.info("%d embeddings in %s", len(writer.done),
                 out / "xvector.scp" if args.format == "kaldi" else f"{out}/<id>.npy")
 

@@ -8,13 +8,17 @@ wav2vec 2.0), <out stem>.wav.onnx (wavs (B, N) float32 at 16 kHz + wav_lens (B,)
 embeddings (B, E)); B, T and N are dynamic. <out>.json holds what scoring needs beside the
 graphs (the training-set mean, calibration, EER threshold, input names). Each graph is run by
 onnxruntime on a zero-padded batch of utterances of different lengths and compared with torch
-embedding each one alone; a difference above --tolerance is an error.
+embedding each one alone; a difference above --tolerance is an error, and then nothing is
+written (each graph is checked under a temporary name and renamed only when all pass, so an
+earlier export at <out> stays as it was).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,14 @@ def check_waveforms(seed: int = 0):
     return out
 
 
+def _temp_beside(path: Path) -> Path:
+    """A unique temporary name in the directory of `path` (so the final rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
@@ -58,21 +70,33 @@ def main(argv=None) -> None:
     model = load_model(args.model)
     out = Path(args.out)
     paths = {"backend": out, "full": out.with_name(out.stem + ".wav.onnx")}
-    written = {}
-    for graph in args.graphs:
-        try:
-            export_onnx(model, str(paths[graph]), graph)
-        except ModelFileError as e:
-            if graph == "full" and args.graphs != ["full"]:
-                logger.warning("no waveform graph: %s", e)
-                continue
-            raise
-        diff = check_onnx(model, str(paths[graph]), graph, check_waveforms())
-        if not diff <= args.tolerance:
-            raise ModelFileError(f"{paths[graph]}: onnxruntime differs from torch by {diff:.2e} "
-                                 f"(> --tolerance {args.tolerance:g}); do not use this export")
-        logger.info("%s graph -> %s (onnxruntime vs torch on a padded batch: max |diff| %.1e)", graph, paths[graph], diff)
-        written[graph] = {"file": paths[graph].name, "max_abs_diff": diff}
+    written, temps = {}, {}
+    try:
+        # each graph is written under a temporary name and checked there; only when every graph
+        # passes do they take their final names, so a rejected export never replaces a good one
+        for graph in args.graphs:
+            temps[graph] = _temp_beside(paths[graph])
+            try:
+                export_onnx(model, str(temps[graph]), graph)
+            except ModelFileError as e:
+                if graph == "full" and args.graphs != ["full"]:
+                    logger.warning("no waveform graph: %s", e)
+                    continue
+                raise
+            diff = check_onnx(model, str(temps[graph]), graph, check_waveforms())
+            if not diff <= args.tolerance:
+                raise ModelFileError(f"{paths[graph]}: onnxruntime differs from torch by {diff:.2e} "
+                                     f"(> --tolerance {args.tolerance:g}); not written (an earlier file there is "
+                                     "kept); raise --tolerance if that difference is acceptable")
+            logger.info("%s graph -> %s (onnxruntime vs torch on a padded batch: max |diff| %.1e)",
+                        graph, paths[graph], diff)
+            written[graph] = {"file": paths[graph].name, "max_abs_diff": diff}
+        for graph in written:
+            os.replace(temps[graph], paths[graph])
+    finally:
+        for tmp in temps.values():
+            if tmp.exists():
+                tmp.unlink()
     info = model.info
     sidecar = {"model": info["experiment"], "upmp_version": info["upmp_version"], "graphs": written,
                "inputs": {"backend": ["stack (B, D, L, T) float32", "lengths (B,) int64 frames"],

@@ -24,7 +24,9 @@ logger = logging.getLogger("package_model")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp_dir", required=True, help="experiment dir of stages 2-3 (exp/<name>)")
-    p.add_argument("--out", required=True, help="package directory to write (replaced when it exists)")
+    p.add_argument("--out", required=True,
+                   help="package directory to write (a new or empty dir; an earlier package there is replaced "
+                        "atomically once the new one is complete)")
     p.add_argument("--model", default=None, help="checkpoint to package [<exp_dir>/model.pt]")
     p.add_argument("--train_embeddings", default=None,
                    help="xvector.scp of the training set (the mean) [<exp_dir>/embeddings/<train set>/xvector.scp]")
@@ -40,12 +42,17 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
+    from upmp.fileio import output_lock
     from upmp.inference import load_checkpoint
-    from upmp.inference.package import collect_experiment, write_package
-    content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
-                                 args.valid_trials, load_checkpoint=load_checkpoint,
-                                 upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
-    out = write_package(content, args.out)
+    from upmp.inference.package import check_out, collect_experiment, remove_stale_temps, write_package
+    out = check_out(args.out, args.exp_dir)
+    with output_lock(args.out, out.parent / f".{out.name}.lock"):  # one writer per --out
+        check_out(args.out, args.exp_dir)  # again, now that no other run writes it
+        remove_stale_temps(str(out))
+        content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
+                                     args.valid_trials, load_checkpoint=load_checkpoint,
+                                     upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
+        out = write_package(content, args.out)
     t = content["info"]["threshold"]
     logger.info("wrote %s (%s%s)", out, content["info"]["upstream"]["name"],
                 f", validation EER {t['eer']:.2f} % at score {t['score']:.4f}" if t else ", uncalibrated")

@@ -30,8 +30,10 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -39,8 +41,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import yaml
 
-from upmp.errors import ModelFileError
-from upmp.fileio import atomic_write_text
+from upmp.errors import ModelFileError, OutputError
+from upmp.fileio import atomic_write_text, replace_dir
 from upmp.safe_load import check_checkpoint, load_torch_data
 
 logger = logging.getLogger(__name__)
@@ -93,16 +95,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_vectors(scp: Path) -> Dict[str, np.ndarray]:
+def _load_vectors(scp: Path, exp: Optional[Path] = None) -> Dict[str, np.ndarray]:
+    """An xvector.scp -> {utt: vector}. Stage 3 writes the ark paths relative to the recipe dir:
+    an ark not found from the current directory is looked up from <exp>/../.."""
     import kaldiio
+    from upmp.data.kaldi_dir import read_table
     if not scp.is_file():
         raise ModelFileError(f"{scp}: missing; extract the embeddings first (stage 3)")
-    return {k: np.asarray(v) for k, v in kaldiio.load_scp(str(scp)).items()}
+    recipe = exp.resolve().parent.parent if exp is not None else None
+    found: Dict[str, str] = {}  # ark as written -> where it is
+    out, fds = {}, {}
+    try:
+        for key, value in read_table(scp).items():
+            m = re.fullmatch(r"(.+):(\d+(?:\[[^\]]*\])?)", value)  # <ark>:<offset>[<slice>]
+            ark, tail = m.groups() if m else (value, None)
+            if ark not in found:
+                where = ark
+                if recipe is not None and not Path(ark).is_absolute() and not Path(ark).exists() \
+                        and (recipe / ark).is_file():
+                    where = str(recipe / ark)
+                if not (Path(where).is_file() or where.strip().endswith("|")):
+                    raise ModelFileError(
+                        f"{scp}: {ark} (of {key}) is not found from {Path.cwd()}"
+                        + (f" nor from the recipe dir {recipe}" if recipe is not None else "")
+                        + "; run from the recipe dir that extracted it, or extract the embeddings again (stage 3)")
+                found[ark] = where
+            out[key] = np.asarray(kaldiio.load_mat(f"{found[ark]}:{tail}" if tail else found[ark], fd_dict=fds))
+    finally:
+        for f in fds.values():
+            f.close()
+    return out
 
 
 def _resolve(path: str, exp: Path) -> Optional[Path]:
     """A path recorded by training (relative to the recipe dir): as given, else from exp/../.."""
-    for p in (Path(path), exp.parent.parent / path):
+    for p in (Path(path), exp.resolve().parent.parent / path):
         if p.exists():
             return p.resolve()
     return None
@@ -180,7 +207,7 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
 
     train_set = _set_name(inputs.get("train_scp") or inputs.get("train_data_dir"))
     train_scp = Path(train_embeddings) if train_embeddings else exp / "embeddings" / str(train_set) / "xvector.scp"
-    X = np.stack(list(_load_vectors(train_scp).values()))
+    X = np.stack(list(_load_vectors(train_scp, exp).values()))
     scorer = CosineScorer(subtract_mean=True).fit(X)
 
     calibration = threshold = None
@@ -193,7 +220,7 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
         trials = read_kaldi_trials(str(trials_file))
         v_scp = Path(valid_embeddings) if valid_embeddings else \
             exp / "embeddings" / str(_set_name(str(trials_file))) / "xvector.scp"
-        scores = score_trials(scorer, _load_vectors(v_scp), trials, source=str(v_scp))
+        scores = score_trials(scorer, _load_vectors(v_scp, exp), trials, source=str(v_scp))
         labels = np.array([t for _, _, t in trials], dtype=bool)
         cal = LinearCalibration.fit(scores, labels)
         calibration = {"scale": cal.scale, "offset": cal.offset, "trials": str(trials_path), "num_trials": len(trials)}
@@ -318,40 +345,95 @@ def _inside(d: Path, name: str, where: str) -> Path:
     return d / p
 
 
+def check_out(out: str, exp_dir: Optional[str] = None) -> Path:
+    """Refuse a package --out that would replace what package_model did not write: the
+    experiment, a directory inside it or above it, the recipe dir, the current directory, the
+    file system root, a file, or a non-empty directory that is not a package (OutputError)."""
+    o = Path(out).resolve()
+    advice = "give a new directory (e.g. models/<name>)"
+    if o == Path(o.anchor):
+        raise OutputError(f"--out {out} is the file system root; {advice}")
+    if o == Path.cwd().resolve():
+        raise OutputError(f"--out {out} is the current directory; {advice}")
+    if exp_dir is not None:
+        exp = Path(exp_dir).resolve()
+        if o == exp or o in exp.parents:
+            where = "the experiment" if o == exp else \
+                "the recipe dir of the experiment" if o == exp.parent.parent else "a directory holding the experiment"
+            raise OutputError(f"--out {out} is {where} {exp_dir}; package_model replaces --out, {advice}")
+        if exp in o.parents:
+            raise OutputError(f"--out {out} is inside the experiment {exp_dir}; {advice} outside it")
+    if o.exists() and not o.is_dir():
+        raise OutputError(f"--out {out} is a file; {advice}")
+    if o.is_dir() and any(o.iterdir()):
+        if not _is_package(o):
+            raise OutputError(f"--out {out} is a non-empty directory that is not a upmp model package (no {MANIFEST}); "
+                              f"{advice}, or remove it first")
+        extra = _foreign_files(o)
+        if extra:
+            raise OutputError(f"--out {out} holds {extra[0]}, which is not part of its package; "
+                              f"move it out first (package_model replaces the whole directory) or {advice}")
+    return o
+
+
+def _is_package(d: Path) -> bool:
+    try:
+        info = json.loads((d / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT
+
+
+def _foreign_files(d: Path) -> list:
+    """Files in a package dir that write_package did not write (a user's notes): replacing the
+    package would delete them."""
+    info = json.loads((d / MANIFEST).read_text())
+    files = info.get("files") if isinstance(info.get("files"), dict) else {}
+    ours = set(files) | {MANIFEST, MANIFEST_SUM, "README.md"}
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if not p.is_dir() and str(p.relative_to(d)) not in ours)
+
+
+def remove_stale_temps(out: str) -> None:
+    """The temporary directories of write_package runs that were killed (call with the lock on
+    `out` held: no other run is writing them): .<name>.tmp.* and replace_dir's .<name>.old.*."""
+    out = Path(out)
+    for pattern in (f".{out.name}.tmp.*", f".{out.name}.old.*"):
+        for d in out.parent.glob(pattern):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def write_package(content: Dict[str, Any], out: str) -> Path:
-    """Write collect_experiment's content into `out` (created; an existing package is replaced
-    only once the new one is complete)."""
+    """Write collect_experiment's content into `out`: built in a temporary directory beside it,
+    then swapped in whole (`upmp.fileio.replace_dir`), so an earlier package is replaced only by
+    a complete one. A non-empty `out` that is not a package is refused (check_out)."""
     import torch
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    info = dict(content["info"])
-    torch.save(content["backend"], tmp / "backend.pt")
-    if content["upstream_state"] is not None:
-        torch.save({k: v.detach().cpu() for k, v in content["upstream_state"].items()}, tmp / "upstream.pt")
-    src = content["upstream_source"]
-    if src is not None:
-        dest = tmp / info["upstream"]["ckpt"]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dest)
-    atomic_write_text(tmp / "config.yaml", yaml.safe_dump(info["config"], sort_keys=False))
-    info["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    check_manifest(info, f"{out}/{MANIFEST}")  # never write a package that read_package refuses
-    manifest_text = json.dumps(info, indent=1, allow_nan=False) + "\n"
-    atomic_write_text(tmp / MANIFEST, manifest_text)
-    atomic_write_text(tmp / MANIFEST_SUM, f"{hashlib.sha256(manifest_text.encode()).hexdigest()}  {MANIFEST}\n")
-    atomic_write_text(tmp / "README.md", model_card(info))
-    for f in tmp.rglob("*"):  # a package is for sharing: readable by all (mkstemp makes files 0600)
-        f.chmod(0o755 if f.is_dir() else 0o644)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    check_out(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))  # unique per process
+    try:
+        info = dict(content["info"])
+        torch.save(content["backend"], tmp / "backend.pt")
+        if content["upstream_state"] is not None:
+            torch.save({k: v.detach().cpu() for k, v in content["upstream_state"].items()}, tmp / "upstream.pt")
+        src = content["upstream_source"]
+        if src is not None:
+            dest = tmp / info["upstream"]["ckpt"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dest)
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(info["config"], sort_keys=False))
+        info["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        check_manifest(info, f"{out}/{MANIFEST}")  # never write a package that read_package refuses
+        manifest_text = json.dumps(info, indent=1, allow_nan=False) + "\n"
+        atomic_write_text(tmp / MANIFEST, manifest_text)
+        atomic_write_text(tmp / MANIFEST_SUM, f"{hashlib.sha256(manifest_text.encode()).hexdigest()}  {MANIFEST}\n")
+        atomic_write_text(tmp / "README.md", model_card(info))
+        for f in [tmp, *tmp.rglob("*")]:  # a package is for sharing: readable by all (mkstemp makes files 0600)
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
