@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         emb = {}
         for start in tqdm(range(0, len(utts), 64), desc="embed", unit="chunk", mininterval=5):
             keys = utts[start:start + 64]
-            emb.update(zip(keys, model.embed_raw([sources[k] for k in keys])))
+            emb.update(zip(keys, model.embed_raw([sources[k] for k in keys], strict=True)))  # scores: no silence
         scores = model.score_embeddings(np.stack([emb[a] for a, _ in pairs]), np.stack([emb[b] for _, b in pairs]))
         from upmp.fileio import atomic_write_text
         atomic_write_text(args.out, "".join(f"{a} {b} {s:.6f}\n" for (a, b), s in zip(pairs, scores)))
