@@ -8,7 +8,9 @@ wav2vec 2.0), <out stem>.wav.onnx (wavs (B, N) float32 at 16 kHz + wav_lens (B,)
 embeddings (B, E)); B, T and N are dynamic. <out>.json holds what scoring needs beside the
 graphs (the training-set mean, calibration, EER threshold, input names). Each graph is run by
 onnxruntime on a zero-padded batch of utterances of different lengths and compared with torch
-embedding each one alone; a difference above --tolerance is an error.
+embedding each one alone; a difference above --tolerance is an error. The graphs fail on lengths
+that do not fit their input (another batch size, < 1, > the padded length); run them with
+upmp.export.OnnxEmbedder to have that checked first, as one clear line.
 """
 from __future__ import annotations
 
