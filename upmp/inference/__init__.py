@@ -167,8 +167,8 @@ class SpeakerModel:
         for the upstream or silent (check_speech) is an AudioError when `strict` (a score or decision
         is asked for), else a logged warning (as stage 3 warns on short test audio)."""
         from upmp.embeddings import embed_stacks
-        names = names or [a if isinstance(a, (str, Path)) else getattr(a, "where", f"array {i}")
-                          for i, a in enumerate(audios)]
+        names = names or [a if isinstance(a, (str, Path)) else a.where if isinstance(a, AudioSource) else f"array {i}"
+                          for i, a in enumerate(audios)]  # (not getattr: a torch tensor has a .where method)
         stacks = []
         for a, n in zip(audios, names):
             wav = self.waveform(a, str(n))
