@@ -8,7 +8,8 @@ log-likelihood ratio and the decision at the validation EER threshold stored in 
 ("-" when the package has no validation list). A trial list (`<utt1> <utt2> [label]` lines, Kaldi
 form; labels are ignored) with --wav_scp (a wav.scp, a data dir, a folder or audio files: ids as
 in upmp-embed) writes a Kaldi score file `<utt1> <utt2> <score>` and, when calibrated,
-`<out>.llr`; each utterance is embedded once.
+`<out>.llr`; each utterance is embedded once. Audio too short for one upstream frame or silent
+gives no score or decision: one error line naming it, exit 1.
 """
 from __future__ import annotations
 

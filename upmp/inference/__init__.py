@@ -7,6 +7,9 @@
     s = model.score("a.wav", "b.wav")        # cosine after subtracting the training-set mean
     r = model.verify("a.wav", "b.wav")       # {"score", "llr", "decision", "threshold"}
 
+Scores and decisions are refused (AudioError) for audio too short for one upstream frame (400
+samples) or silent (RMS below -80 dBFS); embed() only warns, as stage 3 does.
+
 Audio of any rate and channel count is converted as the recipes convert it (channels
 averaged, polyphase resampling to 16 kHz: upmp.data.audio.load_audio). The upstream runs one
 utterance per forward, as stage 3 does (padding is not neutral for every upstream); the backend
@@ -140,7 +143,7 @@ class SpeakerModel:
             return load_audio(str(audio), name=name or str(audio))
         return array_waveform(audio, name or "array")
 
-    def check_speech(self, wav: np.ndarray, name: str) -> Optional[str]:
+    def check_speech(self, wav: np.ndarray) -> Optional[str]:
         """Why `wav` gives no meaningful embedding (None when it does): fewer samples than the
         upstream needs for one frame, or no signal (RMS below SILENCE_DBFS)."""
         need = getattr(self.upstream, "min_samples", MIN_SAMPLES)
@@ -172,11 +175,11 @@ class SpeakerModel:
         stacks = []
         for a, n in zip(audios, names):
             wav = self.waveform(a, str(n))
-            problem = self.check_speech(wav, str(n))
+            problem = self.check_speech(wav)
             if problem and strict:
                 raise AudioError(f"{n}: {problem}; no score or decision is given: give at least a second of speech")
             if problem:
-                logger.warning("%s: %s; its embedding comes from no usable audio", n, problem)
+                logger.warning("%s: %s; its embedding is not reliable", n, problem)
             stacks.append(self.layer_stack(wav))
         return embed_stacks(self.backend, stacks, self.max_batch_frames, self.device)
 
