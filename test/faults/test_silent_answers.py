@@ -156,6 +156,56 @@ def test_embed_warns_on_short_audio_as_stage_3_does(bad_clips, tiny_experiment, 
     assert (tmp_path / "emb" / "xvector.scp").read_text().startswith("short ")
 
 
+XVECTOR = {"backend": "xvector", "use_hidden0": True, "backend_conf": {"ndim": 16, "output_size": 32, "embed_dim": 8}}
+
+
+def test_backend_minimum_frames():
+    """The x-vector TDNN needs 7 frames (a RuntimeError traceback below); other backends embed one."""
+    from upmp.backends import SpeakerEmbeddingModel
+    for name, conf in (("xvector", XVECTOR["backend_conf"]), ("upmp", {"conv_dim": 4, "heads": 2, "embed_dim": 8})):
+        model = SpeakerEmbeddingModel(name, 8, 3, True, conf).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 8, 3, model.min_frames)).shape == (1, 8)
+            if model.min_frames > 1:
+                with pytest.raises(RuntimeError):
+                    model(torch.randn(1, 8, 3, model.min_frames - 1))
+    assert SpeakerEmbeddingModel("xvector", 8, 3, True, XVECTOR["backend_conf"]).min_frames == 7
+
+
+def test_audio_too_short_for_the_backend(tmp_path, dump):
+    """The API (any call: no embedding exists) and stage 3 name the utterance in one line."""
+    from upmp.backends import SpeakerEmbeddingModel
+    from upmp.checkpoint import save_model
+    from upmp.data.layer_stacks import LayerStackMeta, LayerStackWriter
+    from upmp.errors import AudioError
+    from upmp.inference import SpeakerModel
+    torch.manual_seed(0)
+    backend = SpeakerEmbeddingModel("xvector", 256, 4, True, XVECTOR["backend_conf"]).eval()
+    info = {"config": XVECTOR, "layer_stack": {"num_layers": 4, "dim": 256, "frame_shift": 0.01, "upstream": "ge2e"},
+            "upstream": {"name": "ge2e"}, "mean": [0.0] * 8, "calibration": None, "threshold": None}
+    model = SpeakerModel({"info": info, "backend": backend.state_dict(), "upstream_state": None, "upstream_source": None})
+    x = tone(1.0, 200.0)
+    assert model.embed(x[:960]).shape == (8,)                # 7 GE2E frames
+    for call in (model.embed, lambda y: model.verify(x, y)):
+        with pytest.raises(AudioError) as e:
+            call(x[:800])                                    # 6 frames: above the upstream's 400 samples
+        one_line(e, "800 samples give 6 frames of the upstream, the xvector backend needs at least 7 (70 ms)")
+    # stage 3 on cached stacks: one line naming the utterance (before: a RuntimeError traceback)
+    small = SpeakerEmbeddingModel("xvector", 8, 3, True, XVECTOR["backend_conf"]).eval()
+    save_model(tmp_path / "model.pt", {"config": XVECTOR, "model": small.state_dict(),
+                                       "layer_stack": vars(LayerStackMeta(3, 8, 0.02, "test"))})
+    with LayerStackWriter(str(dump / "dump" / "short"), "float32") as w:
+        w.write("s0-short", np.ones((3, 5, 8), np.float32))
+    scp = dump / "dump" / "layers.scp"
+    scp.write_text(scp.read_text() + (dump / "dump" / "short.scp").read_text())
+    out = tmp_path / "emb"
+    out.mkdir()
+    (out / "xvector.scp").write_text("earlier\n")
+    r = run("upmp.bin.extract_embeddings", "--model", tmp_path / "model.pt", "--layers_scp", scp, "--out_dir", out)
+    one_line_error(r, f"{scp}: utterance s0-short: 5 frames, the backend needs at least 7 (140 ms)")
+    assert (out / "xvector.scp").read_text() == "earlier\n"
+
+
 # --- 3. a pipe whose output is shorter than its header ---------------------------------------------
 
 def test_truncated_pipe_output_is_refused_like_the_truncated_file(tmp_path, tiny_experiment):

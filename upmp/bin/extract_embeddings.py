@@ -95,6 +95,10 @@ def main(argv=None) -> None:
         else:
             stacks = upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
         for utt, stack in zip(chunk, stacks):
+            if stack.shape[1] < model.min_frames:  # e.g. the x-vector TDNN's context: no embedding at all
+                raise DataDirError(f"{args.layers_scp or args.data_dir}: utterance {utt}: {stack.shape[1]} frames, the "
+                                   f"backend needs at least {model.min_frames} ({1000 * model.min_frames * meta.frame_shift:.0f} "
+                                   "ms); remove the utterance from the data dir")
             frames[utt] = stack.shape[1]
             yield stack
 

@@ -180,7 +180,13 @@ class SpeakerModel:
                 raise AudioError(f"{n}: {problem}; no score or decision is given: give at least a second of speech")
             if problem:
                 logger.warning("%s: %s; its embedding is not reliable", n, problem)
-            stacks.append(self.layer_stack(wav))
+            stack = self.layer_stack(wav)
+            need = self.backend.min_frames
+            if stack.shape[1] < need:  # no embedding at all, not even an unreliable one
+                raise AudioError(f"{n}: {len(wav)} samples give {stack.shape[1]} frames of the upstream, the "
+                                 f"{self.info['config']['backend']} backend needs at least {need} "
+                                 f"({1000 * need * self.meta.frame_shift:.0f} ms); give longer audio")
+            stacks.append(stack)
         return embed_stacks(self.backend, stacks, self.max_batch_frames, self.device)
 
     def embed(self, audio: Union[Audio, List[Audio]], normalize: bool = True) -> np.ndarray:
