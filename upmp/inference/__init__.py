@@ -146,7 +146,7 @@ class SpeakerModel:
     def check_speech(self, wav: np.ndarray) -> Optional[str]:
         """Why `wav` gives no meaningful embedding (None when it does): fewer samples than the
         upstream needs for one frame, or no signal (RMS below SILENCE_DBFS)."""
-        need = getattr(self.upstream, "min_samples", MIN_SAMPLES)
+        need = MIN_SAMPLES  # one frame of the wav2vec 2.0 / HuBERT / WavLM CNN, one full STFT window of GE2E
         if len(wav) < need:
             return (f"{len(wav)} samples ({1000 * len(wav) / SAMPLE_RATE:.1f} ms), shorter than the {need} samples "
                     f"({1000 * need / SAMPLE_RATE:.0f} ms) the upstream {self.info['upstream']['name']} needs "
