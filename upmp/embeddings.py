@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -115,6 +115,37 @@ def _write_vectors(out: Path, name: str, items) -> None:
         for key, vector in items:
             w(key, vector)
     os.replace(tmp, out / f"{name}.scp")
+
+
+MODEL_RECORD = "model.sha256"  # beside xvector.scp: `<sha256>  <model file>` of the model that embedded it
+
+
+def file_sha256(path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_model_record(out: Path, model_path: str) -> None:
+    """Record which model file made the embeddings in `out` (sha256sum's format); written before
+    xvector.scp, the old one removed first, so a record never describes older vectors."""
+    from upmp.fileio import atomic_write_text
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "xvector.scp").unlink(missing_ok=True)
+    atomic_write_text(out / MODEL_RECORD, f"{file_sha256(model_path)}  {model_path}\n")
+
+
+def read_model_record(out: Path) -> Optional[Tuple[str, str]]:
+    """(sha256, model path as given to stage 3) from <out>/model.sha256, None when there is none."""
+    f = Path(out) / MODEL_RECORD
+    if not f.is_file():
+        return None
+    digest, _, path = f.read_text().strip().partition("  ")
+    return digest, path
 
 
 def write_embeddings(out: Path, embeddings: Dict[str, np.ndarray], utt2spk: Optional[Dict[str, str]] = None) -> None:

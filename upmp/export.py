@@ -8,6 +8,12 @@ Graphs (inputs and outputs by name; B and T / N dynamic):
 Embeddings are the raw backend outputs (as in xvector.ark); score them as the package does
 (subtract package.json's "mean", length-normalise, dot product).
 
+Lengths are checked: each graph fails (onnxruntime error) rather than answer when the lengths
+vector has another batch size than the input, or a length is < 1 or > the padded length (before,
+it gave embeddings of the wrong rows, and NaN for length 0). `OnnxEmbedder(path)` runs a graph
+with those checks first, as one AudioError line (also a waveform shorter than one frame, NaN):
+use it, or check the same before calling onnxruntime yourself.
+
 The legacy TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, opset 17) is used:
 it needs only the `onnx` package (the dynamo exporter needs onnxscript). GE2E's front end is
 re-expressed for export: the STFT as a 1-D convolution with the windowed DFT basis (ONNX STFT
@@ -32,6 +38,18 @@ def frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
     return torch.arange(num_frames, device=lengths.device)[None] < lengths[:, None]
 
 
+def guard_lengths(lengths: torch.Tensor, rows: torch.Tensor, max_len) -> torch.Tensor:
+    """Zeros (B,) to add to the graph's output, computed so that the graph fails instead of answering
+    when `lengths` (B,) does not fit its input (`rows`: (B',) from that input, `max_len` its padded
+    length). ONNX has no assert: a Gather from a 1-element tensor at index 1 fails, and the index
+    is 1 where the numbers of lengths and of inputs differ (onnxruntime answered with the wrong
+    rows' embeddings) or a length is < 1 (NaN) or > max_len. The counts come from ones_like, so
+    they stay dynamic in the trace; adding zeros is exact, and keeps the check in the graph."""
+    mismatch = (torch.ones_like(lengths).sum() != torch.ones_like(rows, dtype=lengths.dtype).sum()).long()
+    bad = ((lengths < 1) | (lengths > max_len)).long() + mismatch
+    return torch.zeros(1, device=lengths.device)[bad.clamp(max=1)]
+
+
 class BackendGraph(nn.Module):
     """(stack (B, D, L, T), lengths (B,)) -> (B, E): the frame mask is built inside the graph."""
 
@@ -40,7 +58,8 @@ class BackendGraph(nn.Module):
         self.backend = backend
 
     def forward(self, stack: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.backend(stack, frame_mask(lengths, stack.shape[3]))
+        guard = guard_lengths(lengths, stack[:, 0, 0, 0], stack.shape[3])
+        return self.backend(stack, frame_mask(lengths, stack.shape[3])) + guard[:, None]
 
 
 class GE2EFrontEnd(nn.Module):
@@ -104,8 +123,10 @@ class FullGraph(nn.Module):
         self.front, self.backend = front, backend
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
+        guard = guard_lengths(wav_lens, wavs[:, 0], wavs.shape[1])
         stack, lengths = self.front(wavs, wav_lens)
-        return self.backend(stack, frame_mask(lengths, stack.shape[3]))
+        frames_guard = guard_lengths(lengths, stack[:, 0, 0, 0], stack.shape[3])  # too short for one frame
+        return self.backend(stack, frame_mask(lengths, stack.shape[3])) + (guard + frames_guard)[:, None]
 
 
 def front_end(upstream) -> nn.Module:
@@ -163,6 +184,58 @@ def onnx_session(path: str, num_threads: int = 0):
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxEmbedder:
+    """An exported graph run by onnxruntime, its inputs checked first: one AudioError line for
+    lengths of another batch size than the input, a length < 1 or > the padded length, a waveform
+    too short for one frame, non-finite values or a wrong shape (the graph itself fails on the
+    first two, with onnxruntime's message).
+
+        emb = OnnxEmbedder("model.wav.onnx")(wavs, wav_lens)     # (B, N) float32, (B,) int64 -> (B, E)
+        emb = OnnxEmbedder("model.wav.onnx").embed([w1, w2])     # list of (N_i,) 16 kHz -> (B, E)
+    """
+
+    def __init__(self, path: str, num_threads: int = 0):
+        self.path = str(path)
+        self.session = onnx_session(self.path, num_threads)
+        names = tuple(i.name for i in self.session.get_inputs())
+        graphs = {("stack", "lengths"): "backend", ("wavs", "wav_lens"): "full"}
+        if names not in graphs:
+            raise ModelFileError(f"{self.path}: inputs {names} are not those of an upmp export "
+                                 "(stack, lengths or wavs, wav_lens)")
+        self.names, self.graph = names, graphs[names]
+
+    def check(self, x: np.ndarray, lengths: np.ndarray) -> None:
+        from upmp.data.audio import MIN_SAMPLES, check_finite
+        from upmp.errors import AudioError
+        x, lengths = np.asarray(x), np.asarray(lengths)
+        shape = "(B, D, L, T)" if self.graph == "backend" else "(B, N)"
+        if x.ndim != len(shape.split(",")) or x.dtype != np.float32:
+            raise AudioError(f"{self.path}: {self.names[0]} must be float32 {shape}, got {x.dtype} {x.shape}")
+        if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+            raise AudioError(f"{self.path}: {self.names[1]} must be int64 (B,), got {lengths.dtype} {lengths.shape}")
+        if len(lengths) != len(x):
+            raise AudioError(f"{self.path}: {len(lengths)} {self.names[1]} for a batch of {len(x)} inputs; "
+                             "give one length per row")
+        low = 1 if self.graph == "backend" else MIN_SAMPLES
+        unit = "frames" if self.graph == "backend" else f"samples (one frame needs {MIN_SAMPLES})"
+        bad = np.flatnonzero((lengths < low) | (lengths > x.shape[-1]))
+        if bad.size:
+            i = int(bad[0])
+            raise AudioError(f"{self.path}: {self.names[1]}[{i}] = {int(lengths[i])} {unit}; each must be "
+                             f"{low}..{x.shape[-1]} (the padded length)")
+        check_finite(x, f"{self.path}: {self.names[0]}", "replace those values")
+
+    def __call__(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(B, ...) input, (B,) lengths -> (B, E) embeddings, not normalised."""
+        self.check(x, lengths)
+        feed = {self.names[0]: np.asarray(x), self.names[1]: np.asarray(lengths).astype(np.int64)}
+        return self.session.run(None, feed)[0]
+
+    def embed(self, items) -> np.ndarray:
+        """List of (N_i,) waveforms (full graph) or (L, T_i, D) layer stacks (backend graph) -> (B, E)."""
+        return self(*(padded_stacks(items) if self.graph == "backend" else padded_waveforms(items)))
 
 
 def padded_waveforms(wavs) -> Tuple[np.ndarray, np.ndarray]:

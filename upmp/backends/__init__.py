@@ -53,6 +53,7 @@ class SpeakerEmbeddingModel(nn.Module):
         self.embed_dim = self.backend.embed_dim
         # whether padded batches give the same embeddings as single utterances
         self.padding_invariant = self.backend.padding_invariant
+        self.min_frames = self.backend.min_frames
 
     def _select(self, stack: torch.Tensor) -> torch.Tensor:
         return stack if self.use_hidden0 else stack[:, :, 1:]

@@ -15,11 +15,13 @@ class Backend(nn.Module, metaclass=ABCMeta):
         embed_dim            the embedding size E (an instance attribute, from its config)
         padding_invariant    class attribute: True when a padded batch gives the same embeddings
                              as one utterance at a time (extraction then batches utterances)
+        min_frames           the fewest frames T it embeds (convolutions without enough padding)
     and implements forward() and layer_usage().
     """
 
     embed_dim: int
     padding_invariant: bool = False
+    min_frames: int = 1
 
     @abstractmethod
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -31,6 +31,10 @@ class XvectorBackend(Backend):
         self.pooling = StatsPooling()
         self.segment = nn.Linear(2 * output_size, embed_dim)
         self.embed_dim = embed_dim
+        self.min_frames = 1  # the input frames its TDNN needs for one output frame (7 for espnet's)
+        for conv in reversed([m for m in self.encoder.modules() if isinstance(m, nn.Conv1d)]):
+            (k,), (d,), (p,), (s,) = conv.kernel_size, conv.dilation, conv.padding, conv.stride
+            self.min_frames = max(1, (self.min_frames - 1) * s + d * (k - 1) + 1 - 2 * p)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         frames = self.encoder(x[:, :, self.layer].transpose(1, 2))  # (B, C, T)

@@ -10,7 +10,9 @@ graphs (the training-set mean, calibration, EER threshold, input names). Each gr
 onnxruntime on a zero-padded batch of utterances of different lengths and compared with torch
 embedding each one alone; a difference above --tolerance is an error, and then nothing is
 written (each graph is checked under a temporary name and renamed only when all pass, so an
-earlier export at <out> stays as it was).
+earlier export at <out> stays as it was). The graphs fail on lengths that do not fit their input
+(another batch size, < 1, > the padded length); run them with upmp.export.OnnxEmbedder to have
+that checked first, as one clear line.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@
         --upstream wavlm_base_plus --out_dir exp/upmp/embeddings/voxceleb1_test
 
 Writes xvector.ark/scp (one float vector per utterance, Kaldi/WeSpeaker style, not
-length-normalised), utt2dur (seconds of each layer stack: a quality measure for QMF
+length-normalised), model.sha256 (`<sha256>  <--model>`: which model file made them;
+package_model checks it), utt2dur (seconds of each layer stack: a quality measure for QMF
 calibration) and, with --utt2spk (or --data_dir), spk_xvector.ark/scp (mean of the
 length-normalised utterance embeddings per speaker). Full utterances by
 default, as in the paper; --crop_seconds/--num_crops average evenly spaced crops.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from upmp.bin.common import make_parser, require_files, run_main, set_num_threads, setup_logging
 from upmp.data.kaldi_dir import DataDir, read_table
-from upmp.embeddings import check_stacks_fit, embed_all, upstream_stacks, write_embeddings
+from upmp.embeddings import check_stacks_fit, embed_all, upstream_stacks, write_embeddings, write_model_record
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, load_stack
@@ -94,6 +95,10 @@ def main(argv=None) -> None:
         else:
             stacks = upstream_stacks(extractor, data, chunk, args.device, source=f"{args.data_dir}/wav.scp")
         for utt, stack in zip(chunk, stacks):
+            if stack.shape[1] < model.min_frames:  # e.g. the x-vector TDNN's context: no embedding at all
+                raise DataDirError(f"{args.layers_scp or args.data_dir}: utterance {utt}: {stack.shape[1]} frames, the "
+                                   f"backend needs at least {model.min_frames} ({1000 * model.min_frames * meta.frame_shift:.0f} "
+                                   "ms); remove the utterance from the data dir")
             frames[utt] = stack.shape[1]
             yield stack
 
@@ -102,6 +107,7 @@ def main(argv=None) -> None:
     out = Path(args.out_dir)
     # before xvector.scp, which write_embeddings renames into place last (stage 3's completeness mark)
     atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
+    write_model_record(out, args.model)  # package_model checks that it packages this model
     write_embeddings(out, embeddings, utt2spk)
     logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, args.out_dir)
 

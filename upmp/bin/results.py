@@ -3,7 +3,7 @@
     upmp-results egs/mini/sv1/exp/*/ [--out cmp/results] [--test_set voxceleb1_test]
 
 Reads <exp_dir>/results.json (stage 5) of every experiment given (dirs without one are
-skipped) and writes <out>.md (Markdown table, also printed), <out>.csv and <out>_det.png:
+skipped with a warning; a path that is not a directory is an error) and writes <out>.md (Markdown table, also printed), <out>.csv and <out>_det.png:
 one DET curve per experiment and system on one test set (the first one found unless
 --test_set), from <exp_dir>/scores/<set>.<system> and the trials <data_root>/<set>/trials
 (default: the recipe's data/, i.e. <exp_dir>/../../data). For comparing backends or upstreams.
@@ -38,12 +38,27 @@ def _cell(v, fmt=""):
     return "-" if v is None else format(v, fmt)
 
 
+def check_exp_dirs(exp_dirs) -> None:
+    """A path that is not a directory (a typo) is an error naming it; a directory without
+    results.json (an experiment before stage 5, or another dir a glob like exp/*/ matched) is
+    skipped with a warning naming it."""
+    for d in exp_dirs:
+        p = Path(d)
+        if not p.is_dir():
+            raise DataDirError(f"{d}: {'not a directory' if p.exists() else 'no such directory'}; "
+                               "give experiment dirs (exp/<name>, with results.json from stage 5)")
+        if not (p / "results.json").is_file():
+            what = "an experiment before stage 5" if (p / "config.yaml").is_file() else "not an experiment dir"
+            logger.warning("%s: no results.json (%s), skipped", d, what)
+
+
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     from upmp.results import result_rows
     from upmp.fileio import atomic_write_text
     from upmp.metrics import EER_CONVENTION
+    check_exp_dirs(args.exp_dirs)
     rows = result_rows(args.exp_dirs)
     if not rows:
         raise DataDirError(f"no results.json in {' '.join(args.exp_dirs)}; run stage 5 (write_results) first")

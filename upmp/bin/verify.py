@@ -8,7 +8,8 @@ log-likelihood ratio and the decision at the validation EER threshold stored in 
 ("-" when the package has no validation list). A trial list (`<utt1> <utt2> [label]` lines, Kaldi
 form; labels are ignored) with --wav_scp (a wav.scp, a data dir, a folder or audio files: ids as
 in upmp-embed) writes a Kaldi score file `<utt1> <utt2> <score>` and, when calibrated,
-`<out>.llr`; each utterance is embedded once.
+`<out>.llr`; each utterance is embedded once. Audio too short for one upstream frame or silent
+gives no score or decision: one error line naming it, exit 1.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
         emb = {}
         for start in tqdm(range(0, len(utts), 64), desc="embed", unit="chunk", mininterval=5):
             keys = utts[start:start + 64]
-            emb.update(zip(keys, model.embed_raw([sources[k] for k in keys])))
+            emb.update(zip(keys, model.embed_raw([sources[k] for k in keys], strict=True)))  # scores: no silence
         scores = model.score_embeddings(np.stack([emb[a] for a, _ in pairs]), np.stack([emb[b] for _, b in pairs]))
         from upmp.fileio import atomic_write_text
         atomic_write_text(args.out, "".join(f"{a} {b} {s:.6f}\n" for (a, b), s in zip(pairs, scores)))

@@ -31,6 +31,9 @@ SAMPLE_RATE = 16000
 # strides 5,2,2,2,2,2,2): 400 samples (25 ms at 16 kHz) give its first 20 ms frame; less gives none.
 MIN_SAMPLES = 400
 SEEKABLE_FORMATS = ("WAV", "WAVEX", "FLAC")  # sample-accurate seek in libsndfile
+# data-chunk sizes a writer puts in a header it cannot go back to fix (the length is unknown when
+# writing to a pipe): 0 and 0xFFFFFFFF (ffmpeg, libsndfile), 0x7FFFF000 (SoX)
+STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000)
 NON_FINITE_HINT = "re-encode or replace the file, or remove the utterance from the data dir"
 
 
@@ -109,25 +112,30 @@ def wav_data_shortfall(path: str) -> Optional[Tuple[int, int]]:
     """(samples the data chunk of a RIFF/WAVE header declares, samples the file holds) when the
     file holds fewer; None when complete, not a RIFF file, or the size is a streaming placeholder."""
     with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return _wav_stream_shortfall(f, os.fstat(f.fileno()).st_size)
+
+
+def _wav_stream_shortfall(f, total: int) -> Optional[Tuple[int, int]]:
+    """wav_data_shortfall of an open binary stream of `total` bytes (a file, or a pipe's output)."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align = 0
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
             return None
-        block_align = 0
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
+        cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if cid == b"fmt ":
+            fmt = f.read(size + (size & 1))
+            block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
+            continue
+        if cid == b"data":
+            have = total - f.tell()
+            if block_align <= 0 or size in STREAMING_SIZES or size <= have:
                 return None
-            cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if cid == b"fmt ":
-                fmt = f.read(size + (size & 1))
-                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
-                continue
-            if cid == b"data":
-                have = os.fstat(f.fileno()).st_size - f.tell()
-                if block_align <= 0 or size in (0, 0xFFFFFFFF) or size <= have:
-                    return None
-                return size // block_align, have // block_align
-            f.seek(size + (size & 1), 1)
+            return size // block_align, have // block_align
+        f.seek(size + (size & 1), 1)
 
 
 def _is_ark_entry(entry: str) -> bool:
@@ -138,6 +146,11 @@ def _is_ark_entry(entry: str) -> bool:
 def _decode_bytes(data: bytes, what: str) -> Tuple[np.ndarray, int]:
     if not data:
         raise AudioError(f"command produced no audio: {what!r}")
+    short = _wav_stream_shortfall(io.BytesIO(data), len(data))
+    if short is not None:  # libsndfile silently shortens it, as it does a truncated file
+        raise AudioError(f"the output of {what!r}: the WAV header promises {short[0]} samples but the command "
+                         f"gave {short[1]}: the audio is truncated or the command stopped early; fix the "
+                         "command or the file it reads, or remove the utterance from the data dir")
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except Exception as e:

@@ -7,6 +7,9 @@
     s = model.score("a.wav", "b.wav")        # cosine after subtracting the training-set mean
     r = model.verify("a.wav", "b.wav")       # {"score", "llr", "decision", "threshold"}
 
+Scores and decisions are refused (AudioError) for audio too short for one upstream frame (400
+samples) or silent (RMS below -80 dBFS); embed() only warns, as stage 3 does.
+
 Audio of any rate and channel count is converted as the recipes convert it (channels
 averaged, polyphase resampling to 16 kHz: upmp.data.audio.load_audio). The upstream runs one
 utterance per forward, as stage 3 does (padding is not neutral for every upstream); the backend
@@ -15,6 +18,7 @@ takes padded batches when it is padding-invariant. The embedding therefore equal
 """
 from __future__ import annotations
 
+import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +27,44 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from upmp.data.audio import SAMPLE_RATE, load_audio, to_mono
+from upmp.data.audio import MIN_SAMPLES, SAMPLE_RATE, check_finite, load_audio
 from upmp.data.kaldi_dir import Segment
 from upmp.errors import AudioError, DataDirError, ModelFileError
 
 Audio = Union[str, Path, np.ndarray, torch.Tensor]
+logger = logging.getLogger(__name__)
+
+MAX_CHANNELS = 8  # 7.1 audio; the longer axis of a 2-D array is time
+# Below this RMS a signal carries no speech: -80 dBFS is about 3 LSB of 16-bit audio (dither,
+# digital silence), while recorded speech sits around -40 to -20 dBFS. GE2E's volume normalisation
+# would otherwise amplify such a signal into an embedding that looks like anyone's.
+SILENCE_DBFS = -80.0
+
+
+def array_waveform(audio, name: str = "array") -> np.ndarray:
+    """A numpy array or torch tensor of 16 kHz float samples -> float32 (N,) mono (see
+    SpeakerModel.waveform for the shapes taken); anything else is one AudioError line."""
+    x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    want = (f"pass float samples in [-1, 1] at {SAMPLE_RATE} Hz as (N,), (C, N) channels first "
+            f"(torchaudio.load) or (N, C) channels last (soundfile.read), C <= {MAX_CHANNELS}")
+    if not np.issubdtype(x.dtype, np.floating):
+        hint = f" (int samples: divide by {2 ** (8 * x.dtype.itemsize - 1)})" if np.issubdtype(x.dtype, np.integer) else ""
+        raise AudioError(f"{name}: {x.dtype} array{hint}; {want}")
+    if x.size == 0:
+        raise AudioError(f"{name}: empty audio (shape {tuple(x.shape)})")
+    if x.ndim == 2 and x.shape[0] <= MAX_CHANNELS < x.shape[1]:
+        axis = 0               # (C, N)
+    elif x.ndim == 2 and x.shape[1] <= MAX_CHANNELS < x.shape[0]:
+        axis = 1               # (N, C)
+    elif x.ndim == 1:
+        axis = None
+    else:
+        what = "a scalar" if x.ndim == 0 else f"an array of shape {tuple(x.shape)}"
+        raise AudioError(f"{name}: {what} is not audio (which axis is time?); {want}")
+    check_finite(x, f"{name} (shape {tuple(x.shape)})", "replace those samples")
+    if axis is not None:
+        x = x.mean(axis=axis)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def load_checkpoint(path: str):
@@ -95,20 +132,30 @@ class SpeakerModel:
     # --- audio -> embeddings ---------------------------------------------------------------
     @staticmethod
     def waveform(audio: Audio, name: str = "") -> np.ndarray:
-        """A path (or any wav.scp value: `cmd |`, `x.ark:12`) or an array of 16 kHz samples
-        ((N,) or (N, C)) -> float32 mono 16 kHz."""
+        """A path (or any wav.scp value: `cmd |`, `x.ark:12`) or an array of 16 kHz float samples
+        -> float32 mono 16 kHz. Arrays: (N,); (C, N) channels first, as torchaudio.load returns
+        (so (1, N) is one channel); (N, C) channels last, as soundfile.read returns. The channel
+        axis is the one of at most MAX_CHANNELS entries while the other is longer; any other
+        shape, integer samples, NaN / inf and empty arrays are an AudioError."""
         if isinstance(audio, AudioSource):
             return audio.load()
         if isinstance(audio, (str, Path)):
             return load_audio(str(audio), name=name or str(audio))
-        x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-        if x.ndim not in (1, 2) or not np.issubdtype(x.dtype, np.floating):
-            raise AudioError(f"{name or 'array'}: expected float samples (N,) or (N, channels) at "
-                             f"{SAMPLE_RATE} Hz, got {x.dtype} {x.shape}")
-        x = to_mono(x.astype(np.float32))
-        if x.size == 0:
-            raise AudioError(f"{name or 'array'}: empty audio")
-        return np.ascontiguousarray(x)
+        return array_waveform(audio, name or "array")
+
+    def check_speech(self, wav: np.ndarray) -> Optional[str]:
+        """Why `wav` gives no meaningful embedding (None when it does): fewer samples than the
+        upstream needs for one frame, or no signal (RMS below SILENCE_DBFS)."""
+        need = MIN_SAMPLES  # one frame of the wav2vec 2.0 / HuBERT / WavLM CNN, one full STFT window of GE2E
+        if len(wav) < need:
+            return (f"{len(wav)} samples ({1000 * len(wav) / SAMPLE_RATE:.1f} ms), shorter than the {need} samples "
+                    f"({1000 * need / SAMPLE_RATE:.0f} ms) the upstream {self.info['upstream']['name']} needs "
+                    "for one frame")
+        rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+        if rms < 10 ** (SILENCE_DBFS / 20):
+            level = "-inf" if rms == 0 else f"{20 * np.log10(rms):.0f}"
+            return f"no speech: the signal is silent (RMS {level} dBFS, below {SILENCE_DBFS:g} dBFS)"
+        return None
 
     @torch.no_grad()
     def layer_stack(self, wav: np.ndarray) -> np.ndarray:
@@ -117,12 +164,29 @@ class SpeakerModel:
         stack, _ = self.upstream(x, torch.tensor([x.shape[1]], device=self.device))
         return stack[0].permute(1, 2, 0).float().cpu().numpy()
 
-    def embed_raw(self, audios: Sequence[Audio], names: Optional[Sequence[str]] = None) -> np.ndarray:
-        """(N, E) embeddings as stage 3 writes them to xvector.ark (not normalised)."""
+    def embed_raw(self, audios: Sequence[Audio], names: Optional[Sequence[str]] = None,
+                  strict: bool = False) -> np.ndarray:
+        """(N, E) embeddings as stage 3 writes them to xvector.ark (not normalised). Audio too short
+        for the upstream or silent (check_speech) is an AudioError when `strict` (a score or decision
+        is asked for), else a logged warning (as stage 3 warns on short test audio)."""
         from upmp.embeddings import embed_stacks
-        names = names or [a if isinstance(a, (str, Path)) else getattr(a, "where", f"array {i}")
-                          for i, a in enumerate(audios)]
-        stacks = [self.layer_stack(self.waveform(a, str(n))) for a, n in zip(audios, names)]
+        names = names or [a if isinstance(a, (str, Path)) else a.where if isinstance(a, AudioSource) else f"array {i}"
+                          for i, a in enumerate(audios)]  # (not getattr: a torch tensor has a .where method)
+        stacks = []
+        for a, n in zip(audios, names):
+            wav = self.waveform(a, str(n))
+            problem = self.check_speech(wav)
+            if problem and strict:
+                raise AudioError(f"{n}: {problem}; no score or decision is given: give at least a second of speech")
+            if problem:
+                logger.warning("%s: %s; its embedding is not reliable", n, problem)
+            stack = self.layer_stack(wav)
+            need = self.backend.min_frames
+            if stack.shape[1] < need:  # no embedding at all, not even an unreliable one
+                raise AudioError(f"{n}: {len(wav)} samples give {stack.shape[1]} frames of the upstream, the "
+                                 f"{self.info['config']['backend']} backend needs at least {need} "
+                                 f"({1000 * need * self.meta.frame_shift:.0f} ms); give longer audio")
+            stacks.append(stack)
         return embed_stacks(self.backend, stacks, self.max_batch_frames, self.device)
 
     def embed(self, audio: Union[Audio, List[Audio]], normalize: bool = True) -> np.ndarray:
@@ -139,7 +203,8 @@ class SpeakerModel:
         return self.scorer.score_pairs(self.scorer.prepare(np.atleast_2d(e1)), self.scorer.prepare(np.atleast_2d(e2)))
 
     def score(self, a: Audio, b: Audio) -> float:
-        e = self.embed_raw([a, b])
+        """Cosine score of two inputs; audio too short or silent is an AudioError (no score)."""
+        e = self.embed_raw([a, b], strict=True)
         return float(self.score_embeddings(e[:1], e[1:])[0])
 
     def llr(self, score: Union[float, np.ndarray]):

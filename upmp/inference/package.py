@@ -177,6 +177,48 @@ def _upstream_entry(inputs: dict, exp: Path, layer_upstream: str) -> dict:
     return entry
 
 
+def _check_embedded_by(model_path: Path, exp: Path, inputs: dict, used: Dict[str, Path]) -> None:
+    """The training mean, calibration and threshold must come from embeddings of the model packaged:
+    each xvector.scp used ({"train": scp, "valid": scp}) must have been made by model_path (stage 3's
+    model.sha256 beside it); without a record only <exp>/model.pt is trusted (what stage 3 embeds).
+    Otherwise a ModelFileError with the commands that extract them with model_path."""
+    from upmp.embeddings import file_sha256, read_model_record
+    default = model_path.resolve() == (exp / "model.pt").resolve()
+    digest = None
+    for role, scp in used.items():
+        if not scp.is_file():
+            continue  # missing: _load_vectors says so
+        record = read_model_record(scp.parent)
+        if record is None and default:
+            continue
+        digest = digest or file_sha256(model_path)
+        if record is not None and record[0] == digest:
+            continue
+        made = (f"made by another model file ({record[1]}, sha256 {record[0][:12]}...)" if record is not None
+                else "made by an unrecorded model (no model.sha256 beside it: stage 3 embeds model.pt)")
+        out_root = exp / ("embeddings" if default else f"embeddings_{model_path.stem}")
+        cmds, opts = [], []
+        for r in used:
+            src = ({"train": inputs.get("train_scp"), "valid": inputs.get("valid_scp")}[r], "--layers_scp")
+            if not src[0]:
+                src = ({"train": inputs.get("train_data_dir"), "valid": inputs.get("valid_data_dir")}[r], "--data_dir")
+            set_name = used[r].parent.name
+            if src[0] and src[1] == "--data_dir":
+                up = inputs.get("upstream")
+                src_opts = f"--data_dir {src[0]}" + (f" --upstream {up}" if up else "") + \
+                    (f" --upstream_ckpt {inputs['upstream_ckpt']}" if inputs.get("upstream_ckpt") else "")
+            else:
+                src_opts = f"--layers_scp {src[0] or f'<layers.scp of {set_name}>'}"
+            out_dir = out_root / set_name
+            cmd = f"python -m upmp.bin.extract_embeddings --model {model_path} {src_opts} --out_dir {out_dir}"
+            if cmd not in cmds:
+                cmds.append(cmd)
+            opts.append(f"--{r}_embeddings {out_dir / 'xvector.scp'}")
+        raise ModelFileError(f"{scp}: the {role} embeddings were {made}, not by {model_path}: the training mean, "
+                             f"calibration and threshold must come from the model packaged; extract them with it "
+                             f"({' && '.join(cmds)}) and pass {' '.join(opts)}")
+
+
 def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_embeddings: Optional[str] = None,
                        valid_embeddings: Optional[str] = None, valid_trials: Optional[str] = None,
                        load_checkpoint=None, upstream: Optional[str] = None,
@@ -207,6 +249,13 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
 
     train_set = _set_name(inputs.get("train_scp") or inputs.get("train_data_dir"))
     train_scp = Path(train_embeddings) if train_embeddings else exp / "embeddings" / str(train_set) / "xvector.scp"
+    valid_path = valid_trials or inputs.get("valid_trials")
+    valid_file = _resolve(valid_path, exp) if valid_path else None
+    used = {"train": train_scp}
+    if valid_file is not None:
+        used["valid"] = Path(valid_embeddings) if valid_embeddings else \
+            exp / "embeddings" / str(_set_name(str(valid_file))) / "xvector.scp"
+    _check_embedded_by(model_path, exp, inputs, used)
     X = np.stack(list(_load_vectors(train_scp, exp).values()))
     scorer = CosineScorer(subtract_mean=True).fit(X)
 

@@ -82,6 +82,12 @@ EOF
 . ./cmd.sh
 . utils/parse_options.sh
 
+# stage numbers first: a typo would otherwise make every stage test a shell error, run nothing and "succeed"
+for _opt in stage stop_stage; do
+  if ! [[ "${!_opt}" =~ ^[0-9]+$ ]]; then log "--${_opt} '${!_opt}': expected a non-negative integer (the stages are 0-5)"; exit 1; fi
+done
+# (--stage 1 --stop_stage 0 is an idiom: import the sets given as paths, run no stage)
+if [ "${stage}" -gt "${stop_stage}" ]; then log "--stage ${stage} is after --stop_stage ${stop_stage}: no stage runs"; fi
 if [ $# -ne 0 ]; then log "unexpected arguments: $*\n${help_message}"; exit 1; fi
 if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --test_sets are required"; exit 1; fi
 for m in ${scoring}; do case ${m} in cosine|plda) ;; *) log "unknown --scoring ${m} (cosine, plda)"; exit 1 ;; esac; done
