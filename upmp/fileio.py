@@ -5,12 +5,25 @@ already in place stays intact until its replacement is complete.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def named_in_errors(path: PathLike):
+    """Around writes to `path`: an OSError without a file name (write() on a full disk reports none)
+    gets `path`, so the error a user sees names what was being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def _temp_beside(path: Path) -> str:
@@ -25,7 +38,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        with open(tmp, "wb") as f:
+        with named_in_errors(path), open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     finally:
@@ -44,7 +57,8 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        torch.save(obj, tmp)
+        with named_in_errors(path):
+            torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -65,10 +65,10 @@ def _sha256(path: Path) -> str:
 
 
 def _load_vectors(scp: Path) -> Dict[str, np.ndarray]:
-    import kaldiio
+    from upmp.scoring.io import read_vectors
     if not scp.is_file():
         raise ModelFileError(f"{scp}: missing; extract the embeddings first (stage 3)")
-    return {k: np.asarray(v) for k, v in kaldiio.load_scp(str(scp)).items()}
+    return {utt: v for _, utt, v in read_vectors(str(scp))}
 
 
 def _resolve(path: str, exp: Path) -> Optional[Path]:
@@ -235,6 +235,15 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        return _fill_and_move(content, out, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps no half package
+        raise
+
+
+def _fill_and_move(content: Dict[str, Any], out: Path, tmp: Path) -> Path:
+    import torch
     info = dict(content["info"])
     torch.save(content["backend"], tmp / "backend.pt")
     if content["upstream_state"] is not None:

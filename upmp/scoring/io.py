@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,15 +23,39 @@ from upmp.errors import DataDirError, ScoringError
 from upmp.fileio import atomic_write_text
 
 
-def load_embeddings(scp: str) -> Dict[str, np.ndarray]:
-    """{utt: (E,) float64} of an xvector.scp; a missing scp or ark is one error naming it."""
+def read_vectors(scp: str) -> Iterator[Tuple[int, str, np.ndarray]]:
+    """(line number, utt, (E,) vector) of a Kaldi vector scp (`<utt> <file.ark:offset>`), in order.
+    Every read of an embedding file goes through here: an entry that cannot be read (a truncated or
+    overwritten ark, a missing ark, a bad offset) is a DataDirError naming the scp line, the utterance
+    and the ark."""
     import kaldiio
+    with open(scp, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split(maxsplit=1)
+            if len(fields) != 2:
+                raise DataDirError(f"{scp}:{lineno}: expected '<utt> <file.ark:offset>', got {line.rstrip()!r}")
+            utt, entry = fields[0], fields[1].strip()
+            try:
+                vector = np.asarray(kaldiio.load_mat(entry))
+            except OSError as e:
+                raise DataDirError(f"{scp}:{lineno}: embedding of {utt!r}: {e.strerror}: {e.filename or entry}; "
+                                   f"extract the embeddings again (stage 3)") from None
+            except Exception as e:  # kaldiio's reader on bytes that are not (or no longer) what the scp says
+                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                raise DataDirError(f"{scp}:{lineno}: cannot read the embedding of {utt!r} at {entry} ({why}): the "
+                                   f"ark is truncated or was overwritten; extract the embeddings again "
+                                   f"(stage 3)") from None
+            if vector.ndim != 1:
+                raise DataDirError(f"{scp}:{lineno}: {utt!r} at {entry} is a {vector.ndim}-d array, not an "
+                                   f"embedding vector (an scp of layer stacks or features?)")
+            yield lineno, utt, vector
+
+
+def load_embeddings(scp: str) -> Dict[str, np.ndarray]:
+    """{utt: (E,) float64} of an xvector.scp (read_vectors); a missing scp is one error naming it."""
     if not Path(scp).is_file():
         raise DataDirError(f"{scp}: no such file (extract the embeddings first: stage 3)")
-    try:
-        return {k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp(scp).items()}
-    except FileNotFoundError as e:
-        raise DataDirError(f"{scp}: {e.strerror}: {e.filename}") from None
+    return {utt: v.astype(np.float64) for _, utt, v in read_vectors(scp)}
 
 
 def labelled_matrix(embeddings: Dict[str, np.ndarray], utt2spk_path: str, scp: str) -> Tuple[np.ndarray, np.ndarray]:
