@@ -6,6 +6,7 @@ already in place stays intact until its replacement is complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -51,14 +52,33 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def torch_save(obj: Any, path: PathLike) -> None:
+    """`torch.save(obj, path)`; a write that fails on a full disk is the OSError (ENOSPC) it is: torch
+    reports it as a RuntimeError ("PytorchStreamWriter failed writing file")."""
+    import torch
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        if not _disk_full(Path(path).parent):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)  # less than 1 MiB left for us
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """`torch.save(obj, path)` atomically (torch is imported only here, when called)."""
-    import torch
     path = Path(path)
     tmp = _temp_beside(path)
     try:
         with named_in_errors(path):
-            torch.save(obj, tmp)
+            torch_save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -88,15 +88,13 @@ def require_files(**paths: Optional[str]) -> None:
             raise DataDirError(f"--{option} {path}: no such file")
 
 
-_TEMP_NAME = re.compile(r"^\.(.+)\.[a-z0-9_]{8}$")  # fileio's temp files: .<name>.XXXXXXXX beside <name>
+_TEMP_NAME = re.compile(r"^\.(.+)\.(?:[a-z0-9_]{8}|tmp)$")  # our temp files and dirs: .<name>.XXXXXXXX, .<name>.tmp
 
 
 def _shown(path) -> str:
-    """A path as the user gave it: an atomic write's temp file named by the file it becomes."""
-    path = os.fsdecode(path)
-    head, name = os.path.split(path)
-    m = _TEMP_NAME.match(name)
-    return os.path.join(head, m.group(1)) if m else path
+    """A path as the user knows it: the temp files and dirs of atomic writes named by what they become."""
+    parts = Path(os.fsdecode(path)).parts
+    return str(Path(*[m.group(1) if (m := _TEMP_NAME.match(p)) else p for p in parts])) if parts else ""
 
 
 def unusable_path_message(e: OSError) -> Optional[str]:
@@ -144,7 +142,7 @@ def require_writable(path: str, directory: bool = True) -> None:
     p = Path(path)
     blocking = _file_in_the_way(str(p.parent) if not directory else str(p))
     if blocking is not None:
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), blocking)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(p))
     if p.is_dir() and not directory:
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(p))
     nearest = p if p.is_dir() else next(q for q in p.parents if q.is_dir())

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from upmp.errors import ModelFileError
-from upmp.fileio import atomic_write_text
+from upmp.fileio import atomic_write_text, torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,6 @@ def model_card(info: Dict[str, Any]) -> str:
 def write_package(content: Dict[str, Any], out: str) -> Path:
     """Write collect_experiment's content into `out` (created; an existing package is replaced
     only once the new one is complete)."""
-    import torch
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -243,11 +242,10 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
 
 
 def _fill_and_move(content: Dict[str, Any], out: Path, tmp: Path) -> Path:
-    import torch
     info = dict(content["info"])
-    torch.save(content["backend"], tmp / "backend.pt")
+    torch_save(content["backend"], tmp / "backend.pt")
     if content["upstream_state"] is not None:
-        torch.save({k: v.detach().cpu() for k, v in content["upstream_state"].items()}, tmp / "upstream.pt")
+        torch_save({k: v.detach().cpu() for k, v in content["upstream_state"].items()}, tmp / "upstream.pt")
     src = content["upstream_source"]
     if src is not None:
         dest = tmp / info["upstream"]["ckpt"]
