@@ -113,8 +113,10 @@ def test_run_main_maps_unusable_paths_only(tmp_path, capsys):
     a_file = tmp_path / "f"
     a_file.write_text("x")
     cases = [
-        (OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / "x")), f"{tmp_path}/ro/x: Read-only"),
-        (PermissionError(errno.EACCES, "Permission denied", "/root/x"), "/root/x: Permission denied; use a place"),
+        (OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / "x")),
+         f"{tmp_path}/ro/x: read-only file system; give a path on a writable one"),
+        (PermissionError(errno.EACCES, "Permission denied", "/root/x"),
+         "/root/x: permission denied (Permission denied); give a path this user may use"),
         (NotADirectoryError(errno.ENOTDIR, "Not a directory", str(a_file / "y")),
          f"{a_file}: is a file where a directory is expected (writing {a_file}/y)"),
         (FileExistsError(errno.EEXIST, "File exists", str(a_file)), f"{a_file}: is a file where a directory"),
@@ -154,7 +156,7 @@ def test_package_model_out_that_cannot_be_written(tiny_experiment, tmp_path, rea
     one_line_error(r, f"{a_file}: is a file where a directory is expected (writing {a_file}/pkg)")
     assert snapshot(a_file) == before and not list(tmp_path.glob(".a_file*"))  # the user's file stays
     r = run("upmp.bin.package_model", "--exp_dir", exp, "--out", readonly / "pkg")
-    one_line_error(r, f"{readonly}/pkg: ", "use a place this user can write to")
+    one_line_error(r, f"{readonly}/pkg: ", "(another --out / --exp_dir)")
 
 
 def test_package_model_on_a_full_disk(tiny_experiment, package, full_disk):
@@ -209,7 +211,8 @@ def test_verify_on_a_full_disk_keeps_the_earlier_scores(tiny_experiment, package
     data = tiny_experiment / "data"
     (d / "scores").write_text("a b 0.5\n")
     fill()
-    r = run("upmp.bin.verify", "--model", package, "--trials", data / "trials", "--wav_scp", data, "--out", d / "scores")
+    r = run("upmp.bin.verify", "--model", package, "--trials", data / "trials", "--wav_scp", data,
+            "--out", d / "scores")
     one_line_error(r, f"{d}/scores: no space left on the device")
     assert (d / "scores").read_text() == "a b 0.5\n"
 
@@ -231,7 +234,7 @@ def test_embed_out_that_cannot_be_written_and_bad_counts(tiny_experiment, packag
     one_line_error(r, f"{a_file}: is a file where a directory is expected")
     assert a_file.read_text() == "mine\n"
     r = run("upmp.bin.embed", "--model", package, data, "--out", readonly / "emb")
-    one_line_error(r, f"{readonly}/emb: ", "use a place this user can write to")
+    one_line_error(r, f"{readonly}/emb: ", "(another --out / --exp_dir)")
     for option, value in (("--chunk", 0), ("--chunk", -3), ("--max_batch_frames", 0)):
         r = run("upmp.bin.embed", "--model", package, data, "--out", tmp_path / "emb", option, value)
         one_line_error(r, f"argument {option}: must be at least 1, got {value}", code=2)
@@ -320,7 +323,7 @@ def test_export_score_train_outputs_that_cannot_be_written(tiny_experiment, pack
     for module, args, name in cases:
         one_line_error(run(module, *args, a_file / name), file_in_the_way, "move the file away")
         one_line_error(run(module, *args, a_dir), dir_in_the_way, "give a file path")
-        one_line_error(run(module, *args, readonly / name), f"{readonly}/{name}: ", "use a place this user can")
+        one_line_error(run(module, *args, readonly / name), f"{readonly}/{name}: ", "(another --out / --exp_dir)")
     train = ["upmp.bin.train", "--config", tiny_experiment / "conf.yaml", "--train_data_dir", data, "--upstream",
              "ge2e", "--exp_dir"]
     one_line_error(run(*train, a_file), file_in_the_way)
@@ -375,7 +378,8 @@ def test_convert_trials_on_a_binary_file(tmp_path):
 def test_model_info_sizes_must_be_positive(tiny_experiment):
     for option in ("--input_dim", "--num_layers", "--frames"):
         args = {"--input_dim": 8, "--num_layers": 3, "--frames": 10, option: 0}
-        r = run("upmp.bin.model_info", "--config", tiny_experiment / "conf.yaml", *[x for kv in args.items() for x in kv])
+        flat = [x for kv in args.items() for x in kv]
+        r = run("upmp.bin.model_info", "--config", tiny_experiment / "conf.yaml", *flat)
         one_line_error(r, f"argument {option}: must be at least 1, got 0", code=2)
     r = run("upmp.bin.model_info", "--config", tiny_experiment / "conf.yaml", "--input_dim", 8, "--num_layers", 3)
     assert r.returncode == 0 and "output: (B, E)" in r.stdout, r.stderr

@@ -110,9 +110,11 @@ def unusable_path_message(e: OSError) -> Optional[str]:
                 f"write to a larger disk, and rerun: files already written are complete")
     if shown is None:
         return None
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"{shown}: {e.strerror}; use a place this user can write to (another --out / --exp_dir) "
-                f"or fix its permissions, and rerun")
+    if e.errno == errno.EROFS:
+        return f"{shown}: read-only file system; give a path on a writable one (another --out / --exp_dir), and rerun"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"{shown}: permission denied ({e.strerror}); give a path this user may use (another --out / "
+                f"--exp_dir) or fix the permissions, and rerun")
     if e.errno in (errno.ENOTDIR, errno.EEXIST):
         blocking = _file_in_the_way(shown)
         if blocking is None:
