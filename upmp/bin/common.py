@@ -106,8 +106,8 @@ def unusable_path_message(e: OSError) -> Optional[str]:
     shown = None if path is None else _shown(path)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f"{shown}: " if shown else ""
-        return (f"{where}no space left on the device (disk or quota full: {e.strerror}); free space there or "
-                f"write to a larger disk, and rerun: files already written are complete")
+        return (f"{where}no space left on the device ({e.strerror}); free space there or write to a larger disk, "
+                f"and rerun: files already written are complete")
     if shown is None:
         return None
     if e.errno == errno.EROFS:
