@@ -20,6 +20,18 @@ from upmp.errors import OutputError
 PathLike = Union[str, os.PathLike]
 
 
+@contextlib.contextmanager
+def named_in_errors(path: PathLike):
+    """Around writes to `path`: an OSError without a file name (write() on a full disk reports none)
+    gets `path`, so the error a user sees names what was being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 def _temp_beside(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -32,7 +44,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        with open(tmp, "wb") as f:
+        with named_in_errors(path), open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     finally:
@@ -45,13 +57,33 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def torch_save(obj: Any, path: PathLike) -> None:
+    """`torch.save(obj, path)`; a write that fails on a full disk is the OSError (ENOSPC) it is: torch
+    reports it as a RuntimeError ("PytorchStreamWriter failed writing file")."""
+    import torch
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        if not _disk_full(Path(path).parent):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)  # less than 1 MiB left for us
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """`torch.save(obj, path)` atomically (torch is imported only here, when called)."""
-    import torch
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        torch.save(obj, tmp)
+        with named_in_errors(path):
+            torch_save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

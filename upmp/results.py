@@ -99,7 +99,7 @@ def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Seque
         plot_det(curves, exp / f"det_{name}.png")
     cfg = yaml.safe_load((exp / "config.yaml").read_text()) if (exp / "config.yaml").is_file() else {}
     summary_path = exp / "train_summary.json"  # written by the trainer beside model.pt
-    model = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    model = read_json(summary_path, "rerun training (stage 2) or delete it") if summary_path.is_file() else {}
     lines = [
         f"# Results: {exp.name}",
         "",
@@ -128,6 +128,31 @@ def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Seque
     return summary
 
 
+def read_json(path: Path, what_to_do: str) -> dict:
+    """A JSON object we wrote earlier; a truncated or overwritten file is one error naming it."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScoringError(f"{path}: not complete JSON ({e}); {what_to_do}") from None
+    if not isinstance(value, dict):
+        raise ScoringError(f"{path}: expected a JSON object, got {type(value).__name__}; {what_to_do}")
+    return value
+
+
+def _results_problem(r: dict) -> str:
+    """What is wrong with a results.json's content (stage 5's form), or ''."""
+    if not isinstance(r.get("results"), dict) or not isinstance(r.get("experiment"), str):
+        return "no 'experiment' name and 'results' object"
+    for key, m in r["results"].items():
+        if "/" not in key:
+            return f"result key {key!r} is not '<test set>/<system>'"
+        m = m if isinstance(m, dict) else {}
+        missing = [k for k in ("eer", "mindcf_0.01", "mindcf_0.05") if not isinstance(m.get(k), (int, float))]
+        if missing:
+            return f"result {key!r} has no number for {', '.join(missing)}"
+    return ""
+
+
 def result_rows(exp_dirs: Iterable[str]) -> List[dict]:
     """One dict per (experiment, test set, system) from each <exp_dir>/results.json (dirs without one
     are skipped): exp_dir, experiment, backend, upstream, num_params, train_seconds, test_set, system
@@ -137,7 +162,10 @@ def result_rows(exp_dirs: Iterable[str]) -> List[dict]:
         f = d / "results.json"
         if not f.is_file():
             continue
-        r = json.loads(f.read_text())
+        r = read_json(f, "rerun stage 5 (write_results) for this experiment")
+        bad = _results_problem(r)
+        if bad:
+            raise ScoringError(f"{f}: {bad}; rerun stage 5 (write_results) for this experiment")
         for key, m in r["results"].items():
             test_set, system = key.split("/", 1)
             rows.append(dict(exp_dir=str(d), experiment=r["experiment"], backend=r.get("backend"),

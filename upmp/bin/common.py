@@ -6,16 +6,21 @@ Every entry point has `get_parser()` and `main(argv=None)`, and ends with
         run_main(main)
 
 `run_main` prints an expected error (`upmp.errors.UpmpError`) as one line and exits 1, Ctrl-C
-as one line with exit 130; anything else is a bug and raises with its traceback. Options are
+as one line with exit 130, an OSError that means a path the user gave cannot be used (read-only,
+forbidden, a file where a directory is expected or the reverse, disk full: unusable_path_message) as
+one line naming the path; anything else is a bug and raises with its traceback. Options are
 flags (`--name value`); positionals only where a Kaldi tool's calling form has them
 (data_dir's `validate data/x`, perturb_speed's `src dest`, run.pl's `JOB=1:N log command`).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -31,6 +36,11 @@ def run_main(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[S
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C); files already written are complete, rerun to resume", code=130)
+    except OSError as e:
+        message = unusable_path_message(e)
+        if message is None:
+            raise
+        fail(message)
     if isinstance(code, int) and code:
         sys.exit(code)
 
@@ -76,6 +86,102 @@ def require_files(**paths: Optional[str]) -> None:
     for option, path in paths.items():
         if path is not None and not Path(path).is_file():
             raise DataDirError(f"--{option} {path}: no such file")
+
+
+_TEMP_NAME = re.compile(r"^\.(.+)\.(?:[a-z0-9_]{8}|tmp)$")  # our temp files and dirs: .<name>.XXXXXXXX, .<name>.tmp
+
+
+def _shown(path) -> str:
+    """A path as the user knows it: the temp files and dirs of atomic writes named by what they become."""
+    parts = Path(os.fsdecode(path)).parts
+    return str(Path(*[m.group(1) if (m := _TEMP_NAME.match(p)) else p for p in parts])) if parts else ""
+
+
+def unusable_path_message(e: OSError) -> Optional[str]:
+    """The one-line error of an OSError that means a path the user gave cannot be used: a read-only
+    or forbidden place, a file where a directory is expected or the reverse, a full disk or quota;
+    None for any other OSError (a bug: it keeps its traceback). Files already written are complete
+    (upmp.fileio writes atomically), so each line ends with what to do and rerun."""
+    path = e.filename2 if e.filename2 is not None else e.filename
+    shown = None if path is None else _shown(path)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"{shown}: " if shown else ""
+        return (f"{where}no space left on the device ({e.strerror}); free space there or write to a larger disk, "
+                f"and rerun: files already written are complete")
+    if shown is None:
+        return None
+    if e.errno == errno.EROFS:
+        return f"{shown}: read-only file system; give a path on a writable one (another --out / --exp_dir), and rerun"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"{shown}: permission denied ({e.strerror}); give a path this user may use (another --out / "
+                f"--exp_dir) or fix the permissions, and rerun")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocking = _file_in_the_way(shown)
+        if blocking is None:
+            return None  # EEXIST of anything but a file in a directory's place: a race or a bug
+        also = f" (writing {shown})" if blocking != shown else ""
+        return (f"{blocking}: is a file where a directory is expected{also}; give a directory path, or move "
+                f"the file away, and rerun")
+    if e.errno == errno.EISDIR:
+        return f"{shown}: is a directory where a file is expected ({e.strerror}); give a file path, and rerun"
+    return None
+
+
+def _file_in_the_way(path: str) -> Optional[str]:
+    """The path or the first of its ancestors that exists and is not a directory, if any."""
+    p = Path(path)
+    for q in [*reversed(p.parents), p]:
+        if q.exists() and not q.is_dir():
+            return str(q)
+    return None
+
+
+def require_writable(path: str, directory: bool = True) -> None:
+    """Check an output path before any work (so a run does not fail after hours of it): it must be a
+    directory (directory=True) or a file, not the other; no file may stand where one of its parents
+    should be; and the nearest existing directory must take a new file. Creates nothing. Raises the
+    OSError run_main prints as one line naming the path."""
+    p = Path(path)
+    blocking = _file_in_the_way(str(p.parent) if not directory else str(p))
+    if blocking is not None:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(p))
+    if p.is_dir() and not directory:
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(p))
+    nearest = p if p.is_dir() else next(q for q in p.parents if q.is_dir())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".upmp-write-test.", dir=nearest)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(p)) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (`--chunk 0` is a usage error, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_device(device: str) -> None:
+    """--device must name a device this machine has: `--device cuda` without a GPU (or cuda:N past the
+    last one) is one line saying what to give instead, before any model is loaded."""
+    import torch
+    from upmp.errors import ConfigError
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device}: not a device name (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
 
 
 def add_protocol_args(p: argparse.ArgumentParser) -> None:

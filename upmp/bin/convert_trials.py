@@ -17,7 +17,8 @@ from pathlib import Path
 
 from upmp.bin.common import make_parser, require_files, run_main, setup_logging
 from upmp.data.kaldi_dir import read_table
-from upmp.data.trials import convert_trial_list, read_trials, update_kaldi_trials
+from upmp.data.trials import (check_trial_list, convert_trial_list, espnet_label_file, read_trials, sniff_trials_format,
+                              update_kaldi_trials)
 
 
 def get_parser():
@@ -41,7 +42,10 @@ def main(argv=None) -> None:
         trials = convert_trial_list(args.input, read_table(d / "utt2spk"),
                                     {v: k for k, v in utt_map.items()}, args.format, args.id_scheme)
     else:
-        trials = read_trials(args.input, args.format, args.id_scheme)
+        fmt = sniff_trials_format(args.input) if args.format == "auto" else args.format
+        trials = read_trials(args.input, fmt, args.id_scheme)
+        listed = espnet_label_file(args.input) if fmt == "espnet" else args.input  # trial.scp: its trial_label
+        check_trial_list(trials, listed, 2 if fmt == "paper_csv" else 1)
     written = update_kaldi_trials(args.output, trials)
     n_tar = sum(t for *_, t in trials)
     print(f"{args.output}: {len(trials)} trials ({n_tar} target, {len(trials) - n_tar} nontarget)"

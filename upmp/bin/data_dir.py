@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.kaldi_dir import (DataDirError, fix_data_dir, split_data_dir, utt2spk_to_spk2utt,
                                  validate_data_dir)
+from upmp.data.trials import check_trial_list, read_kaldi_trials
 
 logger = logging.getLogger("data_dir")
 
@@ -48,6 +50,9 @@ def main(argv=None) -> None:
     setup_logging(args.verbose)
     if args.command == "validate":
         validate_data_dir(args.data_dir, spk_sort=not args.no_spk_sort)
+        trials = Path(args.data_dir) / "trials"
+        if trials.is_file():  # a pair labelled both ways is refused; repeats are reported
+            check_trial_list(read_kaldi_trials(str(trials)), str(trials))
         print(f"Successfully validated data-directory {args.data_dir}")
     elif args.command == "fix":
         for w in fix_data_dir(args.data_dir):

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from upmp.bin.common import run_main, set_num_threads, setup_logging
+from upmp.bin.common import check_device, positive_int, require_writable
+from upmp.fileio import named_in_errors
 
 logger = logging.getLogger("embed")
 
@@ -37,8 +39,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="audio files, folders, wav.scp files or Kaldi data dirs")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=("kaldi", "npy"), default="kaldi")
-    p.add_argument("--chunk", type=int, default=64, help="utterances embedded and written at a time")
-    p.add_argument("--max_batch_frames", type=int, default=6000, help="backend batch size in frames")
+    p.add_argument("--chunk", type=positive_int, default=64, help="utterances embedded and written at a time")
+    p.add_argument("--max_batch_frames", type=positive_int, default=6000, help="backend batch size in frames")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num_threads", type=int, default=2)
     return p
@@ -48,9 +50,14 @@ def _write_ark(out: Path, name: str, vectors: dict) -> None:
     """<name>.ark/.scp, C-sorted; both renamed into place (ark first) once complete."""
     import kaldiio
     tmp_ark, tmp_scp = out / f".{name}.ark.tmp", out / f".{name}.scp.tmp"
-    with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
-        for key in sorted(vectors, key=lambda k: k.encode()):
-            w(key, np.asarray(vectors[key], dtype=np.float32))
+    try:
+        with named_in_errors(out / f"{name}.ark"), kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
+            for key in sorted(vectors, key=lambda k: k.encode()):
+                w(key, np.asarray(vectors[key], dtype=np.float32))
+    except BaseException:  # a full disk: no half-written temp files left taking its space
+        tmp_ark.unlink(missing_ok=True)
+        tmp_scp.unlink(missing_ok=True)
+        raise
     ark = out / f"{name}.ark"
     text = tmp_scp.read_text().replace(str(tmp_ark), str(ark))
     os.replace(tmp_ark, ark)
@@ -62,12 +69,12 @@ class KaldiOutput:
     """xvector.ark/scp; finished chunks go to parts/ until the final merge."""
 
     def __init__(self, out: Path):
-        import kaldiio
+        from upmp.scoring.io import read_vectors
         self.out, self.parts = out, out / "parts"
         self.done = {}
         for scp in [out / "xvector.scp", *sorted(self.parts.glob("*.scp"))]:
             if scp.is_file():
-                self.done.update({k: np.asarray(v) for k, v in kaldiio.load_scp(str(scp)).items()})
+                self.done.update({utt: v for _, utt, v in read_vectors(str(scp))})
 
     def write_chunk(self, vectors: dict) -> None:
         self.parts.mkdir(parents=True, exist_ok=True)
@@ -226,6 +233,8 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     set_num_threads(args.num_threads)
+    check_device(args.device)
+    require_writable(args.out)
     from tqdm import tqdm
     from upmp.inference import gather_audio, load_model
     from upmp.errors import OutputError

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from upmp.bin.common import make_parser, require_files, run_main, set_num_threads, setup_logging
+from upmp.bin.common import check_device, make_parser, require_files, run_main, set_num_threads, setup_logging
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.embeddings import check_stacks_fit, embed_all, upstream_stacks, write_embeddings, write_model_record
 from upmp.errors import ConfigError, DataDirError, UpstreamError
@@ -57,6 +57,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
     set_num_threads(args.num_threads)
+    check_device(args.device)
     require_files(utt2spk=args.utt2spk)
     from upmp.checkpoint import load_model, load_upstream
     model, meta = load_model(args.model, args.device)

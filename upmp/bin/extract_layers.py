@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
+from upmp.bin.common import check_device, make_parser, run_main, set_num_threads, setup_logging
 from upmp.data.audio import MIN_SAMPLES
 from upmp.data.kaldi_dir import DataDir
 from upmp.upstream import build_upstream
@@ -45,6 +45,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
     set_num_threads(args.num_threads)
+    check_device(args.device)
     data = DataDir.load(args.data_dir)
     extractor = build_upstream(args.upstream, args.upstream_ckpt).to(args.device)
     extract_layer_stacks(extractor, data, args.out_prefix, args.storage, args.max_batch_seconds, args.chunk_size,

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from upmp.bin.common import run_main
+from upmp.bin.common import positive_int, run_main
 
 
 def count(module: torch.nn.Module) -> int:
@@ -23,10 +23,10 @@ def count(module: torch.nn.Module) -> int:
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--input_dim", type=int, required=True, help="D of the upstream (768 Base, 1024 Large)")
-    p.add_argument("--num_layers", type=int, required=True, help="Transformer layers L (12 Base, 24 Large)")
+    p.add_argument("--input_dim", type=positive_int, required=True, help="D of the upstream (768 Base, 1024 Large)")
+    p.add_argument("--num_layers", type=positive_int, required=True, help="Transformer layers L (12 Base, 24 Large)")
     p.add_argument("--num_speakers", type=int, default=0, help="also count the loss head")
-    p.add_argument("--frames", type=int, default=150, help="T of the example input")
+    p.add_argument("--frames", type=positive_int, default=150, help="T of the example input")
     return p
 
 

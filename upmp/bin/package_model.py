@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from upmp.bin.common import run_main, setup_logging
+from upmp.bin.common import require_writable, run_main, setup_logging
+from upmp.fileio import named_in_errors
 
 logger = logging.getLogger("package_model")
 
@@ -42,6 +43,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
+    require_writable(args.out)  # before the model is read: a bad --out is one line, not a traceback at the end
     from upmp.fileio import output_lock
     from upmp.inference import load_checkpoint
     from upmp.inference.package import check_out, collect_experiment, remove_stale_temps, write_package
@@ -52,7 +54,8 @@ def main(argv=None) -> None:
         content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
                                      args.valid_trials, load_checkpoint=load_checkpoint,
                                      upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
-        out = write_package(content, args.out)
+        with named_in_errors(args.out):
+            out = write_package(content, args.out)
     t = content["info"]["threshold"]
     logger.info("wrote %s (%s%s)", out, content["info"]["upstream"]["name"],
                 f", validation EER {t['eer']:.2f} % at score {t['score']:.4f}" if t else ", uncalibrated")

@@ -20,6 +20,7 @@ import logging
 import numpy as np
 
 from upmp.bin.common import run_main, set_num_threads, setup_logging
+from upmp.bin.common import check_device, require_writable
 from upmp.errors import DataDirError, JobArgsError
 
 logger = logging.getLogger("verify")
@@ -57,11 +58,15 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     set_num_threads(args.num_threads)
+    check_device(args.device)
     from upmp.inference import gather_audio, load_model
     if args.trials:
         if args.audio or not args.wav_scp or not args.out:
             raise JobArgsError("--trials needs --wav_scp and --out, and no audio files")
+        require_writable(args.out, directory=False)  # now, not after embedding every utterance
         pairs = read_pairs(args.trials)
+        if not pairs:
+            raise DataDirError(f"{args.trials}: no trials (the file is empty); give '<utt1> <utt2>' lines")
         sources = gather_audio(args.wav_scp)
         for i, (a, b) in enumerate(pairs):
             for u in (a, b):

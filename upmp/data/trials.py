@@ -4,6 +4,7 @@ VoxCeleb `<1|0> <a.wav> <b.wav>`, ESPnet `trial_label` (`<utt1>*<utt2> <0|1>`, w
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Collection, Dict, List, Optional, Tuple
 
@@ -13,6 +14,62 @@ from upmp.data.kaldi_dir import DataDirError
 from upmp.fileio import atomic_write_text
 
 KALDI_LABELS = {"target": True, "nontarget": False}
+
+logger = logging.getLogger(__name__)
+
+
+def check_trial_list(trials: List[Tuple[str, str, bool]], path: str, first_line: int = 1,
+                     report: bool = True) -> Tuple[int, int]:
+    """Repeats in a trial list (trial i is on line first_line + i): a pair labelled target on one line
+    and nontarget on another (in either order) is a DataDirError naming both lines. Repeated lines and
+    pairs listed in both orders are kept (scored as listed: a repeated trial counts as often as it is
+    listed, in the scores and every metric); with report, one warning line gives their counts and the
+    first of each. Returns (repeated lines, pairs in both orders)."""
+    first: Dict[Tuple[str, str], int] = {}
+    repeats: List[Tuple[int, int]] = []
+    reversed_pairs: List[Tuple[int, int]] = []
+    for i, (a, b, is_target) in enumerate(trials):
+        for key, order in (((a, b), ""), ((b, a), " (the same pair in the other order)")):
+            j = first.get(key)
+            if j is not None and trials[j][2] != is_target:
+                raise DataDirError(
+                    f"{path}:{first_line + i}: trial '{a} {b}' is labelled {_label(is_target)} here and "
+                    f"{_label(trials[j][2])} on line {first_line + j}{order}; fix one of the two lines")
+        if (a, b) in first:
+            repeats.append((first[(a, b)], i))
+            continue
+        first[(a, b)] = i
+        if a != b and (b, a) in first:
+            reversed_pairs.append((first[(b, a)], i))
+    if report and (repeats or reversed_pairs):
+        found = []
+        if repeats:
+            j, i = repeats[0]
+            found.append(f"{len(repeats)} repeated line(s) (first: line {first_line + i} repeats line "
+                         f"{first_line + j}, '{trials[i][0]} {trials[i][1]}')")
+        if reversed_pairs:
+            j, i = reversed_pairs[0]
+            found.append(f"{len(reversed_pairs)} pair(s) listed in both orders (first: lines {first_line + j} "
+                         f"and {first_line + i}, '{trials[j][0]} {trials[j][1]}')")
+        logger.warning("%s: %s; scored as listed: a repeated trial counts as often as it is listed, in every "
+                       "metric (remove the lines to count it once)", path, " and ".join(found))
+    return len(repeats), len(reversed_pairs)
+
+
+def _label(is_target: bool) -> str:
+    return "target" if is_target else "nontarget"
+
+
+def text_lines(path: str):
+    """(line number, line) of a text file; bytes that are not UTF-8 (a binary file given as a
+    list) are a DataDirError naming the line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataDirError(f"{path}:{lineno}: not UTF-8 text (a binary file?); give a trial list "
+                                   f"(Kaldi, VoxCeleb, ESPnet or the paper's CSV)") from None
 
 
 def voxceleb_path_to_utt(path: str) -> str:
@@ -29,19 +86,18 @@ def read_voxceleb_trials(path: str, keep_paths: bool = False) -> List[Tuple[str,
     """Read an official VoxCeleb list (`1 a.wav b.wav`), returning Kaldi-style utterance
     ids (`id10270-x6uYqmx31kE-00001`), or the paths as written with keep_paths=True."""
     trials = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise DataDirError(f"{path}:{lineno}: expected '<1|0> <enroll.wav> <test.wav>', got {line.rstrip()!r}")
-            if keep_paths:
-                trials.append((fields[1], fields[2], fields[0] == "1"))
-                continue
-            try:
-                a, b = voxceleb_path_to_utt(fields[1]), voxceleb_path_to_utt(fields[2])
-            except ValueError as e:
-                raise DataDirError(f"{path}:{lineno}: {e}") from None
-            trials.append((a, b, fields[0] == "1"))
+    for lineno, line in text_lines(path):
+        fields = line.split()
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise DataDirError(f"{path}:{lineno}: expected '<1|0> <enroll.wav> <test.wav>', got {line.rstrip()!r}")
+        if keep_paths:
+            trials.append((fields[1], fields[2], fields[0] == "1"))
+            continue
+        try:
+            a, b = voxceleb_path_to_utt(fields[1]), voxceleb_path_to_utt(fields[2])
+        except ValueError as e:
+            raise DataDirError(f"{path}:{lineno}: {e}") from None
+        trials.append((a, b, fields[0] == "1"))
     return trials
 
 
@@ -68,26 +124,24 @@ def read_paper_csv_trials(path: str, scheme: str = "auto") -> List[Tuple[str, st
     """The UniPool paper's CSV lists: header LABEL,SAMPLE1,SAMPLE2[,...], one trial per row."""
     import csv
     trials = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[:3] != ["LABEL", "SAMPLE1", "SAMPLE2"]:
-            raise DataDirError(f"{path}:1: expected a header starting with LABEL,SAMPLE1,SAMPLE2, got {header}")
-        for lineno, row in enumerate(reader, 2):
-            if len(row) < 3 or row[0] not in ("0", "1"):
-                raise DataDirError(f"{path}:{lineno}: expected '<0|1>,<sample1>,<sample2>,...', got {row[:3]}")
-            try:
-                trials.append((path_to_utt(row[1], scheme), path_to_utt(row[2], scheme), row[0] == "1"))
-            except ValueError as e:
-                raise DataDirError(f"{path}:{lineno}: {e}") from None
+    reader = csv.reader(line for _, line in text_lines(path))
+    header = next(reader, None)
+    if not header or header[:3] != ["LABEL", "SAMPLE1", "SAMPLE2"]:
+        raise DataDirError(f"{path}:1: expected a header starting with LABEL,SAMPLE1,SAMPLE2, got {header}")
+    for lineno, row in enumerate(reader, 2):
+        if len(row) < 3 or row[0] not in ("0", "1"):
+            raise DataDirError(f"{path}:{lineno}: expected '<0|1>,<sample1>,<sample2>,...', got {row[:3]}")
+        try:
+            trials.append((path_to_utt(row[1], scheme), path_to_utt(row[2], scheme), row[0] == "1"))
+        except ValueError as e:
+            raise DataDirError(f"{path}:{lineno}: {e}") from None
     return trials
 
 
 def espnet_label_file(path: str) -> str:
     """`path` if it is an ESPnet trial_label; for ESPnet's trial.scp / trial2.scp
     (`<utt1>*<utt2> <audio of utt1 | utt2>`, no labels), the trial_label beside it."""
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().split()
+    first = next((line for _, line in text_lines(path)), "").split()
     if len(first) == 2 and "*" in first[0] and first[1] not in ("0", "1"):
         label = Path(path).with_name("trial_label")
         if not label.is_file():
@@ -101,20 +155,18 @@ def read_espnet_trials(path: str) -> List[Tuple[str, str, bool]]:
     """ESPnet's trial_label: `<utt1>*<utt2> <0|1>` (given trial.scp, the trial_label beside it)."""
     path = espnet_label_file(path)
     trials = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) != 2 or fields[1] not in ("0", "1") or fields[0].count("*") != 1:
-                raise DataDirError(f"{path}:{lineno}: expected '<utt1>*<utt2> <0|1>', got {line.rstrip()!r}")
-            a, b = fields[0].split("*")
-            trials.append((a, b, fields[1] == "1"))
+    for lineno, line in text_lines(path):
+        fields = line.split()
+        if len(fields) != 2 or fields[1] not in ("0", "1") or fields[0].count("*") != 1:
+            raise DataDirError(f"{path}:{lineno}: expected '<utt1>*<utt2> <0|1>', got {line.rstrip()!r}")
+        a, b = fields[0].split("*")
+        trials.append((a, b, fields[1] == "1"))
     return trials
 
 
 def sniff_trials_format(path: str) -> str:
     """kaldi, voxceleb, espnet or paper_csv, from the first line of a trial list."""
-    with open(path, encoding="utf-8") as f:
-        line = f.readline()
+    line = next((line for _, line in text_lines(path)), "")
     fields = line.split()
     if line.startswith("LABEL,SAMPLE1,SAMPLE2"):
         return "paper_csv"
@@ -192,19 +244,23 @@ def convert_trial_list(path: str, utts: Collection[str], utt_map: Optional[Dict[
         trials = read_trials(path, fmt)
     if utt_map:
         trials = match_trial_utts(trials, set(utt_map), path, first_line)
-        return [(utt_map[a], utt_map[b], t) for a, b, t in trials]
-    return match_trial_utts(trials, utts, path, first_line)
+        trials = [(utt_map[a], utt_map[b], t) for a, b, t in trials]
+    else:
+        trials = match_trial_utts(trials, utts, path, first_line)
+    check_trial_list(trials, path, first_line)
+    return trials
 
 
 def read_kaldi_trials(path: str) -> List[Tuple[str, str, bool]]:
-    """Read Kaldi trials `<utt1> <utt2> target|nontarget`."""
+    """Read Kaldi trials `<utt1> <utt2> target|nontarget`; a pair labelled both ways is an error
+    (check_trial_list; repeats are kept and not reported here: preparation reports them)."""
     trials = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if len(fields) != 3 or fields[2] not in KALDI_LABELS:
-                raise DataDirError(f"{path}:{lineno}: expected '<utt1> <utt2> target|nontarget', got {line.rstrip()!r}")
-            trials.append((fields[0], fields[1], KALDI_LABELS[fields[2]]))
+    for lineno, line in text_lines(path):
+        fields = line.split()
+        if len(fields) != 3 or fields[2] not in KALDI_LABELS:
+            raise DataDirError(f"{path}:{lineno}: expected '<utt1> <utt2> target|nontarget', got {line.rstrip()!r}")
+        trials.append((fields[0], fields[1], KALDI_LABELS[fields[2]]))
+    check_trial_list(trials, path, report=False)
     return trials
 
 
@@ -266,6 +322,6 @@ def _kaldi_trials_text(trials: List[Tuple[str, str, bool]]) -> str:
     return "".join(f"{a} {b} {'target' if t else 'nontarget'}\n" for a, b, t in trials)
 
 
-__all__ = ["voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials", "read_espnet_trials",
-           "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list", "write_kaldi_trials",
+__all__ = ["check_trial_list", "voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials",
+           "read_espnet_trials", "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list", "write_kaldi_trials",
            "update_kaldi_trials"]

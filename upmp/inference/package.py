@@ -41,8 +41,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import yaml
 
-from upmp.errors import ModelFileError, OutputError
-from upmp.fileio import atomic_write_text, replace_dir
+from upmp.errors import DataDirError, ModelFileError, OutputError
+from upmp.fileio import atomic_write_text, replace_dir, torch_save
 from upmp.safe_load import check_checkpoint, load_torch_data
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,13 @@ def _load_vectors(scp: Path, exp: Optional[Path] = None) -> Dict[str, np.ndarray
                         + (f" nor from the recipe dir {recipe}" if recipe is not None else "")
                         + "; run from the recipe dir that extracted it, or extract the embeddings again (stage 3)")
                 found[ark] = where
-            out[key] = np.asarray(kaldiio.load_mat(f"{found[ark]}:{tail}" if tail else found[ark], fd_dict=fds))
+            entry = f"{found[ark]}:{tail}" if tail else found[ark]
+            try:
+                out[key] = np.asarray(kaldiio.load_mat(entry, fd_dict=fds))
+            except Exception as e:  # kaldiio on bytes that are not (or no longer) what the scp says
+                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                raise DataDirError(f"{scp}: cannot read the embedding of {key!r} at {entry} ({why}): the ark is "
+                                   "truncated or was overwritten; extract the embeddings again (stage 3)") from None
     finally:
         for f in fds.values():
             f.close()
@@ -455,16 +461,15 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
     """Write collect_experiment's content into `out`: built in a temporary directory beside it,
     then swapped in whole (`upmp.fileio.replace_dir`), so an earlier package is replaced only by
     a complete one. A non-empty `out` that is not a package is refused (check_out)."""
-    import torch
     out = Path(out)
     check_out(str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))  # unique per process
     try:
         info = dict(content["info"])
-        torch.save(content["backend"], tmp / "backend.pt")
+        torch_save(content["backend"], tmp / "backend.pt")
         if content["upstream_state"] is not None:
-            torch.save({k: v.detach().cpu() for k, v in content["upstream_state"].items()}, tmp / "upstream.pt")
+            torch_save({k: v.detach().cpu() for k, v in content["upstream_state"].items()}, tmp / "upstream.pt")
         src = content["upstream_source"]
         if src is not None:
             dest = tmp / info["upstream"]["ckpt"]

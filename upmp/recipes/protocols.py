@@ -26,7 +26,7 @@ import numpy as np
 
 from upmp.data.kaldi_dir import DataDirError, c_sort_key
 from upmp.fileio import atomic_write_text
-from upmp.data.trials import make_balanced_trials, read_paper_csv_trials
+from upmp.data.trials import check_trial_list, make_balanced_trials, read_paper_csv_trials
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,7 @@ def load_paper_trials(path: Path, utts: Container[str], root: str) -> List[Tuple
             if u not in utts:
                 raise DataDirError(f"{path}:{i + 2}: utterance {u!r} of the trial list is not in the "
                                    f"prepared data (missing under {root}?)")
+    check_trial_list(trials, str(path), first_line=2)
     return trials
 
 

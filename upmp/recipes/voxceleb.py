@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError, c_sort_key
-from upmp.data.trials import (make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
+from upmp.data.trials import (check_trial_list, make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
                               write_kaldi_trials)
 
 logger = logging.getLogger(__name__)
@@ -154,13 +154,15 @@ def read_trial_list(path: Path) -> Trials:
 
 def check_trials(path: Path, trials: Trials, utts: Dict[str, Path], speakers: Optional[Set[str]] = None,
                  where: str = "the audio trees") -> None:
-    """Every trial utterance exists (and belongs to `speakers` when given); errors name the line."""
+    """Every trial utterance exists (and belongs to `speakers` when given), no pair is labelled both
+    ways; errors name the line. Repeated lines and pairs in both orders are reported (check_trial_list)."""
     for lineno, (a, b, _) in enumerate(trials, first_trial_line(path)):
         for u in (a, b):
             if u not in utts:
                 raise DataDirError(f"{path}:{lineno}: utterance {u!r} not found under {where}")
             if speakers is not None and speaker_of(u) not in speakers:
                 raise DataDirError(f"{path}:{lineno}: speaker of {u!r} is not a test speaker")
+    check_trial_list(trials, str(path), first_trial_line(path))
 
 
 def hold_out_speakers(utts: Dict[str, Path], num_speakers: int, where: Path,

@@ -60,8 +60,8 @@ def _logistic(features: np.ndarray, labels: np.ndarray, source: str = "the calib
 
 def read_quality(emb_dir: str) -> Dict[str, np.ndarray]:
     """{utt: [log duration (s), embedding norm]} from <emb_dir>/utt2dur and xvector.scp (stage 3)."""
-    import kaldiio
     from upmp.data.kaldi_dir import read_table
+    from upmp.scoring.io import read_vectors
     d = Path(emb_dir)
     for name in ("utt2dur", "xvector.scp"):
         if not (d / name).is_file():
@@ -69,7 +69,7 @@ def read_quality(emb_dir: str) -> Dict[str, np.ndarray]:
                                f"(delete {d / 'xvector.scp'} and rerun stage 3)")
     durations = read_table(str(d / "utt2dur"))
     out = {}
-    for lineno, (utt, vector) in enumerate(kaldiio.load_scp_sequential(str(d / "xvector.scp")), 1):
+    for lineno, utt, vector in read_vectors(str(d / "xvector.scp")):
         if utt not in durations:
             raise DataDirError(f"{d / 'xvector.scp'}:{lineno}: utterance {utt!r} has no duration in {d / 'utt2dur'}")
         try:

@@ -24,7 +24,7 @@ from upmp.fileio import atomic_write_text
 from upmp.scoring.calibration import (CALIBRATION_METHODS, LinearCalibration, QualityCalibration, read_quality,
                                       trial_quality)
 from upmp.scoring.io import (align_scores, labelled_matrix, load_embeddings, load_trials, map_score_ids,
-                             read_scores, write_scores)
+                             read_score_lines, write_scores)
 from upmp.scoring.scorers import build_scorer, score_trials, speaker_means
 
 logger = logging.getLogger(__name__)
@@ -94,19 +94,21 @@ def calibrate_file(method: str, dev_trials: str, dev_scores: str, scores: str, o
     if method == "qmf" and not (dev_embeddings and embeddings):
         raise DataDirError("--method qmf needs --dev_embeddings and --embeddings (stage 3's embeddings dirs)")
     dev, labels = align_scores(dev_trials, dev_scores)
-    test = read_scores(scores)
+    # each line is mapped as it is (a trial its list repeats keeps its lines); metrics align them to the list
+    lines = read_score_lines(scores)
+    test_pairs, test = [(a, b) for a, b, _, _ in lines], np.array([v for _, _, v, _ in lines])
     if method == "linear":
         cal = LinearCalibration.fit(dev, labels, source=dev_trials)
-        llr = cal(np.array(list(test.values())))
+        llr = cal(test)
         described = {"scale": cal.scale, "offset": cal.offset}
     else:
         pairs = [(a, b) for a, b, _ in read_kaldi_trials(dev_trials)]
         dev_q = trial_quality(pairs, read_quality(dev_embeddings), f" in {dev_embeddings}")
         cal = QualityCalibration.fit(dev, dev_q, labels, source=dev_trials)
-        test_q = trial_quality(list(test), read_quality(embeddings), f" in {embeddings}")
-        llr = cal(np.array(list(test.values())), test_q)
+        test_q = trial_quality(test_pairs, read_quality(embeddings), f" in {embeddings}")
+        llr = cal(test, test_q)
         described = cal.describe()
-    write_scores(out, list(test), llr)
+    write_scores(out, test_pairs, llr)
     return {"method": method, **described}
 
 

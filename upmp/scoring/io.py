@@ -4,15 +4,16 @@
     X, labels = labelled_matrix(emb, "data/train/utt2spk", scp)       # (N, E), (N,) speakers, sorted by utt
     trials = load_trials("data/test/trials")                           # [(utt1, utt2, is_target)], non-empty
     write_scores("scores", [(utt1, utt2), ...], values)                # `<utt1> <utt2> <score>` lines, atomic
-    scores = read_scores("scores")                                     # {(utt1, utt2): score}, each trial once
+    lines = read_score_lines("scores")                                 # [(utt1, utt2, score, line number)]
     values, is_target = align_scores("data/test/trials", "scores")    # (N,), (N,) bool in trial order
 
 Embeddings are Kaldi float vectors (kaldiio), as WeSpeaker and Kaldi write them; errors name the file.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,15 +23,39 @@ from upmp.errors import DataDirError, ScoringError
 from upmp.fileio import atomic_write_text
 
 
-def load_embeddings(scp: str) -> Dict[str, np.ndarray]:
-    """{utt: (E,) float64} of an xvector.scp; a missing scp or ark is one error naming it."""
+def read_vectors(scp: str) -> Iterator[Tuple[int, str, np.ndarray]]:
+    """(line number, utt, (E,) vector) of a Kaldi vector scp (`<utt> <file.ark:offset>`), in order.
+    Every read of an embedding file goes through here: an entry that cannot be read (a truncated or
+    overwritten ark, a missing ark, a bad offset) is a DataDirError naming the scp line, the utterance
+    and the ark."""
     import kaldiio
+    with open(scp, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split(maxsplit=1)
+            if len(fields) != 2:
+                raise DataDirError(f"{scp}:{lineno}: expected '<utt> <file.ark:offset>', got {line.rstrip()!r}")
+            utt, entry = fields[0], fields[1].strip()
+            try:
+                vector = np.asarray(kaldiio.load_mat(entry))
+            except OSError as e:
+                raise DataDirError(f"{scp}:{lineno}: embedding of {utt!r}: {e.strerror}: {e.filename or entry}; "
+                                   f"extract the embeddings again (stage 3)") from None
+            except Exception as e:  # kaldiio's reader on bytes that are not (or no longer) what the scp says
+                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                raise DataDirError(f"{scp}:{lineno}: cannot read the embedding of {utt!r} at {entry} ({why}): the "
+                                   f"ark is truncated or was overwritten; extract the embeddings again "
+                                   f"(stage 3)") from None
+            if vector.ndim != 1:
+                raise DataDirError(f"{scp}:{lineno}: {utt!r} at {entry} is a {vector.ndim}-d array, not an "
+                                   f"embedding vector (an scp of layer stacks or features?)")
+            yield lineno, utt, vector
+
+
+def load_embeddings(scp: str) -> Dict[str, np.ndarray]:
+    """{utt: (E,) float64} of an xvector.scp (read_vectors); a missing scp is one error naming it."""
     if not Path(scp).is_file():
         raise DataDirError(f"{scp}: no such file (extract the embeddings first: stage 3)")
-    try:
-        return {k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp(scp).items()}
-    except FileNotFoundError as e:
-        raise DataDirError(f"{scp}: {e.strerror}: {e.filename}") from None
+    return {utt: v.astype(np.float64) for _, utt, v in read_vectors(scp)}
 
 
 def labelled_matrix(embeddings: Dict[str, np.ndarray], utt2spk_path: str, scp: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -75,10 +100,10 @@ def map_score_ids(scores_path: str, utt_map_path: str) -> List[str]:
     return lines
 
 
-def read_scores(path: str) -> dict:
-    """Read a score file `<utt1> <utt2> <score>` into {(utt1, utt2): score}; a trial scored
-    twice is an error (which of the two values would count?)."""
-    scores, first_line = {}, {}
+def read_score_lines(path: str) -> List[Tuple[str, str, float, int]]:
+    """The lines of a score file `<utt1> <utt2> <score>` as (utt1, utt2, score, line number), in
+    file order; a trial may appear more than once (as often as its trial list lists it)."""
+    lines = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
@@ -90,24 +115,50 @@ def read_scores(path: str) -> dict:
                 raise DataDirError(f"{path}:{lineno}: score is not a number: {fields[2]!r}") from None
             if not np.isfinite(value):
                 raise DataDirError(f"{path}:{lineno}: score is not finite: {fields[2]!r}")
-            key = (fields[0], fields[1])
-            if key in scores:
-                raise DataDirError(f"{path}:{lineno}: trial '{key[0]} {key[1]}' is scored twice (first on line "
+            lines.append((fields[0], fields[1], value, lineno))
+    return lines
+
+
+def read_scores(path: str, listed: Optional[Dict[Tuple[str, str], int]] = None) -> Dict[Tuple[str, str], List[float]]:
+    """A score file as {(utt1, utt2): [score, ...]} in file order. `listed` ({trial: times its
+    trial list lists it}; default once each): a trial may be scored once, or once per listing;
+    more lines than that is an error (which of the values would count?)."""
+    scores: Dict[Tuple[str, str], List[float]] = {}
+    first_line: Dict[Tuple[str, str], int] = {}
+    for a, b, value, lineno in read_score_lines(path):
+        key = (a, b)
+        values = scores.setdefault(key, [])
+        times = max(1, (listed or {}).get(key, 1))
+        if len(values) == times:
+            if times == 1:
+                raise DataDirError(f"{path}:{lineno}: trial '{a} {b}' is scored twice (first on line "
                                    f"{first_line[key]}); remove one of the two lines, or score again")
-            scores[key], first_line[key] = value, lineno
+            raise DataDirError(f"{path}:{lineno}: trial '{a} {b}' is scored {times + 1} times (first on line "
+                               f"{first_line[key]}) but its trial list lists it {times} times; remove the extra "
+                               f"lines, or score again")
+        values.append(value)
+        first_line.setdefault(key, lineno)
     return scores
 
 
 def align_scores(trials_path: str, scores_path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores and boolean target labels in trial order; errors name the missing trial."""
+    """Scores and boolean target labels in trial order; errors name the missing trial. A trial the
+    list repeats counts as often as it is listed: its score lines are matched in order, or its one
+    line counts for each listing (a list is scored as given)."""
     trials = read_kaldi_trials(trials_path)
-    scores = read_scores(scores_path)
+    listed = Counter((a, b) for a, b, _ in trials)
+    scores = read_scores(scores_path, listed)
     out = np.empty(len(trials))
     labels = np.empty(len(trials), dtype=bool)
+    seen: Counter = Counter()
     for i, (a, b, t) in enumerate(trials):
-        try:
-            out[i] = scores[(a, b)]
-        except KeyError:
-            raise DataDirError(f"{trials_path}:{i + 1}: trial '{a} {b}' has no score in {scores_path}") from None
+        values = scores.get((a, b))
+        if not values:
+            raise DataDirError(f"{trials_path}:{i + 1}: trial '{a} {b}' has no score in {scores_path}")
+        if len(values) not in (1, listed[(a, b)]):
+            raise DataDirError(f"{scores_path}: trial '{a} {b}' is scored {len(values)} times but {trials_path} "
+                               f"lists it {listed[(a, b)]} times; score it once or once per listing (score again)")
+        out[i] = values[seen[(a, b)] if len(values) > 1 else 0]
+        seen[(a, b)] += 1
         labels[i] = t
     return out, labels

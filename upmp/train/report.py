@@ -2,8 +2,10 @@
 valid_metrics.tsv, TensorBoard events, train_curve.png, layer_usage.png, train_summary.json."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -14,8 +16,29 @@ from upmp.fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 
+class _TrainLog(logging.FileHandler):
+    """train.log: a full disk stops training with one error naming the file (logging would print a
+    traceback for every line and train on without a log)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        e = sys.exc_info()[1]
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.filename is None:
+                e.filename = self.baseFilename
+            raise e
+        super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:  # the last lines could not be flushed: the disk is full
+            if e.filename is None:
+                e.filename = self.baseFilename
+            raise
+
+
 def add_file_log(exp_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(exp_dir / "train.log")
+    handler = _TrainLog(exp_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler

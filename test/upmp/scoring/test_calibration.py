@@ -19,7 +19,9 @@ def synthetic(seed: int, effect: float, n_utts: int = 300, n_trials: int = 6000)
     rng = np.random.default_rng(seed)
     utts = [f"u{i:04d}" for i in range(n_utts)]
     quality = {u: np.array([rng.uniform(np.log(1.0), np.log(20.0)), rng.uniform(5.0, 15.0)]) for u in utts}
-    pairs = list(dict.fromkeys(tuple(rng.choice(utts, 2, replace=False)) for _ in range(2 * n_trials)))[:n_trials]
+    # each pair once in one order (a pair listed both ways with random labels would be labelled both ways)
+    drawn = (tuple(sorted(rng.choice(utts, 2, replace=False))) for _ in range(2 * n_trials))
+    pairs = list(dict.fromkeys(drawn))[:n_trials]
     labels = rng.random(n_trials) < 0.5
     x = np.where(labels, rng.normal(1, 1, n_trials), rng.normal(-1, 1, n_trials))  # true llr = 2x
     q = trial_quality(pairs, quality)
