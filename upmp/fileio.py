@@ -124,7 +124,11 @@ def output_lock(target: PathLike, lock_file: PathLike) -> Iterator[None]:
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:  # the pid is for the message only; a full disk is reported where the output is written
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -226,7 +226,9 @@ def test_truncated_pipe_output_is_refused_like_the_truncated_file(tmp_path, tiny
         (out / "notes.txt").write_text("mine\n")
         r = run("upmp.bin.embed", "--model", tiny_experiment / "exp" / "upmp", scp, "--out", out)
         one_line_error(r, f"{scp}: utterance utt1: {problem}", "remove the utterance")
-        assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine\n"
+        # the user's file intact, no embeddings (embed_info.json records the model and inputs only)
+        assert sorted(p.name for p in out.iterdir()) in (["notes.txt"], ["embed_info.json", "notes.txt"])
+        assert (out / "notes.txt").read_text() == "mine\n" and not (out / "xvector.scp").exists()
 
 
 def test_streaming_wav_headers_of_pipes_are_accepted(tmp_path):

@@ -88,7 +88,8 @@ def require_files(**paths: Optional[str]) -> None:
             raise DataDirError(f"--{option} {path}: no such file")
 
 
-_TEMP_NAME = re.compile(r"^\.(.+)\.(?:[a-z0-9_]{8}|tmp)$")  # our temp files and dirs: .<name>.XXXXXXXX, .<name>.tmp
+# our temp files and dirs: .<name>.XXXXXXXX, .<name>.XXXXXXXX.tmp, .<name>.tmp, .<name>.tmp.XXXXXXXX
+_TEMP_NAME = re.compile(r"^\.(.+?)\.(?:[a-z0-9_]{8}(?:\.tmp)?|tmp(?:\.[a-z0-9_]{8})?)$")
 
 
 def _shown(path) -> str:

@@ -105,6 +105,8 @@ def _load_vectors(scp: Path, exp: Optional[Path] = None) -> Dict[str, np.ndarray
     recipe = exp.resolve().parent.parent if exp is not None else None
     found: Dict[str, str] = {}  # ark as written -> where it is
     out, fds = {}, {}
+    with open(scp, encoding="utf-8", errors="replace") as f:  # for the error line of an unreadable entry
+        linenos = {line.split(maxsplit=1)[0]: i for i, line in enumerate(f, 1) if line.strip()}
     try:
         for key, value in read_table(scp).items():
             m = re.fullmatch(r"(.+):(\d+(?:\[[^\]]*\])?)", value)  # <ark>:<offset>[<slice>]
@@ -125,7 +127,8 @@ def _load_vectors(scp: Path, exp: Optional[Path] = None) -> Dict[str, np.ndarray
                 out[key] = np.asarray(kaldiio.load_mat(entry, fd_dict=fds))
             except Exception as e:  # kaldiio on bytes that are not (or no longer) what the scp says
                 why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                raise DataDirError(f"{scp}: cannot read the embedding of {key!r} at {entry} ({why}): the ark is "
+                raise DataDirError(f"{scp}:{linenos.get(key, '?')}: cannot read the embedding of {key!r} at {entry} "
+                                   f"({why}): the ark is "
                                    "truncated or was overwritten; extract the embeddings again (stage 3)") from None
     finally:
         for f in fds.values():
