@@ -159,3 +159,37 @@ def embeddings(exp, dump):
     entries = read_table(dump / "dump/layers.scp")
     return embed_stacks(model, [load_stack(entries[u], meta.num_layers) for u in sorted(entries)])
 
+
+
+# --- fault injection (test/faults/): one error line, nothing written before lost --------------------
+
+def entry_point(module: str, *args) -> list:
+    """The command line of `python -m <module> <args>` in this interpreter."""
+    return [sys.executable, "-m", module, *map(str, args)]
+
+
+def run_module(module: str, *args, env=None, cwd=ROOT):
+    """python -m <module> <args> from the repository (this checkout's upmp), output captured."""
+    return subprocess.run(entry_point(module, *args), capture_output=True, text=True,
+                          env=env or bash_env(), cwd=cwd)
+
+
+def one_line_error(r, *parts, code: int = 1) -> str:
+    """Exit `code`, and stderr's only non-log line is an error holding every part (no traceback)."""
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
+    assert len(lines) == 1, r.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(root: Path, dirs: bool = False) -> dict:
+    """{relative path: bytes} of every file under root (of root itself when it is a file); with
+    dirs=True every directory too (value None), so a directory created there shows."""
+    root = Path(root)
+    if root.is_file():
+        return {"": root.read_bytes()}
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*")) if dirs or p.is_file()}

@@ -17,33 +17,13 @@ import pytest
 import torch
 
 from helpers import bash_env
+from helpers import run_module as run, one_line_error, snapshot as tree_snapshot, entry_point as command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def command(module, *args):
-    return [sys.executable, "-m", module, *map(str, args)]
-
-
-def run(module, *args, cwd=ROOT):
-    return subprocess.run(command(module, *args), capture_output=True, text=True, env=bash_env(), cwd=cwd)
-
-
-def one_line_error(r, *parts):
-    """Exit 1, and stderr's only non-log line is an error holding every part (no traceback)."""
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1, r.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
-
-
 def snapshot(directory):
-    """{relative path: bytes} of every file below `directory` (and the set of its dirs)."""
-    d = Path(directory)
-    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
+    return tree_snapshot(directory, dirs=True)  # new empty dirs count too
 
 
 def stage3(tiny_experiment):

@@ -13,26 +13,11 @@ import pytest
 
 from helpers import write_data_dir
 from helpers import train
+from helpers import run_module as run, one_line_error
 from upmp.data.layer_stacks import LayerStackMeta
 
 ROOT = Path(__file__).resolve().parents[2]
 UTILS = ROOT / "egs" / "TEMPLATE" / "sv1" / "utils"
-
-
-def run(module, *args, env=None):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
-
-
-def one_line_error(r, *parts):
-    """Exit 1, and stderr's only non-log line is an error holding every part (no traceback)."""
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1, r.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -246,8 +231,6 @@ OTHER_SHAPES = ("train", "model_info", "package_model", "embed", "verify", "resu
 def _entry_modules():
     return sorted(p.stem for p in (ROOT / "upmp" / "bin").glob("*.py")
                   if p.stem not in ("__init__", "common", "console", *OTHER_SHAPES))
-
-
 
 
 @pytest.mark.parametrize("name", _entry_modules())

@@ -16,32 +16,12 @@ import torch
 import yaml
 
 from helpers import TRAIN_CONFIG, bash_env
+from helpers import run_module as run, one_line_error, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUSED = "refused: holds Python objects beyond tensors and plain data (it names GLOBAL posix.system); " \
           "loading it could run code"
 AGAIN = "package the model again"
-
-
-def run(module, *args, env=None, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=env or bash_env(), cwd=cwd)
-
-
-def one_line_error(r, *parts):
-    """Exit 1, and stderr's only non-log line is an error holding every part (no traceback)."""
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1, r.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
-
-
-def snapshot(d: Path) -> dict:
-    """Every file under d and its bytes (to show nothing written before changed)."""
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 class _Payload:

@@ -15,24 +15,9 @@ import soundfile
 import torch
 
 from helpers import bash_env, make_recipe, run as run_recipe, tone
+from helpers import run_module as run, one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=bash_env(), cwd=ROOT)
-
-
-def one_line_error(r, *parts):
-    """Exit 1, and stderr's only non-log line is an error holding every part (no traceback)."""
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1, r.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 def one_line(exc_info, *parts):
@@ -232,7 +217,7 @@ def test_truncated_pipe_output_is_refused_like_the_truncated_file(tmp_path, tiny
 
 
 def test_streaming_wav_headers_of_pipes_are_accepted(tmp_path):
-    """Writers that cannot seek back put a placeholder size in the header (SoX 0x7FFFF000, ffmpeg
+    """Writers that cannot seek back write a stand-in size into the header (SoX 0x7FFFF000, ffmpeg
     0xFFFFFFFF): not a truncation."""
     from upmp.data.audio import load_audio
     x = tone(0.5, 300.0)

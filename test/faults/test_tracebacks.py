@@ -10,37 +10,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import bash_env
+from helpers import run_module as run, one_line_error, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=bash_env(), cwd=ROOT)
-
-
-def one_line_error(r, *parts, code=1):
-    """Exit `code`, and stderr's only non-log line is an error holding every part (no traceback)."""
-    assert r.returncode == code, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1, r.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
-
-
-def snapshot(root: Path) -> dict:
-    """{relative path: bytes} of every file under root (or of root itself)."""
-    if root.is_file():
-        return {"": root.read_bytes()}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # --- places that cannot take an output ------------------------------------------------------------

@@ -3,36 +3,19 @@ end"): preparation reports them in one warning line and refuses a pair labelled 
 lines), before any extraction or training; scoring and every metric take the list as given (a repeated
 trial counts as often as it is listed), so stage 4 and 5 never refuse it later."""
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import bash_env, write_data_dir
+from helpers import write_data_dir
+from helpers import run_module as run, one_line_error
 
 from upmp.metrics import compute_eer, compute_min_dcf
 from upmp.scoring.calibration import actual_dcf, cllr
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(module, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=bash_env(), cwd=cwd)
-
-
-def one_line_error(r, *parts):
-    """Exit 1, and stderr's only non-log line is an error holding every part (no traceback)."""
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1, r.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
 
 
 def warnings_of(r):

@@ -88,7 +88,7 @@ def require_files(**paths: Optional[str]) -> None:
             raise DataDirError(f"--{option} {path}: no such file")
 
 
-# our temp files and dirs: .<name>.XXXXXXXX, .<name>.XXXXXXXX.tmp, .<name>.tmp, .<name>.tmp.XXXXXXXX
+# our temp files and dirs (R: mkstemp's 8 random characters): .<name>.R, .<name>.R.tmp, .<name>.tmp, .<name>.tmp.R
 _TEMP_NAME = re.compile(r"^\.(.+?)\.(?:[a-z0-9_]{8}(?:\.tmp)?|tmp(?:\.[a-z0-9_]{8})?)$")
 
 
