@@ -410,7 +410,7 @@ def test_experiment_scp_whose_ark_is_nowhere(tiny_experiment, tmp_path):
     before = snapshot(exp)
     (exp / "embeddings/train/xvector.ark").rename(exp / "embeddings/train/moved.ark")
     r = run("upmp.bin.package_model", "--exp_dir", exp.relative_to(repo), "--out", tmp_path / "model", cwd=repo)
-    one_line_error(r, "exp/upmp/embeddings/train/xvector.scp: exp/upmp/embeddings/train/xvector.ark (of ",
+    one_line_error(r, "exp/upmp/embeddings/train/xvector.scp:1: exp/upmp/embeddings/train/xvector.ark (of ",
                    f"is not found from {repo} nor from the recipe dir {exp.parent.parent}",
                    "run from the recipe dir that extracted it")
     (exp / "embeddings/train/moved.ark").rename(exp / "embeddings/train/xvector.ark")

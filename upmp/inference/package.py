@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import shutil
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import yaml
 
-from upmp.errors import DataDirError, ModelFileError, OutputError
+from upmp.errors import ModelFileError, OutputError
 from upmp.fileio import atomic_write_text, replace_dir, torch_save
 from upmp.safe_load import check_checkpoint, load_torch_data
 
@@ -96,44 +95,13 @@ def _sha256(path: Path) -> str:
 
 
 def _load_vectors(scp: Path, exp: Optional[Path] = None) -> Dict[str, np.ndarray]:
-    """An xvector.scp -> {utt: vector}. Stage 3 writes the ark paths relative to the recipe dir:
-    an ark not found from the current directory is looked up from <exp>/../.."""
-    import kaldiio
-    from upmp.data.kaldi_dir import read_table
+    """An xvector.scp -> {utt: vector}; ark paths relative to the recipe dir (as stage 3 writes them)
+    are read from <exp>/../.. when they are not found from the current directory."""
+    from upmp.scoring.io import read_vectors
     if not scp.is_file():
         raise ModelFileError(f"{scp}: missing; extract the embeddings first (stage 3)")
     recipe = exp.resolve().parent.parent if exp is not None else None
-    found: Dict[str, str] = {}  # ark as written -> where it is
-    out, fds = {}, {}
-    with open(scp, encoding="utf-8", errors="replace") as f:  # for the error line of an unreadable entry
-        linenos = {line.split(maxsplit=1)[0]: i for i, line in enumerate(f, 1) if line.strip()}
-    try:
-        for key, value in read_table(scp).items():
-            m = re.fullmatch(r"(.+):(\d+(?:\[[^\]]*\])?)", value)  # <ark>:<offset>[<slice>]
-            ark, tail = m.groups() if m else (value, None)
-            if ark not in found:
-                where = ark
-                if recipe is not None and not Path(ark).is_absolute() and not Path(ark).exists() \
-                        and (recipe / ark).is_file():
-                    where = str(recipe / ark)
-                if not (Path(where).is_file() or where.strip().endswith("|")):
-                    raise ModelFileError(
-                        f"{scp}: {ark} (of {key}) is not found from {Path.cwd()}"
-                        + (f" nor from the recipe dir {recipe}" if recipe is not None else "")
-                        + "; run from the recipe dir that extracted it, or extract the embeddings again (stage 3)")
-                found[ark] = where
-            entry = f"{found[ark]}:{tail}" if tail else found[ark]
-            try:
-                out[key] = np.asarray(kaldiio.load_mat(entry, fd_dict=fds))
-            except Exception as e:  # kaldiio on bytes that are not (or no longer) what the scp says
-                why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                raise DataDirError(f"{scp}:{linenos.get(key, '?')}: cannot read the embedding of {key!r} at {entry} "
-                                   f"({why}): the ark is "
-                                   "truncated or was overwritten; extract the embeddings again (stage 3)") from None
-    finally:
-        for f in fds.values():
-            f.close()
-    return out
+    return {utt: v for _, utt, v in read_vectors(str(scp), recipe)}
 
 
 def _resolve(path: str, exp: Path) -> Optional[Path]:

@@ -11,6 +11,7 @@ Embeddings are Kaldi float vectors (kaldiio), as WeSpeaker and Kaldi write them;
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -23,11 +24,12 @@ from upmp.errors import DataDirError, ScoringError
 from upmp.fileio import atomic_write_text
 
 
-def read_vectors(scp: str) -> Iterator[Tuple[int, str, np.ndarray]]:
+def read_vectors(scp: str, recipe_dir: Optional[Path] = None) -> Iterator[Tuple[int, str, np.ndarray]]:
     """(line number, utt, (E,) vector) of a Kaldi vector scp (`<utt> <file.ark:offset>`), in order.
     Every read of an embedding file goes through here: an entry that cannot be read (a truncated or
     overwritten ark, a missing ark, a bad offset) is a DataDirError naming the scp line, the utterance
-    and the ark."""
+    and the ark. recipe_dir: stage 3 writes ark paths relative to the recipe dir; a relative ark not
+    found from the current directory is read from there."""
     import kaldiio
     with open(scp, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -35,6 +37,8 @@ def read_vectors(scp: str) -> Iterator[Tuple[int, str, np.ndarray]]:
             if len(fields) != 2:
                 raise DataDirError(f"{scp}:{lineno}: expected '<utt> <file.ark:offset>', got {line.rstrip()!r}")
             utt, entry = fields[0], fields[1].strip()
+            if recipe_dir is not None:
+                entry = _from_recipe_dir(entry, recipe_dir, f"{scp}:{lineno}", utt)
             try:
                 vector = np.asarray(kaldiio.load_mat(entry))
             except OSError as e:
@@ -49,6 +53,19 @@ def read_vectors(scp: str) -> Iterator[Tuple[int, str, np.ndarray]]:
                 raise DataDirError(f"{scp}:{lineno}: {utt!r} at {entry} is a {vector.ndim}-d array, not an "
                                    f"embedding vector (an scp of layer stacks or features?)")
             yield lineno, utt, vector
+
+
+def _from_recipe_dir(entry: str, recipe_dir: Path, where: str, utt: str) -> str:
+    """`<ark>:<offset>[<slice>]` with the ark looked up from the current directory, then from recipe_dir."""
+    m = re.fullmatch(r"(.+):(\d+(?:\[[^\]]*\])?)", entry)
+    ark, tail = m.groups() if m else (entry, None)
+    if ark.strip().endswith("|") or Path(ark).is_file():
+        return entry
+    if not Path(ark).is_absolute() and (recipe_dir / ark).is_file():
+        return f"{recipe_dir / ark}:{tail}" if tail else str(recipe_dir / ark)
+    raise DataDirError(f"{where}: {ark} (of {utt}) is not found from {Path.cwd()} nor from the recipe dir "
+                       f"{recipe_dir}; run from the recipe dir that extracted it, or extract the embeddings "
+                       f"again (stage 3)")
 
 
 def load_embeddings(scp: str) -> Dict[str, np.ndarray]:
