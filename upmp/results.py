@@ -4,12 +4,14 @@ comparison table over experiments.
     m = metrics_of_files("data/test/trials", "exp/x/scores/test.cosine")   # {"eer": %, "mindcf_0.01": ...}
     write_experiment_results(exp, systems, test_sets, upstream, data_root)  # RESULTS.md, results.json, det_*.png
     write_comparison(out, exp_dirs)                                         # one table over exp/*/results.json
+    seed_groups(result_rows(exp_dirs))  # <name>_seed<N> experiments: mean, range and rows per seed
 
 EER convention and minDCF normalisation: upmp.metrics.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
@@ -174,18 +176,74 @@ def result_rows(exp_dirs: Iterable[str]) -> List[dict]:
     return rows
 
 
-def write_comparison(out: str, exp_dirs: Iterable[str]) -> List[str]:
+SEED_METRICS = ("eer", "mindcf_0.01", "mindcf_0.05", "cllr", "actdcf_0.01", "actdcf_0.05")
+_SEED = re.compile(r"_seed(\d+)(?=_|$)")
+
+
+def seed_of(experiment: str) -> Tuple[str, object]:
+    """(base name, seed) of an experiment name: "upmp_ge2e_seed2_lmft" -> ("upmp_ge2e_lmft", 2);
+    a name without _seed<N> is its own base (seed None)."""
+    m = _SEED.search(experiment)
+    return (experiment, None) if m is None else (experiment[:m.start()] + experiment[m.end():], int(m.group(1)))
+
+
+def seed_groups(rows: Sequence[dict]) -> List[dict]:
+    """Rows of result_rows grouped over training seeds: experiments named <base>_seed<N> (sv.sh
+    --seeds) with the same test set and system form one group. Each group: experiment (the base
+    name), backend, upstream, num_params, test_set, system, seeds (sorted), n, train_seconds (mean),
+    for every metric the rows have: <metric> (mean), <metric>_min, <metric>_max, and rows (the
+    per-seed rows, by seed). An experiment without a seed is a group of one, apart from any
+    <name>_seed<N> of the same name."""
+    groups: Dict[Tuple[str, bool, str, str], List[dict]] = {}
+    for r in rows:
+        base, seed = seed_of(r["experiment"])
+        # the seeds of one base name in one exp dir are a group; a run without a seed is its own
+        where = r["exp_dir"] if seed is None else str(Path(r["exp_dir"]).parent / base)
+        groups.setdefault((where, seed is None, r["test_set"], r["system"]), []).append(dict(r, seed=seed, base=base))
+    out = []
+    for (_, _, test_set, system), members in groups.items():
+        base = members[0]["base"]
+        members.sort(key=lambda m: -1 if m["seed"] is None else m["seed"])
+        g = dict(experiment=base, backend=members[0]["backend"], upstream=members[0]["upstream"],
+                 num_params=members[0]["num_params"], test_set=test_set, system=system,
+                 seeds=[m["seed"] for m in members], n=len(members), rows=members)
+        secs = [m["train_seconds"] for m in members if isinstance(m.get("train_seconds"), (int, float))]
+        g["train_seconds"] = float(np.mean(secs)) if secs else None
+        for k in SEED_METRICS:
+            vals = [m[k] for m in members if isinstance(m.get(k), (int, float))]
+            if len(vals) == len(members):  # a metric only some seeds have (calibration) is left out
+                g.update({k: float(np.mean(vals)), f"{k}_min": float(min(vals)), f"{k}_max": float(max(vals))})
+        out.append(g)
+    return out
+
+
+def mean_and_range(g: dict, key: str, fmt: str) -> str:
+    """"9.61 (7.99 - 11.28)" for a group of seeds, "7.99" for one run, "-" when the metric is absent."""
+    if g.get(key) is None:
+        return "-"
+    if g["n"] == 1:
+        return format(g[key], fmt)
+    return f"{g[key]:{fmt}} ({g[key + '_min']:{fmt}} - {g[key + '_max']:{fmt}})"
+
+
+def write_comparison(out: str, exp_dirs: Iterable[str]) -> List[dict]:
     """One Markdown table over the experiments' results.json (those without are skipped):
-    experiment, backend, trainable parameters, training time, test set, system, EER, minDCF."""
+    experiment, backend, trainable parameters, training time, test set, system, EER, minDCF. The
+    seeds of one experiment (<name>_seed<N>) are one row: the mean and (range) over the seeds."""
+    groups = seed_groups(result_rows(exp_dirs))
     rows = []
-    for r in result_rows(exp_dirs):
-        params = f"{r['num_params']:,}" if r.get("num_params") else "?"
-        seconds = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "?"
-        rows.append(f"| {r['experiment']} | {r['backend']} | {params} | {seconds} | {r['test_set']} | {r['system']} | "
-                    f"{r['eer']:.2f} | {r['mindcf_0.01']:.4f} | {r['mindcf_0.05']:.4f} |")
+    for g in groups:
+        params = f"{g['num_params']:,}" if g.get("num_params") else "?"
+        seconds = f"{g['train_seconds']:.0f}" if g.get("train_seconds") else "?"
+        seeds = ", ".join(str(s) for s in g["seeds"]) if g["seeds"] != [None] else "-"
+        rows.append(f"| {g['experiment']} | {g['backend']} | {params} | {seconds} | {seeds} | {g['test_set']} | "
+                    f"{g['system']} | {mean_and_range(g, 'eer', '.2f')} | {mean_and_range(g, 'mindcf_0.01', '.4f')} | "
+                    f"{mean_and_range(g, 'mindcf_0.05', '.4f')} |")
     lines = [f"# Backend comparison ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"EER: {EER_CONVENTION}; minDCF normalised. Parameters: trainable, loss head excluded.", "",
-             "| experiment | backend | parameters | training (s) | test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) |",
-             "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+             f"EER: {EER_CONVENTION}; minDCF normalised. Parameters: trainable, loss head excluded. "
+             "Several training seeds (<name>_seed<N>): the mean and (the range) over them.", "",
+             "| experiment | backend | parameters | training (s) | seeds | test set | system | EER (%) | "
+             "minDCF (0.01) | minDCF (0.05) |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     atomic_write_text(out, "\n".join(lines))
-    return rows
+    return groups

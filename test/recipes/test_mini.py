@@ -49,17 +49,37 @@ def test_small_recipe_stages_0_to_5(small_recipe):
     assert "Stage 5" in r.stderr and "Successfully finished" in r.stderr
 
 
-def test_rerun_from_the_seed_is_repeatable(small_recipe):
-    """Stages 2-5 again under another --exp_tag: byte-identical score files."""
+def test_rerun_from_the_seed_is_repeatable_and_seeds_are_grouped(small_recipe):
+    """Stages 2-5 again with --seeds "0 1": the seed-0 run repeats the first run (whose seed was the
+    default 0) byte for byte, seed 1 is another model, and <exp>_seeds.{md,json} and the backend
+    comparison give the mean and range of the two runs' results.json."""
     recipe, _ = small_recipe
-    r = run(recipe, "--stage", "2", "--stop_stage", "5", "--upstream", "wavlm_local", "--exp_tag", "again",
+    r = run(recipe, "--stage", "2", "--stop_stage", "5", "--upstream", "wavlm_local", "--seeds", "0 1",
+            "--scoring", "cosine plda", "--score_norm", "none",
             "--train_args", "--train_conf.steps 20 --train_conf.batch_size 8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
-    again = exp.parent / (exp.name + "_again")
-    for system in ("cosine", "plda.asnorm"):
-        assert (again / "scores" / f"voxceleb1_test.{system}").read_text() == \
+    seed0, seed1 = (exp.parent / f"{exp.name}_seed{n}" for n in (0, 1))
+    for system in ("cosine", "plda"):
+        assert (seed0 / "scores" / f"voxceleb1_test.{system}").read_text() == \
             (exp / "scores" / f"voxceleb1_test.{system}").read_text()
+        assert (seed1 / "scores" / f"voxceleb1_test.{system}").read_text() != \
+            (exp / "scores" / f"voxceleb1_test.{system}").read_text()
+    assert "seed: 1" in (seed1 / "config.yaml").read_text().splitlines()
+    runs = [json.loads((d / "results.json").read_text())["results"] for d in (seed0, seed1)]
+    groups = json.loads((exp.parent / f"{exp.name}_seeds.json").read_text())["groups"]
+    (group,) = [g for g in groups if g["system"] == "cosine"]
+    eers = [m["voxceleb1_test/cosine"]["eer"] for m in runs]
+    assert group["experiment"] == exp.name and group["seeds"] == [0, 1] and group["n"] == 2
+    assert group["eer"] == pytest.approx((eers[0] + eers[1]) / 2)
+    assert (group["eer_min"], group["eer_max"]) == (min(eers), max(eers))
+    md = (exp.parent / f"{exp.name}_seeds.md").read_text()
+    cell = f"{sum(eers) / 2:.2f} ({min(eers):.2f} - {max(eers):.2f})"
+    assert f"| {exp.name} | upmp | " in md and cell in md
+    assert f"| {exp.name} | upmp | " in (recipe / "exp" / "RESULTS.md").read_text()
+    assert cell in (recipe / "exp" / "RESULTS.md").read_text()
+    r = run(recipe, "--stage", "5", "--stop_stage", "5", "--upstream", "wavlm_local", "--seeds", "0 x")
+    assert r.returncode == 1 and "--seeds '0 x': 'x' is not a non-negative integer" in r.stderr
 
 
 def test_stage_range_and_skipping(small_recipe):

@@ -3,8 +3,11 @@
     upmp-results egs/mini/sv1/exp/*/ [--out cmp/results] [--test_set voxceleb1_test]
 
 Reads <exp_dir>/results.json (stage 5) of every experiment given (dirs without one are
-skipped with a warning; a path that is not a directory is an error) and writes <out>.md (Markdown table, also printed), <out>.csv and <out>_det.png:
-one DET curve per experiment and system on one test set (the first one found unless
+skipped with a warning; a path that is not a directory is an error) and writes <out>.md (Markdown
+tables, also printed), <out>.csv (a row per experiment, test set and system), <out>.json and <out>_det.png.
+Experiments named <name>_seed<N> (the recipes' --seeds) are grouped: the first table gives each
+group's mean and (range) over its seeds, the second every run; <out>.json holds both.
+The DET plot has one DET curve per experiment and system on one test set (the first one found unless
 --test_set), from <exp_dir>/scores/<set>.<system> and the trials <data_root>/<set>/trials
 (default: the recipe's data/, i.e. <exp_dir>/../../data). For comparing backends or upstreams.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -55,21 +59,35 @@ def check_exp_dirs(exp_dirs) -> None:
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
-    from upmp.results import result_rows
+    from upmp.results import mean_and_range, result_rows, seed_groups
     from upmp.fileio import atomic_write_text
     from upmp.metrics import EER_CONVENTION
     check_exp_dirs(args.exp_dirs)
     rows = result_rows(args.exp_dirs)
     if not rows:
         raise DataDirError(f"no results.json in {' '.join(args.exp_dirs)}; run stage 5 (write_results) first")
+    groups = seed_groups(rows)
     out = Path(args.out)
-    md = ["| experiment | backend | upstream | parameters | test set | system | EER (%) | minDCF (0.01) | "
+    md = []
+    if any(g["n"] > 1 for g in groups):
+        md += [f"Mean and (range) over training seeds ({len(groups)} systems)", "",
+               "| experiment | backend | upstream | parameters | seeds | test set | system | EER (%) | "
+               "minDCF (0.01) | minDCF (0.05) | Cllr |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        md += [f"| {g['experiment']} | {g['backend']} | {g['upstream'] or '-'} | {_cell(g['num_params'], ',')} | "
+               f"{', '.join('-' if s is None else str(s) for s in g['seeds'])} | {g['test_set']} | {g['system']} | "
+               f"{mean_and_range(g, 'eer', '.2f')} | {mean_and_range(g, 'mindcf_0.01', '.4f')} | "
+               f"{mean_and_range(g, 'mindcf_0.05', '.4f')} | {mean_and_range(g, 'cllr', '.3f')} |" for g in groups]
+        md += ["", "Every run", ""]
+    md += ["| experiment | backend | upstream | parameters | test set | system | EER (%) | minDCF (0.01) | "
           "minDCF (0.05) | Cllr |", "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['experiment']} | {r['backend']} | {r['upstream'] or '-'} | {_cell(r['num_params'], ',')} | "
            f"{r['test_set']} | {r['system']} | {r['eer']:.2f} | {r['mindcf_0.01']:.4f} | {r['mindcf_0.05']:.4f} | "
            f"{_cell(r.get('cllr'), '.3f')} |" for r in rows]
     text = "\n".join(md + ["", f"EER: {EER_CONVENTION}; minDCF normalised. DET curves: {out.name}_det.png", ""])
     atomic_write_text(Path(f"{out}.md"), text)
+    summary = [{k: v for k, v in g.items() if k != "rows"} | {"runs": [r["exp_dir"] for r in g["rows"]]}
+               for g in groups]
+    atomic_write_text(Path(f"{out}.json"), json.dumps({"groups": summary, "rows": rows}, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -93,7 +111,7 @@ def main(argv=None) -> None:
     if curves:
         plot_det(curves, Path(f"{out}_det.png"))
     print(text, end="")
-    logger.info("wrote %s, %s%s", Path(f"{out}.md"), Path(f"{out}.csv"),
+    logger.info("wrote %s, %s, %s%s", Path(f"{out}.md"), Path(f"{out}.csv"), Path(f"{out}.json"),
                 f", {out}_det.png ({len(curves)} curves on {test_set})" if curves else "")
 
 

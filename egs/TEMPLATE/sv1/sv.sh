@@ -31,6 +31,8 @@ backend=""             # upmp, lap, mhfa, superb_ecapa and/or xvector: uses conf
 train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
 exp_tag=""              # suffix of the experiment dir name
+seeds=""                # e.g. "0 1 2": one run per training seed -> <exp>_seed<N> (train --seed N), each
+                        # embedded and scored; stage 5 then writes <exp>_seeds.{md,json}: mean, range, per seed
 lmft=false              # true: then large-margin fine-tuning from each model (the config's lmft_conf) -> <exp>_lmft
 # Stages 3-5: embeddings, scoring, metrics
 scoring=cosine          # cosine and/or plda (a space-separated list scores with each)
@@ -67,7 +69,7 @@ Options (default in brackets):
   --train_nnodes <n> [${train_nnodes}]  --train_rdzv_endpoint <host:port> [${train_rdzv_endpoint}]  --train_rdzv_id <id> [${train_rdzv_id}]
   --backend "<upmp lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
   --train_args "<--key value ...>" [${train_args}]
-  --exp_tag <tag> [${exp_tag}]  --lmft <true|false> [${lmft}]  --scoring "<cosine plda>" [${scoring}]
+  --exp_tag <tag> [${exp_tag}]  --seeds "<n ...>" [${seeds}]  --lmft <true|false> [${lmft}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
   --calibration "<linear qmf>" [${calibration}]
   --train_set <name|path> [${train_set}]  --valid_set <name|path> [${valid_set}]  --test_sets "<names|paths>" [${test_sets}]
@@ -88,6 +90,12 @@ for _opt in stage stop_stage; do
 done
 # (--stage 1 --stop_stage 0 is an idiom: import the sets given as paths, run no stage)
 if [ "${stage}" -gt "${stop_stage}" ]; then log "--stage ${stage} is after --stop_stage ${stop_stage}: no stage runs"; fi
+for _seed in ${seeds}; do
+  if ! [[ "${_seed}" =~ ^[0-9]+$ ]]; then log "--seeds '${seeds}': '${_seed}' is not a non-negative integer (e.g. --seeds \"0 1 2\")"; exit 1; fi
+done
+if [ -n "${seeds}" ] && [ "$(tr ' ' '\n' <<< "${seeds}" | grep -c .)" -ne "$(tr ' ' '\n' <<< "${seeds}" | grep . | sort -u | wc -l)" ]; then
+  log "--seeds '${seeds}': a seed is given twice"; exit 1
+fi
 if [ $# -ne 0 ]; then log "unexpected arguments: $*\n${help_message}"; exit 1; fi
 if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --test_sets are required"; exit 1; fi
 for m in ${scoring}; do case ${m} in cosine|plda) ;; *) log "unknown --scoring ${m} (cosine, plda)"; exit 1 ;; esac; done
@@ -200,14 +208,31 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   done
 fi
 
-runs=""  # <config>[:lmft] in training order: each model, then (--lmft true) its large-margin fine-tuning
-for c in ${train_configs}; do runs+=" ${c}"; if "${lmft}"; then runs+=" ${c}:lmft"; fi; done
+# <config>[@<seed>][:lmft] in training order: each model (per seed with --seeds), then (--lmft true)
+# its large-margin fine-tuning
+runs=""
+for c in ${train_configs}; do
+  for s in ${seeds:-none}; do
+    run=${c}$([ "${s}" == none ] || echo "@${s}")
+    runs+=" ${run}"; if "${lmft}"; then runs+=" ${run}:lmft"; fi
+  done
+done
+seed_exps=""  # <exp of the seeds' mean>=<its seed exps, comma-separated> (stage 5 with --seeds)
 for run in ${runs}; do
   train_config=${run%:lmft}
+  seed=""; if [[ "${train_config}" == *@* ]]; then seed=${train_config##*@}; train_config=${train_config%@*}; fi
   backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
   exp=${expdir}/${backend_tag}_${upstream_tag}$([ "${train_mode}" == cached ] || echo _online)${exp_tag:+_${exp_tag}}
+  mean_exp=${exp}_seeds
+  [ -z "${seed}" ] || exp=${exp}_seed${seed}
   base_exp=""  # LMFT: the experiment whose model.pt it continues from
-  if [ "${run}" != "${train_config}" ]; then base_exp=${exp}; exp=${exp}_lmft; fi
+  if [ "${run}" != "${run%:lmft}" ]; then base_exp=${exp}; exp=${exp}_lmft; mean_exp=${mean_exp%_seeds}_lmft_seeds; fi
+  if [ -n "${seed}" ]; then
+    case " ${seed_exps} " in
+      *" ${mean_exp}="*) seed_exps=$(sed "s|\( ${mean_exp}=[^ ]*\)|\1,${exp}|" <<< " ${seed_exps}") ;;
+      *) seed_exps+=" ${mean_exp}=${exp}" ;;
+    esac
+  fi
 
   if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     log "Stage 2: backend training -> ${exp}${base_exp:+ (large-margin fine-tuning of ${base_exp}/model.pt)}"
@@ -229,7 +254,7 @@ for run in ${runs}; do
       # shellcheck disable=SC2086,SC2154
       ${cuda_cmd} $([ "${train_nproc}" -gt 1 ] && echo "--gpu ${train_nproc}") "${exp}/${train_log}" \
         ${train_launcher} -m upmp.bin.train --config "${train_config}" ${inputs} --exp_dir "${exp}" \
-          ${base_exp:+--lmft_from "${base_exp}/model.pt"} ${train_args} || rc=$?
+          ${base_exp:+--lmft_from "${base_exp}/model.pt"} ${train_args} ${seed:+--seed "${seed}"} || rc=$?
       sleep 1; kill "${follow}" 2>/dev/null || true
       [ "${rc}" -eq 0 ] || exit "${rc}"
     fi
@@ -276,6 +301,13 @@ for run in ${runs}; do
 done
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+  for group in ${seed_exps}; do  # --seeds: mean, range and per-seed rows of each model
+    mean_exp=${group%%=*}
+    # shellcheck disable=SC2046
+    ${python} -m upmp.bin.results $(tr ',' ' ' <<< "${group#*=}") --out "${mean_exp}" > /dev/null
+    log "mean and range over seeds ${seeds}: ${mean_exp}.md"
+    cat "${mean_exp}.md"
+  done
   # one table over every experiment of this upstream that has results (the backend comparison)
   ${python} -m upmp.bin.compare_results --out "${expdir}/RESULTS.md" --exp_dirs "${expdir}"/*_"${upstream_tag}"*/
   log "comparison of backends: ${expdir}/RESULTS.md"

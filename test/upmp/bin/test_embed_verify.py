@@ -153,3 +153,38 @@ def test_results_collects_experiments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_main(main, [str(recipe / "exp/empty"), "--out", str(out)])
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_results_groups_seeds_with_mean_and_range(tmp_path, capsys):
+    """<name>_seed<N> runs (sv.sh --seeds) are one group: mean and range by hand; a run of the same
+    name without a seed, and a metric only one seed has (cllr), stay apart."""
+    from upmp.bin.results import main
+    from upmp.results import seed_of
+    assert seed_of("upmp_ge2e_seed12_lmft") == ("upmp_ge2e_lmft", 12)
+    assert seed_of("upmp_ge2e_seeds") == ("upmp_ge2e_seeds", None)
+    exp_root = tmp_path / "exp"
+    runs = {"upmp_ge2e": 4.0, "upmp_ge2e_seed0": 6.5, "upmp_ge2e_seed1": 9.25, "upmp_ge2e_seed2": 8.0}
+    for name, eer in runs.items():
+        (exp_root / name).mkdir(parents=True)
+        metrics = {"eer": eer, "mindcf_0.01": eer / 10, "mindcf_0.05": eer / 20, "n_target": 2, "n_nontarget": 2}
+        if name.endswith("seed1"):
+            metrics["cllr"] = 0.5
+        (exp_root / name / "results.json").write_text(json.dumps({
+            "experiment": name, "backend": "upmp", "upstream": "ge2e", "num_params": 10,
+            "train_seconds": {"upmp_ge2e_seed1": 30.0}.get(name, 10.0), "results": {"test/cosine": metrics}}))
+    out = tmp_path / "cmp"
+    run_main(main, [str(d) for d in sorted(exp_root.iterdir())] + ["--out", str(out)])
+    groups = json.loads((tmp_path / "cmp.json").read_text())["groups"]
+    by_seeds = {tuple(g["seeds"]): g for g in groups}
+    assert set(by_seeds) == {(None,), (0, 1, 2)}
+    g = by_seeds[(0, 1, 2)]
+    assert g["experiment"] == "upmp_ge2e" and g["n"] == 3
+    assert g["eer"] == pytest.approx((6.5 + 9.25 + 8.0) / 3) and (g["eer_min"], g["eer_max"]) == (6.5, 9.25)
+    assert g["mindcf_0.05"] == pytest.approx((6.5 + 9.25 + 8.0) / 60)
+    assert g["train_seconds"] == pytest.approx(50 / 3) and "cllr" not in g
+    assert by_seeds[(None,)]["eer"] == 4.0
+    md = (tmp_path / "cmp.md").read_text()
+    assert "| upmp_ge2e | upmp | ge2e | 10 | 0, 1, 2 | test | cosine | 7.92 (6.50 - 9.25) | 0.7917 (0.6500 - 0.9250) |" in md
+    assert "| upmp_ge2e | upmp | ge2e | 10 | - | test | cosine | 4.00 | 0.4000 |" in md
+    assert "| upmp_ge2e_seed1 | upmp | ge2e | 10 | test | cosine | 9.25 | 0.9250 | 0.4625 | 0.500 |" in md
+    capsys.readouterr()
