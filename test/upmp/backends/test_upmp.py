@@ -231,3 +231,20 @@ def test_residual_unknown_value_is_one_line():
     from upmp.errors import ConfigError
     with pytest.raises(ConfigError, match="backend_conf.residual: 'twice'; choose from once, reference"):
         small(residual="twice")
+
+
+def test_pooling_authors_is_masked_in_training_and_unbiased_in_evaluation():
+    # the UniPool code passes its mask in training (std / n) and none in evaluation (x.std(), n - 1)
+    masked, authors = (small(pooling=p, dropout=0.0).frame_pooling for p in ("masked", "authors"))
+    x = 2 * torch.randn(3, 32, 30) + torch.linspace(0, 3, 30)
+    with torch.no_grad():
+        masked.train(), authors.train()
+        torch.testing.assert_close(authors(x), masked(x), atol=1e-5, rtol=1e-5)
+        masked.eval(), authors.eval()
+        ctx = torch.cat([x, x.mean(-1, keepdim=True).expand(-1, -1, 30), x.std(-1, keepdim=True).expand(-1, -1, 30)], dim=1)
+        w = torch.softmax(authors.attention(ctx), dim=-1)
+        mu = (w * x).sum(-1)
+        sg = ((w * x * x).sum(-1) - mu * mu).clamp(min=1e-4).sqrt()
+        want = authors.bn_embed(authors.linear(authors.bn_stats(torch.cat([mu, sg], dim=1))))
+        torch.testing.assert_close(authors(x), want, atol=1e-5, rtol=1e-5)
+        assert (masked(x) - want).abs().max() > 1e-3  # ours: / n
