@@ -248,3 +248,19 @@ def test_pooling_authors_is_masked_in_training_and_unbiased_in_evaluation():
         want = authors.bn_embed(authors.linear(authors.bn_stats(torch.cat([mu, sg], dim=1))))
         torch.testing.assert_close(authors(x), want, atol=1e-5, rtol=1e-5)
         assert (masked(x) - want).abs().max() > 1e-3  # ours: / n
+
+
+def test_residual_reference_backward_through_the_fused_path_equals_the_plain_formulation():
+    # the training step fuses the residual into the channel attention (addcmul) and runs the layer
+    # pooling's custom backward; with residual 2x the gradients equal the plain formulation's
+    m = randomise(small(residual="reference", dropout=0.0)).eval()
+    x = torch.randn(2, 24, 5, 20, requires_grad=True)
+    full = torch.ones(2, 20, dtype=torch.bool)
+    grads = []
+    for fused in (True, False):
+        m.zero_grad()
+        x.grad = None
+        h = m._block_outputs(x, None) if fused else plain_blocks(m, x, 2)
+        m.frame_pooling(m.layer_pooling(h, full), full).pow(2).sum().backward()
+        grads.append(torch.cat([x.grad.flatten()] + [p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
