@@ -21,7 +21,7 @@ import pickle
 import re
 import shlex
 from pathlib import Path
-from typing import Any, List, Optional, Type
+from typing import Any, List, Optional, Sequence, Type
 
 from upmp.errors import ModelFileError, UpmpError
 
@@ -43,11 +43,13 @@ def _refusal_reason(e: Exception) -> str:
 
 
 def load_torch_data(path, expected: str, if_refused: str, error: Type[UpmpError] = ModelFileError,
-                    map_location="cpu", mmap: bool = False, zip_only: bool = False) -> Any:
+                    map_location="cpu", mmap: bool = False, zip_only: bool = False, extra_globals: Sequence = ()) -> Any:
     """torch.load(path, weights_only=True); every way the file can fail is one `error` line naming it:
     missing, empty, not a torch file, truncated / corrupt, or refused (Python objects beyond tensors
     and plain data: `if_refused` says what to do). mmap: tensors stay on disk (zip archives only).
-    zip_only: the legacy pickle format is refused too (upmp's own files are zip archives)."""
+    zip_only: the legacy pickle format is refused too (upmp's own files are zip archives).
+    extra_globals: more globals this kind of file needs (safe_globals entries: an object, or
+    (object, "module.name") for a name another library version writes), allowed for this load only."""
     import torch
     p = Path(path)
     if not p.is_file():
@@ -64,7 +66,7 @@ def load_torch_data(path, expected: str, if_refused: str, error: Type[UpmpError]
             "not a torch file (random bytes or text)"
         raise error(f"{path}: {what}; expected {expected}")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_globals]):
             return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and head == ZIP_MAGIC)
     except pickle.UnpicklingError as e:
         if not re.search(r"GLOBAL|[Uu]nsupported", str(e)):  # e.g. 'pickle data was truncated'

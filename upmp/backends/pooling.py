@@ -22,12 +22,13 @@ def full_mask_if_none(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Te
     return mask
 
 
-def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4):
-    """x (B, C, T), mask (B, T) bool -> mean, std (B, C, 1) over valid frames."""
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4, unbiased: bool = False):
+    """x (B, C, T), mask (B, T) bool -> mean, std (B, C, 1) over valid frames
+    (unbiased: the variance divided by n - 1, as torch's x.std())."""
     w = mask.unsqueeze(1).to(x.dtype)
     n = w.sum(dim=2, keepdim=True).clamp(min=1.0)
     mean = (x * w).sum(dim=2, keepdim=True) / n
-    var = (((x - mean) ** 2) * w).sum(dim=2, keepdim=True) / n
+    var = (((x - mean) ** 2) * w).sum(dim=2, keepdim=True) / ((n - 1).clamp(min=1.0) if unbiased else n)
     return mean, var.clamp(min=eps).sqrt()
 
 
@@ -37,10 +38,24 @@ class AttentiveStatisticsPooling(nn.Module):
     Context [x, mean, std] -> Conv1d 3C->C/2, ReLU, BN, Conv1d C/2->C -> masked
     softmax over T (dropout) -> weighted mean and std (variance clamped at 1e-4)
     -> BN(2C) -> Linear(2C, E) -> BN(E).
+
+    context_std: the std of the context. "population" (ours: / n, variance clamped at 1e-4);
+    "unbiased" (/ (n - 1), as x.std(): the LAP code calls its pooling without a mask);
+    "unbiased_in_eval" (the UniPool code: its masked / n std in training, x.std() in evaluation,
+    where it passes no mask). Both authors' forms leave the variance unclamped (1e-10 against a 0).
+    frame_dropout: the attention dropout removes whole frames from the softmax in training (the
+    LAP code; no rescaling) instead of zeroing and rescaling single weights.
+    Every form stays masked: a padded batch embeds as one utterance at a time.
     """
 
-    def __init__(self, channels: int, embed_dim: int = 192, dropout: float = 0.1):
+    CONTEXT_STDS = ("population", "unbiased", "unbiased_in_eval")
+
+    def __init__(self, channels: int, embed_dim: int = 192, dropout: float = 0.1, context_std: str = "population",
+                 frame_dropout: bool = False):
         super().__init__()
+        if context_std not in self.CONTEXT_STDS:
+            raise ConfigError(f"context_std {context_std!r}; choose from {', '.join(self.CONTEXT_STDS)}")
+        self.context_std, self.frame_dropout = context_std, frame_dropout
         hidden = channels // 2
         self.attention = nn.Sequential(
             nn.Conv1d(3 * channels, hidden, 1), nn.ReLU(), nn.BatchNorm1d(hidden),
@@ -53,14 +68,28 @@ class AttentiveStatisticsPooling(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         T = x.shape[2]
         mask = full_mask_if_none(x, mask)
-        mean, std = masked_mean_std(x, mask)
+        unbiased = self.context_std == "unbiased" or (self.context_std == "unbiased_in_eval" and not self.training)
+        mean, std = masked_mean_std(x, mask, eps=1e-4 if self.context_std == "population" else 1e-10, unbiased=unbiased)
         context = torch.cat([x, mean.expand(-1, -1, T), std.expand(-1, -1, T)], dim=1)
-        logits = self.attention(context).masked_fill(~mask.unsqueeze(1), float("-inf"))
-        w = self.dropout(torch.softmax(logits, dim=2))
+        if self.frame_dropout:
+            keep = self._frame_dropout(mask)
+            w = torch.softmax(self.attention(context).masked_fill(~keep.unsqueeze(1), float("-inf")), dim=2)
+        else:
+            logits = self.attention(context).masked_fill(~mask.unsqueeze(1), float("-inf"))
+            w = self.dropout(torch.softmax(logits, dim=2))
         mu = (w * x).sum(dim=2)
         sigma = ((w * x * x).sum(dim=2) - mu * mu).clamp(min=1e-4).sqrt()
         stats = self.bn_stats(torch.cat([mu, sigma], dim=1))
         return self.bn_embed(self.linear(stats))
+
+    def _frame_dropout(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> the frames the softmax sees: in training each valid frame is dropped with
+        probability p (an utterance that would lose all keeps them all)."""
+        p = self.dropout.p
+        if not self.training or p == 0:
+            return mask
+        keep = mask & (torch.rand(mask.shape, device=mask.device) >= p)
+        return torch.where(keep.any(dim=1, keepdim=True), keep, mask)
 
 
 class LayerAttentivePooling(nn.Module):

@@ -6,8 +6,14 @@ layer-wise attentive VAD + dense multi-dilated convolution with channel
 attention, 3. layer attentive pooling, 4. attentive statistics pooling.
 
 Choices where the description allows two readings:
-- The residual of a block is added once (x + f(x)), not twice as in the
-  reference code.
+- The residual of a block: `residual: once` adds it once (x + f(x)), the
+  default; `residual: reference` adds it twice (2x + f(x)), as the authors'
+  UniPool code does (a ResConnection inside the block plus x + dense(x) in
+  D3Block.forward, both on the VAD's output), so their checkpoints import.
+- The context std of the statistics pooling: `pooling: masked` (/ n over valid
+  frames, the default) or `pooling: authors` (the UniPool code's: / n in
+  training, where it passes a mask, and x.std() with n - 1 in evaluation, where
+  it passes none).
 - The L mixing logits of the VAD start one-hot (logit 1 at layer i, 0 elsewhere)
   and go through a softmax, as in SUPERB.
 - Padded frames are zeroed before every 3x3 convolution, and global
@@ -19,13 +25,16 @@ benchmarks/backend_step.py, which times it against the plain formulation).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from upmp.backends.authors import map_authors_state, renamer
 from upmp.backends.base import Backend
 from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
+from upmp.errors import ConfigError, ModelFileError
 
 
 def _frame_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -127,11 +136,18 @@ class MultiDilatedLayer(nn.Module):
         return out
 
 
-class DenseMultiDilatedBlock(nn.Module):
-    """Step 2b. (B, 4c, L, T) -> (B, 4c, L, T), residual: x + CA(concat(y0..y3))."""
+RESIDUALS = ("once", "reference")
 
-    def __init__(self, conv_dim: int, dilations: Sequence[int] = (1, 2, 4)):
+
+class DenseMultiDilatedBlock(nn.Module):
+    """Step 2b. (B, 4c, L, T) -> (B, 4c, L, T), residual: x + CA(concat(y0..y3)),
+    or 2x + CA(...) with residual "reference" (the authors' code)."""
+
+    def __init__(self, conv_dim: int, dilations: Sequence[int] = (1, 2, 4), residual: str = "once"):
         super().__init__()
+        if residual not in RESIDUALS:
+            raise ConfigError(f"backend_conf.residual: {residual!r}; choose from {', '.join(RESIDUALS)}")
+        self.residual_scale = 1 if residual == "once" else 2
         self.entry = nn.Conv2d(4 * conv_dim, conv_dim, 1)
         self.layers = nn.ModuleList(MultiDilatedLayer(conv_dim, dilations[:k])
                                     for k in range(1, len(dilations) + 1))
@@ -142,7 +158,8 @@ class DenseMultiDilatedBlock(nn.Module):
         ys = [self.entry(x)]
         for layer in self.layers:
             ys.append(layer(ys, m))
-        return self.attention(torch.cat(ys, dim=1), mask, residual=x)
+        residual = x if self.residual_scale == 1 else x * self.residual_scale  # x * 2 is exact
+        return self.attention(torch.cat(ys, dim=1), mask, residual=residual)
 
 
 class UPMPBackend(Backend):
@@ -153,19 +170,27 @@ class UPMPBackend(Backend):
         num_layers: L hidden states given to the backend (after dropping
             hidden state 0 when use_hidden0 is False).
         conv_dim: c; the block width is 4c.
+        residual: "once" (x + f(x)) or "reference" (2x + f(x), the authors' UniPool code).
+        pooling: "masked" (ours) or "authors": the context std of the attentive statistics pooling
+            as the UniPool code computes it (/ n in training, x.std() with n - 1 in evaluation,
+            unclamped), so an imported model embeds as the authors' evaluation does.
     """
 
     padding_invariant = True
 
     def __init__(self, input_dim: int, num_layers: int, conv_dim: int = 128, n_blocks: int = 1,
-                 heads: int = 4, embed_dim: int = 192, dropout: float = 0.1):
+                 heads: int = 4, embed_dim: int = 192, dropout: float = 0.1, residual: str = "once",
+                 pooling: str = "masked"):
         super().__init__()
         width = 4 * conv_dim
         self.projection = nn.Sequential(nn.Conv2d(input_dim, width, 1), nn.BatchNorm2d(width))
         self.vads = nn.ModuleList(LayerwiseAttentiveVAD(width, num_layers) for _ in range(n_blocks))
-        self.blocks = nn.ModuleList(DenseMultiDilatedBlock(conv_dim) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(DenseMultiDilatedBlock(conv_dim, residual=residual) for _ in range(n_blocks))
         self.layer_pooling = LayerAttentivePooling(width * n_blocks, width, num_layers, heads, dropout)
-        self.frame_pooling = AttentiveStatisticsPooling(width, embed_dim, dropout)
+        if pooling not in ("masked", "authors"):
+            raise ConfigError(f"backend_conf.pooling: {pooling!r}; choose from masked, authors")
+        self.frame_pooling = AttentiveStatisticsPooling(
+            width, embed_dim, dropout, context_std="population" if pooling == "masked" else "unbiased_in_eval")
         self.embed_dim = embed_dim
 
     def _block_outputs(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -190,3 +215,55 @@ class UPMPBackend(Backend):
         blocks = self._block_outputs(x, padding_mask(x, mask))
         out["layer attention score (row: head)"] = self.layer_pooling.mean_scores(blocks, full_mask_if_none(x, mask))
         return out
+
+    # The authors' UniPool encoder (UniPool-SV src/benchmarks/UniPool/model.py: encoder.d3net / l_pool /
+    # t_pool of model_state, "encoder." stripped) -> this backend; see upmp.backends.authors.
+
+    _AUTHORS_RULES = (
+        (r"projection\.(.*)", r"d3net.projection.\1"),
+        (r"vads\.(\d+)\.frame_weight", r"d3net.vadnet.\1.weight"),
+        (r"vads\.(\d+)\.frame_bias", r"d3net.vadnet.\1.bias"),
+        (r"blocks\.(\d+)\.entry\.(.*)", r"d3net.densenet.\1.m.0.projection.\2"),
+        (r"blocks\.(\d+)\.layers\.(\d+)\.branches\.(.*)", r"d3net.densenet.\1.m.0.dense.\2.mdconv.\3"),
+        (r"blocks\.(\d+)\.attention\.mlp_avg\.0\.(.*)", r"d3net.densenet.\1.m.1.avg_se.1.\2"),
+        (r"blocks\.(\d+)\.attention\.mlp_avg\.2\.(.*)", r"d3net.densenet.\1.m.1.avg_se.3.\2"),
+        (r"blocks\.(\d+)\.attention\.mlp_avg\.3\.(.*)", r"d3net.densenet.\1.m.1.avg_se.4.\2"),
+        (r"blocks\.(\d+)\.attention\.mlp_max\.0\.(.*)", r"d3net.densenet.\1.m.1.max_se.1.\2"),
+        (r"blocks\.(\d+)\.attention\.mlp_max\.2\.(.*)", r"d3net.densenet.\1.m.1.max_se.3.\2"),
+        (r"blocks\.(\d+)\.attention\.mlp_max\.3\.(.*)", r"d3net.densenet.\1.m.1.max_se.4.\2"),
+        (r"layer_pooling\.norm\.(.*)", r"l_pool.in_projection.0.\1"),
+        (r"layer_pooling\.proj\.(.*)", r"l_pool.in_projection.1.\1"),
+        (r"layer_pooling\.w(\d)", r"l_pool.W\1"),
+        (r"layer_pooling\.b(\d)", r"l_pool.b\1"),
+        (r"layer_pooling\.out\.(.*)", r"l_pool.out_projection.\1"),
+        (r"frame_pooling\.attention\.(.*)", r"t_pool.attention.\1"),
+        (r"frame_pooling\.bn_stats\.(.*)", r"t_pool.attn_norm.\1"),
+        (r"frame_pooling\.linear\.(.*)", r"t_pool.out_proj.\1"),
+        (r"frame_pooling\.bn_embed\.(.*)", r"t_pool.out_norm.\1"),
+    )
+
+    @classmethod
+    def authors_layout(cls, encoder: Dict[str, torch.Tensor], prefix: str = "encoder.") -> Tuple[int, int, Dict[str, Any]]:
+        """(input_dim D, num_layers L, backend_conf) of the authors' UniPool encoder, from its shapes.
+        Their layer pooling always has 4 heads, their block adds its residual twice and their
+        statistics pooling is the authors' form (pooling: authors)."""
+        for key in ("d3net.projection.0.weight", "d3net.vadnet.0.weight", "t_pool.out_proj.weight"):
+            if key not in encoder:
+                raise ModelFileError(f"{prefix}{key}: missing from the checkpoint; not the authors' UniPool encoder")
+        width, input_dim = encoder["d3net.projection.0.weight"].shape[:2]
+        n_blocks = sum(1 for k in encoder if re.fullmatch(r"d3net\.vadnet\.\d+\.weight", k))
+        conf = dict(conv_dim=width // 4, n_blocks=n_blocks, heads=4,
+                    embed_dim=encoder["t_pool.out_proj.weight"].shape[0], dropout=0.1, residual="reference",
+                    pooling="authors")
+        return int(input_dim), int(encoder["d3net.vadnet.0.weight"].shape[0]), conf
+
+    def state_from_authors(self, encoder: Dict[str, torch.Tensor], prefix: str = "encoder.") -> Dict[str, torch.Tensor]:
+        """Our state dict holding the authors' encoder weights (mixing row i = superb[i].score_vector)."""
+        rename = renamer(self._AUTHORS_RULES)
+
+        def source(key: str):
+            m = re.fullmatch(r"vads\.(\d+)\.mix_logits", key)
+            if m:
+                return [f"d3net.vadnet.{m.group(1)}.superb.{i}.score_vector" for i in range(self.vads[0].mix_logits.shape[0])]
+            return rename(key)
+        return map_authors_state(self.state_dict(), encoder, source, prefix)

@@ -42,6 +42,8 @@ class UPMPConf:
     heads: int = spec(4, lo=1)               # layer attentive pooling heads (4c must divide by it)
     embed_dim: int = spec(192, lo=1)
     dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
+    residual: str = spec("once", choices=("once", "reference"))  # block residual x + f(x), or 2x + f(x) (authors' code)
+    pooling: str = spec("masked", choices=("masked", "authors"))  # authors: the UniPool code's context std (x.std() in eval)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class LAPConf:
     channels: int = spec(512, lo=1)
     embed_dim: int = spec(192, lo=1)
     dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
+    variant: str = spec("masked", choices=("masked", "authors"))  # authors: the LAP code's pooling and init
 
 
 @dataclass

@@ -163,3 +163,104 @@ def test_traced_graph_keeps_masking_when_traced_without_padding():
         padded = full.clone()
         padded[1, 18:] = False
         torch.testing.assert_close(traced(x, padded), m(x, padded), atol=1e-5, rtol=1e-5)
+
+
+def _bn(x, bn):
+    return torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def plain_blocks(m, x, residual_scale):
+    """Steps 1-2 of one UPMP block in eval mode, written out from method.md with the weights of m:
+    projection, VAD (L SUPERB sums, per-layer sigmoid frame score), D2 block, channel attention,
+    and the block output residual_scale * v + f(v) (1: x + f(x); 2: the authors' 2x + f(x))."""
+    F = torch.nn.functional
+    x = _bn(F.conv2d(x, m.projection[0].weight, m.projection[0].bias), m.projection[1])
+    vad, block = m.vads[0], m.blocks[0]
+    mix = torch.softmax(vad.mix_logits, dim=-1)
+    xm = torch.einsum("il,bclt->bcit", mix, x)
+    s = torch.sigmoid(torch.einsum("ic,bcit->bit", vad.frame_weight, xm) + vad.frame_bias[None, :, None])
+    v = xm * s[:, None]
+    ys = [F.conv2d(v, block.entry.weight, block.entry.bias)]
+    for layer in block.layers:
+        out = 0
+        for (bn, _, conv), y in zip(layer.branches, ys):
+            out = out + F.conv2d(torch.relu(_bn(y, bn)), conv.weight, conv.bias, dilation=conv.dilation,
+                                 padding=conv.dilation)
+        ys.append(out)
+    cat = torch.cat(ys, dim=1)
+
+    def mlp(seq, z):
+        h = _bn(torch.relu(F.conv2d(z, seq[0].weight, seq[0].bias)), seq[2])
+        return F.conv2d(h, seq[3].weight, seq[3].bias)
+    att = block.attention
+    scale = torch.sigmoid(mlp(att.mlp_avg, cat.mean(dim=(2, 3), keepdim=True))
+                          + mlp(att.mlp_max, cat.amax(dim=(2, 3), keepdim=True)))
+    return residual_scale * v + cat * scale
+
+
+def randomise(m):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in m.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                        else 0.3 * torch.randn(t.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("residual, scale", [("once", 1), ("reference", 2)])
+def test_residual_once_or_reference_equals_the_plain_formulation(residual, scale):
+    m = randomise(small(residual=residual)).eval()
+    x = torch.randn(3, 24, 5, 30)
+    with torch.no_grad():
+        want = plain_blocks(m, x, scale)
+        torch.testing.assert_close(m._block_outputs(x, None), want, atol=1e-5, rtol=1e-5)
+        full = torch.ones(3, 30, dtype=torch.bool)
+        torch.testing.assert_close(m(x), m.frame_pooling(m.layer_pooling(want, full), full), atol=1e-4, rtol=1e-4)
+
+
+def test_residual_once_is_the_default_bit_for_bit_and_reference_differs():
+    x = torch.randn(2, 24, 5, 30)
+    default, once, ref = (randomise(small(**kw)).eval() for kw in ({}, {"residual": "once"}, {"residual": "reference"}))
+    with torch.no_grad():
+        assert torch.equal(default(x), once(x))
+        assert (ref(x) - once(x)).abs().max() > 1e-2
+
+
+def test_residual_unknown_value_is_one_line():
+    from upmp.errors import ConfigError
+    with pytest.raises(ConfigError, match="backend_conf.residual: 'twice'; choose from once, reference"):
+        small(residual="twice")
+
+
+def test_pooling_authors_is_masked_in_training_and_unbiased_in_evaluation():
+    # the UniPool code passes its mask in training (std / n) and none in evaluation (x.std(), n - 1)
+    masked, authors = (small(pooling=p, dropout=0.0).frame_pooling for p in ("masked", "authors"))
+    x = 2 * torch.randn(3, 32, 30) + torch.linspace(0, 3, 30)
+    with torch.no_grad():
+        masked.train(), authors.train()
+        torch.testing.assert_close(authors(x), masked(x), atol=1e-5, rtol=1e-5)
+        masked.eval(), authors.eval()
+        ctx = torch.cat([x, x.mean(-1, keepdim=True).expand(-1, -1, 30), x.std(-1, keepdim=True).expand(-1, -1, 30)], dim=1)
+        w = torch.softmax(authors.attention(ctx), dim=-1)
+        mu = (w * x).sum(-1)
+        sg = ((w * x * x).sum(-1) - mu * mu).clamp(min=1e-4).sqrt()
+        want = authors.bn_embed(authors.linear(authors.bn_stats(torch.cat([mu, sg], dim=1))))
+        torch.testing.assert_close(authors(x), want, atol=1e-5, rtol=1e-5)
+        assert (masked(x) - want).abs().max() > 1e-3  # ours: / n
+
+
+def test_residual_reference_backward_through_the_fused_path_equals_the_plain_formulation():
+    # the training step fuses the residual into the channel attention (addcmul) and runs the layer
+    # pooling's custom backward; with residual 2x the gradients equal the plain formulation's
+    m = randomise(small(residual="reference", dropout=0.0)).eval()
+    x = torch.randn(2, 24, 5, 20, requires_grad=True)
+    full = torch.ones(2, 20, dtype=torch.bool)
+    grads = []
+    for fused in (True, False):
+        m.zero_grad()
+        x.grad = None
+        h = m._block_outputs(x, None) if fused else plain_blocks(m, x, 2)
+        m.frame_pooling(m.layer_pooling(h, full), full).pow(2).sum().backward()
+        grads.append(torch.cat([x.grad.flatten()] + [p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
