@@ -22,12 +22,13 @@ def full_mask_if_none(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Te
     return mask
 
 
-def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4):
-    """x (B, C, T), mask (B, T) bool -> mean, std (B, C, 1) over valid frames."""
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4, unbiased: bool = False):
+    """x (B, C, T), mask (B, T) bool -> mean, std (B, C, 1) over valid frames
+    (unbiased: the variance divides by n - 1, as torch's x.std() over an unpadded x)."""
     w = mask.unsqueeze(1).to(x.dtype)
     n = w.sum(dim=2, keepdim=True).clamp(min=1.0)
     mean = (x * w).sum(dim=2, keepdim=True) / n
-    var = (((x - mean) ** 2) * w).sum(dim=2, keepdim=True) / n
+    var = (((x - mean) ** 2) * w).sum(dim=2, keepdim=True) / ((n - 1).clamp(min=1.0) if unbiased else n)
     return mean, var.clamp(min=eps).sqrt()
 
 
@@ -37,10 +38,15 @@ class AttentiveStatisticsPooling(nn.Module):
     Context [x, mean, std] -> Conv1d 3C->C/2, ReLU, BN, Conv1d C/2->C -> masked
     softmax over T (dropout) -> weighted mean and std (variance clamped at 1e-4)
     -> BN(2C) -> Linear(2C, E) -> BN(E).
+
+    eval_unbiased_std: in eval mode the context std divides by n - 1 (the L-TDNN authors'
+    code pools without a mask at test time, so its context is torch's x.std(); in training it
+    passes the crop mask and gets n).
     """
 
-    def __init__(self, channels: int, embed_dim: int = 192, dropout: float = 0.1):
+    def __init__(self, channels: int, embed_dim: int = 192, dropout: float = 0.1, eval_unbiased_std: bool = False):
         super().__init__()
+        self.eval_unbiased_std = eval_unbiased_std
         hidden = channels // 2
         self.attention = nn.Sequential(
             nn.Conv1d(3 * channels, hidden, 1), nn.ReLU(), nn.BatchNorm1d(hidden),
@@ -53,7 +59,7 @@ class AttentiveStatisticsPooling(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         T = x.shape[2]
         mask = full_mask_if_none(x, mask)
-        mean, std = masked_mean_std(x, mask)
+        mean, std = masked_mean_std(x, mask, unbiased=self.eval_unbiased_std and not self.training)
         context = torch.cat([x, mean.expand(-1, -1, T), std.expand(-1, -1, T)], dim=1)
         logits = self.attention(context).masked_fill(~mask.unsqueeze(1), float("-inf"))
         w = self.dropout(torch.softmax(logits, dim=2))
