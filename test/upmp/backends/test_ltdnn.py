@@ -260,3 +260,20 @@ def test_trains_embeds_scores_packages_and_exports(name, tmp_path):
                                 "--num_threads", "1"])
     side = json.loads((tmp_path / "model.onnx.json").read_text())
     assert set(side["graphs"]) == {"backend", "full"} and all(g["max_abs_diff"] <= 1e-4 for g in side["graphs"].values())
+
+
+@pytest.mark.parametrize("name", ["ltdnn_d3net", "ltdnn_ecapa"])
+def test_recipes_train_the_authors_v2_settings(name):
+    import dataclasses
+
+    from helpers import ROOT
+    from upmp.train.schema import backend_conf_class, resolve_train_config
+    authors = dict(conv_dim=256, se_channels=128, hidden=512, heads=8, embed_dim=192, dropout=0.1, eval_std="unbiased",
+                   **(dict(n_blocks=3, depth=4) if name == "ltdnn_d3net" else dict(scale=8)))
+    assert {f.name: f.default for f in dataclasses.fields(backend_conf_class(name))} == authors
+    for corpus in ("vctk", "librispeech", "voxceleb1", "voxceleb2"):
+        cfg = resolve_train_config(str(ROOT / "egs" / corpus / "sv1" / "conf" / f"train_{name}.yaml"))
+        assert (cfg["backend"], cfg["use_hidden0"], cfg["backend_conf"], cfg["optim_conf"]["lr"]) == \
+            (name, True, authors, 3e-3), corpus
+    mini = resolve_train_config(str(ROOT / "egs" / "mini" / "sv1" / "conf" / f"train_{name}.yaml"))
+    assert mini["backend"] == name and mini["use_hidden0"] and mini["backend_conf"]["conv_dim"] < 256
