@@ -277,3 +277,29 @@ def test_recipes_train_the_authors_v2_settings(name):
             (name, True, authors, 3e-3), corpus
     mini = resolve_train_config(str(ROOT / "egs" / "mini" / "sv1" / "conf" / f"train_{name}.yaml"))
     assert mini["backend"] == name and mini["use_hidden0"] and mini["backend_conf"]["conv_dim"] < 256
+
+
+@pytest.mark.parametrize("name", ["ltdnn_d3net", "ltdnn_ecapa"])
+def test_benchmark_plain_formulation_equals_ours(name):
+    # benchmarks/backend_step.py times each backend against a straightforward formulation
+    from benchmarks.backend_step import SMALL as SIZE
+    from benchmarks.backend_step import build, reference_of
+    ours = build(name, SIZE)
+    for m in ours.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ref = reference_of(name, ours)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+    x = torch.randn(4, 32, 6, 40)
+    mask = torch.ones(4, 40, dtype=torch.bool)
+    a, b = ours(x, mask), ref(x, mask)  # training mode: batch statistics
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    grads = dict(ref.named_parameters())  # the same names (the reference copies our modules)
+    for key, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, grads[key].grad, rtol=1e-3, atol=1e-5, msg=key)
+    ours.eval(), ref.eval()
+    mask[1, 25:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, mask), ref(x, mask), atol=1e-5, rtol=1e-5)
