@@ -1,7 +1,8 @@
 """Backend training step (forward + backward with the AAM head): ours vs a straightforward formulation.
 
-    python benchmarks/backend_step.py [--backends upmp lap superb_ecapa xvector] [--batch 8 32]
+    python benchmarks/backend_step.py [--backends upmp ltdnn_d3net ltdnn_ecapa lap superb_ecapa xvector] [--batch 8 32]
         [--frames 150] [--repeats 3] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--small]
+    python benchmarks/backend_step.py --counts [--backends ...]   (parameters and FLOPs per 3 s crop)
 
 At paper size (D 768, 12 Transformer layers, 150 frames = 3 s at 50 fps, 1,211 speakers)
 each backend's step is timed against a reference module written below, with the
@@ -15,6 +16,11 @@ same weights (copied across), that does the same maths the straightforward way:
   per-head matmuls for the layer squeeze-excitation.
 - superb_ecapa: the SUPERB weighted sum as broadcast-multiply-and-sum over a
   (B, D, T, L) layout, then the same ECAPA-TDNN.
+- ltdnn_d3net, ltdnn_ecapa: the authors' structure written plainly (their split / concat
+  loops), the frame mask multiplied in before every convolution whether or not a frame is
+  padded, out-of-place ReLUs, and the plain layer pooling above (amax of the full product);
+  ours skips the masks of an unpadded batch, runs the ReLUs in place and keeps only the
+  winning layer for the layer pooling's backward.
 - xvector: no layer mixing, so the reference is the same code (an A/A pair:
   its ratio shows the noise floor of the measurement).
 
@@ -40,7 +46,6 @@ from contextlib import nullcontext
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from upmp.backends import BACKENDS
@@ -51,9 +56,11 @@ PAPER = dict(input_dim=768, num_layers=12, frames=150, speakers=1211)
 SMALL = dict(input_dim=32, num_layers=5, frames=40, speakers=20)
 SMALL_CONF = {"upmp": dict(conv_dim=8, embed_dim=16), "lap": dict(heads=4, channels=16, embed_dim=16),
               "superb_ecapa": dict(ndim=16, output_size=24, embed_dim=16),
-              "xvector": dict(ndim=16, output_size=24, embed_dim=16)}
+              "xvector": dict(ndim=16, output_size=24, embed_dim=16),
+              "ltdnn_d3net": dict(conv_dim=8, se_channels=4, hidden=16, heads=4, embed_dim=16),
+              "ltdnn_ecapa": dict(conv_dim=8, scale=4, se_channels=4, hidden=16, heads=4, embed_dim=16)}
 # the hidden states each backend sees in the recipes' configs: all but upmp keep hidden state 0
-EXTRA_LAYERS = {"upmp": 0, "lap": 1, "superb_ecapa": 1, "xvector": 1}
+EXTRA_LAYERS = {"upmp": 0, "lap": 1, "superb_ecapa": 1, "xvector": 1, "ltdnn_d3net": 1, "ltdnn_ecapa": 1}
 
 
 # ---------------------------------------------------------------- reference UPMP
@@ -225,6 +232,60 @@ class ReferenceLAP(nn.Module):
         return self.frame_pooling(self.out(x), mask)
 
 
+# ---------------------------------------------------------------- reference L-TDNN (D3Net, ECAPA)
+class ReferenceLTDNN(nn.Module):
+    """Either L-TDNN variant the straightforward way, with the weights of ours (deep copies of its
+    convolutions and batch norms, used through plain functional code)."""
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        self.kind = ours.kind
+        self.stem_norm, self.stem, self.blocks, self.fusion = (copy.deepcopy(m) for m in (
+            ours.stem_norm, ours.stem, ours.blocks, ours.fusion))
+        lp = ours.layer_pooling
+        self.layer_pooling = RefLayerPooling(lp.norm.num_features, lp.proj.out_channels, lp.w1.shape[1], lp.heads,
+                                             lp.dropout.p)
+        self.layer_pooling.load_state_dict(lp.state_dict())
+        self.frame_pooling = copy.deepcopy(ours.frame_pooling)
+
+    @staticmethod
+    def cbr(unit, x, m):
+        return unit.bn(torch.relu(unit.conv(x * m)))
+
+    @staticmethod
+    def se(se, x, m):
+        avg = (x * m).sum(dim=(2, 3), keepdim=True) / (m.sum(dim=3, keepdim=True) * x.shape[2])
+        return x * torch.sigmoid(se.excite(torch.relu(se.squeeze(avg))))
+
+    def d3_block(self, block, x, m):
+        outputs = []
+        for d, step in enumerate(block.steps):
+            x = x + self.cbr(step, x, m)
+            if d + 1 < len(block.steps):
+                x, out = torch.split(x, [block.widths[d + 1], x.shape[1] - block.widths[d + 1]], dim=1)
+                outputs.append(out)
+        return self.se(block.se, torch.cat(outputs + [x], dim=1), m)
+
+    def res2_block(self, block, x, m):
+        parts = torch.split(self.cbr(block.entry, x, m), block.res2.width, dim=1)
+        outputs, y = [], None
+        for i, unit in enumerate(block.res2.convs):
+            y = self.cbr(unit, parts[i] if i == 0 else y + parts[i], m)
+            outputs.append(y)
+        y = self.cbr(block.exit, torch.cat(outputs + [parts[-1]], dim=1), m)
+        return x + self.se(block.se, y, m)
+
+    def forward(self, x, mask):
+        m = mask[:, None, None, :].float()
+        x = self.cbr(self.stem, self.stem_norm(x), m)
+        outputs = []
+        for block in self.blocks:
+            x = (self.d3_block if self.kind == "ltdnn_d3net" else self.res2_block)(block, x, m)
+            outputs.append(x)
+        x = torch.relu(self.fusion(torch.cat(outputs, dim=1) * m))
+        return self.frame_pooling(self.layer_pooling(x, mask), mask)
+
+
 # ---------------------------------------------------------------- reference SUPERB + ECAPA, x-vector
 class ReferenceSuperbEcapa(nn.Module):
     def __init__(self, ours: nn.Module):
@@ -259,6 +320,8 @@ def reference_of(name: str, ours: nn.Module) -> nn.Module:
         return ReferenceLAP(ours)
     if name == "superb_ecapa":
         return ReferenceSuperbEcapa(ours)
+    if name in ("ltdnn_d3net", "ltdnn_ecapa"):
+        return ReferenceLTDNN(ours)
     if name == "xvector":
         return SameCode(ours)
     raise ValueError(f"no reference formulation for backend {name!r}")
@@ -380,6 +443,27 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def count_table(backends, frames: int = 149) -> List[dict]:
+    """Trainable parameters and forward FLOPs of one 3 s crop (149 frames, batch 1, eval mode;
+    torch.utils.flop_counter: 2 per multiply-add of convolutions and matrix products) at Base
+    (D 768, 13 hidden states) and Large (D 1024, 25), each backend with its paper defaults."""
+    from torch.utils.flop_counter import FlopCounterMode
+    rows = []
+    for name in backends:
+        row = {"backend": name}
+        for size, (D, hidden_states) in (("base", (768, 13)), ("large", (1024, 25))):
+            L = hidden_states - 1 + EXTRA_LAYERS.get(name, 1)
+            torch.manual_seed(0)
+            m = BACKENDS[name](input_dim=D, num_layers=L).eval()
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                m(torch.randn(1, D, L, frames), torch.ones(1, frames, dtype=torch.bool))
+            row[f"{size}_params"] = sum(p.numel() for p in m.parameters() if p.requires_grad)
+            row[f"{size}_gflops"] = counter.get_total_flops() / 1e9
+        rows.append(row)
+    return rows
+
+
 def machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
@@ -388,7 +472,9 @@ def machine(device: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backends", nargs="+", default=["upmp", "lap", "superb_ecapa", "xvector"], choices=sorted(EXTRA_LAYERS))
+    p.add_argument("--backends", nargs="+", default=["upmp", "ltdnn_d3net", "ltdnn_ecapa", "lap", "superb_ecapa", "xvector"],
+                   choices=sorted(BACKENDS), help="timing: those with a reference formulation here "
+                   f"({', '.join(sorted(EXTRA_LAYERS))}); --counts: any")
     p.add_argument("--batch", nargs="+", type=int, default=[8, 32])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
@@ -397,7 +483,17 @@ def main(argv=None) -> None:
     p.add_argument("--no_memory", action="store_true", help="skip the CPU peak-memory subprocesses")
     p.add_argument("--small", action="store_true", help="tiny sizes (a smoke test, not a benchmark)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--counts", action="store_true",
+                   help="only print trainable parameters and forward GFLOPs per 3 s crop at Base and Large")
     args = p.parse_args(argv)
+    if args.counts:
+        print(f"{'backend':13s} {'Base params':>12s} {'Base GFLOPs':>11s} {'Large params':>12s} {'Large GFLOPs':>12s}")
+        for r in count_table(args.backends):
+            print(f"{r['backend']:13s} {r['base_params']:12,d} {r['base_gflops']:11.2f} "
+                  f"{r['large_params']:12,d} {r['large_gflops']:12.2f}", flush=True)
+        return
+    if set(args.backends) - set(EXTRA_LAYERS):
+        p.error(f"no reference formulation to time against for {', '.join(sorted(set(args.backends) - set(EXTRA_LAYERS)))}")
     if args.threads:
         torch.set_num_threads(args.threads)
     size, size_name = (SMALL, "small") if args.small else (PAPER, "paper")

@@ -6,6 +6,7 @@ what to show (upmp.backends.base.Backend.layer_usage):
 - upmp: the VAD's layer-mixing matrices (softmax rows) and the layer attentive
   pooling scores per head, averaged over a batch.
 - lap: the layer attentive pooling scores per head.
+- ltdnn_d3net, ltdnn_ecapa: the layer attentive pooling scores per head (on the fused blocks' output).
 - xvector: the one layer it uses.
 """
 from __future__ import annotations

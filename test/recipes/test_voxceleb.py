@@ -11,7 +11,7 @@ from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials
 from upmp.train.schema import resolve_train_config as load_config  # the resolved config: every key
 
-BACKENDS = ("upmp", "lap", "mhfa", "superb_ecapa", "xvector")
+BACKENDS = ("upmp", "ltdnn_d3net", "ltdnn_ecapa", "lap", "mhfa", "superb_ecapa", "xvector")
 
 
 def keys(node, prefix=""):

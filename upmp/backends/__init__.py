@@ -14,6 +14,7 @@ from torch import nn
 
 from upmp.backends.base import Backend
 from upmp.backends.lap import LAPBackend
+from upmp.backends.ltdnn import LTDNND3NetBackend, LTDNNEcapaBackend
 from upmp.backends.mhfa import MHFABackend
 from upmp.backends.superb_ecapa import SuperbEcapaBackend
 from upmp.backends.upmp import UPMPBackend
@@ -22,6 +23,8 @@ from upmp.errors import ConfigError
 
 BACKENDS: Dict[str, Type[Backend]] = {
     "upmp": UPMPBackend,
+    "ltdnn_d3net": LTDNND3NetBackend,
+    "ltdnn_ecapa": LTDNNEcapaBackend,
     "lap": LAPBackend,
     "mhfa": MHFABackend,
     "superb_ecapa": SuperbEcapaBackend,

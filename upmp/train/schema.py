@@ -56,6 +56,31 @@ class LAPConf:
 
 
 @dataclass
+class LTDNND3NetConf:                         # L-TDNN D3Net (docs/method.md, "The revised paper")
+    conv_dim: int = spec(256, lo=1)          # C (depth must divide it)
+    n_blocks: int = spec(3, lo=1)            # SE-D2 blocks
+    depth: int = spec(4, lo=1)               # steps per block
+    se_channels: int = spec(128, lo=1)       # squeeze-excitation width
+    hidden: int = spec(512, lo=1)            # layer attentive pooling width (heads must divide it)
+    heads: int = spec(8, lo=1)
+    embed_dim: int = spec(192, lo=1)
+    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
+    eval_std: str = spec("unbiased", choices=("unbiased", "biased"))  # frame pooling context std at test time
+
+
+@dataclass
+class LTDNNEcapaConf:                         # L-TDNN ECAPA: three SE-Res2 blocks, dilations 2, 3, 4
+    conv_dim: int = spec(256, lo=1)          # C (scale must divide it)
+    scale: int = spec(8, lo=1)               # Res2 groups
+    se_channels: int = spec(128, lo=1)
+    hidden: int = spec(512, lo=1)
+    heads: int = spec(8, lo=1)
+    embed_dim: int = spec(192, lo=1)
+    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
+    eval_std: str = spec("unbiased", choices=("unbiased", "biased"))
+
+
+@dataclass
 class MHFAConf:
     compression_dim: int = spec(128, lo=1)   # c: keys and values compressed D -> c
     heads: int = spec(64, lo=1)              # frame-attention heads (WeSpeaker / BUT Base recipe)
@@ -79,6 +104,7 @@ class XvectorConf:
 
 
 BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "mhfa": MHFAConf,
+                                  "ltdnn_d3net": LTDNND3NetConf, "ltdnn_ecapa": LTDNNEcapaConf,
                                   "superb_ecapa": SuperbEcapaConf, "xvector": XvectorConf}
 
 

@@ -27,7 +27,7 @@ train_nproc=1           # >1: torchrun with this many processes (one per GPU; gl
 train_nnodes=1          # >1: multi-node training: stage 2 runs on every node (srun / ssh), c10d rendezvous
 train_rdzv_endpoint=""  # host:port of the rendezvous, the same on every node (needed with --train_nnodes > 1)
 train_rdzv_id=""        # rendezvous id, the same on every node [default: $SLURM_JOB_ID, else upmp]
-backend=""             # upmp, lap, mhfa, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
+backend=""             # upmp, ltdnn_d3net, ltdnn_ecapa, lap, mhfa, superb_ecapa and/or xvector: uses conf/train_<backend>.yaml (a list runs each)
 train_config=conf/train_upmp.yaml   # used when --backend is empty
 train_args=""           # overrides of the config, e.g. "--train_conf.steps 500"
 exp_tag=""              # suffix of the experiment dir name
@@ -67,7 +67,7 @@ Options (default in brackets):
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
   --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
   --train_nnodes <n> [${train_nnodes}]  --train_rdzv_endpoint <host:port> [${train_rdzv_endpoint}]  --train_rdzv_id <id> [${train_rdzv_id}]
-  --backend "<upmp lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
+  --backend "<upmp ltdnn_d3net ltdnn_ecapa lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
   --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --seeds "<n ...>" [${seeds}]  --lmft <true|false> [${lmft}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]

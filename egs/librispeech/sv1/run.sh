@@ -20,7 +20,7 @@
 #   --upstream hubert_large_ll60k    HuBERT Large                            25 x 1024
 #   --upstream wavlm_base_plus       WavLM Base+ (default)                   13 x 768
 #   --upstream wavlm_large           WavLM Large                             25 x 1024
-# Backends: --backend "upmp lap superb_ecapa xvector" (conf/train_<backend>.yaml, the paper's schedule:
+# Backends: --backend "upmp ltdnn_d3net ltdnn_ecapa lap mhfa superb_ecapa xvector" (conf/train_<backend>.yaml, the paper's schedule:
 # 10,000 steps of 128 x 3 s crops, OneCycle max lr 3e-3, best validation EER of every 1,000 steps).
 # Disk: cached layer stacks of the 960 h training set would take about 3.5 TB (Base, float16): stage 1
 # caches every hidden state of every utterance. --train_mode online runs the upstream in the training

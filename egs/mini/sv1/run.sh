@@ -5,7 +5,7 @@
 # held-out validation list, EER / minDCF / Cllr.
 #   ./run.sh --stage 0 --stop_stage 5                 (see ./run.sh --help for every option)
 #   ./run.sh --upstream wavlm_local                   (a tiny random-init WavLM, built offline)
-#   ./run.sh --stage 2 --backend "upmp lap mhfa superb_ecapa xvector"   (the backend comparison)
+#   ./run.sh --stage 2 --backend "upmp ltdnn_d3net ltdnn_ecapa lap mhfa superb_ecapa xvector"   (the backend comparison)
 set -euo pipefail
 
 ./sv.sh \

@@ -20,7 +20,7 @@
 #   --upstream hubert_large_ll60k    HuBERT Large                            25 x 1024
 #   --upstream wavlm_base_plus       WavLM Base+ (default)                   13 x 768
 #   --upstream wavlm_large           WavLM Large                             25 x 1024
-# Backends: --backend "upmp lap superb_ecapa xvector" (conf/train_<backend>.yaml, the paper's schedule:
+# Backends: --backend "upmp ltdnn_d3net ltdnn_ecapa lap mhfa superb_ecapa xvector" (conf/train_<backend>.yaml, the paper's schedule:
 # 10,000 steps of 128 x 3 s crops, OneCycle max lr 3e-3, best validation EER of every 1,000 steps).
 # Disk: the cached layer stacks of the 14 h training set take about 50 GB (Base, float16), twice that for Large.
 # Without a GPU: --extract_device cpu --train_args "--train_conf.device cpu" (slow).

@@ -2,7 +2,7 @@
 # VoxCeleb1: train on Vox1 dev (1,211 speakers, minus 40 held out for validation), test on Vox1-O
 # (cleaned veri_test2.txt), select the model on the held-out speakers (never on Vox1-O).
 #   ./run.sh --voxceleb1_root /data/VoxCeleb1 --stage 0 --stop_stage 5
-#   ./run.sh --upstream wavlm_large --backend "upmp lap superb_ecapa xvector"
+#   ./run.sh --upstream wavlm_large --backend "upmp ltdnn_d3net ltdnn_ecapa lap mhfa superb_ecapa xvector"
 #   ./run.sh --speed_perturb true          (train on voxceleb1_dev_sp: sp0.9- / sp1.1- copies as new speakers)
 # Recipe options (the rest go to ./sv.sh; ./run.sh --help lists them):
 #   --voxceleb1_root DIR      [db.sh VOXCELEB1] wav/ (or vox1_dev_wav/wav + vox1_test_wav/wav), vox1_meta.csv, lists

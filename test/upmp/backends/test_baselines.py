@@ -23,7 +23,7 @@ def test_shapes(name, conf, out):
     m = SpeakerEmbeddingModel(name, 32, 5, use_hidden0=True, backend_conf=conf).eval()
     with torch.no_grad():
         assert m(torch.randn(3, 32, 5, 40), torch.ones(3, 40, dtype=torch.bool)).shape == (3, out)
-    assert set(BACKENDS) == {"upmp", "lap", "mhfa", "superb_ecapa", "xvector"}
+    assert set(BACKENDS) == {"upmp", "ltdnn_d3net", "ltdnn_ecapa", "lap", "mhfa", "superb_ecapa", "xvector"}
 
 
 @pytest.mark.parametrize("variant", ["masked", "authors"])
