@@ -82,7 +82,7 @@ def padded(stacks):
     x = torch.zeros(len(stacks), stacks[0].shape[2], stacks[0].shape[0], T)
     mask = torch.zeros(len(stacks), T, dtype=torch.bool)
     for i, s in enumerate(stacks):
-        x[i, :, :, :s.shape[1]] = torch.from_numpy(s).permute(2, 0, 1)
+        x[i, :, :, :s.shape[1]] = torch.tensor(s).permute(2, 0, 1)
         mask[i, :s.shape[1]] = True
     return x, mask
 
