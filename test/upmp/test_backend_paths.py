@@ -1,8 +1,9 @@
 """The lap, superb_ecapa and xvector backends through stages 1-5, packaging and ONNX export, each
 result checked independently: the recipes' conf/train_<backend>.yaml (tiny sizes), cached GE2E
 layer stacks, validation every 4 steps. superb_ecapa and xvector are not padding-neutral, so
-stage 3 embeds them one utterance at a time (upmp/embeddings.py) and the ONNX check compares
-graph and torch on the same padded batch only (upmp/export.py, check_onnx); lap batches."""
+stage 3 embeds them one utterance at a time (upmp/embeddings.py), and the export's check
+(upmp/export.py, check_onnx) compares a padded batch with the torch graph on the same batch and
+each utterance alone with stage 3; lap batches."""
 import json
 import shutil
 
