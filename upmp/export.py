@@ -261,7 +261,9 @@ def check_onnx(model, path: str, graph: str, wavs) -> float:
     """Largest |onnxruntime - torch| over the embeddings of a zero-padded batch of waveforms:
     against the torch graph on the same batch, and, where padding is neutral (the backend graph
     and GE2E's waveform graph with a padding-invariant backend), against torch embedding each
-    utterance alone as stage 3 does (SpeakerModel.embed_raw)."""
+    utterance alone as stage 3 does (SpeakerModel.embed_raw). Each utterance alone (a batch of
+    one, no padding) is also compared with embed_raw, whatever the backend and upstream: the one
+    check of the graph's own masking where a padded batch is not neutral (superb_ecapa, xvector)."""
     from upmp.upstream.ge2e import GE2EUpstream
     sess = onnx_session(path)
     if graph == "backend":
@@ -274,6 +276,11 @@ def check_onnx(model, path: str, graph: str, wavs) -> float:
     with torch.no_grad():
         batch = g(torch.from_numpy(x), torch.from_numpy(lens)).numpy()
     diff = float(np.abs(got - batch).max())
+    stage3 = model.embed_raw(list(wavs))
     if model.backend.padding_invariant and (graph == "backend" or isinstance(model.upstream, GE2EUpstream)):
-        diff = max(diff, float(np.abs(got - model.embed_raw(list(wavs))).max()))
+        diff = max(diff, float(np.abs(got - stage3).max()))
+    names = [i.name for i in sess.get_inputs()]
+    for i, n in enumerate(lens):  # time is the last axis of both graphs' inputs
+        alone = sess.run(None, {names[0]: np.ascontiguousarray(x[i:i + 1, ..., :n]), names[1]: lens[i:i + 1]})[0]
+        diff = max(diff, float(np.abs(alone[0] - stage3[i]).max()))
     return diff

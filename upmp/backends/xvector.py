@@ -37,8 +37,10 @@ class XvectorBackend(Backend):
             self.min_frames = max(1, (self.min_frames - 1) * s + d * (k - 1) + 1 - 2 * p)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        frames = self.encoder(x[:, :, self.layer].transpose(1, 2))  # (B, C, T)
-        lengths = None if mask is None else mask.sum(dim=1)
+        frames = self.encoder(x[:, :, self.layer].transpose(1, 2))  # (B, C, T - min_frames + 1)
+        # the TDNN's unpadded context shortens every utterance by the same number of frames: pool
+        # over that many fewer (as training does without a mask), not over the input frames
+        lengths = None if mask is None else (mask.sum(dim=1) - (x.shape[-1] - frames.shape[-1])).clamp(min=1)
         return self.segment(self.pooling(frames, lengths))
 
     def layer_usage(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:

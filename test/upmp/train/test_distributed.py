@@ -2,21 +2,67 @@
 the global batch norm that makes them agree, and AMP."""
 
 import numpy as np
+import pytest
 import torch
 
 from helpers import assert_same_training, losses, run_train
 
 
+def held_out_set(root):
+    """Layer stacks of 12 utterances of 4 new speakers, close enough for a validation EER above 0,
+    and all their pairs as Kaldi trials: (layers.scp, trials, {utt: (L, T, D)})."""
+    from upmp.data.layer_stacks import LayerStackWriter
+    rng = np.random.default_rng(5)
+    stacks = {f"v{s}-u{u}": (rng.normal(size=(3, 12 + 5 * u + s, 8)) + 0.3 * s).astype(np.float32)
+              for s in range(4) for u in range(3)}
+    with LayerStackWriter(str(root / "valid_layers"), "float32") as w:
+        for utt, x in stacks.items():
+            w.write(utt, x)
+    utts = sorted(stacks)
+    (root / "valid_trials").write_text("".join(f"{a} {b} {'target' if a[:2] == b[:2] else 'nontarget'}\n"
+                                               for i, a in enumerate(utts) for b in utts[i + 1:]))
+    return root / "valid_layers.scp", root / "valid_trials", stacks
+
+
+def eer_of_checkpoint(path, stacks, trials):
+    """The validation EER computed here in one process: each utterance alone through the module,
+    cosine scores, the EER from its definition (test/reference_metrics.py)."""
+    from reference_metrics import eer_percent
+    from upmp.checkpoint import load_model
+    model, _ = load_model(str(path))
+    with torch.no_grad():
+        emb = {u: model(torch.tensor(x).permute(2, 0, 1)[None])[0].numpy() for u, x in stacks.items()}
+    rows = [line.split() for line in trials.read_text().splitlines()]
+    scores = [emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b]) for a, b, _ in rows]
+    return eer_percent(scores, np.array([t == "target" for *_, t in rows]))
+
+
+def valid_rows(exp):
+    rows = np.loadtxt(exp / "valid_metrics.tsv", skiprows=1)
+    return dict(zip(rows[:, 0].astype(int), rows[:, 1]))
+
+
 def test_two_processes_train_the_model_one_process_trains(ddp_dump):
     """Rows of each global batch are split over 2 gloo processes; with the global batch norm
     (train_conf.sync_batchnorm) the losses and the final model equal the 1-process run up to
-    float rounding. Without it each process normalises its own half: a different model."""
+    float rounding. Without it each process normalises its own half: a different model.
+    Validation is sharded too (each rank embeds half the utterances, rank 0 scores): its EERs
+    equal the 1-process run's, and those computed here from the 2-process run's checkpoints."""
     one, two, local = ddp_dump / "one", ddp_dump / "two", ddp_dump / "local_bn"
-    for exp, nproc, extra in ((one, 1, ()), (two, 2, ()), (local, 2, ("--train_conf.sync_batchnorm", "false"))):
+    valid_scp, trials, stacks = held_out_set(ddp_dump)
+    valid = ("--valid_scp", str(valid_scp), "--valid_trials", str(trials), "--train_conf.valid_every", "10")
+    for exp, nproc, extra in ((one, 1, valid), (two, 2, valid), (local, 2, ("--train_conf.sync_batchnorm", "false"))):
         r = run_train(ddp_dump, exp, nproc, *extra)
         assert r.returncode == 0, r.stderr[-3000:]
     assert len(losses(one)) == 6
     assert_same_training(two, one, ddp_dump)
+    assert list(valid_rows(two)) == [10, 20, 30]
+    np.testing.assert_allclose(list(valid_rows(two).values()), list(valid_rows(one).values()), atol=1e-4)
+    best = torch.load(two / "model.pt", weights_only=True)["step"]
+    assert valid_rows(two)[best] == min(valid_rows(two).values())
+    for name, step in (("model.pt", best), ("model_last.pt", 30)):
+        assert valid_rows(two)[step] == pytest.approx(eer_of_checkpoint(two / name, stacks, trials), abs=1e-4), name
+    assert 0 < min(valid_rows(two).values())
     assert np.abs(losses(local) - losses(one)).max() > 1e-2
     assert torch.load(two / "model.pt", weights_only=True)["world_size"] == 2
     assert "2 processes" in (two / "train.log").read_text()
