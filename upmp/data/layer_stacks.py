@@ -192,8 +192,15 @@ class MatrixReader:
         self.bytes_read = 0
         self._fds: dict = {}
         self._pid = None
+        found: dict = {}  # ark as written -> where it is
         for key, entry in enumerate(self.entries):
             path, offset, slices = matio._parse_arkpath(entry)
+            if not path.rstrip().endswith("|"):
+                if path not in found:
+                    found[path] = self._locate(path, entry)
+                if found[path] != path:
+                    entry = self.entries[key] = entry.replace(path, found[path], 1)
+                    path = found[path]
             loc = None
             if offset is not None and slices is None and Path(path).is_file():
                 head = self._pread(path, 512, offset)
@@ -205,6 +212,20 @@ class MatrixReader:
                 loc = MatrixLocation(entry, -1, rows, cols, None)
             self.locations.append(loc)
         self.bytes_read = 0  # the headers are not the data
+
+    def _locate(self, path: str, entry: str) -> str:
+        """An ark path as the scp gives it: found from the current directory, else (a relative
+        path, as stage 1 writes them from the recipe dir) from the nearest directory above the scp
+        that holds it; missing everywhere is one error naming the scp and the entry."""
+        if Path(path).is_file():
+            return path
+        if not Path(path).is_absolute():
+            for parent in Path(self.source).resolve().parents:
+                if (parent / path).is_file():
+                    return str(parent / path)
+        raise DataDirError(f"{self.source}: {path} (entry {entry!r}) is not found from {Path.cwd()} nor from a "
+                           "directory above the scp; run from the recipe dir that wrote it, or write the layer "
+                           "stacks again (stage 1)")
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -129,3 +129,30 @@ def test_extract_layers_cli_reports_bad_audio(tmp_path, tiny_wavlm):
                        capture_output=True, text=True)
     assert r.returncode == 1
     assert "d/wav.scp:1: utterance s-1: cannot read audio file '/nonexistent/x.wav'" in r.stderr
+
+
+def test_recipe_relative_arks_are_read_from_another_directory(tmp_path, monkeypatch):
+    """Stage 1 writes ark paths relative to the recipe dir: training or reading from another
+    directory finds them above the scp; an ark that is nowhere is one error naming scp and entry."""
+    from upmp.data.layer_stacks import MatrixReader
+    from upmp.errors import DataDirError
+    recipe = tmp_path / "recipe"
+    (recipe / "dump/up/set").mkdir(parents=True)
+    monkeypatch.chdir(recipe)
+    mats = {f"u{i}": np.arange(12 * (i + 2), dtype=np.float32).reshape(-1, 6) for i in range(3)}
+    with LayerStackWriter("dump/up/set/layers", "float32") as w:
+        for utt, m in mats.items():
+            w.write(utt, m.reshape(-1, 2, 3).transpose(1, 0, 2))
+    scp = recipe / "dump/up/set/layers.scp"
+    entries = [line.split(maxsplit=1)[1].strip() for line in scp.read_text().splitlines()]
+    assert all(e.startswith("dump/up/set/") for e in entries)
+    monkeypatch.chdir(tmp_path)
+    reader = MatrixReader(entries, source=str(scp))
+    for i, m in enumerate(mats.values()):
+        np.testing.assert_array_equal(reader.read(i), m)
+        np.testing.assert_array_equal(reader.read_rows(i, 1, 2), m[1:3])
+    (recipe / "dump/up/set/layers.ark").rename(recipe / "dump/up/set/moved.ark")
+    with pytest.raises(DataDirError, match=r"layers.scp: dump/up/set/layers.ark \(entry 'dump/up/set/layers.ark:\d+'\) "
+                                           r"is not found from .* nor from a directory above the scp; run from the "
+                                           r"recipe dir that wrote it"):
+        MatrixReader(entries, source=str(scp))
