@@ -12,11 +12,12 @@ What the authors' trainers save (read from their code):
   frontend.* (the transformers model), backend.layer_aggregation.*, backend.speaker_network.* and
   aam_softmax.weight (sub-centres, E, classes); <out>/best_tracking.txt lists "epoch, EER%" best first.
 
-A kind is one entry of KINDS: our backend, where its weights sit in the file, how backend_conf and
-our state dict come from them (the backend's `authors_layout` / `state_from_authors`), and the loss
-head. The upstream's weights in the file (backbone.* / frontend.*) are compared with --upstream's:
-equal means a frozen upstream (nothing stored); different means it was fine-tuned, which is stored
-as a fine-tuned upstream when --upstream hf:<dir> gives its architecture (transformers' key names).
+A kind is one entry of _kinds(): our backend, where its weights sit in the file, how backend_conf
+and our state dict come from them (the backend's `authors_layout` / `state_from_authors`; L-TDNN's
+`authors_conf` / `from_authors_state`), and the loss head. The upstream's weights in the file
+(backbone.* / frontend.*) are compared with --upstream's: equal means a frozen upstream (nothing
+stored); different means it was fine-tuned, which is stored as a fine-tuned upstream when --upstream
+hf:<dir> gives its architecture (transformers' key names).
 """
 from __future__ import annotations
 
