@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upmp.backends.base import Backend
-from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
-from upmp.backends.upmp import padding_mask
+from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none, padding_mask
 from upmp.errors import ConfigError, ModelFileError
 
 EVAL_STD = ("unbiased", "biased")

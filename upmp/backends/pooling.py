@@ -4,6 +4,8 @@
   (docs/method.md, UPMP step 3; the LAP backend uses it straight on the hidden states).
 - AttentiveStatisticsPooling (B, C, T) -> (B, E): ECAPA-TDNN style pooling over
   frames (UPMP step 4; also LAP's ASTP).
+- full_mask_if_none / padding_mask: the frame mask (B, T) as the poolings / the masked
+  convolutions of the UPMP and L-TDNN blocks take it.
 """
 from __future__ import annotations
 
@@ -19,6 +21,16 @@ def full_mask_if_none(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Te
     """The frame mask (B, T) of x (B, ..., T): all frames valid when none is given."""
     if mask is None:
         return torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
+    return mask
+
+
+def padding_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The mask a backend's masked blocks need: None when every frame of x (B, ..., T) is
+    valid (training crops), so the masking products (all by 1) are skipped."""
+    if torch.jit.is_tracing():  # an exported graph must mask whatever it is given
+        return full_mask_if_none(x, mask)
+    if mask is None or bool(mask.all()):
+        return None
     return mask
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from upmp.backends.authors import map_authors_state, renamer
 from upmp.backends.base import Backend
-from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none
+from upmp.backends.pooling import AttentiveStatisticsPooling, LayerAttentivePooling, full_mask_if_none, padding_mask
 from upmp.errors import ConfigError, ModelFileError
 
 
@@ -41,16 +41,6 @@ def _frame_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """(B, T) bool -> (B, 1, 1, T) float for multiplying (B, C, L, T) tensors;
     None (every frame valid) stays None."""
     return None if mask is None else mask[:, None, None, :].float()
-
-
-def padding_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The mask the parts below need: None when every frame of x (B, ..., T) is
-    valid (training crops), so the masking products (all by 1) are skipped."""
-    if torch.jit.is_tracing():  # an exported graph must mask whatever it is given
-        return full_mask_if_none(x, mask)
-    if mask is None or bool(mask.all()):
-        return None
-    return mask
 
 
 class LayerwiseAttentiveVAD(nn.Module):

@@ -1,16 +1,18 @@
 """Turn a checkpoint of the authors' own code into a upmp experiment directory.
 
-    python -m upmp.bin.import_checkpoint --from <model_best.pt> --kind unipool --upstream hf:<dir> --out exp/<name>
+    python -m upmp.bin.import_checkpoint --from <model_best.pt> --kind <kind> --upstream hf:<dir> --out exp/<name>
 
 --kind: unipool (github.com/sadPororo/UniPool-SV: model_best.pt / model_ckpt.pt), ltdnn_d3net and
-ltdnn_ecapa (github.com/sadPororo/L-TDNN, same layout), lap (github.com/sadPororo/LAP: an epoch
-folder's model.state, or the run's folder: best_tracking.txt names the best epoch). --out gets
-model.pt (backend and loss head), config.yaml, train_summary.json and imported.json, as stage 2
-leaves an experiment, so stages 3-5, package_model and export_onnx take it. The file is read as
-data (tensors, plain data and numpy's random state); the upstream's weights in it are compared with
---upstream's: a fine-tuned upstream is stored with the model (needs --upstream hf:<dir>, the
-transformers model the authors started from). UniPool models get backend_conf.residual: reference
-and LAP models backend_conf.variant: authors, so they embed as the authors' code does.
+ltdnn_ecapa (github.com/sadPororo/L-TDNN L-TDNN_D3Net / L-TDNN_ECAPA, same layout; trained with
+n_layer 0, every hidden state: a model of fewer layers than --upstream is refused), lap
+(github.com/sadPororo/LAP: an epoch folder's model.state, or the run's folder: best_tracking.txt
+names the best epoch). --out gets model.pt (backend and loss head), config.yaml, train_summary.json
+and imported.json, as stage 2 leaves an experiment, so stages 3-5, package_model and export_onnx
+take it. The file is read as data (tensors, plain data and numpy's random state); the upstream's
+weights in it are compared with --upstream's: a fine-tuned upstream is stored with the model (needs
+--upstream hf:<dir>, the transformers model the authors started from). UniPool models get
+backend_conf.residual: reference, L-TDNN models eval_std: unbiased and LAP models
+backend_conf.variant: authors, so they embed as the authors' code does.
 """
 from __future__ import annotations
 

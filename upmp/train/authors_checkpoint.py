@@ -12,11 +12,12 @@ What the authors' trainers save (read from their code):
   frontend.* (the transformers model), backend.layer_aggregation.*, backend.speaker_network.* and
   aam_softmax.weight (sub-centres, E, classes); <out>/best_tracking.txt lists "epoch, EER%" best first.
 
-A kind is one entry of KINDS: our backend, where its weights sit in the file, how backend_conf and
-our state dict come from them (the backend's `authors_layout` / `state_from_authors`), and the loss
-head. The upstream's weights in the file (backbone.* / frontend.*) are compared with --upstream's:
-equal means a frozen upstream (nothing stored); different means it was fine-tuned, which is stored
-as a fine-tuned upstream when --upstream hf:<dir> gives its architecture (transformers' key names).
+A kind is one entry of _kinds(): our backend, where its weights sit in the file, how backend_conf
+and our state dict come from them (the backend's `authors_layout` / `state_from_authors`; L-TDNN's
+`authors_conf` / `from_authors_state`), and the loss head. The upstream's weights in the file
+(backbone.* / frontend.*) are compared with --upstream's: equal means a frozen upstream (nothing
+stored); different means it was fine-tuned, which is stored as a fine-tuned upstream when --upstream
+hf:<dir> gives its architecture (transformers' key names).
 """
 from __future__ import annotations
 
@@ -91,28 +92,40 @@ class AuthorsKind:
     loss: str                      # our loss head (upmp.losses.LOSSES)
     head: Callable[[torch.Tensor, str], Tuple[Dict[str, Any], Dict[str, torch.Tensor]]]  # aam_softmax.weight -> (loss_conf, state)
     ignored: Tuple[str, ...] = ()  # keys of the file that hold nothing of the model (buffers of training tricks)
+    first_layers: bool = False     # the authors' n_layer N may keep only hidden states 0..N of a deeper upstream
+
+
+def _ltdnn_kind(cls, marker: str) -> AuthorsKind:
+    """An L-TDNN kind (github.com/sadPororo/L-TDNN: the UniPool-SV trainer's file, encoder.net /
+    l_pool / t_pool, hidden states 0..n_layer): the backend's authors_conf / from_authors_state."""
+    def layout(encoder: Dict[str, torch.Tensor], prefix: str) -> Tuple[int, int, Dict[str, Any]]:
+        conf = cls.authors_conf(encoder)
+        return int(conf["input_dim"]), int(conf["num_layers"]), conf["backend_conf"]
+
+    def state(backend, encoder: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+        return cls.from_authors_state(encoder)
+    return AuthorsKind(cls.kind, True, "backbone.", "encoder.", marker, layout, state, "aamsoftmax", _aam_multihead,
+                       ignored=("span_mask_kernel",), first_layers=True)
 
 
 def _kinds() -> Dict[str, AuthorsKind]:
     from upmp.backends.lap import LAPBackend
+    from upmp.backends.ltdnn import LTDNND3NetBackend, LTDNNEcapaBackend
     from upmp.backends.upmp import UPMPBackend
-    kinds = {
+    return {
         "unipool": AuthorsKind("upmp", False, "backbone.", "encoder.", "encoder.d3net.projection.0.weight",
                                UPMPBackend.authors_layout, UPMPBackend.state_from_authors,
                                "aamsoftmax", _aam_multihead, ignored=("span_mask_kernel",)),
+        # both L-TDNN kinds hold encoder.net.*: their blocks tell them apart
+        "ltdnn_d3net": _ltdnn_kind(LTDNND3NetBackend, "encoder.net.se_d2blocks.0.se.se_attention.1.weight"),
+        "ltdnn_ecapa": _ltdnn_kind(LTDNNEcapaBackend, "encoder.net.block1.se_res2block.0.conv.weight"),
         "lap": AuthorsKind("lap", True, "frontend.", "backend.", "backend.layer_aggregation.sq_weight",
                            LAPBackend.authors_layout, LAPBackend.state_from_authors,
                            "aamsoftmax_subcenter_topk", _aam_subcenter),
-        # The L-TDNN kinds (github.com/sadPororo/L-TDNN, the UniPool-SV trainer: encoder.net / l_pool /
-        # t_pool, hidden state 0 included), once upmp/backends/ltdnn.py has them:
-        # "ltdnn_d3net": AuthorsKind("ltdnn_d3net", True, "backbone.", "encoder.", <a key only D3Net has>,
-        #                            <layout>, <state>, "aamsoftmax", _aam_multihead, ignored=("span_mask_kernel",)),
-        # "ltdnn_ecapa": likewise.
     }
-    return kinds
 
 
-KIND_NAMES = ("unipool", "ltdnn_d3net", "ltdnn_ecapa", "lap")  # the --kind choices (those not in _kinds(): not yet)
+KIND_NAMES = ("unipool", "ltdnn_d3net", "ltdnn_ecapa", "lap")  # the --kind choices: the keys of _kinds()
 
 
 # Reading the file
@@ -243,7 +256,7 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
 
     kinds = _kinds()
     if kind_name not in kinds:
-        raise ModelFileError(f"--kind {kind_name}: not available in this upmp yet; choose from {', '.join(kinds)}")
+        raise ModelFileError(f"--kind {kind_name}: not a kind of the authors' checkpoints; choose from {', '.join(kinds)}")
     kind = kinds[kind_name]
     out_dir = check_out(out)
     path = find_checkpoint(src)
@@ -253,12 +266,19 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
         hint = f"it looks like --kind {other}" if other else f"not a checkpoint of the authors' {kind_name} code"
         raise ModelFileError(f"{path}: {kind.marker}: missing; {hint}")
     network = {k[len(kind.prefix):]: v for k, v in state.items() if k.startswith(kind.prefix)}
-    input_dim, num_layers, backend_conf = kind.layout(network, kind.prefix)
+    try:
+        input_dim, num_layers, backend_conf = kind.layout(network, kind.prefix)
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
 
     up = build_upstream(upstream, upstream_ckpt)
     meta = LayerStackMeta(num_layers=int(up.num_layers), dim=int(up.dim), frame_shift=float(up.frame_shift),
                           upstream=upstream)
     seen = meta.num_layers if kind.use_hidden0 else meta.num_layers - 1
+    if kind.first_layers and input_dim == meta.dim and num_layers < seen:
+        raise ModelFileError(f"{path}: its {kind_name} network takes the first {num_layers} hidden states (trained with "
+                             f"the authors' n_layer {num_layers - 1}); --upstream {upstream} gives {seen}, and upmp feeds "
+                             "a backend all of them: only a model trained on every layer (n_layer 0) imports")
     if (input_dim, num_layers) != (meta.dim, seen):
         raise ModelFileError(f"{path}: its {kind_name} network takes {num_layers} hidden states of {input_dim} channels; "
                              f"--upstream {upstream} gives {seen} of {meta.dim}"
@@ -266,7 +286,7 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
     aam_key = "aam_softmax.weight"
     if aam_key not in state:
         raise ModelFileError(f"{path}: {aam_key}: missing (the loss head's class weights)")
-    loss_conf, head_state = kind.head(state[aam_key], aam_key)
+    loss_conf, head_state = kind.head(state[aam_key], f"{path}: {aam_key}")
     num_classes = int(state[aam_key].shape[-1])
     known = (kind.upstream_prefix, kind.prefix)
     extra = [k for k in state if not k.startswith(known) and k != aam_key and k not in kind.ignored]
@@ -276,7 +296,10 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
     cfg = check_train_config({"backend": kind.backend, "use_hidden0": kind.use_hidden0, "backend_conf": backend_conf,
                               "loss": kind.loss, "loss_conf": loss_conf})
     model = build_model(cfg, meta)
-    model.backend.load_state_dict(kind.state(model.backend, network, kind.prefix))
+    try:
+        model.backend.load_state_dict(kind.state(model.backend, network, kind.prefix))
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     head = build_loss(kind.loss, model.embed_dim, num_classes, loss_conf)
     head.load_state_dict(head_state)
     finetuned = upstream_state_from(state, kind, up, upstream, path)

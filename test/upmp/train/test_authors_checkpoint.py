@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import re
 import zipfile
 
 import numpy as np
@@ -169,6 +170,108 @@ def unipool_forward(sd, x, n_blocks=2):
     return _stat_pool(z, sd, t, (f"{t}attn_norm", f"{t}out_proj", f"{t}out_norm"))
 
 
+def _cbr(sd, key, cin, cout, kl, kt, g):
+    sd[f"{key}.conv.weight"], sd[f"{key}.conv.bias"] = _w(g, cout, cin, kl, kt), 0.1 * torch.randn(cout, generator=g)
+    _bn(sd, f"{key}.bn", cout, g)
+
+
+def _se(sd, key, c, se, g):
+    sd[f"{key}.se_attention.1.weight"], sd[f"{key}.se_attention.1.bias"] = _w(g, se, c, 1, 1), 0.1 * torch.randn(se, generator=g)
+    sd[f"{key}.se_attention.3.weight"], sd[f"{key}.se_attention.3.bias"] = _w(g, c, se, 1, 1), 0.1 * torch.randn(c, generator=g)
+
+
+def ltdnn_model_state(backbone, kind, L, C=8, se=4, H=8, heads=2, E=6, n_blocks=2, depth=4, scale=4, loss_heads=2,
+                      classes=5, seed=0):
+    """An L-TDNN SVmodel state_dict by the authors' key names and shapes (L-TDNN_D3Net / L-TDNN_ECAPA
+    model.py: encoder.net = D3Block / ECAPA, encoder.l_pool, encoder.t_pool); L = n_layer + 1."""
+    g = torch.Generator().manual_seed(seed)
+    sd, p = dict(backbone), "encoder.net."
+    _bn(sd, f"{p}in_conv.0", D, g)
+    _cbr(sd, f"{p}in_conv.1", D, C, *((1, 5) if kind == "ltdnn_d3net" else (5, 3)), g)
+    if kind == "ltdnn_d3net":
+        for b in range(n_blocks):
+            for d in range(depth):
+                w = C - d * C // depth
+                _cbr(sd, f"{p}se_d2blocks.{b}.layers.{d}", w, w, 3, 3, g)
+            _se(sd, f"{p}se_d2blocks.{b}.se", C, se, g)
+    else:
+        n_blocks = 3
+        for b in (1, 2, 3):
+            q = f"{p}block{b}.se_res2block"
+            _cbr(sd, f"{q}.0", C, C, 1, 1, g)
+            for i in range(scale - 1):
+                _cbr(sd, f"{q}.1.convs.{i}", C // scale, C // scale, 3, 3, g)
+            _cbr(sd, f"{q}.2", C, C, 1, 1, g)
+            _se(sd, f"{q}.3", C, se, g)
+    n = n_blocks * C
+    sd[f"{p}fusion.0.weight"], sd[f"{p}fusion.0.bias"] = _w(g, n, n, 1, 1), 0.1 * torch.randn(n, generator=g)
+    q = "encoder.l_pool."
+    _bn(sd, f"{q}in_projection.0", n, g)
+    sd[f"{q}in_projection.1.weight"] = _w(g, H, n, 1, 1)
+    sd[f"{q}W1"], sd[f"{q}b1"] = _w(g, heads, L, L // 2), 0.1 * torch.randn(heads, 1, L // 2, generator=g)
+    sd[f"{q}W2"], sd[f"{q}b2"] = _w(g, heads, L // 2, L), 0.1 * torch.randn(heads, 1, L, generator=g)
+    sd[f"{q}out_projection.0.weight"] = _w(g, H, H, 1)
+    _bn(sd, f"{q}out_projection.1", H, g)
+    t = "encoder.t_pool."
+    sd[f"{t}attention.0.weight"], sd[f"{t}attention.0.bias"] = _w(g, H // 2, 3 * H, 1), 0.1 * torch.randn(H // 2, generator=g)
+    _bn(sd, f"{t}attention.2", H // 2, g)
+    sd[f"{t}attention.3.weight"], sd[f"{t}attention.3.bias"] = _w(g, H, H // 2, 1), 0.1 * torch.randn(H, generator=g)
+    _bn(sd, f"{t}attn_norm", 2 * H, g)
+    sd[f"{t}out_proj.weight"], sd[f"{t}out_proj.bias"] = _w(g, E, 2 * H), 0.1 * torch.randn(E, generator=g)
+    _bn(sd, f"{t}out_norm", E, g)
+    sd["aam_softmax.weight"] = torch.randn(loss_heads, E // loss_heads, classes, generator=g)
+    sd["span_mask_kernel"] = torch.ones(1, 1, 3)
+    return sd
+
+
+def _cbr_eval(x, sd, key, dilation=1):  # Conv2d ('same') -> ReLU -> BN2d
+    w = sd[f"{key}.conv.weight"]
+    pad = tuple(dilation * (k - 1) // 2 for k in w.shape[2:])
+    return _bn_eval(torch.relu(F.conv2d(x, w, sd[f"{key}.conv.bias"], padding=pad, dilation=dilation)), sd, f"{key}.bn")
+
+
+def _se_eval(x, sd, key):
+    s = torch.relu(F.conv2d(x.mean(dim=(2, 3), keepdim=True), sd[f"{key}.se_attention.1.weight"], sd[f"{key}.se_attention.1.bias"]))
+    return x * torch.sigmoid(F.conv2d(s, sd[f"{key}.se_attention.3.weight"], sd[f"{key}.se_attention.3.bias"]))
+
+
+def ltdnn_forward(sd, x, kind, heads=2):
+    """The L-TDNN encoder in eval mode, written from the authors' keys: (B, D, L, T) -> (B, E)."""
+    p = "encoder.net."
+    x = _cbr_eval(_bn_eval(x, sd, f"{p}in_conv.0"), sd, f"{p}in_conv.1")
+    outs = []
+    if kind == "ltdnn_d3net":
+        b = 0
+        while f"{p}se_d2blocks.{b}.se.se_attention.1.weight" in sd:
+            layer, parts, d = f"{p}se_d2blocks.{b}.layers", [], 0
+            while f"{layer}.{d}.conv.weight" in sd:
+                x = x + _cbr_eval(x, sd, f"{layer}.{d}", 2 ** d)
+                if f"{layer}.{d + 1}.conv.weight" in sd:  # the last channels leave; the next step is narrower
+                    keep = sd[f"{layer}.{d + 1}.conv.weight"].shape[0]
+                    parts, x = parts + [x[:, keep:]], x[:, :keep]
+                d += 1
+            x = _se_eval(torch.cat(parts + [x], dim=1), sd, f"{p}se_d2blocks.{b}.se")
+            outs.append(x)
+            b += 1
+    else:
+        for b, dilation in ((1, 2), (2, 3), (3, 4)):
+            q = f"{p}block{b}.se_res2block"
+            width = sd[f"{q}.1.convs.0.conv.weight"].shape[0]
+            spx = torch.split(_cbr_eval(x, sd, f"{q}.0"), width, dim=1)
+            ys, sp = [], spx[0]
+            for i in range(len(spx) - 1):
+                sp = _cbr_eval(sp if i == 0 else sp + spx[i], sd, f"{q}.1.convs.{i}", dilation)
+                ys.append(sp)
+            x = x + _se_eval(_cbr_eval(torch.cat(ys + [spx[-1]], dim=1), sd, f"{q}.2"), sd, f"{q}.3")
+            outs.append(x)
+    z = torch.relu(F.conv2d(torch.cat(outs, dim=1), sd[f"{p}fusion.0.weight"], sd[f"{p}fusion.0.bias"]))
+    q = "encoder.l_pool."
+    z = _layer_pool(z, sd, [f"{q}in_projection.0", f"{q}in_projection.1.weight", f"{q}W1", f"{q}b1",
+                            f"{q}W2", f"{q}b2", f"{q}out_projection.0.weight", f"{q}out_projection.1"], heads)
+    t = "encoder.t_pool."
+    return _stat_pool(z, sd, t, (f"{t}attn_norm", f"{t}out_proj", f"{t}out_norm"))
+
+
 def lap_model_state(backbone, L, heads=4, C=16, E=12, K=3, classes=5, seed=0):
     """A LAP SVmodel state_dict (src/model.py: frontend, backend.layer_aggregation / speaker_network)."""
     g = torch.Generator().manual_seed(seed)
@@ -253,6 +356,34 @@ def test_lap_run_folder_imports_its_best_epoch(hf_wavlm, tmp_path):
     assert saved["config"]["loss"] == "aamsoftmax_subcenter_topk" and saved["config"]["loss_conf"]["subcenters"] == 3
 
 
+@pytest.mark.parametrize("kind", ["ltdnn_d3net", "ltdnn_ecapa"])
+def test_ltdnn_checkpoint_embeds_as_the_authors_encoder(kind, hf_wavlm, tmp_path):
+    L = NL + 1  # L-TDNN sees hidden states 0..n_layer (n_layer 0: every layer)
+    sd = ltdnn_model_state(_backbone(hf_wavlm, "backbone."), kind, L=L)
+    src = save_like_unipool_trainer(sd, tmp_path / "model_best.pt")  # the L-TDNN trainer is UniPool-SV's
+    exp = import_checkpoint(str(src), kind, f"hf:{hf_wavlm}", None, str(tmp_path / "exp" / kind))
+    model, saved = load(exp)
+    cfg = saved["config"]
+    assert cfg["backend"] == kind and cfg["use_hidden0"] and "upstream" not in saved
+    want_conf = dict(conv_dim=8, se_channels=4, hidden=8, heads=2, embed_dim=6, eval_std="unbiased",
+                     **(dict(n_blocks=2, depth=4) if kind == "ltdnn_d3net" else dict(scale=4)))
+    assert {k: cfg["backend_conf"][k] for k in want_conf} == want_conf
+    torch.manual_seed(0)
+    x = torch.randn(3, D, L, 23)
+    with torch.no_grad():
+        want = ltdnn_forward(sd, x, kind)
+        assert want.abs().max() > 0.5  # not a degenerate output
+        torch.testing.assert_close(model(x), want, atol=1e-4, rtol=1e-4)
+        padded = torch.cat([x[:1], torch.randn(1, D, L, 9)], dim=3)  # batched with padding: as alone
+        mask = torch.arange(32)[None] < 23
+        torch.testing.assert_close(model(padded, mask), want[:1], atol=1e-4, rtol=1e-4)
+    W = sd["aam_softmax.weight"]  # (heads, E / heads, classes) -> head i: (classes, E / heads)
+    assert all(torch.equal(saved["head"][f"heads.{i}.weight"], W[i].T) for i in range(2))
+    assert cfg["loss"] == "aamsoftmax" and {k: cfg["loss_conf"][k] for k in ("heads", "margin", "scale")} == \
+        dict(heads=2, margin=0.2, scale=30.0)
+    assert json.loads((exp / "imported.json").read_text())["kind"] == kind
+
+
 def test_fine_tuned_backbone_becomes_a_fine_tuned_upstream(hf_wavlm, tiny_wavlm, tmp_path):
     from upmp.checkpoint import load_upstream
     sd = unipool_model_state(_backbone(hf_wavlm, "backbone."), L=NL)
@@ -324,11 +455,64 @@ def test_wrong_kind_and_wrong_upstream_are_one_line(hf_wavlm, unipool_file, tmp_
         import_checkpoint(str(unipool_file()), "lap", f"hf:{hf_wavlm}", None, str(tmp_path / "exp"))
     with pytest.raises(ModelFileError, match="encoder.d3net.projection.0.weight: missing; it looks like --kind lap"):
         import_checkpoint(str(lap_file), "unipool", f"hf:{hf_wavlm}", None, str(tmp_path / "exp"))
-    with pytest.raises(ModelFileError, match="--kind ltdnn_d3net: not available in this upmp yet"):
-        import_checkpoint(str(lap_file), "ltdnn_d3net", f"hf:{hf_wavlm}", None, str(tmp_path / "exp"))
     with pytest.raises(ModelFileError, match=r"takes 2 hidden states of 32 channels; --upstream ge2e gives 3 of 256 "
                                              r"\(hidden state 0 dropped\)"):
         import_checkpoint(str(unipool_file()), "unipool", "ge2e", None, str(tmp_path / "exp"))
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.fixture
+def ltdnn_file(hf_wavlm, tmp_path):
+    def write(kind, edit=None, L=NL + 1):
+        sd = ltdnn_model_state(_backbone(hf_wavlm, "backbone."), kind, L=L)
+        if edit:
+            edit(sd)
+        return save_like_unipool_trainer(sd, tmp_path / f"{kind}.pt")
+    return write
+
+
+@pytest.mark.parametrize("kind, given, marker", [
+    ("ltdnn_d3net", "ltdnn_ecapa", "encoder.net.block1.se_res2block.0.conv.weight"),
+    ("ltdnn_ecapa", "ltdnn_d3net", "encoder.net.se_d2blocks.0.se.se_attention.1.weight"),
+    ("ltdnn_d3net", "unipool", "encoder.d3net.projection.0.weight"),
+    ("unipool", "ltdnn_ecapa", "encoder.net.block1.se_res2block.0.conv.weight")])
+def test_ltdnn_wrong_kind_names_the_kind_it_looks_like(hf_wavlm, ltdnn_file, unipool_file, tmp_path, kind, given, marker):
+    src = unipool_file() if kind == "unipool" else ltdnn_file(kind)
+    with pytest.raises(ModelFileError, match=f"{src.name}: {re.escape(marker)}: missing; it looks like --kind {kind}$"):
+        import_checkpoint(str(src), given, f"hf:{hf_wavlm}", None, str(tmp_path / "exp"))
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("kind, edit, message", [
+    ("ltdnn_d3net", _del("encoder.net.fusion.0.bias"), "encoder.net.fusion.0.bias is missing"),
+    ("ltdnn_ecapa", _del("encoder.net.block2.se_res2block.1.convs.2.bn.running_var"),
+     "encoder.net.block2.se_res2block.1.convs.2.bn.running_var is missing"),
+    ("ltdnn_d3net", lambda sd: sd.update({"encoder.t_pool.out_norm.weight": torch.zeros(5)}),
+     r"encoder.t_pool.out_norm.weight has shape \(5,\), ltdnn_d3net needs \(6,\)"),
+    ("ltdnn_ecapa", lambda sd: sd.update({"encoder.net.block3.se_res2block.3.se_attention.3.weight": torch.zeros(8, 4, 3, 3)}),
+     r"encoder.net.block3.se_res2block.3.se_attention.3.weight has shape \(8, 4, 3, 3\), ltdnn_ecapa needs \(8, 4, 1, 1\)"),
+    ("ltdnn_ecapa", lambda sd: sd.update({"encoder.attn_vad.weight": torch.zeros(3)}),
+     "encoder.attn_vad.weight is not part of ltdnn_ecapa"),
+    ("ltdnn_d3net", lambda sd: sd.update({"aam_softmax.weight": torch.zeros(6, 5)}),
+     r"aam_softmax.weight: shape \(6, 5\); expected \(heads, E / heads, classes\)")])
+def test_ltdnn_key_that_does_not_fit_is_named(hf_wavlm, ltdnn_file, tmp_path, kind, edit, message):
+    src = ltdnn_file(kind, edit)
+    with pytest.raises(ModelFileError, match=f"^{re.escape(str(src))}: .*{message}") as e:
+        import_checkpoint(str(src), kind, f"hf:{hf_wavlm}", None, str(tmp_path / "exp"))
+    assert "\n" not in str(e.value) and not (tmp_path / "exp").exists()
+
+
+def test_ltdnn_on_fewer_layers_than_the_upstream_is_refused(hf_wavlm, ltdnn_file, tmp_path):
+    # the authors' n_layer 1 keeps hidden states 0..1 of the 2-layer upstream: upmp feeds all 3
+    with pytest.raises(ModelFileError, match=r"ltdnn_d3net.pt: its ltdnn_d3net network takes the first 2 hidden states "
+                                             r"\(trained with the authors' n_layer 1\); --upstream hf:\S+ gives 3, "
+                                             r"and upmp feeds a backend all of them"):
+        import_checkpoint(str(ltdnn_file("ltdnn_d3net", L=NL)), "ltdnn_d3net", f"hf:{hf_wavlm}", None, str(tmp_path / "exp"))
+    # more hidden states than the upstream has: another upstream
+    with pytest.raises(ModelFileError, match=r"takes 4 hidden states of 32 channels; --upstream hf:\S+ gives 3 of 32; "
+                                             "give the upstream it was trained on"):
+        import_checkpoint(str(ltdnn_file("ltdnn_ecapa", L=NL + 2)), "ltdnn_ecapa", f"hf:{hf_wavlm}", None,
+                          str(tmp_path / "exp"))
     assert not (tmp_path / "exp").exists()
 
 
@@ -366,7 +550,7 @@ def test_a_pickle_exploit_is_refused_and_never_runs(hf_wavlm, tmp_path):
     assert not marker.exists() and not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize("kind", ["unipool", "lap"])
+@pytest.mark.parametrize("kind", ["unipool", "lap", "ltdnn_d3net"])
 def test_imported_experiment_embeds_scores_packages_and_exports(kind, hf_wavlm, small_data_dir, tmp_path):
     """Stages 3-4 (extract_embeddings, score), package_model and export_onnx on an imported dir; the
     package's embeddings equal stage 3's, the ONNX graphs equal torch (export_onnx's own check)."""
@@ -379,6 +563,9 @@ def test_imported_experiment_embeds_scores_packages_and_exports(kind, hf_wavlm, 
     from upmp.inference import load_model
     if kind == "unipool":
         src = save_like_unipool_trainer(unipool_model_state(_backbone(hf_wavlm, "backbone."), L=NL), tmp_path / "model_best.pt")
+    elif kind == "ltdnn_d3net":
+        src = save_like_unipool_trainer(ltdnn_model_state(_backbone(hf_wavlm, "backbone."), kind, L=NL + 1),
+                                        tmp_path / "model_best.pt")
     else:
         src = tmp_path / "model.state"
         torch.save(lap_model_state(_backbone(hf_wavlm, "frontend."), L=NL + 1), src)
