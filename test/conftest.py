@@ -7,9 +7,16 @@ importlib mode (pytest.ini), so files in different directories may share a name.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+# Before torch loads (here and in every subprocess a test starts): OpenMP threads that wait at a
+# barrier sleep instead of spinning, so two test processes on the 2 cores (test/run.sh runs files in
+# parallel) slow each other down by the share of the cores they take, not several times over
+# (benchmarks/thread_contention.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
@@ -124,4 +131,24 @@ def ddp_dump(dump):
                train_conf=dict(TRAIN_CONFIG["train_conf"], steps=30, batch_size=8, log_every=5, ckpt_every=10))
     (dump / "conf.yaml").write_text(yaml.safe_dump(cfg))
     return dump
+
+
+# The longest files first, so that the parallel run (test/run.sh: whole files spread over the
+# workers, in this order) does not end on one of them alone; the rest keep their order.
+LONGEST_FIRST = ("recipes/test_mini_full.py", "recipes/test_mini.py", "recipes/test_slurm.py",
+                 "faults/test_security.py", "recipes/test_vctk.py", "recipes/test_import.py",
+                 "upmp/train/test_trainer.py", "upmp/train/test_distributed.py", "faults/test_data_loss.py",
+                 "faults/test_tracebacks.py", "recipes/test_multinode.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    here = Path(__file__).resolve().parent
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def order(item):
+        try:
+            return rank.get(Path(item.path).resolve().relative_to(here).as_posix(), len(rank))
+        except ValueError:
+            return len(rank)
+    items.sort(key=order)
 

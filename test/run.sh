@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite with the environment made by tools/install.sh:
 #   bash test/run.sh [pytest args]
+# Test files run in parallel, one process per core (pytest-xdist; each file stays in one process,
+# the longest first: test/conftest.py); UPMP_TEST_WORKERS=1 runs them in this process, in order.
 set -euo pipefail
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "${root}/tools/venv/bin/activate" ]; then
@@ -8,4 +10,8 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "${root}/tools/venv/bin/activate" ]; then
   . "${root}/tools/venv/bin/activate"
 fi
 cd "${root}"
+workers=${UPMP_TEST_WORKERS:-$(nproc)}
+if [ "${workers}" -gt 1 ]; then
+  exec python -m pytest -q -ra -n "${workers}" --dist loadfile --no-loadscope-reorder test "$@"
+fi
 exec python -m pytest -q -ra test "$@"

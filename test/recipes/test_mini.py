@@ -1,11 +1,10 @@
 """The mini recipe's real run.sh, end to end, on a small synthetic corpus; stage-script behaviour.
 
-test_full_mini_recipe runs the recipe exactly as README.md does (stages 0-5, default
-configuration) once and checks the EER bar; repeatability from the seed is shown on stages 2-5
-of the small recipe (the suite trains the full mini recipe once, not twice).
+test_mini_full.py runs the recipe exactly as README.md does (stages 0-5, default configuration)
+once and checks the EER bar; repeatability from the seed is shown here on stages 2-5 of the small
+recipe (the suite trains the full mini recipe once, not twice).
 """
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -237,18 +236,3 @@ def test_mhfa_with_lmft_and_qmf(small_recipe):
     assert f"| {base.name} | mhfa |" in comparison and f"| {lmft.name} | mhfa |" in comparison
     r = run(recipe, "--stage", "4", "--stop_stage", "4", "--upstream", "wavlm_local", "--calibration", "platt")
     assert r.returncode == 1 and "unknown --calibration platt (linear, qmf)" in r.stderr
-
-
-@pytest.mark.skipif(os.environ.get("UPMP_SKIP_FULL_RECIPE") == "1", reason="UPMP_SKIP_FULL_RECIPE=1")
-def test_full_mini_recipe_eer_and_repeatability(tmp_path):
-    """README's main job: default mini recipe, stages 0-5; EER far below chance."""
-    recipe = make_recipe(tmp_path)
-    r = run(recipe, "--stage", "0", "--stop_stage", "5")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    exp = recipe / "exp" / "upmp_ge2e"
-    assert (exp / "layer_usage.png").is_file()
-    results = json.loads((exp / "results.json").read_text())["results"]
-    first = results["voxceleb1_test/cosine"]
-    assert first["eer"] < 25.0, results
-    assert results["voxceleb1_test/plda"]["eer"] < 25.0, results
-    assert first["n_target"] == 576 and first["n_nontarget"] == 576

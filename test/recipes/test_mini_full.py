@@ -1,0 +1,25 @@
+"""README's main job: the mini recipe's run.sh exactly as README.md runs it (stages 0-5, default
+configuration), once. In its own file so that the parallel test run (test/run.sh: files spread
+over the cores) starts it first, beside the other files, rather than after test_mini.py's
+small-recipe tests."""
+import json
+import os
+
+import pytest
+
+from helpers import make_recipe, run
+
+
+@pytest.mark.skipif(os.environ.get("UPMP_SKIP_FULL_RECIPE") == "1", reason="UPMP_SKIP_FULL_RECIPE=1")
+def test_full_mini_recipe_eer_and_repeatability(tmp_path):
+    """README's main job: default mini recipe, stages 0-5; EER far below chance."""
+    recipe = make_recipe(tmp_path)
+    r = run(recipe, "--stage", "0", "--stop_stage", "5")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = recipe / "exp" / "upmp_ge2e"
+    assert (exp / "layer_usage.png").is_file()
+    results = json.loads((exp / "results.json").read_text())["results"]
+    first = results["voxceleb1_test/cosine"]
+    assert first["eer"] < 25.0, results
+    assert results["voxceleb1_test/plda"]["eer"] < 25.0, results
+    assert first["n_target"] == 576 and first["n_nontarget"] == 576
