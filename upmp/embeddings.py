@@ -120,19 +120,10 @@ def _write_vectors(out: Path, name: str, items) -> None:
 MODEL_RECORD = "model.sha256"  # beside xvector.scp: `<sha256>  <model file>` of the model that embedded it
 
 
-def file_sha256(path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_model_record(out: Path, model_path: str) -> None:
     """Record which model file made the embeddings in `out` (sha256sum's format); written before
     xvector.scp, the old one removed first, so a record never describes older vectors."""
-    from upmp.fileio import atomic_write_text
+    from upmp.fileio import atomic_write_text, file_sha256
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "xvector.scp").unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -171,3 +172,13 @@ def replace_dir(new: PathLike, dest: PathLike) -> None:
     os.rename(dest, old / dest.name)
     os.rename(new, dest)
     shutil.rmtree(old)
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """The SHA-256 hex digest of a file's bytes (read in 1 MiB blocks), as sha256sum prints it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+

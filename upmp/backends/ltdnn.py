@@ -30,6 +30,8 @@ The authors' checkpoints store these modules as encoder.net.*, encoder.l_pool.*,
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -202,10 +204,10 @@ class LayerAwareTDNN(Backend):
 
     # ------------------------------------------------------------ the authors' checkpoints
     @classmethod
+    @abstractmethod
     def authors_conf(cls, encoder_state: Dict[str, torch.Tensor]) -> dict:
         """input_dim, num_layers and backend_conf implied by the authors' encoder state
-        (keys of their `encoder.*`, prefix stripped)."""
-        raise NotImplementedError
+        (keys of their `encoder.*`, prefix stripped); each form reads its own block's shapes."""
 
     @classmethod
     def from_authors_state(cls, encoder_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -256,8 +258,9 @@ class LayerAwareTDNN(Backend):
         return "net." + cls._authors_block_key(ours), False
 
     @classmethod
+    @abstractmethod
     def _authors_block_key(cls, ours: str) -> str:
-        raise NotImplementedError
+        """The authors' name (below `net.`) of one of our block parameters; each form has its own."""
 
     @staticmethod
     def _layer_pooling_conf(encoder_state: Dict[str, torch.Tensor]) -> dict:

@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 
 from upmp.errors import ModelFileError, OutputError
-from upmp.fileio import atomic_write_text, replace_dir, torch_save
+from upmp.fileio import atomic_write_text, file_sha256, replace_dir, torch_save
 from upmp.safe_load import check_checkpoint, load_torch_data
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,6 @@ def eer_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     alpha = (f0 - m0) / ((m1 - m0) - (f1 - f0))
     t0, t1 = thresholds[k - 1], thresholds[k]
     return float(t0 if not np.isfinite(t1) else t0 + alpha * (t1 - t0))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_vectors(scp: Path, exp: Optional[Path] = None) -> Dict[str, np.ndarray]:
@@ -159,7 +151,7 @@ def _check_embedded_by(model_path: Path, exp: Path, inputs: dict, used: Dict[str
     each xvector.scp used ({"train": scp, "valid": scp}) must have been made by model_path (stage 3's
     model.sha256 beside it); without a record only <exp>/model.pt is trusted (what stage 3 embeds).
     Otherwise a ModelFileError with the commands that extract them with model_path."""
-    from upmp.embeddings import file_sha256, read_model_record
+    from upmp.embeddings import read_model_record
     default = model_path.resolve() == (exp / "model.pt").resolve()
     digest = None
     for role, scp in used.items():
@@ -447,7 +439,7 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dest)
         atomic_write_text(tmp / "config.yaml", yaml.safe_dump(info["config"], sort_keys=False))
-        info["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        info["files"] = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         check_manifest(info, f"{out}/{MANIFEST}")  # never write a package that read_package refuses
         manifest_text = json.dumps(info, indent=1, allow_nan=False) + "\n"
         atomic_write_text(tmp / MANIFEST, manifest_text)
@@ -469,7 +461,7 @@ def _check_manifest_sum(d: Path, manifest: Path) -> None:
         raise ModelFileError(f"{sum_file}: missing from the package (packages of upmp before this check have none); "
                              f"{PACKAGE_AGAIN}")
     want = sum_file.read_text(errors="replace").split(maxsplit=1)[:1]
-    if want != [_sha256(manifest)]:
+    if want != [file_sha256(manifest)]:
         raise ModelFileError(f"{manifest}: corrupted (checksum differs from {MANIFEST_SUM}); {PACKAGE_AGAIN}")
 
 
@@ -529,7 +521,7 @@ def read_package(directory: str) -> Dict[str, Any]:
         path = files[name]
         if not path.is_file():
             raise ModelFileError(f"{path}: missing from the package; {PACKAGE_AGAIN}")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise ModelFileError(f"{path}: corrupted (checksum differs from {MANIFEST}); {PACKAGE_AGAIN}")
     if "backend.pt" not in files:
         raise ModelFileError(f"{manifest}: lists no backend.pt; {PACKAGE_AGAIN}")

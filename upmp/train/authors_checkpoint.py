@@ -21,7 +21,6 @@ hf:<dir> gives its architecture (transformers' key names).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import yaml
 from upmp.checkpoint import build_model, save_model, weights
 from upmp.data.layer_stacks import LayerStackMeta
 from upmp.errors import ModelFileError, OutputError
-from upmp.fileio import atomic_write_text
+from upmp.fileio import atomic_write_text, file_sha256, output_lock
 from upmp.safe_load import load_torch_data
 
 logger = logging.getLogger(__name__)
@@ -305,7 +304,7 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
     finetuned = upstream_state_from(state, kind, up, upstream, path)
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    imported = {"from": str(path), "sha256": _sha256(path), "kind": kind_name, **info}
+    imported = {"from": str(path), "sha256": file_sha256(path), "kind": kind_name, **info}
     inputs = {"upstream": upstream, **({"upstream_ckpt": upstream_ckpt} if upstream_ckpt else {})}
     content = {"config": cfg, "layer_stack": vars(meta), "model": weights(model),
                "head": weights(head), "speakers": None, "num_params": n_params, "train_seconds": None,
@@ -322,17 +321,12 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
         atomic_write_text(tmp / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         atomic_write_text(tmp / "imported.json", json.dumps(
             dict(imported, upstream=upstream, finetuned_upstream=finetuned is not None), indent=2) + "\n")
-        check_out(out)  # again: nothing was written there meanwhile
-        os.rename(tmp, out_dir)  # onto a missing or empty dir: the experiment appears complete
+        with output_lock(out_dir, out_dir.parent / f".{out_dir.name}.lock"):  # one importer per --out
+            check_out(out)  # again: nothing was written there meanwhile
+            os.rename(tmp, out_dir)  # onto a missing or empty dir: the experiment appears complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
