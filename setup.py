@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 
 version = re.search(r'__version__ = "([^"]+)"', Path("upmp/__init__.py").read_text()).group(1)
 
-# every upmp.bin entry point, as upmp-<name> (test/test_faults.py checks none is missing);
+# every upmp.bin entry point, as upmp-<name> (test/faults/test_entry_points.py checks none is missing);
 # upmp.bin.console runs each one's main through run_main (one-line errors)
 ENTRY_MODULES = [
     "make_mini_corpus", "prepare_voxceleb1", "prepare_vctk", "prepare_librispeech", "prepare_voxceleb2", "convert_audio",

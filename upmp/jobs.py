@@ -7,6 +7,21 @@ the command is replaced by 1..N; each job's output goes to its numbered log
 file with Kaldi's header and footer; the wrapper exits 1 if any job failed.
 Arguments without whitespace are passed to bash as they are (so `\\|` or `">"`
 build pipelines), others are single-quoted, as Kaldi's run.pl does.
+
+queue.pl and slurm.pl turn the resource options into scheduler flags through a Kaldi
+configuration file, as Kaldi's own wrappers do: `--config <file>`, else `conf/queue.conf` /
+`conf/slurm.conf` in the working directory when it exists, else the built-in one below
+(DEFAULT_CONFIGS). Its lines:
+
+    command sbatch --ntasks=1            the submit command and its fixed flags
+    option mem=* --mem=$0                flags for --mem <value>: $0 is the value
+    option gpu=0                         an exact value first: --gpu 0 adds nothing
+    default gpu=0                        the value of an option not given on the command line
+
+An option given on the command line that the file does not describe is an error (Kaldi does
+the same), so a flag is never silently dropped. --max-jobs-run is the array's own throttle
+(`--array=1-N%M`, `-tc M`) unless the file describes max_jobs_run. run.pl runs everything on
+this machine and ignores the resource options and --config, as Kaldi's run.pl does.
 """
 from __future__ import annotations
 
@@ -23,7 +38,7 @@ from typing import Dict, List, Optional
 
 from upmp.errors import JobArgsError  # noqa: F401  (re-exported)
 
-USAGE = ("usage: {prog} [--mem <mem>] [--gpu <0|N>] [--num-threads <K>] [--max-jobs-run <M>] "
+USAGE = ("usage: {prog} [--config <conf>] [--mem <mem>] [--gpu <0|N>] [--num-threads <K>] [--max-jobs-run <M>] "
          "[JOB=1:N] <log-file> <command...>")
 
 VALUE_OPTIONS = ("mem", "gpu", "num-threads", "max-jobs-run", "time", "partition", "queue", "config")
@@ -200,53 +215,140 @@ def _bash_sub(text: str, var: Optional[str]) -> str:
     return separator.join(shlex.quote(p) for p in text.split(var))
 
 
-def sbatch_command(spec: JobSpec, script: Path) -> List[str]:
+# The configuration each wrapper uses when neither --config nor conf/<queue|slurm>.conf exists.
+DEFAULT_CONFIGS = {
+    "slurm": """\
+command sbatch --ntasks=1
+option mem=* --mem=$0
+option num_threads=* --cpus-per-task=$0
+default gpu=0
+option gpu=0
+option gpu=* --gres=gpu:$0
+option time=* --time=$0
+option partition=* --partition=$0
+option queue=* --partition=$0
+""",
+    "sge": """\
+command qsub -v PATH -cwd -S /bin/bash -j y
+option mem=* -l mem_free=$0,ram_free=$0
+option num_threads=* -pe smp $0
+default gpu=0
+option gpu=0
+option gpu=* -l gpu=$0
+option queue=* -q $0
+option partition=* -q $0
+option time=* -l h_rt=$0
+""",
+}
+CONFIG_FILES = {"slurm": "conf/slurm.conf", "sge": "conf/queue.conf"}
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """A Kaldi queue.conf / slurm.conf: the submit command and each option's flags."""
+    source: str
+    command: List[str]
+    options: Dict[str, Dict[str, str]]  # option (underscores) -> {exact value or "*": flag template}
+    defaults: Dict[str, str]
+
+
+def parse_scheduler_config(text: str, source: str) -> SchedulerConfig:
+    """Parse Kaldi's configuration format (see the module docstring); `#` starts a comment."""
+    command: List[str] = []
+    options: Dict[str, Dict[str, str]] = {}
+    defaults: Dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        keyword, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if keyword == "command" and rest:
+            command = shlex.split(rest)
+            continue
+        m = re.fullmatch(r"([A-Za-z_][\w-]*)=(\S+)(?:\s+(.*))?", rest)
+        if keyword in ("option", "default") and m:
+            name, value, flags = m.group(1).replace("-", "_"), m.group(2), (m.group(3) or "").strip()
+            if keyword == "default":
+                defaults[name] = value
+            else:
+                options.setdefault(name, {})[value] = flags
+            continue
+        raise JobArgsError(f"{source}:{n}: cannot read '{raw.strip()}': expected 'command <submit command>', "
+                           "'option <name>=<value|*> [flags with $0]' or 'default <name>=<value>'")
+    if not command:
+        raise JobArgsError(f"{source}: no 'command' line (e.g. 'command sbatch --ntasks=1')")
+    return SchedulerConfig(source, command, options, defaults)
+
+
+def load_scheduler_config(backend: str, path: Optional[str] = None) -> SchedulerConfig:
+    """--config <path>, else conf/<queue|slurm>.conf when it exists here, else DEFAULT_CONFIGS."""
+    if path is None and Path(CONFIG_FILES[backend]).is_file():
+        path = CONFIG_FILES[backend]
+    if path is None:
+        return parse_scheduler_config(DEFAULT_CONFIGS[backend], f"the built-in {PROGRAMS[backend]} configuration")
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise JobArgsError(f"--config {path}: cannot read it ({e.strerror}); give an existing Kaldi "
+                           f"{Path(CONFIG_FILES[backend]).name} or leave --config out") from None
+    return parse_scheduler_config(text, path)
+
+
+def option_flags(config: SchedulerConfig, options: Dict[str, str]) -> List[str]:
+    """The scheduler flags of the resource options, in the order the configuration lists them."""
+    given = {k.replace("-", "_"): v for k, v in options.items() if k != "config"}
+    if "max_jobs_run" not in config.options:
+        given.pop("max_jobs_run", None)  # the array's own throttle (see array_flags)
+    values = {**config.defaults, **given}
+    for name in given:
+        if name not in config.options:
+            raise JobArgsError(f"--{name.replace('_', '-')} is not described in {config.source} "
+                               f"(add a line 'option {name}=* <flags with $0>')")
+    flags: List[str] = []
+    for name, table in config.options.items():
+        if name not in values:
+            continue
+        value = values[name]
+        template = table.get(value, table.get("*"))
+        if template is None:
+            raise JobArgsError(f"--{name.replace('_', '-')} {value} is not described in {config.source} "
+                               f"(add a line 'option {name}={value} <flags>' or 'option {name}=* <flags with $0>')")
+        flags += shlex.split(template.replace("$0", value))
+    return flags
+
+
+def sbatch_command(spec: JobSpec, script: Path, config: Optional[SchedulerConfig] = None) -> List[str]:
+    config = config or load_scheduler_config("slurm", spec.options.get("config"))
     qdir, name = _queue_dir(spec), _job_name(spec)
     array = f"{spec.start}-{spec.end}"
-    if "max-jobs-run" in spec.options:
+    if "max-jobs-run" in spec.options and "max_jobs_run" not in config.options:
         array += f"%{spec.options['max-jobs-run']}"
-    cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--array={array}",
-           f"--output={qdir}/{name}.%a.out", "--ntasks=1"]
-    if "mem" in spec.options:
-        cmd.append(f"--mem={spec.options['mem']}")
-    if "num-threads" in spec.options:
-        cmd.append(f"--cpus-per-task={spec.options['num-threads']}")
-    if int(spec.options.get("gpu", "0")) > 0:
-        cmd.append(f"--gres=gpu:{spec.options['gpu']}")
-    if "time" in spec.options:
-        cmd.append(f"--time={spec.options['time']}")
-    if "partition" in spec.options:
-        cmd.append(f"--partition={spec.options['partition']}")
-    return cmd + [str(script)]
+    return (config.command + ["--parsable", f"--job-name={name}", f"--array={array}", f"--output={qdir}/{name}.%a.out"]
+            + option_flags(config, spec.options) + [str(script)])
 
 
-def qsub_command(spec: JobSpec, script: Path) -> List[str]:
+def qsub_command(spec: JobSpec, script: Path, config: Optional[SchedulerConfig] = None) -> List[str]:
+    config = config or load_scheduler_config("sge", spec.options.get("config"))
     qdir, name = _queue_dir(spec), _job_name(spec)
-    cmd = ["qsub", "-v", "PATH", "-cwd", "-S", "/bin/bash", "-j", "y", "-N", name,
-           "-o", f"{qdir}/{name}.$TASK_ID.out", "-t", f"{spec.start}:{spec.end}"]
-    if "max-jobs-run" in spec.options:
+    cmd = config.command + ["-N", name, "-o", f"{qdir}/{name}.$TASK_ID.out", "-t", f"{spec.start}:{spec.end}"]
+    if "max-jobs-run" in spec.options and "max_jobs_run" not in config.options:
         cmd += ["-tc", spec.options["max-jobs-run"]]
-    if "mem" in spec.options:
-        cmd += ["-l", f"mem_free={spec.options['mem']},ram_free={spec.options['mem']}"]
-    if "num-threads" in spec.options:
-        cmd += ["-pe", "smp", spec.options["num-threads"]]
-    if int(spec.options.get("gpu", "0")) > 0:
-        cmd += ["-l", f"gpu={spec.options['gpu']}"]
-    if "queue" in spec.options:
-        cmd += ["-q", spec.options["queue"]]
-    return cmd + [str(script)]
+    return cmd + option_flags(config, spec.options) + [str(script)]
 
 
 def run_cluster(spec: JobSpec, backend: str, poll_seconds: float = 5.0) -> int:
     prog = "slurm.pl" if backend == "slurm" else "queue.pl"
     task_var = "SLURM_ARRAY_TASK_ID" if backend == "slurm" else "SGE_TASK_ID"
+    config = load_scheduler_config(backend, spec.options.get("config"))
+    option_flags(config, spec.options)  # an option the configuration does not describe: refused before any write
     script = write_job_script(spec, task_var)
     qdir, name = _queue_dir(spec), _job_name(spec)
     for j in spec.job_ids():
         done = qdir / f"done.{name}.{j}"
         if done.exists():
             done.unlink()
-    cmd = sbatch_command(spec, script) if backend == "slurm" else qsub_command(spec, script)
+    cmd = (sbatch_command if backend == "slurm" else qsub_command)(spec, script, config)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         print(f"{prog}: submission failed: {' '.join(cmd)}: {proc.stderr.strip()}", file=sys.stderr)
@@ -303,4 +405,7 @@ def run_jobs(backend: str, argv: List[str]) -> int:
         raise JobArgsError(f"{prog}: {e}; {USAGE.format(prog=prog)}") from None
     if backend == "local":
         return run_local(spec)
-    return run_cluster(spec, backend)
+    try:
+        return run_cluster(spec, backend)
+    except JobArgsError as e:  # the scheduler configuration refused an option
+        raise JobArgsError(f"{prog}: {e}") from None

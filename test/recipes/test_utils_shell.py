@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from helpers import TEMPLATE, bash_env
-from upmp.jobs import JobArgsError, parse_job_args, qsub_command, sbatch_command, write_job_script
+from upmp.jobs import (JobArgsError, load_scheduler_config, parse_job_args, qsub_command, sbatch_command,
+                       write_job_script)
 
 SCRIPT = """
 foo_bar=default
@@ -111,8 +112,8 @@ def test_sbatch_and_qsub_command_lines(tmp_path, monkeypatch):
                            "JOB=1:16", "exp/log/extract.JOB.log", "python", "x.py", "--part", "JOB"])
     script = write_job_script(spec, "SLURM_ARRAY_TASK_ID")
     assert sbatch_command(spec, script) == [
-        "sbatch", "--parsable", "--job-name=extract", "--array=1-16%10",
-        "--output=exp/log/q/extract.%a.out", "--ntasks=1", "--mem=8G", "--cpus-per-task=4",
+        "sbatch", "--ntasks=1", "--parsable", "--job-name=extract", "--array=1-16%10",
+        "--output=exp/log/q/extract.%a.out", "--mem=8G", "--cpus-per-task=4",
         "--gres=gpu:1", str(script)]
     assert qsub_command(spec, script) == [
         "qsub", "-v", "PATH", "-cwd", "-S", "/bin/bash", "-j", "y", "-N", "extract",
@@ -147,3 +148,80 @@ def test_slurm_pl_with_fake_scheduler(tmp_path):
                         "bash", "-c", "exit $((JOB == 3))"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 1 and "1 / 3 failed" in r.stderr
     assert Path(tmp_path / "log" / "t.1.log").read_text().splitlines()[-1].startswith("# Ended (code 0)")
+
+
+# Kaldi's own conf/slurm.conf (egs/wsj/s5/conf/slurm.conf style): partition per GPU count, memory per CPU
+KALDI_SLURM_CONF = """\
+command sbatch --export=PATH  --ntasks-per-node=1
+option time=* --time $0
+option mem=* --mem-per-cpu $0
+option mem=0          # Do not add anything to qsub_opts
+option num_threads=* --cpus-per-task $0
+option num_threads=1 --cpus-per-task 1
+default gpu=0
+option gpu=0 -p shared
+option gpu=* -p gpu --gres=gpu:$0 --time 4:0:0  # this has to be figured out
+"""
+
+
+def test_kaldi_config_file_turns_options_into_flags(tmp_path, monkeypatch):
+    """conf/slurm.conf in the working directory is used as Kaldi's slurm.pl uses it: exact values
+    first, then `*` with $0 replaced, defaults for options not given; --config names another file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "slurm.conf").write_text(KALDI_SLURM_CONF)
+    spec = parse_job_args(["--mem", "2G", "--num-threads", "1", "JOB=1:2", "log/a.JOB.log", "true"])
+    cmd = sbatch_command(spec, Path("job.sh"))
+    assert cmd == ["sbatch", "--export=PATH", "--ntasks-per-node=1", "--parsable", "--job-name=a", "--array=1-2",
+                   "--output=log/q/a.%a.out", "--mem-per-cpu", "2G", "--cpus-per-task", "1", "-p", "shared", "job.sh"]
+    spec = parse_job_args(["--gpu", "2", "--mem", "0", "log/b.log", "true"])
+    assert sbatch_command(spec, Path("job.sh"))[-6:] == ["-p", "gpu", "--gres=gpu:2", "--time", "4:0:0", "job.sh"]
+    assert "--mem-per-cpu" not in sbatch_command(spec, Path("job.sh"))
+    # --config names a file; it wins over conf/slurm.conf (here: an SGE-style file for queue.pl)
+    (tmp_path / "my.conf").write_text("command qsub -V\noption mem=* -l h_vmem=$0\n")
+    spec = parse_job_args(["--config", "my.conf", "--mem", "3G", "log/c.log", "true"])
+    assert qsub_command(spec, Path("job.sh")) == ["qsub", "-V", "-N", "c", "-o", "log/q/c.$TASK_ID.out", "-t", "1:1",
+                                                  "-l", "h_vmem=3G", "job.sh"]
+    assert load_scheduler_config("sge").source == "the built-in queue.pl configuration"  # no conf/queue.conf here
+
+
+def fake_sbatch_env(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(
+        "#!/bin/bash\necho \"$@\" > sbatch.args\nfor a in \"$@\"; do case $a in --array=*) r=${a#--array=}; r=${r%%%*};; esac; done\n"
+        "script=${@: -1}\nfor i in $(seq ${r%-*} ${r#*-}); do SLURM_ARRAY_TASK_ID=$i bash $script; done\n"
+        "echo 12345\n")
+    (bindir / "sbatch").chmod(0o755)
+    env = bash_env()
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    return env
+
+
+def test_slurm_pl_honours_and_refuses_by_config(tmp_path):
+    """A Kaldi user's `slurm.pl --config conf/x.conf` reaches sbatch; an option the file does not
+    describe, a missing file and an unreadable line are refused in one line before anything is
+    submitted or written; run.pl accepts --config and ignores it, as Kaldi's run.pl does."""
+    env = fake_sbatch_env(tmp_path)
+    (tmp_path / "x.conf").write_text("command sbatch --qos=low\noption mem=* --mem-per-cpu=$0\n")
+    slurm_pl = str(TEMPLATE / "utils" / "slurm.pl")
+    r = subprocess.run([slurm_pl, "--config", "x.conf", "--mem", "1G", "JOB=1:2", "log/t.JOB.log", "echo", "JOB"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "sbatch.args").read_text().split()
+    assert args[:2] == ["--qos=low", "--parsable"] and "--mem-per-cpu=1G" in args
+    assert (tmp_path / "log" / "t.2.log").read_text().splitlines()[2:4] == ["#", "2"]
+    for argv, message in [
+        (["--config", "x.conf", "--gpu", "1"], "slurm.pl: --gpu is not described in x.conf (add a line 'option gpu=* <flags with $0>')"),
+        (["--config", "nope.conf"], "slurm.pl: --config nope.conf: cannot read it (No such file or directory)"),
+    ]:
+        r = subprocess.run([slurm_pl, *argv, "JOB=1:2", "log2/t.JOB.log", "true"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env)
+        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "log2").exists()  # nothing submitted, no job script written
+    (tmp_path / "bad.conf").write_text("command sbatch\noptoin mem=* --mem=$0\n")
+    r = subprocess.run([slurm_pl, "--config", "bad.conf", "log3/t.log", "true"], capture_output=True, text=True,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "bad.conf:2: cannot read 'optoin mem=* --mem=$0'" in r.stderr
+    r = run_pl(tmp_path, "--config", "x.conf", "--mem", "9G", "log4/t.log", "echo", "ok")
+    assert r.returncode == 0 and "ok" in (tmp_path / "log4" / "t.log").read_text()

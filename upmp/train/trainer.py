@@ -225,9 +225,8 @@ def _amp_dtype(amp: str, device: torch.device):
     if dtype is torch.bfloat16 and device.type == "cpu":
         # kept (its numerics can be checked on CPU) but warned: AMP is for GPUs; on CPUs its speed
         # depends on the chip and the thread count (benchmarks/amp.py measures it)
-        logger.warning("train_conf.amp bf16 on CPU: no speed-up to count on (on the 2-core development machine "
-                       "one run measured the UPMP step at batch 8 10x slower than fp32, another 1.6x faster with "
-                       "1 thread and equal with 2); measure with benchmarks/amp.py, or use amp: none on CPU")
+        logger.warning("train_conf.amp bf16 on CPU: no speed-up to count on (it depends on the chip and the "
+                       "threads, see docs/benchmarks.md); time it here with benchmarks/amp.py, else use amp: none")
     fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if dtype is torch.bfloat16 and device.type == "cuda" and not fast_bf16:
         raise ConfigError(f"train_conf.amp bf16: {torch.cuda.get_device_name(device)} has no fast bf16 "
