@@ -28,8 +28,8 @@ Ours and the reference alternate within each repeat (medians reported). Peak
 memory: on CUDA torch.cuda.max_memory_allocated; on CPU the peak resident set
 of a fresh subprocess per variant during its second step, above its resident
 set before it (Linux: VmHWM after resetting it through /proc/self/clear_refs,
-minus VmRSS; glibc's mmap threshold fixed so freed blocks leave the resident set). "saved" is exact on any device: the distinct storages autograd keeps
-for the backward pass (activations; parameters excluded).
+minus VmRSS; glibc's mmap threshold fixed so freed blocks leave the resident set).
+"saved" is exact on any device: the distinct storages autograd keeps for the backward pass (activations; parameters excluded).
 """
 from __future__ import annotations
 

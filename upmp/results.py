@@ -76,8 +76,9 @@ def plot_det(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], png: Path) -> Non
 def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Sequence[str], upstream: str = "",
                              data_root: str = "data") -> dict:
     """Stage 5: <exp>/RESULTS.md, results.json and det_<set>.png from data_root/<set>/trials and
-    <exp>/scores/<set>.<system> (+ .llr when calibrated; a <system>.qmf holds QMF-calibrated LLRs). Every metric is computed before anything
-    is written, so a bad score file leaves the previous reports as they were."""
+    <exp>/scores/<set>.<system> (+ .llr when calibrated; a <system>.qmf holds QMF-calibrated LLRs).
+    Every metric is computed before anything is written, so a bad score file leaves the previous
+    reports as they were."""
     exp = Path(exp)
     rows, results, curves_of = [], {}, {}
     for name in test_sets:

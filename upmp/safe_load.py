@@ -98,7 +98,8 @@ def resave_hint(path) -> str:
     q = shlex.quote(str(path))
     return ("if you trust its source, keep only its tensors and plain data: python -c \"import sys, torch; "
             "c = torch.load(sys.argv[1], weights_only=False); torch.save({k: v for k, v in c.items() if "
-            f"isinstance(v, (dict, list, str, int, float, torch.Tensor))}}, sys.argv[2])\" {q} {shlex.quote(str(path) + '.data.pt')} "
+            f"isinstance(v, (dict, list, str, int, float, torch.Tensor))}}, sys.argv[2])\" {q} "
+            f"{shlex.quote(str(path) + '.data.pt')} "
             "and use that file; or use --upstream hf:<save_pretrained dir> with safetensors weights")
 
 

@@ -114,7 +114,6 @@ def test_disk_full_while_writing_layer_stacks(small_data_dir, tiny_wavlm, tmp_pa
 def test_non_finite_layer_stacks_are_not_written(small_data_dir, tiny_wavlm, tmp_path, monkeypatch, capsys):
     """An upstream that returns NaN (broken weights) on finite audio: one line naming the utterance,
     no scp; float16 storage refuses values it would turn into inf."""
-    import torch
     from upmp.upstream.s3prl import S3PRLUpstream
     real = S3PRLUpstream.forward
     out = tmp_path / "dump" / "set"
@@ -146,7 +145,8 @@ def test_embeddings_of_a_broken_model_are_refused():
 
         def forward(self, x, mask=None):
             return torch.full((x.shape[0], 3), float("nan"))
-    stacks = lambda chunk: (np.ones((2, 5, 4), dtype=np.float32) for _ in chunk)
+    def stacks(chunk):
+        return (np.ones((2, 5, 4), dtype=np.float32) for _ in chunk)
     with pytest.raises(ModelFileError, match="utterance u1: the model's embedding holds NaN or inf"):
         embed_all(Broken(), ["u1", "u2"], stacks)
 

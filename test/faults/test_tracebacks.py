@@ -99,7 +99,8 @@ def test_run_main_maps_unusable_paths_only(tmp_path, capsys):
         (FileExistsError(errno.EEXIST, "File exists", str(a_file)), f"{a_file}: is a file where a directory"),
         (IsADirectoryError(errno.EISDIR, "Is a directory", str(tmp_path)), f"{tmp_path}: is a directory where a file"),
         (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
-        (OSError(errno.EDQUOT, "Disk quota exceeded", "/q/x"), "/q/x: no space left on the device (Disk quota exceeded); free space there"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "/q/x"),
+         "/q/x: no space left on the device (Disk quota exceeded); free space there"),
         # an atomic write's temp file is named by the file it becomes; os.replace's second name wins
         (OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".scores.k2j_x9a1")), f"{tmp_path}/scores:"),
         (IsADirectoryError(errno.EISDIR, "Is a directory", "/t/.x.abcdefgh", None, "/t/out"), "/t/out: is a directory"),

@@ -189,7 +189,8 @@ def fake_sbatch_env(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "sbatch").write_text(
-        "#!/bin/bash\necho \"$@\" > sbatch.args\nfor a in \"$@\"; do case $a in --array=*) r=${a#--array=}; r=${r%%%*};; esac; done\n"
+        "#!/bin/bash\necho \"$@\" > sbatch.args\n"
+        "for a in \"$@\"; do case $a in --array=*) r=${a#--array=}; r=${r%%%*};; esac; done\n"
         "script=${@: -1}\nfor i in $(seq ${r%-*} ${r#*-}); do SLURM_ARRAY_TASK_ID=$i bash $script; done\n"
         "echo 12345\n")
     (bindir / "sbatch").chmod(0o755)
@@ -212,7 +213,8 @@ def test_slurm_pl_honours_and_refuses_by_config(tmp_path):
     assert args[:2] == ["--qos=low", "--parsable"] and "--mem-per-cpu=1G" in args
     assert (tmp_path / "log" / "t.2.log").read_text().splitlines()[2:4] == ["#", "2"]
     for argv, message in [
-        (["--config", "x.conf", "--gpu", "1"], "slurm.pl: --gpu is not described in x.conf (add a line 'option gpu=* <flags with $0>')"),
+        (["--config", "x.conf", "--gpu", "1"],
+         "slurm.pl: --gpu is not described in x.conf (add a line 'option gpu=* <flags with $0>')"),
         (["--config", "nope.conf"], "slurm.pl: --config nope.conf: cannot read it (No such file or directory)"),
     ]:
         r = subprocess.run([slurm_pl, *argv, "JOB=1:2", "log2/t.JOB.log", "true"], capture_output=True, text=True,

@@ -74,7 +74,8 @@ def cached_stacks(root, name="test"):
 
 
 def stage3(root, backend, name="test"):
-    return {u: np.asarray(v) for u, v in kaldiio.load_scp(str(root / "exp" / backend / "embeddings" / name / "xvector.scp")).items()}
+    scp = root / "exp" / backend / "embeddings" / name / "xvector.scp"
+    return {u: np.asarray(v) for u, v in kaldiio.load_scp(str(scp)).items()}
 
 
 def padded(stacks):

@@ -102,7 +102,8 @@ def main(argv=None) -> None:
         if r["test_set"] != test_set:
             continue
         exp = Path(r["exp_dir"])
-        trials = Path(args.data_root) / test_set / "trials" if args.data_root else exp.parent.parent / "data" / test_set / "trials"
+        data_root = Path(args.data_root) if args.data_root else exp.parent.parent / "data"
+        trials = data_root / test_set / "trials"
         scores = exp / "scores" / f"{test_set}.{r['system']}"
         if not (trials.is_file() and scores.is_file()):
             logger.warning("no DET curve for %s %s: %s or %s missing", r["experiment"], r["system"], scores, trials)

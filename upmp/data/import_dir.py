@@ -317,7 +317,7 @@ def _read_tables(src: Path, warnings: List[str]) -> Tuple[Dict[str, Dict[str, st
     segments = None
     if (src / "segments").is_file():
         raw = read_table(src / "segments", 4, 4)
-        for lineno, (utt, value) in enumerate(raw.items(), 1):
+        for lineno, value in enumerate(raw.values(), 1):
             seg = parse_segment(src / "segments", lineno, value)
             if seg.reco not in tables["wav.scp"]:
                 raise DataDirError(f"{src / 'segments'}:{lineno}: recording {seg.reco!r} is not in wav.scp")
@@ -347,7 +347,7 @@ def _check_agree(src: Path, utt2spk: Dict[str, str], derived: Dict[str, str], sp
         if derived.get(u) != spk:
             where = "is missing from spk2utt" if u not in derived else f"is under {derived[u]!r} in spk2utt"
             raise DataDirError(f"{src / 'utt2spk'}:{lineno}: utterance {u!r} of speaker {spk!r} {where}")
-    for lineno, (spk, utts) in enumerate(spk2utt.items(), 1):
+    for lineno, utts in enumerate(spk2utt.values(), 1):
         extra = [u for u in utts.split() if u not in utt2spk]
         if extra:
             raise DataDirError(f"{src / 'spk2utt'}:{lineno}: utterance {extra[0]!r} is not in utt2spk")

@@ -241,7 +241,7 @@ def validate_data_dir(directory: PathLike, spk_sort: bool = True) -> Dict[str, D
         segments = tables["segments"]
         check_sorted_unique(d / "segments", list(segments))
         _same_keys(d / "segments", list(segments), utts)
-        for lineno, (utt, value) in enumerate(segments.items(), 1):
+        for lineno, value in enumerate(segments.values(), 1):
             seg = parse_segment(d / "segments", lineno, value)
             if seg.reco not in wav_scp:
                 raise DataDirError(f"{d / 'segments'}:{lineno}: recording {seg.reco!r} not in wav.scp")

@@ -323,5 +323,5 @@ def _kaldi_trials_text(trials: List[Tuple[str, str, bool]]) -> str:
 
 
 __all__ = ["check_trial_list", "voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials",
-           "read_espnet_trials", "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list", "write_kaldi_trials",
-           "update_kaldi_trials"]
+           "read_espnet_trials", "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list",
+           "write_kaldi_trials", "update_kaldi_trials"]

@@ -509,7 +509,8 @@ def read_package(directory: str) -> Dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{manifest}: corrupted ({e}); package the model again") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ModelFileError(f"{manifest}: not a upmp model package (format {info.get('format') if isinstance(info, dict) else None!r})")
+        found = info.get("format") if isinstance(info, dict) else None
+        raise ModelFileError(f"{manifest}: not a upmp model package (format {found!r})")
     if info.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{manifest}: package format version {info.get('format_version')} (upmp "
                              f"{info.get('upmp_version')}), this upmp reads version {FORMAT_VERSION}; "

@@ -96,7 +96,7 @@ def resolve_protocol(corpus: str, protocol_dir: Optional[str] = None, cache_dir:
     files = PROTOCOL_FILES[corpus]
     if protocol_dir:
         paths = {k: Path(protocol_dir) / rel for k, rel in files.items()}
-        for key, path in paths.items():
+        for path in paths.values():
             if not path.is_file():
                 raise DataDirError(f"{path}: protocol file missing from --protocol_dir {protocol_dir}")
         logger.info("protocol source: local directory %s (the paper's %s files)", protocol_dir, corpus)

@@ -60,7 +60,7 @@ class PLDA:
         # initialise from the labelled scatters
         Sw = (scatter - (sums.T / counts) @ sums) / N + 1e-6 * np.eye(d)
         Sb = np.cov(means.T, bias=True).reshape(d, d) + 1e-6 * np.eye(d)
-        for it in range(num_iters):
+        for _ in range(num_iters):
             mu, Sb, Sw = self._em_step(counts, sums, scatter, mu, Sb, Sw)
         self.mean, self.between, self.within = mu, Sb, Sw
         self._diagonalise()

@@ -89,7 +89,8 @@ class AuthorsKind:
     # ModelFileError of one line naming the first key of theirs that does not fit
     state: Callable[[Any, Dict[str, torch.Tensor], str], Dict[str, torch.Tensor]]
     loss: str                      # our loss head (upmp.losses.LOSSES)
-    head: Callable[[torch.Tensor, str], Tuple[Dict[str, Any], Dict[str, torch.Tensor]]]  # aam_softmax.weight -> (loss_conf, state)
+    # aam_softmax.weight -> (loss_conf, state)
+    head: Callable[[torch.Tensor, str], Tuple[Dict[str, Any], Dict[str, torch.Tensor]]]
     ignored: Tuple[str, ...] = ()  # keys of the file that hold nothing of the model (buffers of training tricks)
     first_layers: bool = False     # the authors' n_layer N may keep only hidden states 0..N of a deeper upstream
 

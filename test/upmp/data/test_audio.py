@@ -132,7 +132,8 @@ def crop_fixture_dir(tmp_path):
     kaldiio.save_ark(str(w / "a.ark"), {"x": (16000, (sig(2.4) * 8000).astype(np.int16))}, scp=str(w / "a.scp"))
     wav_scp = {"s1-pcm": str(w / "pcm.wav"), "s1-float": str(w / "float.wav"), "s2-flac": str(w / "lossless.flac"),
                "s2-stereo": str(w / "stereo.flac"), "s3-short": str(w / "short.wav"), "s3-shortflac": str(w / "short.flac"),
-               "s4-r8k": str(w / "r8k.wav"), "s4-pipe": f"sox {w}/piped.flac -t wav - |", "s4-ark": (w / "a.scp").read_text().split()[1]}
+               "s4-r8k": str(w / "r8k.wav"), "s4-pipe": f"sox {w}/piped.flac -t wav - |",
+               "s4-ark": (w / "a.scp").read_text().split()[1]}
     plain = tmp_path / "plain"
     DataDir(wav_scp, {u: u.split("-")[0] for u in wav_scp}).write(plain)
     soundfile.write(w / "reco1.flac", sig(9.0), 16000, subtype="PCM_16")

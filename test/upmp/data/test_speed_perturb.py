@@ -8,7 +8,7 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
-from helpers import ROOT, bash_env, tone
+from helpers import bash_env, tone
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, Segment, validate_data_dir
 from upmp.data.speed_perturb import perturb_speed, speed_entry

@@ -226,7 +226,8 @@ def test_paper_vox1_list_maps_to_prepared_ids(tmp_path):
         assert UTT_ID.fullmatch(a) and UTT_ID.fullmatch(b)
         assert (a.split("-")[0] == b.split("-")[0]) == t
         assert {a.split("-")[0], b.split("-")[0]} <= test_spk
-        assert row.split(",")[1] == "vox1_test_wav/" + "/".join(a.rsplit("-", 1)[0].split("-", 1)) + "/" + a.rsplit("-", 1)[1] + ".wav"
+        spk_session, number = a.rsplit("-", 1)
+        assert row.split(",")[1] == "vox1_test_wav/" + "/".join(spk_session.split("-", 1)) + "/" + number + ".wav"
     # the tree: every trial file (hard links to one short wav) plus one utterance per dev speaker
     root = tmp_path / "vox1"
     one = tmp_path / "one.wav"

@@ -158,7 +158,8 @@ def unipool_forward(sd, x, n_blocks=2):
         y = torch.cat(ys, dim=1)
 
         def se(name, pooled):
-            h = _bn_eval(torch.relu(F.conv2d(pooled, sd[f"{b}1.{name}.1.weight"], sd[f"{b}1.{name}.1.bias"])), sd, f"{b}1.{name}.3")
+            h = torch.relu(F.conv2d(pooled, sd[f"{b}1.{name}.1.weight"], sd[f"{b}1.{name}.1.bias"]))
+            h = _bn_eval(h, sd, f"{b}1.{name}.3")
             return F.conv2d(h, sd[f"{b}1.{name}.4.weight"], sd[f"{b}1.{name}.4.bias"])
         f = y * torch.sigmoid(se("avg_se", y.mean(dim=(2, 3), keepdim=True)) + se("max_se", y.amax(dim=(2, 3), keepdim=True)))
         x = x + (x + f)  # ResConnection inside, x + dense(x) outside
@@ -231,7 +232,8 @@ def _cbr_eval(x, sd, key, dilation=1):  # Conv2d ('same') -> ReLU -> BN2d
 
 
 def _se_eval(x, sd, key):
-    s = torch.relu(F.conv2d(x.mean(dim=(2, 3), keepdim=True), sd[f"{key}.se_attention.1.weight"], sd[f"{key}.se_attention.1.bias"]))
+    squeezed = x.mean(dim=(2, 3), keepdim=True)
+    s = torch.relu(F.conv2d(squeezed, sd[f"{key}.se_attention.1.weight"], sd[f"{key}.se_attention.1.bias"]))
     return x * torch.sigmoid(F.conv2d(s, sd[f"{key}.se_attention.3.weight"], sd[f"{key}.se_attention.3.bias"]))
 
 
@@ -285,7 +287,8 @@ def lap_model_state(backbone, L, heads=4, C=16, E=12, K=3, classes=5, seed=0):
     sd[f"{s}t_pool.attention.0.weight"] = _w(g, C // 2, 3 * C, 1)
     sd[f"{s}t_pool.attention.0.bias"] = 0.1 * torch.randn(C // 2, generator=g)
     _bn(sd, f"{s}t_pool.attention.2", C // 2, g)
-    sd[f"{s}t_pool.attention.3.weight"], sd[f"{s}t_pool.attention.3.bias"] = _w(g, C, C // 2, 1), 0.1 * torch.randn(C, generator=g)
+    sd[f"{s}t_pool.attention.3.weight"] = _w(g, C, C // 2, 1)
+    sd[f"{s}t_pool.attention.3.bias"] = 0.1 * torch.randn(C, generator=g)
     _bn(sd, f"{s}t_pool.norm", 2 * C, g)
     sd[f"{s}emb_weight.weight"], sd[f"{s}emb_weight.bias"] = _w(g, E, 2 * C), 0.1 * torch.randn(E, generator=g)
     _bn(sd, f"{s}emb_norm", E, g)
@@ -434,7 +437,8 @@ def _del(key):
     (_del("encoder.d3net.densenet.1.m.0.dense.2.mdconv.1.2.bias"),
      "encoder.d3net.densenet.1.m.0.dense.2.mdconv.1.2.bias: missing from the checkpoint"),
     (lambda sd: sd.update({"encoder.t_pool.attention.3.weight": torch.zeros(16, 8, 3)}),
-     r"encoder.t_pool.attention.3.weight: shape \(16, 8, 3\) does not fit frame_pooling.attention.3.weight of shape \(16, 8, 1\)"),
+     r"encoder.t_pool.attention.3.weight: shape \(16, 8, 3\) does not fit "
+     r"frame_pooling.attention.3.weight of shape \(16, 8, 1\)"),
     (lambda sd: sd.update({"encoder.d3net.extra.weight": torch.zeros(2)}),
      "encoder.d3net.extra.weight: a key of the checkpoint that this kind does not have"),
     (lambda sd: sd.update({"aam_softmax.weight": torch.zeros(8, 5)}),

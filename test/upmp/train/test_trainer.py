@@ -350,7 +350,7 @@ def test_broken_model_files_are_one_line_errors(dump):
         "empty.pt": (b"", "an empty file; expected a upmp model"),
         "random.pt": (np.random.default_rng(0).bytes(4096), "not a torch zip archive"),
     }
-    for name, (data, message) in cases.items():
+    for name, (data, _) in cases.items():
         (dump / name).write_bytes(data)
     torch.save({"model": state["model"]}, dump / "foreign.pt")  # a state dict, not our model.pt
     cases["foreign.pt"] = (None, "no upmp format tag")
