@@ -36,6 +36,25 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice: PyYAML would keep the last value without a word."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen: Dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DuplicateKeyError(f"line {line}: key {key!r} is given twice (first on line {seen[key]}); "
+                                    "keep one (the second would silently win)")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 

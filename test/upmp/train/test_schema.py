@@ -37,6 +37,20 @@ def test_bad_files(tmp_path):
         load_config(str(tmp_path / "bad.yaml"))
 
 
+def test_duplicate_key_is_refused_through_train(tmp_path):
+    """A recipe YAML that gives a key twice (two train_conf: blocks after a copy-paste) would keep
+    the second silently: upmp.bin.train refuses it in one line naming the file, line and key, and
+    writes no experiment dir."""
+    from helpers import one_line_error, run_module
+    conf = tmp_path / "train.yaml"
+    conf.write_text("backend: upmp\ntrain_conf:\n  steps: 600\nbackend_conf:\n  conv_dim: 8\n"
+                    "train_conf:\n  steps: 5\n")
+    r = run_module("upmp.bin.train", "--config", str(conf), "--exp_dir", str(tmp_path / "exp"))
+    line = one_line_error(r)
+    assert str(conf) in line and "line 6: key 'train_conf' is given twice (first on line 2)" in line, line
+    assert not (tmp_path / "exp").exists()
+
+
 # the training config schema (upmp/train/schema.py)
 
 @pytest.fixture
@@ -64,7 +78,7 @@ def test_schema_fills_defaults_and_checks_types(train_yaml):
 
 @pytest.mark.parametrize("args, text, message", [
     (["--train_conf.batch_size", "abc"], "", "train_conf.batch_size: 'abc' is not allowed: expected an integer >= 1"),
-    ([], "  crop_seconds: '2.0'\n", "train_conf.crop_seconds: '2.0' is not allowed: expected a number > 0"),
+    ([], "  log_every: '50'\n", "train_conf.log_every: '50' is not allowed: expected an integer >= 1"),
     ([], "optim_conf:\n  lr: [0.1]\n", "optim_conf.lr: [0.1] is not allowed: expected a number > 0"),
     (["--train_conf.crop_seconds", "-1"], "", "train_conf.crop_seconds: -1 is not allowed: expected a number > 0"),
     (["--train_conf.batch_size", "4.5"], "", "train_conf.batch_size: 4.5 is not allowed: expected an integer >= 1"),
