@@ -18,16 +18,9 @@ ENTRY_MODULES = [
     "perturb_speed", "build_tiny_upstream", "data_dir", "import_data_dir", "check_upstream", "reuse_layers",
     "extract_layers", "join_layers", "train", "extract_embeddings", "score", "score_sets", "calibrate", "map_score_ids",
     "compute_metrics", "model_info", "convert_trials", "write_results", "compare_results", "jobs", "import_checkpoint",
+    "package_model", "embed", "verify", "results", "export_onnx",
 ]
 ENTRY_POINTS = {f"upmp-{m.replace('_', '-')}": f"upmp.bin.console:{m}" for m in ENTRY_MODULES}
-# the model-package commands run their main through their own cli()
-ENTRY_POINTS.update({
-    "upmp-package-model": "upmp.bin.package_model:cli",
-    "upmp-embed": "upmp.bin.embed:cli",
-    "upmp-verify": "upmp.bin.verify:cli",
-    "upmp-results": "upmp.bin.results:cli",
-    "upmp-export-onnx": "upmp.bin.export_onnx:cli",
-})
 
 setup(
     name="upmp",

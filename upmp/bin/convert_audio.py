@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from upmp.bin.common import run_main, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.convert_audio import FORMATS, convert_share, point_wav_scp
 
 logger = logging.getLogger("convert_audio")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--data_dir", required=True)
     p.add_argument("--out_dir", required=True, help="converted files go to <out_dir>/<speaker>/<key>.<format>")
     p.add_argument("--format", default="flac", choices=FORMATS)
@@ -31,7 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     done, skipped = convert_share(args.data_dir, args.out_dir, args.format, args.job, args.num_jobs)
     logger.info("%s: converted %d files to %s, %d were already converted", args.data_dir, done, args.format, skipped)
     if args.job == 0:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from upmp.bin.common import run_main, set_num_threads, setup_logging
+from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
 from upmp.bin.common import check_device, positive_int, require_writable
 from upmp.fileio import named_in_errors
 
@@ -34,7 +34,7 @@ logger = logging.getLogger("embed")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="model package dir or experiment dir")
     p.add_argument("inputs", nargs="+", help="audio files, folders, wav.scp files or Kaldi data dirs")
     p.add_argument("--out", required=True, help="output directory")
@@ -231,7 +231,7 @@ class EmbedInfo:
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     set_num_threads(args.num_threads)
     check_device(args.device)
     require_writable(args.out)
@@ -279,10 +279,6 @@ def main(argv=None) -> None:
     logger.info("%d embeddings in %s", len(writer.done),
                 out / "xvector.scp" if args.format == "kaldi" else f"{out}/<id>.npy")
 
-
-def cli() -> None:
-    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
-    run_main(main)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from upmp.bin.common import run_main, set_num_threads, setup_logging
+from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
 from upmp.errors import ModelFileError
 
 logger = logging.getLogger("export_onnx")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="model package dir or experiment dir")
     p.add_argument("--out", required=True, help="ONNX file of the backend graph")
     p.add_argument("--graphs", nargs="+", choices=("backend", "full"), default=["backend", "full"],
@@ -64,7 +64,7 @@ def _temp_beside(path: Path) -> Path:
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     set_num_threads(args.num_threads)
     from upmp.export import check_onnx, export_onnx
     from upmp.fileio import atomic_write_text
@@ -109,10 +109,6 @@ def main(argv=None) -> None:
                "layer_stack": info["layer_stack"], "upstream": info["upstream"]["name"]}
     atomic_write_text(f"{out}.json", json.dumps(sidecar, indent=1) + "\n")
 
-
-def cli() -> None:
-    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
-    run_main(main)
 
 
 if __name__ == "__main__":

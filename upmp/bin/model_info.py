@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from upmp.bin.common import positive_int, run_main
+from upmp.bin.common import make_parser, positive_int, run_main, setup_logging
 
 
 def count(module: torch.nn.Module) -> int:
@@ -21,7 +21,7 @@ def count(module: torch.nn.Module) -> int:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--input_dim", type=positive_int, required=True, help="D of the upstream (768 Base, 1024 Large)")
     p.add_argument("--num_layers", type=positive_int, required=True, help="Transformer layers L (12 Base, 24 Large)")
@@ -32,6 +32,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args, overrides = get_parser().parse_known_args(argv)
+    setup_logging(args.verbose)
     from upmp.checkpoint import build_model
     from upmp.train.schema import resolve_train_config
     from upmp.data.layer_stacks import LayerStackMeta

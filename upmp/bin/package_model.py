@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from upmp.bin.common import require_writable, run_main, setup_logging
+from upmp.bin.common import make_parser, require_writable, run_main, setup_logging
 from upmp.fileio import named_in_errors
 
 logger = logging.getLogger("package_model")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--exp_dir", required=True, help="experiment dir of stages 2-3 (exp/<name>)")
     p.add_argument("--out", required=True,
                    help="package directory to write (a new or empty dir; an earlier package there is replaced "
@@ -42,7 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     require_writable(args.out)  # before the model is read: a bad --out is one line, not a traceback at the end
     from upmp.fileio import output_lock
     from upmp.inference import load_checkpoint
@@ -60,10 +60,6 @@ def main(argv=None) -> None:
     logger.info("wrote %s (%s%s)", out, content["info"]["upstream"]["name"],
                 f", validation EER {t['eer']:.2f} % at score {t['score']:.4f}" if t else ", uncalibrated")
 
-
-def cli() -> None:
-    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
-    run_main(main)
 
 
 if __name__ == "__main__":

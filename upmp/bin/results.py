@@ -20,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from upmp.bin.common import run_main, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.errors import DataDirError
 
 logger = logging.getLogger("results")
@@ -30,7 +30,7 @@ COLUMNS = ["experiment", "backend", "upstream", "num_params", "train_seconds", "
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("exp_dirs", nargs="+", help="experiment dirs (exp/<name>)")
     p.add_argument("--out", default="results", help="output prefix: <out>.md, <out>.csv, <out>_det.png")
     p.add_argument("--test_set", default=None, help="test set of the DET plot [the first one]")
@@ -58,7 +58,7 @@ def check_exp_dirs(exp_dirs) -> None:
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     from upmp.results import mean_and_range, result_rows, seed_groups
     from upmp.fileio import atomic_write_text
     from upmp.metrics import EER_CONVENTION
@@ -115,10 +115,6 @@ def main(argv=None) -> None:
     logger.info("wrote %s, %s, %s%s", Path(f"{out}.md"), Path(f"{out}.csv"), Path(f"{out}.json"),
                 f", {out}_det.png ({len(curves)} curves on {test_set})" if curves else "")
 
-
-def cli() -> None:
-    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
-    run_main(main)
 
 
 if __name__ == "__main__":

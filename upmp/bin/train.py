@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 
-from upmp.bin.common import run_main, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--config", required=True, help="training YAML: the keys that differ from the defaults "
                    "(upmp/train/schema.py)")
     p.add_argument("--exp_dir", required=True)
@@ -52,7 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args, overrides = get_parser().parse_known_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     from upmp.train.schema import resolve_train_config
     from upmp.train.trainer import Inputs, train
     cfg = resolve_train_config(args.config, overrides)

@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from upmp.bin.common import run_main, set_num_threads, setup_logging
+from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
 from upmp.bin.common import check_device, require_writable
 from upmp.errors import DataDirError, JobArgsError
 
@@ -27,7 +27,7 @@ logger = logging.getLogger("verify")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="model package dir or experiment dir")
     p.add_argument("audio", nargs="*", help="two audio files (enrolment, test)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -56,7 +56,7 @@ def read_pairs(path: str):
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     set_num_threads(args.num_threads)
     check_device(args.device)
     from upmp.inference import gather_audio, load_model
@@ -98,10 +98,6 @@ def main(argv=None) -> None:
     decision = "-" if r["decision"] is None else ("target (same speaker)" if r["decision"] else "nontarget")
     print(f"score {r['score']:.4f}  llr {fmt(r['llr'])}  decision {decision}  (threshold {fmt(r['threshold'])})")
 
-
-def cli() -> None:
-    """Console-script entry (setup.py): expected errors as one line, like `python -m`."""
-    run_main(main)
 
 
 if __name__ == "__main__":
