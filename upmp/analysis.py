@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -264,7 +265,7 @@ def plot_layer_probe(rows: List[dict], png, usage: Optional[Dict[str, np.ndarray
     layers = [r for r in rows if r["layer"] != AVERAGE]
     average = next((r for r in rows if r["layer"] == AVERAGE), None)
     x = np.array([int(r["layer"]) for r in layers])
-    fig, axes = plt.subplots(1 + len(usage), 1, figsize=(max(5.0, 0.4 * len(x) + 3), 2.8 * (1 + len(usage))),
+    fig, axes = plt.subplots(1 + len(usage), 1, figsize=(max(6.0, 0.4 * len(x) + 3), 2.6 * (1 + len(usage))),
                              squeeze=False)
     ax = axes[0, 0]
     for method, marker in zip(PROBE_METHODS, "os"):
@@ -284,8 +285,9 @@ def plot_layer_probe(rows: List[dict], png, usage: Optional[Dict[str, np.ndarray
         ax.bar(where if aligned else np.arange(len(weight)), weight, color="tab:green")
         mean_of = " (mean of rows)" if np.ndim(a) > 1 and np.shape(a)[0] > 1 else ""
         place = "" if aligned else f" ({len(weight)} columns, not hidden states)"
-        ax.set_title(f"{model_name + ': ' if model_name else ''}{title}{mean_of}{place}", fontsize=9)
-        ax.set_ylabel("weight")
+        ax.set_title(textwrap.fill(f"{model_name + ': ' if model_name else ''}{title}{mean_of}{place}", 70),
+                     fontsize=8)
+        ax.set_ylabel("layer usage")
     for ax in axes[:, 0]:
         ax.set_xticks(x, [str(i) for i in x])
         ax.set_xlim(x.min() - 0.6, x.max() + 0.6)
