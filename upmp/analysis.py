@@ -300,15 +300,16 @@ def plot_layer_probe(rows: List[dict], png, usage: Optional[Dict[str, np.ndarray
 
 
 def usage_batch(scp: str, meta: LayerStackMeta, n: int = 16, max_frames: int = 400) -> np.ndarray:
-    """A batch (B, D, L, T) float32 of the first n utterances of a layers.scp, each cut to the
+    """A batch (B, D, L, T) float32 of the n longest utterances of a layers.scp, each cut to the
     shortest of them (at most max_frames frames, the middle ones): the input layer_usage needs."""
     entries = read_table(scp)
-    utts = sorted(entries)[:n]
+    utts = sorted(entries)
     reader = MatrixReader([entries[u] for u in utts], source=scp)
     try:
-        T = min([max_frames] + [reader.rows(i) for i in range(len(utts))])
-        mats = [reader.read_rows(i, (reader.rows(i) - T) // 2, T) for i in range(len(utts))]
+        longest = sorted(range(len(utts)), key=lambda i: (-reader.rows(i), i))[:n]
+        T = min([max_frames] + [reader.rows(i) for i in longest])
+        mats = [reader.read_rows(i, (reader.rows(i) - T) // 2, T) for i in longest]
     finally:
         reader.close()
-    x = np.stack(mats).astype(np.float32).reshape(len(utts), T, meta.num_layers, meta.dim)
+    x = np.stack(mats).astype(np.float32).reshape(len(mats), T, meta.num_layers, meta.dim)
     return np.ascontiguousarray(x.transpose(0, 3, 2, 1))

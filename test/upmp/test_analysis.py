@@ -133,8 +133,9 @@ def test_experiment_plot_beside_the_model(probe_sets):
     assert (tmp / "ok" / "layer_probe.png").stat().st_size > 5000
     with pytest.raises(UpstreamError, match=r"model.pt .*: layer stacks are L=4 x D=8 \(synthetic\) but the model "
                                             r"was trained on L=5 x D=8"):
-        probe(*args, "--out_dir", tmp / "probe", "--exp_dirs", tmp / "other")
+        probe(*args, "--out_dir", tmp / "probe2", "--exp_dirs", tmp / "ok", tmp / "other")
     assert not (tmp / "other" / "layer_probe.png").exists()
+    assert not (tmp / "probe2").exists()  # refused before any work
 
 
 def test_bad_inputs_are_one_line_naming_the_file(probe_sets):

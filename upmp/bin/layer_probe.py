@@ -26,7 +26,8 @@ from pathlib import Path
 
 from upmp.analysis import (PROBE_TSV, layer_probe, layer_usage, plot_layer_probe, read_layer_probe, stack_meta,
                            usage_batch, write_layer_probe)
-from upmp.bin.common import make_parser, positive_int, require_files, run_main, setup_logging
+from upmp.bin.common import make_parser, positive_int, require_files, require_writable, run_main, setup_logging
+from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
 from upmp.scoring.stage import newer_than_all, recorded_opts
 
@@ -58,10 +59,9 @@ def main(argv=None) -> None:
     setup_logging(args.verbose)
     require_files(train_scp=args.train_scp, utt2spk=args.utt2spk, trials_scp=args.trials_scp, trials=args.trials)
     if not 0 < args.p_target < 1:
-        from upmp.errors import ConfigError
         raise ConfigError(f"--p_target {args.p_target}: must be in (0, 1)")
-    for exp in args.exp_dirs:
-        require_files(exp_dirs=str(Path(exp) / "model.pt"))
+    require_writable(args.out_dir)
+    models = [load_experiment(Path(exp), args.trials_scp, args.allow_other_upstream) for exp in args.exp_dirs]
     out = Path(args.out_dir)
     tsv, opts_file = out / PROBE_TSV, out / "layer_probe.opts"
     opts = " ".join(f"--{k} {getattr(args, k)}" for k in ("train_scp", "utt2spk", "trials_scp", "trials", "lda_dim",
@@ -83,21 +83,25 @@ def main(argv=None) -> None:
         logger.info("probed %d hidden states and their average in %.1f s -> %s", len(rows) - 1, time.time() - t0, tsv)
     for r in rows:
         logger.info("hidden state %-3s EER cosine %6.2f %%  PLDA %6.2f %%", r["layer"], r["eer_cosine"], r["eer_plda"])
-    for exp in args.exp_dirs:
-        plot_experiment(Path(exp), rows, args.trials_scp, args.allow_other_upstream)
+    for exp, model in zip(args.exp_dirs, models):
+        plot_experiment(Path(exp), model, rows, args.trials_scp)
 
 
-def plot_experiment(exp: Path, rows, stacks_scp: str, allow_other_upstream: bool) -> None:
+def load_experiment(exp: Path, stacks_scp: str, allow_other_upstream: bool):
+    """<exp>/model.pt, checked against the stacks before any work: it must take them."""
+    from upmp.checkpoint import load_model
+    from upmp.embeddings import check_stacks_fit
+    require_files(exp_dirs=str(exp / "model.pt"))
+    model, model_meta = load_model(str(exp / "model.pt"))
+    check_stacks_fit(stack_meta(stacks_scp), model_meta, f"{exp / 'model.pt'} and {stacks_scp}", allow_other_upstream)
+    return model
+
+
+def plot_experiment(exp: Path, model, rows, stacks_scp: str) -> None:
     """<exp>/layer_probe.png: the probe and the layers the experiment's model weights (layer_usage on
     a batch of stacks_scp's stacks)."""
     import torch
-
-    from upmp.checkpoint import load_model
-    from upmp.embeddings import check_stacks_fit
-    model, model_meta = load_model(str(exp / "model.pt"))
-    meta = stack_meta(stacks_scp)
-    check_stacks_fit(meta, model_meta, f"{exp / 'model.pt'} and {stacks_scp}", allow_other_upstream)
-    usage = layer_usage(model, torch.from_numpy(usage_batch(stacks_scp, meta)))
+    usage = layer_usage(model, torch.from_numpy(usage_batch(stacks_scp, stack_meta(stacks_scp))))
     backend = getattr(model.backend, "__class__").__name__
     plot_layer_probe(rows, exp / "layer_probe.png", usage, first_layer=0 if model.use_hidden0 else 1,
                      model_name=f"{exp.name} ({backend})")
