@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 
 from upmp.data.kaldi_dir import read_table
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, MatrixReader
-from upmp.errors import DataDirError, ScoringError
+from upmp.errors import ConfigError, DataDirError, ScoringError
 from upmp.fileio import atomic_write_bytes, atomic_write_text
 from upmp.metrics import compute_eer, compute_min_dcf
 from upmp.scoring.io import load_trials
@@ -195,6 +196,12 @@ def layer_probe(train_scp: str, utt2spk: str, trials_scp: str, trials: str, lda_
         raise ScoringError(f"{trials}: an EER needs target and nontarget trials, got {int(is_target.sum())} target "
                            f"and {int((~is_target).sum())} nontarget")
     test_utts = sorted({u for a, b, _ in trial_list for u in (a, b)})
+    need = (len(utts) + len(test_utts)) * (meta.num_layers + 1) * 2 * meta.dim * 4  # the pooled float32 statistics
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram // 2:
+        raise ConfigError(f"{train_scp}: the pooled statistics of {len(utts)} training and {len(test_utts)} trial "
+                          f"utterances need {need / 2**30:.1f} GiB, over half this machine's RAM "
+                          f"({ram / 2**30:.1f} GiB); fit on fewer with --max_utts_per_spk N")
     X_train = pooled_stacks(train_scp, train_entries, utts, meta, max_frames, desc="pool training stacks")
     X_test = pooled_stacks(trials_scp, test_entries, test_utts, meta, max_frames, desc="pool trial stacks")
     from tqdm import tqdm

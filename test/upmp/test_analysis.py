@@ -138,8 +138,8 @@ def test_experiment_plot_beside_the_model(probe_sets):
     assert not (tmp / "probe2").exists()  # refused before any work
 
 
-def test_bad_inputs_are_one_line_naming_the_file(probe_sets):
-    from upmp.errors import DataDirError
+def test_bad_inputs_are_one_line_naming_the_file(probe_sets, monkeypatch):
+    from upmp.errors import ConfigError, DataDirError
     tmp, args, _ = probe_sets
     train_scp, utt2spk, test_scp, trials = args[1], args[3], args[5], args[7]
     # trials naming an utterance without a stack
@@ -154,6 +154,11 @@ def test_bad_inputs_are_one_line_naming_the_file(probe_sets):
     with pytest.raises(DataDirError, match=rf"^{one}: the training stacks {train_scp} hold 1 speaker\(s\), 1 of "
                                            r"them with 2 or more utterances; LDA / PLDA need at least 2"):
         probe(*args[:3], one, *args[4:], "--out_dir", tmp / "out")
+    # pooled statistics over half the RAM (here a machine of 64 KiB): refused before reading a stack
+    monkeypatch.setattr("upmp.analysis.os.sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 16)
+    with pytest.raises(ConfigError, match=rf"^{train_scp}: the pooled statistics of 72 training and 40 trial "
+                                          r"utterances need 0.0 GiB, .*; fit on fewer with --max_utts_per_spk N$"):
+        probe(*args, "--out_dir", tmp / "out")
     assert not (tmp / "out").exists()
 
 
