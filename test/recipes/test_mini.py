@@ -82,12 +82,21 @@ def test_rerun_from_the_seed_is_repeatable_and_seeds_are_grouped(small_recipe):
 
 
 def test_stage_range_and_skipping(small_recipe):
+    """Stages 1-2 on complete outputs skip; --layer_probe true probes the stacks after stage 1 and
+    puts the model's layer usage beside the probe after stage 2 (reusing the probe's tsv)."""
     recipe, _ = small_recipe
-    r = run(recipe, "--stage", "1", "--stop_stage", "2", "--upstream", "wavlm_local")
+    r = run(recipe, "--stage", "1", "--stop_stage", "2", "--upstream", "wavlm_local", "--layer_probe", "true")
     assert r.returncode == 0, r.stderr
     assert "Stage 1" in r.stderr and "Stage 2" in r.stderr and "Stage 3" not in r.stderr and "Stage 0" not in r.stderr
     assert r.stderr.count("is complete, skipping") == 3
     assert "model.pt exists, skipping" in r.stderr
+    probe = recipe / "dump" / "wavlm_local_wavlm_tiny" / "layer_probe"
+    num_layers = json.loads((probe.parent / "voxceleb1_dev" / "layer_stack.json").read_text())["num_layers"]
+    layers = [line.split("\t")[0] for line in (probe / "layer_probe.tsv").read_text().splitlines()]
+    assert layers == ["layer"] + [str(i) for i in range(num_layers)] + ["avg"]
+    assert "--trials data/voxceleb1_valid/trials" in (probe / "layer_probe.opts").read_text()
+    assert "layer_probe.tsv is up to date" in r.stderr  # stage 2's call reused stage 1's probe
+    assert (recipe / "exp" / "upmp_wavlm_local_wavlm_tiny" / "layer_probe.png").stat().st_size > 1000
 
 
 def test_overlapping_sets_reuse_layer_stacks(small_recipe):

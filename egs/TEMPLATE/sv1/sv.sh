@@ -21,6 +21,9 @@ tiny_upstream=false        # true: build a tiny random-init <kind>_local checkpo
 storage=float32            # float32 | float16 | compressed (see upmp/data/layer_stacks.py)
 extract_device=cpu
 extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding changes Base models' features slightly)
+layer_probe=false          # true: after stage 1, an EER per hidden state from the stacks alone (upmp.bin.layer_probe)
+                           # -> ${dumpdir}/<upstream>/layer_probe; after stage 2, <exp>/layer_probe.png beside layer_usage.png
+layer_probe_args=""        # e.g. "--max_utts_per_spk 20 --max_frames 500" to bound the time on a large training set
 # Stage 2: backend training
 train_mode=cached       # cached: on stage 1's layer stacks | online: the upstream runs in the training loop (no stage 1)
 train_nproc=1           # >1: torchrun with this many processes (one per GPU; gloo on CPU)
@@ -54,6 +57,8 @@ Stages:
   0: data preparation (local/data.sh): Kaldi data dirs under data/ and trials
   1: layer stacks of every hidden state of the frozen upstream -> ${dumpdir}/<upstream>/<set>
      (skipped with --train_mode online)
+     with --layer_probe true, then the layer probe: EER of each hidden state (cosine, PLDA) on the
+     validation trials (else the first test set's) -> ${dumpdir}/<upstream>/layer_probe/layer_probe.{tsv,png}
   2: backend training (python -m upmp.bin.train; torchrun with --train_nproc > 1); with --lmft true
      then large-margin fine-tuning from the trained model (the config's lmft_conf) -> <exp>_lmft
   3: embedding extraction (xvector.scp per set; from audio with --train_mode online)
@@ -65,6 +70,7 @@ Options (default in brackets):
   --upstream <name> [${upstream}]  --upstream_ckpt <path> [${upstream_ckpt}]
   --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
+  --layer_probe <true|false> [${layer_probe}]  --layer_probe_args "<--key value ...>" [${layer_probe_args}]
   --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
   --train_nnodes <n> [${train_nnodes}]  --train_rdzv_endpoint <host:port> [${train_rdzv_endpoint}]  --train_rdzv_id <id> [${train_rdzv_id}]
   --backend "<upmp ltdnn_d3net ltdnn_ecapa lap mhfa superb_ecapa xvector>" [${backend}]  --train_config <yaml> [${train_config}]
@@ -135,6 +141,14 @@ if [ -n "${backend}" ]; then
 fi
 
 num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
+# --layer_probe: speaker information per hidden state of the stacks (reused while up to date); args: exp dirs
+layer_probe_run() {
+  local probe_set=${valid_set:-${test_sets%% *}}
+  # shellcheck disable=SC2086
+  ${python} -m upmp.bin.layer_probe --train_scp "${dump}/${train_set}/layers.scp" --utt2spk "data/${train_set}/utt2spk" \
+    --trials_scp "${dump}/${probe_set}/layers.scp" --trials "data/${probe_set}/trials" --out_dir "${dump}/layer_probe" \
+    ${layer_probe_args} ${1:+--exp_dirs} "$@"
+}
 
 if [ "${stage}" -le 0 ] && [ "${stop_stage}" -ge 0 ]; then
   log "Stage 0: data preparation"
@@ -206,6 +220,7 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     fi
     ${python} -m upmp.bin.join_layers --data_dir "data/${set}" --out_dir "${out}" --run_id "${run_id}"
   done
+  if "${layer_probe}"; then layer_probe_run; fi
 fi
 
 # <config>[@<seed>][:lmft] in training order: each model (per seed with --seeds), then (--lmft true)
@@ -258,6 +273,7 @@ for run in ${runs}; do
       sleep 1; kill "${follow}" 2>/dev/null || true
       [ "${rc}" -eq 0 ] || exit "${rc}"
     fi
+    if "${layer_probe}" && [ "${train_mode}" == cached ]; then layer_probe_run "${exp}"; fi
   fi
 
   if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
