@@ -105,7 +105,7 @@ def plot_experiment(exp: Path, model, rows, stacks_scp: str) -> None:
     a batch of stacks_scp's stacks)."""
     import torch
     usage = layer_usage(model, torch.from_numpy(usage_batch(stacks_scp, stack_meta(stacks_scp))))
-    backend = getattr(model.backend, "__class__").__name__
+    backend = model.backend.__class__.__name__
     plot_layer_probe(rows, exp / "layer_probe.png", usage, first_layer=0 if model.use_hidden0 else 1,
                      model_name=f"{exp.name} ({backend})")
     logger.info("%s: the probe beside the layers its model weights", exp / "layer_probe.png")
