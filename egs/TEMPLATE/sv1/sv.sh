@@ -106,6 +106,9 @@ if [ $# -ne 0 ]; then log "unexpected arguments: $*\n${help_message}"; exit 1; f
 if [ -z "${train_set}" ] || [ -z "${test_sets}" ]; then log "--train_set and --test_sets are required"; exit 1; fi
 for m in ${scoring}; do case ${m} in cosine|plda) ;; *) log "unknown --scoring ${m} (cosine, plda)"; exit 1 ;; esac; done
 case ${train_mode} in cached|online) ;; *) log "unknown --train_mode ${train_mode} (cached, online)"; exit 1 ;; esac
+if "${layer_probe}" && [ "${train_mode}" == online ]; then
+  log "--layer_probe true needs stage 1's cached stacks: run it with --train_mode cached (online training caches nothing)"; exit 1
+fi
 for n in ${score_norm}; do case ${n} in none|snorm|asnorm) ;; *) log "unknown --score_norm ${n} (none, snorm, asnorm)"; exit 1 ;; esac; done
 for c in ${calibration}; do case ${c} in linear|qmf) ;; *) log "unknown --calibration ${c} (linear, qmf)"; exit 1 ;; esac; done
 systems=""
