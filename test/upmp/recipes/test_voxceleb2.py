@@ -178,3 +178,97 @@ def test_recipe_stage0_convert_audio(tmp_path, small_corpus, small_vox2):
     assert DataDir.load(recipe / "data" / "voxceleb2_dev").wav_scp == data_before
     bad = run(recipe, "--stage", "0", "--stop_stage", "0", "--convert_audio", "mp3")
     assert bad.returncode != 0 and "--convert_audio must be none, flac or wav" in bad.stderr
+
+
+def vox2_test_tree(small_vox2, root, n=3):
+    """A Vox2 root holding only the test part: n speakers of the fixture's dev/wav as test/wav/<id>
+    (2 videos x 2 utterances each), listed as `test` in vox2_meta.csv."""
+    src, _ = small_vox2
+    for spk in dev_speakers(n):
+        shutil.copytree(src / "dev" / "wav" / spk, root / "test" / "wav" / spk)
+    (root / "vox2_meta.csv").write_text("VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set \n"
+                                        + "".join(f"{s} ,n{s[2:]}0 ,m ,test \n" for s in dev_speakers(n)))
+    return root
+
+
+def check_authors_trials(trials, utts, total):
+    """The rules of the authors' trials-vox2.csv script, counted from the list itself: ceil((total // 2) / S)
+    targets per speaker, ceil((total // 2) / C(S, 2)) nontargets per speaker pair, no pair twice."""
+    from math import ceil
+    spk = {u: u.split("-")[0] for u in utts}
+    speakers = sorted(set(spk.values()))
+    pairs = [(a, b) for i, a in enumerate(speakers) for b in speakers[i + 1:]]
+    per_spk = {s: 0 for s in speakers}
+    per_pair = {p: 0 for p in pairs}
+    for a, b, t in trials:
+        assert a != b and (spk[a] == spk[b]) == t
+        if t:
+            per_spk[spk[a]] += 1
+        else:
+            per_pair[tuple(sorted((spk[a], spk[b])))] += 1
+    assert set(per_spk.values()) == {ceil((total // 2) / len(speakers))}
+    assert set(per_pair.values()) == {ceil((total // 2) / len(pairs))}
+    assert len({frozenset((a, b)) for a, b, _ in trials}) == len(trials)
+
+
+def test_authors_balanced_trials():
+    from upmp.recipes.voxceleb import authors_balanced_trials
+    # 4 speakers x 6 videos x 1-4 utterances
+    utts = [f"id{s:05d}-vid{s}{v}xxxxxxx-{n:05d}" for s in range(4) for v in range(6) for n in range(1, 1 + (s + v) % 4 + 1)]
+    trials = authors_balanced_trials(utts, seed=3, total=200)
+    check_authors_trials(trials, utts, 200)
+    # S = 4: 25 targets per speaker (100), 17 nontargets for each of the 6 pairs (102): the authors' rule
+    # balances per speaker and per pair, so the totals are equal only when S = 3
+    assert (sum(t for *_, t in trials), len(trials)) == (100, 202)
+    same = sum(t and a.split("-")[1] == b.split("-")[1] for a, b, t in trials)
+    assert 30 <= same <= 70  # a fair coin between one video and two videos
+    assert trials == authors_balanced_trials(list(reversed(utts)), seed=3, total=200)  # order-free, seeded
+    assert trials != authors_balanced_trials(utts, seed=4, total=200)
+    three = [u for u in utts if not u.startswith("id00003")]
+    t3 = authors_balanced_trials(three, seed=0, total=60)
+    check_authors_trials(t3, three, 60)
+    assert sum(t for *_, t in t3) == len(t3) - sum(t for *_, t in t3) == 30
+    # every distinct pair is used before a speaker runs out: then an error, not a loop
+    one_video = ["id00001-aaaaaaaaaaa-00001", "id00001-aaaaaaaaaaa-00002", "id00002-bbbbbbbbbbb-00001",
+                 "id00002-ccccccccccc-00001"]
+    t = authors_balanced_trials(one_video, seed=0, total=2)  # id00001: one video, so a same-video target
+    assert t[0] == ("id00001-aaaaaaaaaaa-00001", "id00001-aaaaaaaaaaa-00002", True) or \
+        t[0] == ("id00001-aaaaaaaaaaa-00002", "id00001-aaaaaaaaaaa-00001", True)
+    assert t[1][2] and t[1][0].split("-")[1] != t[1][1].split("-")[1]  # id00002: two videos of one utt each
+    with pytest.raises(DataDirError, match="speaker id00001 has 2 utterances, too few for 2 distinct target trials; "
+                                           "ask for fewer than 8 validation trials"):
+        authors_balanced_trials(one_video, seed=0, total=8)
+
+
+def test_vox2_test_valid(tmp_path, small_vox2, capsys):
+    from upmp.bin.common import run_main
+    from upmp.bin.prepare_voxceleb2 import main
+    from upmp.recipes.voxceleb import prepare_voxceleb2_test_valid
+    root = vox2_test_tree(small_vox2, tmp_path / "VoxCeleb2")
+    out = prepare_voxceleb2_test_valid(str(root), str(tmp_path / "data"), seed=5, total_trials=12)
+    validate_data_dir(out["voxceleb2_test_valid"])
+    data = DataDir.load(out["voxceleb2_test_valid"])
+    trials = read_kaldi_trials(str(out["voxceleb2_test_valid"] / "trials"))
+    check_authors_trials(trials, data.utts, 12)
+    assert (len(trials), sum(t for *_, t in trials)) == (12, 6)  # 3 speakers: 2 targets each, 2 per pair
+    assert set(data.spk2utt) == set(dev_speakers(3))
+    assert set(data.utts) == {u for a, b, _ in trials for u in (a, b)}  # only what the trials use
+    assert all(p.startswith(str(root.resolve() / "test" / "wav")) for p in data.wav_scp.values())
+    first = (out["voxceleb2_test_valid"] / "trials").read_bytes()
+    main(["--root", str(root), "--out", str(tmp_path / "again"), "--test_valid", "--valid_trials", "12", "--seed", "5"])
+    assert (tmp_path / "again" / "voxceleb2_test_valid" / "trials").read_bytes() == first
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["voxceleb2_test_valid"]
+    # a dev speaker in the test tree; no test tree: one line each, nothing written
+    lines = (root / "vox2_meta.csv").read_text().splitlines()
+    (root / "vox2_meta.csv").write_text("\n".join(lines[:2] + [lines[2].replace("test", "dev")] + lines[3:]) + "\n")
+    with pytest.raises(DataDirError, match=rf"vox2_meta.csv:3: speaker {dev_speakers(2)[1]} is in .*test/wav but "
+                                           "listed as 'dev'"):
+        prepare_voxceleb2_test_valid(str(root), str(tmp_path / "bad"), total_trials=12)
+    src, _ = small_vox2
+    for argv, says in ((["--root", str(src), "--test_valid"], f"{src}: no VoxCeleb2 test audio (test/aac/"),
+                       (["--root", str(root), "--test_valid", "--valid_speakers", "2"], "give one of the two")):
+        with pytest.raises(SystemExit) as e:
+            run_main(main, argv + ["--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 1 and "\n" not in err and "error: " in err and says in err
+    assert not (tmp_path / "bad").exists()
