@@ -225,7 +225,8 @@ def test_vox2_test_valid(tmp_path, small_vox2, capsys):
     assert set(data.utts) == {u for a, b, _ in trials for u in (a, b)}  # only what the trials use
     assert all(p.startswith(str(root.resolve() / "test" / "wav")) for p in data.wav_scp.values())
     first = (out["voxceleb2_test_valid"] / "trials").read_bytes()
-    main(["--root", str(root), "--out", str(tmp_path / "again"), "--test_valid", "--valid_trials", "12", "--seed", "5"])
+    main(["--root", str(root), "--out", str(tmp_path / "again"), "--test_valid", "--valid_trials", "12", "--seed", "5",
+          "--protocol_url", "none"])
     assert (tmp_path / "again" / "voxceleb2_test_valid" / "trials").read_bytes() == first
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["voxceleb2_test_valid"]
     # a dev speaker in the test tree; no test tree: one line each, nothing written
@@ -241,4 +242,38 @@ def test_vox2_test_valid(tmp_path, small_vox2, capsys):
             run_main(main, argv + ["--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()
         assert e.value.code == 1 and "\n" not in err and "error: " in err and says in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_vox2_test_valid_from_the_authors_list(tmp_path, small_vox2, caplog):
+    """Their trials-vox2.csv (LABEL,SAMPLE1,SAMPLE2,VSRC_MATCH; vox2_test_wav/<id>/<video>/<n>.wav) from a
+    --protocol_dir, or downloaded into the cache at the paper's commit: used as it is, repeats included."""
+    import logging
+    from upmp.recipes.voxceleb import prepare_voxceleb2_test_valid
+    root = vox2_test_tree(small_vox2, tmp_path / "VoxCeleb2")
+    a, b, c = dev_speakers(3)
+    va, vb = sorted(p.name for p in (root / "test" / "wav" / a).iterdir())
+    rows = [(1, f"{a}/{va}/00001.wav", f"{a}/{va}/00002.wav", 1), (1, f"{b}/{va}/00001.wav", f"{b}/{vb}/00002.wav", 0),
+            (0, f"{a}/{vb}/00002.wav", f"{c}/{va}/00001.wav", 0), (0, f"{a}/{vb}/00002.wav", f"{c}/{va}/00001.wav", 0)]
+    text = "LABEL,SAMPLE1,SAMPLE2,VSRC_MATCH\n" + "".join(f"{l},vox2_test_wav/{x},vox2_test_wav/{y},{m}\n" for l, x, y, m in rows)
+    csv = tmp_path / "proto" / "VoxCeleb" / "trials" / "trials-vox2.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text(text)
+    utt = lambda path: path.replace(".wav", "").replace("/", "-")  # noqa: E731
+    expected = [(utt(x), utt(y), bool(l)) for l, x, y, _ in rows]
+    with caplog.at_level(logging.INFO):
+        out = prepare_voxceleb2_test_valid(str(root), str(tmp_path / "data"), protocol_dir=str(tmp_path / "proto"))
+    assert read_kaldi_trials(str(out["voxceleb2_test_valid"] / "trials")) == expected
+    assert "protocol source: local directory" in caplog.text and "1 repeated line(s)" in caplog.text
+    assert sorted(DataDir.load(out["voxceleb2_test_valid"]).utts) == sorted({u for x, y, _ in expected for u in (x, y)})
+    remote = tmp_path / "repo" / "VoxCeleb" / "preprocess" / "trials" / "trials-vox2.csv"
+    remote.parent.mkdir(parents=True)
+    remote.write_text(text)
+    out = prepare_voxceleb2_test_valid(str(root), str(tmp_path / "dl"), cache_dir=str(tmp_path / "dl" / "local"),
+                                       url_base=(tmp_path / "repo").as_uri())
+    assert read_kaldi_trials(str(out["voxceleb2_test_valid"] / "trials")) == expected
+    assert (tmp_path / "dl" / "local" / "VoxCeleb" / "trials" / "trials-vox2.csv").read_text() == text
+    csv.write_text(text.replace(f"{c}/{va}/00001.wav", f"{c}/{va}/00009.wav", 1))
+    with pytest.raises(DataDirError, match=rf"trials-vox2.csv:4: utterance '{c}-{va}-00009' not found under .*test/wav"):
+        prepare_voxceleb2_test_valid(str(root), str(tmp_path / "bad"), protocol_dir=str(tmp_path / "proto"))
     assert not (tmp_path / "bad").exists()
