@@ -26,7 +26,7 @@
 #                             veri_test.txt (37,720 trials = their trials-vox1.csv; voxceleb1_test_orig), so the model
 #                             is chosen on (nearly) the Vox1-O test pairs; test on Vox1-O / E / H cleaned as with upmp;
 #                             experiment dirs end in _authors. Their scores differ in two conventions upmp does not
-#                             copy: cosine clamped to [0, 1] (EER unchanged unless the EER threshold is <= 0) and
+#                             copy: cosine clamped to [0, 1] (EER unchanged unless its threshold is below 0) and
 #                             minDCF (P_target 0.01) not normalised: their minDCF x 100 = our minDCF. docs/method.md
 #   --exp_tag TAG             [empty] suffix of the experiment dirs (with --protocol authors: authors_TAG)
 # Paper upstreams, by their S3PRL names (L Transformer layers + hidden state 0, D):
