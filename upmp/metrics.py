@@ -19,6 +19,9 @@ import numpy as np
 from upmp.errors import ScoringError
 
 EER_CONVENTION = "linear interpolation between the operating points that bracket P_miss = P_fa"
+# How figures of the UniPool / L-TDNN authors' code compare with ours (docs/method.md, "Evaluation protocols").
+AUTHORS_CONVENTIONS = ("the UniPool / L-TDNN authors' code reports minDCF (0.01) unnormalised (theirs x 100 = ours) "
+                       "and clamps cosine scores to [0, 1] (the same EER unless its threshold is below 0)")
 
 
 def operating_points(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import yaml
 from upmp.scoring.io import align_scores
 from upmp.errors import ScoringError
 from upmp.fileio import atomic_write_text
-from upmp.metrics import EER_CONVENTION, compute_eer, compute_min_dcf, operating_points
+from upmp.metrics import AUTHORS_CONVENTIONS, EER_CONVENTION, compute_eer, compute_min_dcf, operating_points
 from upmp.scoring.calibration import actual_dcf, cllr
 
 
@@ -110,7 +110,7 @@ def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Seque
         f"- upstream: {upstream}",
         f"- backend: {cfg.get('backend', '?')} ({model.get('num_params', '?')} trainable parameters, "
         f"loss head excluded; trained in {model.get('train_seconds', 0):.0f} s); config: {exp / 'config.yaml'}",
-        f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1",
+        f"- EER: {EER_CONVENTION}; minDCF normalised, C_miss = C_fa = 1 ({AUTHORS_CONVENTIONS})",
         "- systems: <scoring>[.<score norm>]; Cllr (bits) and actDCF after logistic calibration on the "
         "validation trials, where a validation set is given; <system>.qmf: quality-aware calibration (score, "
         "log durations and embedding norms of both sides) on the validation trials, whose LLRs also give its "
@@ -241,7 +241,7 @@ def write_comparison(out: str, exp_dirs: Iterable[str]) -> List[dict]:
                     f"{g['system']} | {mean_and_range(g, 'eer', '.2f')} | {mean_and_range(g, 'mindcf_0.01', '.4f')} | "
                     f"{mean_and_range(g, 'mindcf_0.05', '.4f')} |")
     lines = [f"# Backend comparison ({time.strftime('%Y-%m-%d %H:%M')})", "",
-             f"EER: {EER_CONVENTION}; minDCF normalised. Parameters: trainable, loss head excluded. "
+             f"EER: {EER_CONVENTION}; minDCF normalised ({AUTHORS_CONVENTIONS}). Parameters: trainable, loss head excluded. "
              "Several training seeds (<name>_seed<N>): the mean and (the range) over them.", "",
              "| experiment | backend | parameters | training (s) | seeds | test set | system | EER (%) | "
              "minDCF (0.01) | minDCF (0.05) |",

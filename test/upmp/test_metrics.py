@@ -92,3 +92,40 @@ def test_errors():
         compute_eer([0.1, 0.2], [1])
     with pytest.raises(ValueError, match="p_target"):
         compute_min_dcf([0.1, 0.2], [1, 0], 1.5)
+
+
+def authors_sweep(tar, non, p_target=0.01):
+    """The UniPool / L-TDNN authors' metrics as their code computes them (SpeechBrain's sweep), written
+    out: thresholds at the distinct scores and the midpoints between them, reject when score <= t;
+    EER = (FAR + FRR) / 2 at the first threshold with the smallest |FAR - FRR| (and that threshold);
+    minDCF = min P_miss P_tar + P_fa (1 - P_tar), not normalised."""
+    s = sorted(set(tar) | set(non))
+    best, dcf = None, float("inf")
+    for t in sorted(s + [(a + b) / 2 for a, b in zip(s, s[1:])]):
+        frr = sum(x <= t for x in tar) / len(tar)
+        far = sum(x > t for x in non) / len(non)
+        if best is None or abs(far - frr) < abs(best[0] - best[1]):
+            best = (far, frr, t)
+        dcf = min(dcf, frr * p_target + far * (1 - p_target))
+    return (best[0] + best[1]) / 2, best[2], dcf
+
+
+def test_authors_conventions():
+    """What RESULTS.md and docs/method.md say about comparing with the authors' figures: their minDCF (0.01)
+    x 100 is ours; clamping cosine to [0, 1] leaves their EER alone when its threshold is above 0, and
+    changes it when below (hand-computed case)."""
+    rng = np.random.default_rng(0)
+    tar, non = np.clip(rng.normal(0.5, 0.2, 60), -1, 1), np.clip(rng.normal(0.05, 0.2, 240), -1, 1)
+    assert (non < 0).sum() > 50  # many nontargets below 0: clamping merges them into ties at 0
+    scores, labels = np.r_[tar, non], np.r_[np.ones(60, bool), np.zeros(240, bool)]
+    eer, threshold, dcf = authors_sweep(list(tar), list(non))
+    assert threshold > 0 and compute_min_dcf(scores, labels, 0.01) == pytest.approx(100 * dcf)
+    clamped = authors_sweep(list(np.clip(tar, 0, 1)), list(np.clip(non, 0, 1)))
+    assert clamped[0] == eer and clamped[2] == pytest.approx(dcf)
+    assert abs(compute_eer(scores, labels) - eer) <= 1 / 60  # interpolated vs their midpoint: within a trial
+    # the EER threshold below 0: -0.2 (FRR = FAR = 1/3); clamped, the four scores <= 0 tie at 0 and the
+    # best point is t = 0 (FRR 1/3, FAR 0): 1/6
+    tar, non = [-0.2, 0.3, 0.5], [-0.5, -0.4, -0.1]
+    assert authors_sweep(tar, non)[:2] == (pytest.approx(1 / 3), -0.2)
+    assert authors_sweep([max(x, 0) for x in tar], [max(x, 0) for x in non])[:2] == (pytest.approx(1 / 6), 0)
+    assert compute_eer(np.r_[tar, non], np.r_[[True] * 3, [False] * 3]) == pytest.approx(1 / 3)

@@ -7,6 +7,7 @@ repository keeps the same files under data/<corpus>/preprocess/):
     <dir>/LibriSpeech/trials/trials-{dev,test}.csv                (speaker splits = the subsets)
     <dir>/VoxCeleb/speakers/speaker-vox{1,2}-{dev,test}.csv       ID
     <dir>/VoxCeleb/trials/trials-vox1.csv
+    <dir>/VoxCeleb/trials/trials-vox2.csv                         (corpus key voxceleb_vox2_trials)
 Files are resolved in this order: a local directory given by the user, a download from the
 paper's repository (raw URLs at a fixed commit) into a cache directory (same layout, so a cache
 can be given as a local directory later), or None, and the caller regenerates equivalent
@@ -53,6 +54,11 @@ PROTOCOL_FILES: Dict[str, Dict[str, str]] = {
         "speakers_vox2_dev": "VoxCeleb/speakers/speaker-vox2-dev.csv",
         "speakers_vox2_test": "VoxCeleb/speakers/speaker-vox2-test.csv",
         "trials_vox1": "VoxCeleb/trials/trials-vox1.csv",
+    },
+    # the validation list of the authors' VoxCeleb1 runs (recipe option --protocol authors); not among
+    # the files of ../shared/protocols/unipool-sv, so resolved apart from the other VoxCeleb files
+    "voxceleb_vox2_trials": {
+        "trials_vox2": "VoxCeleb/trials/trials-vox2.csv",
     },
 }
 # First header field of each kind of file: a download that is not such a CSV (an HTML error

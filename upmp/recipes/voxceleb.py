@@ -15,6 +15,8 @@ only in test-only mode (`test_only=True`) and refused when voxceleb1_dev is writ
 VoxCeleb2, read (vox2_dev_aac.zip unpacks to `dev/aac/`; `dev/wav/` is the same tree converted):
     <root>/dev/aac/<idNNNNN>/<video>/<nnnnn>.m4a    or    <root>/dev/wav/<idNNNNN>/<video>/<nnnnn>.wav
     <root>/vox2_meta.csv        optional, comma- or tab-separated: VoxCeleb2 ID, VGGFace2 ID, Gender, Set
+    <root>/test/aac/...  or  <root>/test/wav/...     the 118 test speakers (vox2_test_aac.zip unzipped into
+                                test/), read only for the authors' validation list (prepare_voxceleb2_test_valid)
 m4a files become `ffmpeg ... |` pipes in wav.scp (16 kHz mono 16-bit). utt2dur is written for
 wav trees only: an m4a duration needs one ffprobe run per file (about a million files).
 
@@ -29,8 +31,11 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
+
 from upmp.data.audio import SAMPLE_RATE, audio_headers
 from upmp.data.kaldi_dir import DataDir, DataDirError, c_sort_key
+from upmp.recipes.protocols import resolve_protocol
 from upmp.data.trials import (check_trial_list, make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
                               write_kaldi_trials)
 
@@ -255,17 +260,36 @@ def prepare_voxceleb1(root: str, out_dir: str, trials_file: str = "veri_test2.tx
     return write_sets(out, sets, set_trials, wav_durations(needed))
 
 
-def find_vox2_dev_tree(root: Path, audio: str = "auto") -> Tuple[Path, str]:
-    """(tree, extension) of the VoxCeleb2 dev audio: dev/wav (converted) first, then dev/aac."""
-    choices = {"wav": (root / "dev" / "wav", "wav"), "m4a": (root / "dev" / "aac", "m4a")}
+def find_vox2_tree(root: Path, audio: str = "auto", part: str = "dev") -> Tuple[Path, str]:
+    """(tree, extension) of the VoxCeleb2 `part` (dev or test) audio: <part>/wav (converted) first,
+    then <part>/aac."""
+    choices = {"wav": (root / part / "wav", "wav"), "m4a": (root / part / "aac", "m4a")}
     if audio not in ("auto", *choices):
         raise DataDirError(f"unknown VoxCeleb2 audio format {audio!r} (auto, wav, m4a)")
     for kind in (("wav", "m4a") if audio == "auto" else (audio,)):
         tree, ext = choices[kind]
         if tree.is_dir():
             return tree, ext
-    raise DataDirError(f"{root}: no VoxCeleb2 dev tree (dev/aac/<id>/<video>/<n>.m4a or dev/wav/...)"
+    if part == "test":
+        raise DataDirError(f"{root}: no VoxCeleb2 test audio (test/aac/<id>/<video>/<n>.m4a or test/wav/...); "
+                           "the authors' protocol validates a VoxCeleb1 model on the 118 Vox2 test speakers: "
+                           "unzip vox2_test_aac.zip into <root>/test and give --voxceleb2_root <root>")
+    raise DataDirError(f"{root}: no VoxCeleb2 {part} tree ({part}/aac/<id>/<video>/<n>.m4a or {part}/wav/...)"
                        + ("" if audio == "auto" else f" for audio format {audio}"))
+
+
+def check_vox2_meta(root: Path, tree: Path, utts: Dict[str, Path], part: str) -> None:
+    """With <root>/vox2_meta.csv present, every speaker of `tree` must be listed in set `part`."""
+    meta = root / "vox2_meta.csv"
+    if not meta.is_file():
+        return
+    sets_meta = read_vox2_meta(meta)
+    for spk in sorted({speaker_of(u) for u in utts}, key=c_sort_key):
+        if spk not in sets_meta:
+            raise DataDirError(f"{meta}: speaker {spk} of {tree} is not listed")
+        if sets_meta[spk][0] != part:
+            raise DataDirError(f"{meta}:{sets_meta[spk][1]}: speaker {spk} is in {tree} but listed as "
+                               f"'{sets_meta[spk][0]}'")
 
 
 def prepare_voxceleb2(root: str, out_dir: str, dev_name: str = "voxceleb2_dev", valid_speakers: int = 0,
@@ -280,20 +304,119 @@ def prepare_voxceleb2(root: str, out_dir: str, dev_name: str = "voxceleb2_dev", 
     on VoxCeleb1 (prepare_voxceleb1 with test_only / extended).
     """
     root_p, out = Path(root), Path(out_dir)
-    tree, ext = find_vox2_dev_tree(root_p, audio)
+    tree, ext = find_vox2_tree(root_p, audio)
     utts = scan_tree(tree, ext)
     logger.info("VoxCeleb2 dev tree %s: %d utterances", tree, len(utts))
-    meta = root_p / "vox2_meta.csv"
-    if meta.is_file():
-        sets_meta = read_vox2_meta(meta)
-        for spk in sorted({speaker_of(u) for u in utts}, key=c_sort_key):
-            if spk not in sets_meta:
-                raise DataDirError(f"{meta}: speaker {spk} of {tree} is not listed")
-            if sets_meta[spk][0] != "dev":
-                raise DataDirError(f"{meta}:{sets_meta[spk][1]}: speaker {spk} is in {tree} but listed as "
-                                   f"'{sets_meta[spk][0]}'")
+    check_vox2_meta(root_p, tree, utts, "dev")
     sets, set_trials = {dev_name: utts}, {}
     if valid_speakers > 0:
         sets[dev_name], sets[valid_name] = hold_out_speakers(utts, valid_speakers, root_p)
         set_trials[valid_name] = validation_trials(list(sets[valid_name]), seed, valid_targets_per_speaker)
     return write_sets(out, sets, set_trials, wav_durations(utts))
+
+
+# The authors' trials-vox2.csv: their --total_sample_size, "approximate sample size for total number of trial pairs"
+AUTHORS_VALID_TRIALS = 64000
+
+
+def authors_balanced_trials(utts: Sequence[str], seed: int, total: int = AUTHORS_VALID_TRIALS) -> Trials:
+    """Balanced trials by the rules of the UniPool authors' script for trials-vox2.csv.
+
+    With S speakers: ceil((total // 2) / S) target trials per speaker, and ceil((total // 2) /
+    C(S, 2)) nontarget trials per speaker pair (64,000 over the 118 Vox2 test speakers: 272 x 118 =
+    32,096 targets and 5 x 6,903 = 34,515 nontargets; equal counts when S = 3). Speakers are visited
+    in turn (C order), pairs in combinations order, targets first. A target trial is, on a fair
+    coin, two utterances of one video (among videos with two or more) or one utterance each of two
+    different videos; a nontarget trial takes a random video of each speaker, then a random
+    utterance of it. Unlike the authors' script no pair is drawn twice (a repeat is drawn again;
+    when a speaker's pairs of one kind are used up the other kind is taken), and the generator is
+    numpy's seeded with `seed` (theirs: Python's random, seed 42): the list follows their rules and
+    sizes, not their lines.
+    """
+    tree: Dict[str, Dict[str, List[str]]] = {}
+    for u in sorted(utts, key=c_sort_key):
+        tree.setdefault(speaker_of(u), {}).setdefault(utt_session(u), []).append(u)
+    speakers = sorted(tree, key=c_sort_key)
+    if len(speakers) < 2:
+        raise DataDirError(f"balanced trials need at least two speakers, got {len(speakers)}")
+    spk_pairs = [(a, b) for i, a in enumerate(speakers) for b in speakers[i + 1:]]
+    n_pos, n_neg = -(-(total // 2) // len(speakers)), -(-(total // 2) // len(spk_pairs))
+    size = {s: sum(len(v) for v in tree[s].values()) for s in speakers}
+    same_left = {s: sum(len(v) * (len(v) - 1) // 2 for v in tree[s].values()) for s in speakers}
+    cross_left = {s: size[s] * (size[s] - 1) // 2 - same_left[s] for s in speakers}
+    for s in speakers:
+        if same_left[s] + cross_left[s] < n_pos:
+            raise DataDirError(f"speaker {s} has {size[s]} utterances, too few for {n_pos} distinct target trials; "
+                               f"ask for fewer than {total} validation trials")
+    # then every speaker pair has enough distinct nontarget pairs: n_neg <= 2 * n_pos (C(S, 2) >= S / 2),
+    # and size[a] * size[b] >= m * m > m * (m - 1) >= 2 * n_pos, with m the smaller of the two sizes
+    rng = np.random.default_rng(seed)
+    seen: Set[Tuple[str, str]] = set()
+    videos = {s: [tree[s][v] for v in sorted(tree[s])] for s in speakers}  # utterance lists, by video
+    multi = {s: [v for v in videos[s] if len(v) >= 2] for s in speakers}
+
+    def pick(seq):
+        return seq[int(rng.integers(len(seq)))]
+
+    def two(seq):  # two different elements, each ordered pair equally likely
+        i, j = int(rng.integers(len(seq))), int(rng.integers(len(seq) - 1))
+        return seq[i], seq[j + (j >= i)]
+
+    def draw(make, *args) -> Tuple[str, str]:
+        while True:
+            a, b = make(*args)
+            if (a, b) not in seen and (b, a) not in seen:
+                seen.add((a, b))
+                return a, b
+
+    def same_video(s):
+        return two(pick(multi[s]))
+
+    def cross_video(s):
+        v, w = two(videos[s])
+        return pick(v), pick(w)
+
+    def any_utterances(a, b):
+        return pick(pick(videos[a])), pick(pick(videos[b]))
+
+    trials: Trials = []
+    for _ in range(n_pos):
+        for s in speakers:
+            same = bool(rng.random() >= 0.5)
+            if (same and not same_left[s]) or (not same and not cross_left[s]):
+                same = not same
+            if same:
+                same_left[s] -= 1
+            else:
+                cross_left[s] -= 1
+            trials.append((*draw(same_video if same else cross_video, s), True))
+    for _ in range(n_neg):
+        for a, b in spk_pairs:
+            trials.append((*draw(any_utterances, a, b), False))
+    return trials
+
+
+def prepare_voxceleb2_test_valid(root: str, out_dir: str, valid_name: str = "voxceleb2_test_valid", seed: int = 0,
+                                 total_trials: int = AUTHORS_VALID_TRIALS, audio: str = "auto",
+                                 protocol_dir: Optional[str] = None, cache_dir: Optional[str] = None,
+                                 url_base: Optional[str] = None) -> Dict[str, Path]:
+    """Write <out_dir>/<valid_name>: the authors' validation list for VoxCeleb1-trained models,
+    trials over the VoxCeleb2 test speakers, from <root>/test/wav or <root>/test/aac; the data
+    dir holds the utterances of the trials. The list is the authors' own trials-vox2.csv when
+    resolve_protocol finds it (protocol_dir, else a download from url_base into cache_dir; every
+    utterance must be in the tree), else regenerated by their rules (authors_balanced_trials:
+    seed, total_trials). With vox2_meta.csv present, every speaker of the tree must be `test`."""
+    root_p = Path(root)
+    tree, ext = find_vox2_tree(root_p, audio, part="test")
+    utts = scan_tree(tree, ext)
+    logger.info("VoxCeleb2 test tree %s: %d utterances", tree, len(utts))
+    check_vox2_meta(root_p, tree, utts, "test")
+    protocol = resolve_protocol("voxceleb_vox2_trials", protocol_dir, cache_dir, url_base)
+    if protocol is not None:
+        trials = read_trial_list(protocol["trials_vox2"])
+        check_trials(protocol["trials_vox2"], trials, utts, where=str(tree))
+    else:
+        trials = authors_balanced_trials(list(utts), seed, total_trials)
+    used = {u for a, b, _ in trials for u in (a, b)}
+    subset = {u: p for u, p in utts.items() if u in used}
+    return write_sets(Path(out_dir), {valid_name: subset}, {valid_name: trials}, wav_durations(subset))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes.voxceleb import check_authors_trials, vox2_test_tree
 from helpers import dev_speakers
 from upmp.data.audio import load_audio
 from upmp.data.kaldi_dir import DataDir, DataDirError, validate_data_dir
@@ -178,3 +179,101 @@ def test_recipe_stage0_convert_audio(tmp_path, small_corpus, small_vox2):
     assert DataDir.load(recipe / "data" / "voxceleb2_dev").wav_scp == data_before
     bad = run(recipe, "--stage", "0", "--stop_stage", "0", "--convert_audio", "mp3")
     assert bad.returncode != 0 and "--convert_audio must be none, flac or wav" in bad.stderr
+
+
+def test_authors_balanced_trials():
+    from upmp.recipes.voxceleb import authors_balanced_trials
+    # 4 speakers x 6 videos x 1-4 utterances
+    utts = [f"id{s:05d}-vid{s}{v}xxxxxxx-{n:05d}" for s in range(4) for v in range(6) for n in range(1, 1 + (s + v) % 4 + 1)]
+    trials = authors_balanced_trials(utts, seed=3, total=200)
+    check_authors_trials(trials, utts, 200)
+    # S = 4: 25 targets per speaker (100), 17 nontargets for each of the 6 pairs (102): the authors' rule
+    # balances per speaker and per pair, so the totals are equal only when S = 3
+    assert (sum(t for *_, t in trials), len(trials)) == (100, 202)
+    same = sum(t and a.split("-")[1] == b.split("-")[1] for a, b, t in trials)
+    assert 30 <= same <= 70  # a fair coin between one video and two videos
+    assert trials == authors_balanced_trials(list(reversed(utts)), seed=3, total=200)  # order-free, seeded
+    assert trials != authors_balanced_trials(utts, seed=4, total=200)
+    three = [u for u in utts if not u.startswith("id00003")]
+    t3 = authors_balanced_trials(three, seed=0, total=60)
+    check_authors_trials(t3, three, 60)
+    assert sum(t for *_, t in t3) == len(t3) - sum(t for *_, t in t3) == 30
+    # every distinct pair is used before a speaker runs out: then an error, not a loop
+    one_video = ["id00001-aaaaaaaaaaa-00001", "id00001-aaaaaaaaaaa-00002", "id00002-bbbbbbbbbbb-00001",
+                 "id00002-ccccccccccc-00001"]
+    t = authors_balanced_trials(one_video, seed=0, total=2)  # id00001: one video, so a same-video target
+    assert t[0] == ("id00001-aaaaaaaaaaa-00001", "id00001-aaaaaaaaaaa-00002", True) or \
+        t[0] == ("id00001-aaaaaaaaaaa-00002", "id00001-aaaaaaaaaaa-00001", True)
+    assert t[1][2] and t[1][0].split("-")[1] != t[1][1].split("-")[1]  # id00002: two videos of one utt each
+    with pytest.raises(DataDirError, match="speaker id00001 has 2 utterances, too few for 2 distinct target trials; "
+                                           "ask for fewer than 8 validation trials"):
+        authors_balanced_trials(one_video, seed=0, total=8)
+
+
+def test_vox2_test_valid(tmp_path, small_vox2, capsys):
+    from upmp.bin.common import run_main
+    from upmp.bin.prepare_voxceleb2 import main
+    from upmp.recipes.voxceleb import prepare_voxceleb2_test_valid
+    root = vox2_test_tree(small_vox2, tmp_path / "VoxCeleb2")
+    out = prepare_voxceleb2_test_valid(str(root), str(tmp_path / "data"), seed=5, total_trials=12)
+    validate_data_dir(out["voxceleb2_test_valid"])
+    data = DataDir.load(out["voxceleb2_test_valid"])
+    trials = read_kaldi_trials(str(out["voxceleb2_test_valid"] / "trials"))
+    check_authors_trials(trials, data.utts, 12)
+    assert (len(trials), sum(t for *_, t in trials)) == (12, 6)  # 3 speakers: 2 targets each, 2 per pair
+    assert set(data.spk2utt) == set(dev_speakers(3))
+    assert set(data.utts) == {u for a, b, _ in trials for u in (a, b)}  # only what the trials use
+    assert all(p.startswith(str(root.resolve() / "test" / "wav")) for p in data.wav_scp.values())
+    first = (out["voxceleb2_test_valid"] / "trials").read_bytes()
+    main(["--root", str(root), "--out", str(tmp_path / "again"), "--test_valid", "--valid_trials", "12", "--seed", "5",
+          "--protocol_url", "none"])
+    assert (tmp_path / "again" / "voxceleb2_test_valid" / "trials").read_bytes() == first
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["voxceleb2_test_valid"]
+    # a dev speaker in the test tree; no test tree: one line each, nothing written
+    lines = (root / "vox2_meta.csv").read_text().splitlines()
+    (root / "vox2_meta.csv").write_text("\n".join(lines[:2] + [lines[2].replace("test", "dev")] + lines[3:]) + "\n")
+    with pytest.raises(DataDirError, match=rf"vox2_meta.csv:3: speaker {dev_speakers(2)[1]} is in .*test/wav but "
+                                           "listed as 'dev'"):
+        prepare_voxceleb2_test_valid(str(root), str(tmp_path / "bad"), total_trials=12)
+    src, _ = small_vox2
+    for argv, says in ((["--root", str(src), "--test_valid"], f"{src}: no VoxCeleb2 test audio (test/aac/"),
+                       (["--root", str(root), "--test_valid", "--valid_speakers", "2"], "give one of the two")):
+        with pytest.raises(SystemExit) as e:
+            run_main(main, argv + ["--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 1 and "\n" not in err and "error: " in err and says in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_vox2_test_valid_from_the_authors_list(tmp_path, small_vox2, caplog):
+    """Their trials-vox2.csv (LABEL,SAMPLE1,SAMPLE2,VSRC_MATCH; vox2_test_wav/<id>/<video>/<n>.wav) from a
+    --protocol_dir, or downloaded into the cache at the paper's commit: used as it is, repeats included."""
+    import logging
+    from upmp.recipes.voxceleb import prepare_voxceleb2_test_valid
+    root = vox2_test_tree(small_vox2, tmp_path / "VoxCeleb2")
+    a, b, c = dev_speakers(3)
+    va, vb = sorted(p.name for p in (root / "test" / "wav" / a).iterdir())
+    rows = [(1, f"{a}/{va}/00001.wav", f"{a}/{va}/00002.wav", 1), (1, f"{b}/{va}/00001.wav", f"{b}/{vb}/00002.wav", 0),
+            (0, f"{a}/{vb}/00002.wav", f"{c}/{va}/00001.wav", 0), (0, f"{a}/{vb}/00002.wav", f"{c}/{va}/00001.wav", 0)]
+    text = "LABEL,SAMPLE1,SAMPLE2,VSRC_MATCH\n" + "".join(f"{l},vox2_test_wav/{x},vox2_test_wav/{y},{m}\n" for l, x, y, m in rows)
+    csv = tmp_path / "proto" / "VoxCeleb" / "trials" / "trials-vox2.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text(text)
+    utt = lambda path: path.replace(".wav", "").replace("/", "-")  # noqa: E731
+    expected = [(utt(x), utt(y), bool(l)) for l, x, y, _ in rows]
+    with caplog.at_level(logging.INFO):
+        out = prepare_voxceleb2_test_valid(str(root), str(tmp_path / "data"), protocol_dir=str(tmp_path / "proto"))
+    assert read_kaldi_trials(str(out["voxceleb2_test_valid"] / "trials")) == expected
+    assert "protocol source: local directory" in caplog.text and "1 repeated line(s)" in caplog.text
+    assert sorted(DataDir.load(out["voxceleb2_test_valid"]).utts) == sorted({u for x, y, _ in expected for u in (x, y)})
+    remote = tmp_path / "repo" / "VoxCeleb" / "preprocess" / "trials" / "trials-vox2.csv"
+    remote.parent.mkdir(parents=True)
+    remote.write_text(text)
+    out = prepare_voxceleb2_test_valid(str(root), str(tmp_path / "dl"), cache_dir=str(tmp_path / "dl" / "local"),
+                                       url_base=(tmp_path / "repo").as_uri())
+    assert read_kaldi_trials(str(out["voxceleb2_test_valid"] / "trials")) == expected
+    assert (tmp_path / "dl" / "local" / "VoxCeleb" / "trials" / "trials-vox2.csv").read_text() == text
+    csv.write_text(text.replace(f"{c}/{va}/00001.wav", f"{c}/{va}/00009.wav", 1))
+    with pytest.raises(DataDirError, match=rf"trials-vox2.csv:4: utterance '{c}-{va}-00009' not found under .*test/wav"):
+        prepare_voxceleb2_test_valid(str(root), str(tmp_path / "bad"), protocol_dir=str(tmp_path / "proto"))
+    assert not (tmp_path / "bad").exists()
