@@ -79,14 +79,24 @@ def test_one_file_enrolment_scores_as_verify_and_unknown_below_the_threshold(mod
 
 
 def test_database_of_another_model_is_refused(model, sessions, tmp_path):
+    """One weight of the backend changed, or the training mean: another identity, the database refused."""
+    import copy
+
+    import torch
     spk, (first, _) = next(iter(sessions.items()))
     model.speakers(tmp_path / "db").enroll(spk, first[:1])
-    index = tmp_path / "db" / "index.json"
-    text = index.read_text()
-    index.write_text(text.replace(model.identity, "0" * 64))
-    with pytest.raises(ModelFileError, match="these speakers were enrolled with another model") as e:
-        model.speakers(tmp_path / "db")
-    assert "\n" not in str(e.value)
+    before = snapshot(tmp_path / "db")
+    retrained, other_mean = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        next(iter(retrained.backend.parameters())).view(-1)[0] += 1e-3
+    other_mean.scorer.mean = other_mean.scorer.mean + 1e-6
+    for other in (retrained, other_mean):
+        other._identity = None
+        assert other.identity != model.identity
+        with pytest.raises(ModelFileError, match="these speakers were enrolled with another model") as e:
+            other.speakers(tmp_path / "db")
+        assert "\n" not in str(e.value) and model.identity[:12] in str(e.value)
+    assert snapshot(tmp_path / "db") == before
 
 
 def test_errors_are_one_line_and_keep_the_database(model, sessions, tmp_path):
@@ -116,7 +126,7 @@ def test_errors_are_one_line_and_keep_the_database(model, sessions, tmp_path):
         model.speakers(tmp_path / "junk")
 
 
-def test_enroll_and_identify_commands(tiny_experiment, sessions, tmp_path, capsys):
+def test_enroll_and_identify_commands(model, tiny_experiment, sessions, tmp_path, capsys):
     """upmp-enroll / upmp-identify (in this process, through run_main as the console scripts run them) on
     the experiment dir, which has its package's identity: a speaker enrolled and identified; an
     unreadable file is one error line and leaves the database as it was."""
@@ -139,3 +149,4 @@ def test_enroll_and_identify_commands(tiny_experiment, sessions, tmp_path, capsy
     run_main(identify.main, ["--model", exp, "--db", str(db), second[0], "--json", "--num_threads", "1"])
     out = json.loads(capsys.readouterr().out)
     assert out["best"] == spk and out["input"] == second[0] and set(out) >= {"score", "llr", "decision", "threshold"}
+    assert model.speakers(db).names == [spk]  # the package reads what its experiment dir enrolled
