@@ -123,7 +123,7 @@ class SpeakerDatabase:
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ConfigError(f"speaker name {name!r}: give one word without blanks or slashes, not starting "
                               f"with '.' (e.g. a Kaldi speaker id)")
-        files = [files] if isinstance(files, (str, Path)) else list(files)
+        files = [files] if isinstance(files, (str, Path)) or hasattr(files, "shape") else list(files)
         if not files:
             raise ConfigError(f"speaker {name!r}: no enrolment files given")
         if name in self.index["speakers"] and not replace:
@@ -141,6 +141,7 @@ class SpeakerDatabase:
             buffer = io.BytesIO()
             np.save(buffer, vector, allow_pickle=False)
             atomic_write_bytes(self.dir / vector_file, buffer.getvalue())
+            (self.dir / vector_file).chmod(0o644)  # readable like the index (mkstemp makes 0600)
             self.index["speakers"][name] = {
                 "vector": vector_file, "num_files": len(files), "enrolled": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "files": [_describe(f, i) for i, f in enumerate(files)]}

@@ -109,7 +109,7 @@ def test_errors_are_one_line_and_keep_the_database(model, sessions, tmp_path):
     with pytest.raises(AudioError, match="nope.wav"):
         db.enroll("other", [second[0], str(tmp_path / "nope.wav")])
     with pytest.raises(AudioError, match="silent"):
-        db.enroll("other", [np.zeros(16000, dtype=np.float32)])
+        db.enroll("other", np.zeros(16000, dtype=np.float32))  # one array: one file
     with pytest.raises(ConfigError, match=f"speaker {spk!r} is already enrolled"):
         db.enroll(spk, second)
     with pytest.raises(ConfigError, match="speaker name 'a b'"):
