@@ -76,9 +76,9 @@ def plot_det(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], png: Path) -> Non
 def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Sequence[str], upstream: str = "",
                              data_root: str = "data") -> dict:
     """Stage 5: <exp>/RESULTS.md, results.json and det_<set>.png from data_root/<set>/trials and
-    <exp>/scores/<set>.<system> (+ .llr when calibrated; a <system>.qmf holds QMF-calibrated LLRs).
-    Every metric is computed before anything is written, so a bad score file leaves the previous
-    reports as they were."""
+    <exp>/scores/<set>.<system> (+ .llr when calibrated; a <system>.qmf holds QMF-calibrated LLRs, the
+    system `fusion` fused LLRs). Every metric is computed before anything is written, so a bad score
+    file leaves the previous reports as they were."""
     exp = Path(exp)
     rows, results, curves_of = [], {}, {}
     for name in test_sets:
@@ -88,8 +88,8 @@ def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Seque
             scores = exp / "scores" / f"{name}.{system}"
             aligned = align_scores(trials, str(scores))
             m = metrics_of(*aligned, source=trials)
-            # a .qmf system's scores are LLRs already (quality-aware calibration); others have a linear .llr
-            llr = scores if system.endswith(".qmf") else scores.with_name(scores.name + ".llr")
+            # a .qmf system's and the fusion's scores are LLRs already; others have a linear .llr
+            llr = scores if system.endswith(".qmf") or system == "fusion" else scores.with_name(scores.name + ".llr")
             if llr.is_file():
                 c = metrics_of_files(trials, str(llr), llr=True)
                 m.update({k: c[k] for k in ("cllr", "actdcf_0.01", "actdcf_0.05")})
@@ -114,7 +114,8 @@ def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Seque
         "- systems: <scoring>[.<score norm>]; Cllr (bits) and actDCF after logistic calibration on the "
         "validation trials, where a validation set is given; <system>.qmf: quality-aware calibration (score, "
         "log durations and embedding norms of both sides) on the validation trials, whose LLRs also give its "
-        "EER and minDCF",
+        "EER and minDCF; fusion: linear logistic-regression fusion of the systems (sv.sh --fusion) on the "
+        "validation trials, LLRs (weights in scores/<set>.fusion.json)",
         "",
         "| test set | system | EER (%) | minDCF (0.01) | minDCF (0.05) | Cllr | actDCF (0.01) | target / nontarget |",
         "|---|---|---|---|---|---|---|---|",

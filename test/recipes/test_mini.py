@@ -51,14 +51,20 @@ def test_small_recipe_stages_0_to_5(small_recipe):
 def test_rerun_from_the_seed_is_repeatable_and_seeds_are_grouped(small_recipe):
     """Stages 2-5 again with --seeds "0 1": the seed-0 run repeats the first run (whose seed was the
     default 0) byte for byte, seed 1 is another model, and <exp>_seeds.{md,json} and the backend
-    comparison give the mean and range of the two runs' results.json."""
+    comparison give the mean and range of the two runs' results.json. With --fusion "cosine plda"
+    each run also has the fused system (Cllr / actDCF) in its RESULTS.md."""
     recipe, _ = small_recipe
     r = run(recipe, "--stage", "2", "--stop_stage", "5", "--upstream", "wavlm_local", "--seeds", "0 1",
-            "--scoring", "cosine plda", "--score_norm", "none",
+            "--scoring", "cosine plda", "--score_norm", "none", "--fusion", "cosine plda",
             "--train_args", "--train_conf.steps 20 --train_conf.batch_size 8")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = recipe / "exp" / "upmp_wavlm_local_wavlm_tiny"
     seed0, seed1 = (exp.parent / f"{exp.name}_seed{n}" for n in (0, 1))
+    for d in (seed0, seed1):
+        fused = json.loads((d / "results.json").read_text())["results"]["voxceleb1_test/fusion"]
+        assert fused["n_target"] == 16 and 0 <= fused["cllr"] and 0 <= fused["actdcf_0.01"]
+        assert f"| voxceleb1_test | fusion | {fused['eer']:.2f} |" in (d / "RESULTS.md").read_text()
+        assert json.loads((d / "scores" / "voxceleb1_test.fusion.json").read_text())["systems"] == ["cosine", "plda"]
     for system in ("cosine", "plda"):
         assert (seed0 / "scores" / f"voxceleb1_test.{system}").read_text() == \
             (exp / "scores" / f"voxceleb1_test.{system}").read_text()
@@ -170,6 +176,11 @@ def test_help_and_unknown_option(small_recipe):
     assert r.returncode == 1 and "invalid option --bogus_option" in r.stderr
     r = run(recipe, "--tiny_upstream", "maybe")
     assert r.returncode == 1 and 'expected "true" or "false"' in r.stderr
+    r = run(recipe, "--fusion", "cosine plda", "--valid_set", "")
+    assert r.returncode == 1 and '--fusion "cosine plda" needs --valid_set' in r.stderr
+    r = run(recipe, "--fusion", "cosine plda.snorm")
+    assert r.returncode == 1 and "--fusion: plda.snorm is not a system of this run (cosine cosine.asnorm plda " \
+        "plda.asnorm)" in r.stderr
 
 
 def test_upstream_swap_by_flag(small_recipe):

@@ -6,6 +6,8 @@
     E = model.embed(["a.wav", "b.wav"])      # (N, E), batched through the backend
     s = model.score("a.wav", "b.wav")        # cosine after subtracting the training-set mean
     r = model.verify("a.wav", "b.wav")       # {"score", "llr", "decision", "threshold"}
+    db = model.speakers("speakers/")         # enrolment and identification (upmp.inference.speakers)
+    db.enroll("alice", ["a1.wav", "a2.wav"]); db.identify("who.wav")   # {"speaker" or None, "score", "llr", ...}
 
 Scores and decisions are refused (AudioError) for audio too short for one upstream frame (400
 samples) or silent (RMS below -80 dBFS); embed() only warns, as stage 3 does.
@@ -223,6 +225,30 @@ class SpeakerModel:
         """{"score", "llr" (None when uncalibrated), "decision" (same speaker: score >= the
         validation EER threshold; None without one), "threshold"}."""
         return self.decide(self.score(a, b))
+
+    # --- enrolled speakers -----------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """SHA-256 of what the embeddings and scores depend on: the backend's and the upstream's weights
+        (state dicts, names, dtypes, shapes, values) and the training-set mean. A package and the
+        experiment it was made from have the same identity; retrained or fine-tuned models do not."""
+        if getattr(self, "_identity", None) is None:
+            import hashlib
+            h = hashlib.sha256()
+            for part, module in (("backend", self.backend), ("upstream", self.upstream)):
+                for key, t in sorted(module.state_dict().items()):
+                    t = t.detach().cpu().contiguous()
+                    h.update(f"{part}.{key} {t.dtype} {tuple(t.shape)}\n".encode())
+                    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(np.asarray(self.scorer.mean, dtype=np.float64).tobytes())
+            self._identity = h.hexdigest()
+        return self._identity
+
+    def speakers(self, directory: Union[str, Path]):
+        """The speaker database in `directory` (upmp.inference.speakers.SpeakerDatabase): enroll,
+        identify, names, remove. Made on the first enrolment; one of another model is refused."""
+        from upmp.inference.speakers import SpeakerDatabase
+        return SpeakerDatabase(self, directory)
 
 
 def load_model(path: str, device: str = "cpu", max_batch_frames: int = 6000) -> SpeakerModel:

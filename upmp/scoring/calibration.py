@@ -11,6 +11,12 @@ symmetrically (the minimum and the maximum over enrollment and test of each meas
 the log duration and the embedding norm before length normalisation. With the balanced
 weighting the fitted objective is Cllr itself (plus a weak penalty), so on its training list
 QMF is never worse than the linear calibration (whose features it contains).
+
+Linear fusion (BOSARIS `train_linear_fuser`): llr = w . [s_1 .. s_K] + b over K systems' scores of the
+same trials, fitted by the same logistic regression, prior-weighted at a target prior P: the target
+trials weigh P / N_tar and the nontarget trials (1 - P) / N_non, and logit(P) is taken off the
+fitted log-odds so the output is an LLR. P = 0.5 is the balanced weighting of the calibration
+(LinearCalibration is the fusion of one system).
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from upmp.errors import DataDirError, ScoringError
+from upmp.errors import ConfigError, DataDirError, ScoringError
 
 QUALITY_MEASURES = ("log_duration", "norm")
 
@@ -36,26 +42,62 @@ class LinearCalibration:
     @classmethod
     def fit(cls, scores: np.ndarray, labels: np.ndarray, source: str = "the calibration trials",
             ) -> "LinearCalibration":
-        s = np.asarray(scores, dtype=np.float64)
-        mean, std = s.mean(), s.std() or 1.0
-        model = _logistic(((s - mean) / std)[:, None], labels, source)
-        scale = float(model.coef_[0, 0] / std)
-        return cls(scale, float(model.intercept_[0] - scale * mean))
+        fused = LinearFusion.fit(np.asarray(scores, dtype=np.float64)[:, None], labels, source=source)
+        return cls(fused.weights[0], fused.offset)
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
         return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
 
 
-def _logistic(features: np.ndarray, labels: np.ndarray, source: str = "the calibration trials"):
-    """Balanced logistic regression on standardised features: its loss is Cllr up to a constant, plus a
-    weak L2 penalty (C = 1000: negligible on real trial lists, keeps the weights finite when a small
-    list is separable)."""
+@dataclass
+class LinearFusion:
+    """llr = weights . s + offset, s: (N, K) scores of K systems on the same N trials."""
+    weights: List[float]
+    offset: float
+    prior: float = 0.5
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, labels: np.ndarray, prior: float = 0.5, source: str = "the calibration trials",
+            ) -> "LinearFusion":
+        """Prior-weighted logistic regression (see the module docstring) on (N, K) scores."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 2:
+            raise ValueError(f"scores must be (N, K), got shape {s.shape}")
+        mean, std = s.mean(axis=0), s.std(axis=0)
+        std[std == 0] = 1.0
+        model = _logistic((s - mean) / std, labels, source, prior)
+        w = model.coef_[0] / std  # back to raw scores
+        return cls([float(v) for v in w], float(model.intercept_[0] - w @ mean - logit(prior)), float(prior))
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores, dtype=np.float64) @ np.asarray(self.weights) + self.offset
+
+
+def logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def check_prior(prior: float, option: str = "--prior") -> float:
+    """A target prior strictly between 0 and 1 (ConfigError otherwise)."""
+    if not 0 < prior < 1:
+        raise ConfigError(f"{option} {prior}: the target prior must lie strictly between 0 and 1 (e.g. 0.5, 0.01)")
+    return prior
+
+
+def _logistic(features: np.ndarray, labels: np.ndarray, source: str = "the calibration trials", prior: float = 0.5):
+    """Logistic regression on standardised features, target trials weighted N * prior / N_tar and
+    nontarget trials N * (1 - prior) / N_non (prior 0.5: sklearn's "balanced"): its loss is the
+    prior-weighted Cllr up to a constant, plus a weak L2 penalty (C = 1000: negligible on real trial
+    lists, keeps the weights finite when a small list is separable)."""
     from sklearn.linear_model import LogisticRegression
     labels = np.asarray(labels, dtype=bool)
     if labels.all() or not labels.any():
         raise ScoringError(f"{source}: calibration needs target and nontarget trials, got "
                            f"{int(labels.sum())} target and {int((~labels).sum())} nontarget")
-    return LogisticRegression(C=1e3, class_weight="balanced", max_iter=10000, tol=1e-10).fit(features, labels)
+    check_prior(prior)
+    n, n_tar = len(labels), int(labels.sum())
+    weights = {True: n * prior / n_tar, False: n * (1 - prior) / (n - n_tar)}
+    return LogisticRegression(C=1e3, class_weight=weights, max_iter=10000, tol=1e-10).fit(features, labels)
 
 
 def read_quality(emb_dir: str) -> Dict[str, np.ndarray]:

@@ -6,25 +6,28 @@
     fit = calibrate_file("linear", "data/valid/trials", "exp/x/scores/valid.plda",
                          "exp/x/scores/test.plda", "exp/x/scores/test.plda.llr")  # -> {"method": ..., weights}
     write_source_ids("data/test/utt_map", "exp/x/scores/test.plda", "exp/x/scores/test.plda.source_ids")
+    fit = fuse_files("data/valid/trials", ["exp/x/scores/valid.cosine", "exp/x/scores/valid.plda"],
+                     ["exp/x/scores/test.cosine", "exp/x/scores/test.plda"], "exp/x/scores/test.fusion",
+                     prior=0.5)                                            # -> {"weights": [...], "offset": ...}
 
-upmp.bin.score / calibrate / map_score_ids call these once per file; stage 4 (upmp.scoring.stage)
+upmp.bin.score / calibrate / map_score_ids / fuse call these once per file; stage 4 (upmp.scoring.stage)
 calls them for every system in one process. Outputs are written atomically.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from upmp.data.trials import read_kaldi_trials
-from upmp.errors import ConfigError, DataDirError
+from upmp.errors import ConfigError, DataDirError, ScoringError
 from upmp.fileio import atomic_write_text
-from upmp.scoring.calibration import (CALIBRATION_METHODS, LinearCalibration, QualityCalibration, read_quality,
-                                      trial_quality)
+from upmp.scoring.calibration import (CALIBRATION_METHODS, LinearCalibration, LinearFusion, QualityCalibration,
+                                      check_prior, read_quality, trial_quality)
 from upmp.scoring.io import (align_scores, labelled_matrix, load_embeddings, load_trials, map_score_ids,
-                             read_score_lines, write_scores)
+                             read_score_lines, system_scores, write_scores)
 from upmp.scoring.scorers import build_scorer, score_trials, speaker_means
 
 logger = logging.getLogger(__name__)
@@ -110,6 +113,38 @@ def calibrate_file(method: str, dev_trials: str, dev_scores: str, scores: str, o
         described = cal.describe()
     write_scores(out, test_pairs, llr)
     return {"method": method, **described}
+
+
+def fuse_files(dev_trials: str, dev_scores: Sequence[str], scores: Sequence[str], out: str, prior: float = 0.5,
+               trials: Optional[str] = None) -> dict:
+    """Fit a linear fusion (LinearFusion: llr = w . s + b, prior-weighted at `prior`) on the K systems'
+    `dev_scores` of the `dev_trials`, write the fused LLRs of their `scores` to `out` in the trial order
+    of `trials` (default: of the first score file). Every score file of a side must score the same
+    trials (upmp.scoring.io.system_scores). Returns the fit as {"method": "linear_fusion", "prior",
+    "systems", "weights", "offset"} (what upmp.bin.fuse prints as JSON)."""
+    check_prior(prior)
+    if len(dev_scores) != len(scores):
+        raise ConfigError(f"fusion: {len(dev_scores)} validation score files for {len(scores)} systems; give one "
+                          f"per system, in the same order")
+    if len(scores) < 2:
+        raise ConfigError("fusion needs at least two systems (one system alone: calibrate it, upmp.bin.calibrate)")
+    for files in (dev_scores, scores):
+        twice = [f for i, f in enumerate(files) if f in files[:i]]
+        if twice:
+            raise ConfigError(f"fusion: {twice[0]} is given twice; give each system once")
+    dev = load_trials(dev_trials)
+    labels = np.array([t for _, _, t in dev], dtype=bool)
+    fusion = LinearFusion.fit(system_scores([(a, b) for a, b, _ in dev], dev_scores, dev_trials), labels, prior,
+                              source=dev_trials)
+    if trials:
+        pairs, reference = [(a, b) for a, b, _ in load_trials(trials)], trials
+    else:
+        pairs, reference = [(a, b) for a, b, _, _ in read_score_lines(scores[0])], scores[0]
+        if not pairs:
+            raise ScoringError(f"{scores[0]}: no scores (the file is empty); score the trials first")
+    write_scores(out, pairs, fusion(system_scores(pairs, scores, reference)))
+    return {"method": "linear_fusion", "prior": prior, "systems": list(scores), "weights": fusion.weights,
+            "offset": fusion.offset}
 
 
 def write_source_ids(utt_map: str, scores: str, out: str) -> None:

@@ -6,6 +6,7 @@
     write_scores("scores", [(utt1, utt2), ...], values)                # `<utt1> <utt2> <score>` lines, atomic
     lines = read_score_lines("scores")                                 # [(utt1, utt2, score, line number)]
     values, is_target = align_scores("data/test/trials", "scores")    # (N,), (N,) bool in trial order
+    S = system_scores(pairs, ["a/test.cosine", "b/test.plda"], "data/test/trials")  # (N, K), strict: fusion
 
 Embeddings are Kaldi float vectors (kaldiio), as WeSpeaker and Kaldi write them; errors name the file.
 """
@@ -179,3 +180,32 @@ def align_scores(trials_path: str, scores_path: str) -> Tuple[np.ndarray, np.nda
         seen[(a, b)] += 1
         labels[i] = t
     return out, labels
+
+
+def system_scores(reference: Sequence[Tuple[str, str]], paths: Sequence[str], reference_name: str) -> np.ndarray:
+    """(N, K): the score of each reference trial (utt1, utt2) in each of K score files, matched by key
+    (a trial the reference repeats is matched to the file's lines of it in order). Every file must
+    score exactly the reference's trials, as often as it lists them: a trial missing, extra or scored
+    another number of times is one DataDirError naming the file and the first trial that differs."""
+    out = np.empty((len(reference), len(paths)))
+    listed = Counter(reference)
+    hint = "fusion needs every system scored on the same trials (score them on one trial list)"
+    for k, path in enumerate(paths):
+        by_key: Dict[Tuple[str, str], List[Tuple[float, int]]] = {}
+        for a, b, value, lineno in read_score_lines(path):
+            by_key.setdefault((a, b), []).append((value, lineno))
+        seen: Counter = Counter()
+        for i, key in enumerate(reference):
+            values = by_key.get(key, [])
+            if seen[key] >= len(values):
+                times = f" {listed[key]} times, here {len(values)}" if values else ""
+                raise DataDirError(f"{path}: trial '{key[0]} {key[1]}' (line {i + 1} of {reference_name}{times}) "
+                                   f"has no score here; {hint}")
+            out[i, k] = values[seen[key]][0]
+            seen[key] += 1
+        extra = [(lineno, key) for key, values in by_key.items() for _, lineno in values[listed.get(key, 0):]]
+        if extra:
+            lineno, (a, b) = min(extra)
+            what = "is scored more often than listed in" if listed.get((a, b)) else "is not in"
+            raise DataDirError(f"{path}:{lineno}: trial '{a} {b}' {what} {reference_name}; {hint}")
+    return out

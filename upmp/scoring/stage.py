@@ -1,7 +1,8 @@
 """Stage 4 of sv.sh: score every (set, method, norm) system, calibrate it, keep what is up to date.
 
     results = score_sets("exp/upmp_wavlm", "data", "train", "valid", ["test"], methods=["cosine", "plda"],
-                         norms=["none", "asnorm"], lda_dim=200, cohort_top_n=300, calibration=["linear", "qmf"])
+                         norms=["none", "asnorm"], lda_dim=200, cohort_top_n=300, calibration=["linear", "qmf"],
+                         fusion=["cosine", "plda"])
     # -> [("exp/upmp_wavlm/scores/valid.cosine", "up to date"), ("exp/.../test.plda.asnorm", "scored"), ...]
 
 Files of a system `<exp>/scores/<set>.<system>` (system: `<method>[.<norm>]`, norm none leaves no suffix):
@@ -11,6 +12,12 @@ Files of a system `<exp>/scores/<set>.<system>` (system: `<method>[.<norm>]`, no
     <scores>.calibration.json    the linear fit; <scores>.qmf.calibration.json the QMF fit
     <scores>.source_ids          the scores under the source's ids (imported sets with data/<set>/utt_map)
     <scores>.opts                the scoring options the system used ("--lda_dim N", "--cohort_top_n N")
+
+With `fusion` (two or more of the systems, a validation set needed), every test set also gets the system
+`fusion`: <exp>/scores/<set>.fusion holds the LLRs of a linear logistic-regression fusion of those systems
+fitted on the validation set's scores (upmp.scoring.files.fuse_files); <set>.fusion.json the fit and
+<set>.fusion.opts the systems fused. It is up to date when newer than every score file it fuses and
+its .opts names the same systems.
 
 A system is up to date (skipped) when, as make would see it: the scores are newer than the set's and
 the training set's xvector.scp and data/<set>/trials, every calibrated output is newer than the
@@ -32,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
 from upmp.scoring.calibration import CALIBRATION_METHODS
-from upmp.scoring.files import calibrate_file, score_file, write_source_ids
+from upmp.scoring.files import calibrate_file, fuse_files, score_file, write_source_ids
 from upmp.scoring.scorers import SCORE_NORMS, SCORING_METHODS
 
 logger = logging.getLogger(__name__)
@@ -98,13 +105,15 @@ class _Run:
 
 def score_sets(exp_dir: str, data_root: str, train_set: str, valid_set: Optional[str], test_sets: Sequence[str],
                methods: Sequence[str], norms: Sequence[str], lda_dim: int = 200, cohort_top_n: int = 300,
-               calibration: Sequence[str] = ("linear",)) -> List[Tuple[str, str]]:
-    """Stage 4 (see the module docstring): (scores path, "scored" | "up to date") per system, in order."""
+               calibration: Sequence[str] = ("linear",), fusion: Sequence[str] = ()) -> List[Tuple[str, str]]:
+    """Stage 4 (see the module docstring): (scores path, "scored" | "fused" | "up to date") per system,
+    in order (the fusion of each test set last)."""
     for value, known, what in ((methods, SCORING_METHODS, "scoring"), (norms, SCORE_NORMS, "score_norm"),
                                (calibration, CALIBRATION_METHODS, "calibration")):
         for v in value:
             if v not in known:
                 raise ConfigError(f"unknown --{what} {v} ({', '.join(known)})")
+    check_fusion(fusion, [System("", m, n).name for m in methods for n in norms], valid_set)
     run = _Run(Path(exp_dir), Path(data_root), train_set, valid_set, lda_dim, cohort_top_n, calibration)
     (run.exp / "scores").mkdir(parents=True, exist_ok=True)
     done = []
@@ -113,7 +122,44 @@ def score_sets(exp_dir: str, data_root: str, train_set: str, valid_set: Optional
             for n in norms:
                 system = System(s, m, n)
                 done.append((str(run.scores(s, system)), _score_system(run, system)))
+    if fusion:
+        for s in test_sets:
+            done.append((str(run.exp / "scores" / f"{s}.fusion"), _fuse(run, s, fusion)))
     return done
+
+
+def check_fusion(fusion: Sequence[str], systems: Sequence[str], valid_set: Optional[str]) -> None:
+    """--fusion: two or more different systems among those scored, and a validation set to fit on."""
+    if not fusion:
+        return
+    for name in fusion:
+        if name not in systems:
+            raise ConfigError(f"--fusion {' '.join(fusion)}: {name} is not a system scored here "
+                              f"({', '.join(systems)}); fuse systems of --scoring / --score_norm")
+    if len(set(fusion)) != len(fusion) or len(fusion) < 2:
+        raise ConfigError(f"--fusion {' '.join(fusion)}: give two or more different systems (e.g. cosine plda)")
+    if not valid_set:
+        raise ConfigError(f"--fusion {' '.join(fusion)} needs --valid_set: the fusion is fitted on its trials")
+
+
+def _fuse(run: _Run, s: str, fusion: Sequence[str]) -> str:
+    """<set>.fusion of the systems `fusion` (module docstring), unless up to date."""
+    out = run.exp / "scores" / f"{s}.fusion"
+    systems = [System(s, *(name.split(".", 1) if "." in name else (name, "none"))) for name in fusion]
+    scores = [run.scores(s, x) for x in systems]
+    dev_scores = [run.scores(run.valid_set, x) for x in systems]
+    opts, opts_file = "--systems " + " ".join(fusion), Path(f"{out}.opts")
+    if newer_than_all(out, scores + dev_scores) and recorded_opts(opts_file) == opts:
+        logger.info("%s is up to date, skipping", out)
+        return "up to date"
+    fit = fuse_files(str(run.data / run.valid_set / "trials"), [str(p) for p in dev_scores], [str(p) for p in scores],
+                     str(out), trials=str(run.data / s / "trials"))
+    fit["systems"] = list(fusion)
+    atomic_write_text(f"{out}.json", json.dumps(fit) + "\n")
+    atomic_write_text(str(opts_file), opts + "\n")
+    logger.info("%s fused: %s, weights %s, offset %.3f (fitted on %s)", out, " + ".join(fusion),
+                " ".join(f"{w:.3f}" for w in fit["weights"]), fit["offset"], run.valid_set)
+    return "fused"
 
 
 def _score_system(run: _Run, system: System) -> str:

@@ -44,6 +44,7 @@ cohort_top_n=300        # AS-norm: top-N cohort scores per side
 lda_dim=200             # PLDA: LDA dimension (capped at #speakers - 1)
 calibration=linear      # linear and/or qmf (list), fitted on --valid_set: linear -> <scores>.llr (Cllr / actDCF of
                         # the system); qmf (score + log durations + embedding norms) -> its own system <system>.qmf
+fusion=""               # systems to fuse (e.g. "cosine plda"), fitted on --valid_set -> the system "fusion" (LLRs)
 train_set=""            # data/<train_set>, or a path (contains /) to a data dir prepared elsewhere
 valid_set=""            # data/<valid_set> with trials: held-out list for calibration (optional)
 test_sets=""            # space-separated data/<set> names (each with data/<set>/trials) or paths
@@ -62,7 +63,7 @@ Stages:
   2: backend training (python -m upmp.bin.train; torchrun with --train_nproc > 1); with --lmft true
      then large-margin fine-tuning from the trained model (the config's lmft_conf) -> <exp>_lmft
   3: embedding extraction (xvector.scp per set; from audio with --train_mode online)
-  4: scoring of data/<test_set>/trials
+  4: scoring of data/<test_set>/trials (then calibration, and --fusion, on --valid_set)
   5: metrics: EER / minDCF -> <exp>/RESULTS.md
 
 Options (default in brackets):
@@ -77,7 +78,7 @@ Options (default in brackets):
   --train_args "<--key value ...>" [${train_args}]
   --exp_tag <tag> [${exp_tag}]  --seeds "<n ...>" [${seeds}]  --lmft <true|false> [${lmft}]  --scoring "<cosine plda>" [${scoring}]
   --score_norm "<none snorm asnorm>" [${score_norm}]  --cohort_top_n <n> [${cohort_top_n}]  --lda_dim <n> [${lda_dim}]
-  --calibration "<linear qmf>" [${calibration}]
+  --calibration "<linear qmf>" [${calibration}]  --fusion "<systems, e.g. cosine plda>" [${fusion}]
   --train_set <name|path> [${train_set}]  --valid_set <name|path> [${valid_set}]  --test_sets "<names|paths>" [${test_sets}]
   --trials "<list per test set>" [${trials}]
      A set given as a path (anything with a /) is a Kaldi / ESPnet / WeSpeaker data dir prepared
@@ -115,6 +116,14 @@ systems=""
 for m in ${scoring}; do for n in ${score_norm}; do systems+=" ${m}$([ "${n}" == none ] || echo ".${n}")"; done; done
 result_systems=${systems}  # stage 5's rows: each system, and its QMF-calibrated twin
 [ -n "${valid_set}" ] && [[ " ${calibration} " == *" qmf "* ]] && for s in ${systems}; do result_systems+=" ${s}.qmf"; done
+if [ -n "${fusion}" ]; then  # checked before any stage runs; fitted in stage 4 (upmp.scoring.stage)
+  [ -n "${valid_set}" ] || { log "--fusion \"${fusion}\" needs --valid_set: the fusion is fitted on its trials"; exit 1; }
+  for f in ${fusion}; do
+    [[ " ${systems} " == *" ${f} "* ]] || { log "--fusion: ${f} is not a system of this run (${systems# }); fuse systems of --scoring / --score_norm"; exit 1; }
+  done
+  [ "$(wc -w <<< "${fusion}")" -ge 2 ] || { log "--fusion \"${fusion}\": give two or more systems (e.g. \"cosine plda\")"; exit 1; }
+  result_systems+=" fusion"
+fi
 
 # Sets given as paths are imported into data/<name> (read-only on the source; a name already taken
 # by another source gets a suffix), --trials converted to Kaldi form beside them; a set of ours (a
@@ -301,13 +310,13 @@ for run in ${runs}; do
   fi
 
   if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-    log "Stage 4: scoring (${systems# }), then ${calibration} calibration on ${valid_set:-no validation set}"
+    log "Stage 4: scoring (${systems# }), then ${calibration} calibration${fusion:+ and fusion of ${fusion}} on ${valid_set:-no validation set}"
     # per system (<set>.<method>[.<norm>]): skipped when up to date (upmp.scoring.stage), else scored,
     # calibrated (test sets: .llr / .qmf), ids mapped back for imported sets, options recorded in .opts
     # shellcheck disable=SC2086
     ${python} -m upmp.bin.score_sets --exp_dir "${exp}" --data_root data --train_set "${train_set}" \
       ${valid_set:+--valid_set "${valid_set}"} --test_sets ${test_sets} --scoring ${scoring} --score_norm ${score_norm} \
-      --lda_dim "${lda_dim}" --cohort_top_n "${cohort_top_n}" --calibration ${calibration}
+      --lda_dim "${lda_dim}" --cohort_top_n "${cohort_top_n}" --calibration ${calibration} --fusion ${fusion}
   fi
 
   if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then

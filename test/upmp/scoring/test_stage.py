@@ -2,6 +2,7 @@
 single-file entry points write, and its make-like freshness rules rescore exactly what changed."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +175,40 @@ def test_each_training_file_is_read_and_each_scorer_fitted_once(exp, monkeypatch
                       norms=["none", "asnorm"], lda_dim=4, cohort_top_n=3, calibration=["linear"])
     assert [state for _, state in done] == ["scored"] * 8
     assert fits == [24] and sorted(reads) == sorted(set(reads)) and len(reads) == 3  # train, valid, test
+
+
+def test_fusion_of_two_systems_is_a_system_of_its_own(exp):
+    """--fusion cosine plda.asnorm: <set>.fusion equals upmp.bin.fuse's output on the same files, RESULTS.md gets a
+    fusion row with Cllr and actDCF; up to date when nothing changed, refitted when the systems fused change."""
+    from upmp.errors import ConfigError
+    from upmp.results import write_experiment_results
+    from upmp.scoring.files import fuse_files
+    from upmp.scoring.stage import score_sets
+    data, scores = exp.parent / "data", exp / "scores"
+    kw = dict(methods=["cosine", "plda"], norms=["none", "asnorm"], lda_dim=4, cohort_top_n=3, calibration=["linear"])
+    done = score_sets(str(exp), str(data), "train", "valid", ["test"], fusion=["cosine", "plda.asnorm"], **kw)
+    assert done[-1] == (str(scores / "test.fusion"), "fused") and len(done) == 9
+    fit = json.loads((scores / "test.fusion.json").read_text())
+    assert fit["systems"] == ["cosine", "plda.asnorm"] and fit["prior"] == 0.5
+    want = fuse_files(str(data / "valid" / "trials"), [str(scores / "valid.cosine"), str(scores / "valid.plda.asnorm")],
+                      [str(scores / "test.cosine"), str(scores / "test.plda.asnorm")], str(exp / "ref.fusion"),
+                      trials=str(data / "test" / "trials"))
+    assert (fit["weights"], fit["offset"]) == (want["weights"], want["offset"])
+    assert (exp / "ref.fusion").read_bytes() == (scores / "test.fusion").read_bytes()
+    summary = write_experiment_results(exp, ["cosine", "plda.asnorm", "fusion"], ["test"], data_root=str(data))
+    m = summary["results"]["test/fusion"]
+    assert {"eer", "mindcf_0.01", "cllr", "actdcf_0.01", "actdcf_0.05"} <= set(m) and 0 <= m["cllr"]
+    row = [ln for ln in (exp / "RESULTS.md").read_text().splitlines() if ln.startswith("| test | fusion |")]
+    assert row == [f"| test | fusion | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | {m['mindcf_0.05']:.4f} | "
+                   f"{m['cllr']:.3f} | {m['actdcf_0.01']:.4f} | {m['n_target']} / {m['n_nontarget']} |"]
+
+    before = (scores / "test.fusion").stat().st_mtime_ns
+    done = score_sets(str(exp), str(data), "train", "valid", ["test"], fusion=["cosine", "plda.asnorm"], **kw)
+    assert {state for _, state in done} == {"up to date"} and (scores / "test.fusion").stat().st_mtime_ns == before
+    done = score_sets(str(exp), str(data), "train", "valid", ["test"], fusion=["cosine", "plda"], **kw)
+    assert done[-1][1] == "fused" and json.loads((scores / "test.fusion.json").read_text())["systems"] == ["cosine", "plda"]
+    for fusion, valid, message in ((["cosine", "lda"], "valid", "--fusion cosine lda: lda is not a system scored here"),
+                                   (["cosine"], "valid", "give two or more different systems"),
+                                   (["cosine", "plda"], None, "--fusion cosine plda needs --valid_set")):
+        with pytest.raises(ConfigError, match=message):
+            score_sets(str(exp), str(data), "train", valid, ["test"], fusion=fusion, **kw)
