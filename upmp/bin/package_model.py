@@ -48,12 +48,14 @@ def main(argv=None) -> None:
     from upmp.inference import load_checkpoint
     from upmp.inference.package import check_out, collect_experiment, remove_stale_temps, write_package
     out = check_out(args.out, args.exp_dir)
+    # read the experiment before the lock creates anything: an experiment it cannot package is
+    # refused with nothing written (not even --out's parent directory)
+    content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
+                                 args.valid_trials, load_checkpoint=load_checkpoint,
+                                 upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
     with output_lock(args.out, out.parent / f".{out.name}.lock"):  # one writer per --out
         check_out(args.out, args.exp_dir)  # again, now that no other run writes it
         remove_stale_temps(str(out))
-        content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
-                                     args.valid_trials, load_checkpoint=load_checkpoint,
-                                     upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
         with named_in_errors(args.out):
             out = write_package(content, args.out)
     t = content["info"]["threshold"]
