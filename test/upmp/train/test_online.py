@@ -245,6 +245,8 @@ def test_training_steps_augment_their_crops_as_configured(small_data_dir, tiny_w
     (prob 1) is its clean crop either reverberated by the RIR (computed here by direct convolution:
     aligned to the direct-path peak, the clean crop's length and power) or plus a slice of a noise
     file at an SNR within train_conf.augment.snr.noise, measured here from the clean crop and the slice."""
+    from scipy.signal import correlate
+
     from upmp.train.trainer import TrainGraph
     musan, rirs, noises, rir = augment_roots(tmp_path)
     lo, hi = 3.0, 8.0
@@ -276,7 +278,7 @@ def test_training_steps_augment_their_crops_as_configured(small_data_dir, tiny_w
             fits = []
             for x in noises.values():
                 x = x.astype(np.float64)
-                start = int(np.argmax(np.abs(np.correlate(x, residual, mode="valid"))))
+                start = int(np.argmax(np.abs(correlate(x, residual, mode="valid", method="fft"))))
                 piece = x[start:start + len(c)]
                 gain = residual @ piece / (piece @ piece)
                 fits.append((np.abs(residual - gain * piece).max(), gain, piece))
