@@ -9,7 +9,9 @@ file never runs code when loaded; a file that needs more is refused with one lin
                           upstream was fine-tuned, else absent), speakers, num_params, train_seconds,
                           step, world_size, inputs, valid_eer (with validation)
     checkpoints/last.pt   format "upmp-train-state": model, head, optimizer, scheduler, scaler, step,
-                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned)
+                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned),
+                          log_window ([loss, accuracy] of the steps after the last log row, averaged
+                          over the processes)
     checkpoints/best.pt   format "upmp-best": model, upstream, step, eer
 
 Each records `version` (FORMAT_VERSION); another version is refused with one line.
@@ -116,7 +118,7 @@ def load_upstream(name: str, ckpt: Optional[str], device, finetuned: Optional[di
 
 def save_train_state(path, content: Dict[str, Any]) -> None:
     """content: model, head, optimizer, scheduler, scaler (state dicts), step, train_seconds,
-    best_eer, best_step, [upstream]."""
+    best_eer, best_step, log_window, [upstream]."""
     _write(path, TRAIN_STATE, content)
 
 

@@ -48,14 +48,23 @@ def main(argv=None) -> None:
     from upmp.inference import load_checkpoint
     from upmp.inference.package import check_out, collect_experiment, remove_stale_temps, write_package
     out = check_out(args.out, args.exp_dir)
-    with output_lock(args.out, out.parent / f".{out.name}.lock"):  # one writer per --out
-        check_out(args.out, args.exp_dir)  # again, now that no other run writes it
-        remove_stale_temps(str(out))
-        content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
-                                     args.valid_trials, load_checkpoint=load_checkpoint,
-                                     upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
-        with named_in_errors(args.out):
-            out = write_package(content, args.out)
+    created = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # the lock creates them
+    try:
+        with output_lock(args.out, out.parent / f".{out.name}.lock"):  # one writer per --out
+            check_out(args.out, args.exp_dir)  # again, now that no other run writes it
+            remove_stale_temps(str(out))
+            content = collect_experiment(args.exp_dir, args.model, args.train_embeddings, args.valid_embeddings,
+                                         args.valid_trials, load_checkpoint=load_checkpoint,
+                                         upstream=args.upstream, upstream_ckpt=args.upstream_ckpt)
+            with named_in_errors(args.out):
+                out = write_package(content, args.out)
+    except BaseException:  # a refused experiment or a failed write leaves no directory behind
+        for d in created:  # the deepest first; one that another process filled meanwhile stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     t = content["info"]["threshold"]
     logger.info("wrote %s (%s%s)", out, content["info"]["upstream"]["name"],
                 f", validation EER {t['eer']:.2f} % at score {t['score']:.4f}" if t else ", uncalibrated")

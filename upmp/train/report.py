@@ -63,9 +63,19 @@ def plot_curve(tsv: Path, png: Path) -> None:
     plt.close(fig)
 
 
+def _drop_rows_after(tsv: Path, step: int) -> None:
+    """Remove the rows of steps after `step` (a run killed after its last checkpoint logged them;
+    the resumed run logs them again), and a row cut short by the kill."""
+    lines = tsv.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.endswith("\n") and ln.split("\t", 1)[0].isdigit()
+                        and int(ln.split("\t", 1)[0]) <= step]
+    if keep != lines:
+        atomic_write_text(tsv, "".join(keep))
+
+
 class Reporter:
-    """Training curves as TSV rows and TensorBoard scalars (resumes append; a resume drops the
-    TensorBoard events after its step). Only rank 0 creates one."""
+    """Training curves as TSV rows and TensorBoard scalars (resumes append; a resume first drops the
+    rows and TensorBoard events after its step). Only rank 0 creates one."""
 
     def __init__(self, exp: Path, start: int, validating: bool):
         from torch.utils.tensorboard import SummaryWriter
@@ -73,8 +83,12 @@ class Reporter:
         self.metrics_path, self.valid_path = exp / "train_metrics.tsv", exp / "valid_metrics.tsv"
         if start == 0 or not self.metrics_path.is_file():
             atomic_write_text(self.metrics_path, "step\tloss\taccuracy\tlr\n")
+        else:
+            _drop_rows_after(self.metrics_path, start)
         if validating and (start == 0 or not self.valid_path.is_file()):
             atomic_write_text(self.valid_path, "step\teer\n")
+        elif validating:
+            _drop_rows_after(self.valid_path, start)
         self.board = SummaryWriter(log_dir=str(exp / "tensorboard"), purge_step=start)
 
     def train_step(self, done: int, steps: int, loss: float, acc: float, lr: float, seconds_per_step: float) -> None:

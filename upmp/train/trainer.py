@@ -93,11 +93,12 @@ class Run:
     scaler: torch.amp.GradScaler
     params: List[nn.Parameter]
 
-    def train_state(self, step: int, train_seconds: float, best_eer: float, best_step: int) -> Dict[str, Any]:
+    def train_state(self, step: int, train_seconds: float, best_eer: float, best_step: int,
+                    log_window: List[List[float]]) -> Dict[str, Any]:
         state = {"model": self.model.state_dict(), "head": self.head.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "step": step, "train_seconds": train_seconds,
-                 "best_eer": best_eer, "best_step": best_step}
+                 "best_eer": best_eer, "best_step": best_step, "log_window": log_window}
         if self.upstream is not None:
             state["upstream"] = self.upstream.state_dict()
         return state
@@ -261,11 +262,14 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
                     inputs.valid_trials)
     ckpt_path, best_path = exp / "checkpoints" / "last.pt", exp / "checkpoints" / "best.pt"
     start, train_seconds, best_eer, best_step = 0, 0.0, float("inf"), 0
+    window: List[Tuple[float, float]] = []  # (loss, accuracy) of the steps since the last log row
     if ckpt_path.is_file():
         state = checkpoint.read_train_state(ckpt_path, device)
         run.load_train_state(state)
         start, train_seconds = state["step"], state["train_seconds"]
         best_eer, best_step = state["best_eer"], state["best_step"]
+        # the steps between the last log row and the checkpoint count in the next row, as uninterrupted
+        window = [tuple(w) for w in state.get("log_window", [])]
         logger.info("resumed from %s at step %d", ckpt_path, start)
     if main:  # set-up done: this run now owns the experiment dir
         dump_resolved(cfg, str(exp))
@@ -278,7 +282,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     loader = batch_loader(td.data, range(start, steps), rank, world, tc["num_workers"], pin_memory=device.type == "cuda")
     run.graph.train()
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    t0, window, run_start = time.time(), [], time.time()
+    t0, timed, run_start = time.time(), 0, time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", mininterval=5, disable=not main)
     for step, (x, labels) in zip(bar, loader):
         seed = step_seed(cfg["seed"], step, rank)  # dropout and global-rng draws: functions of the step
@@ -296,6 +300,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         run.scaler.update()
         run.scheduler.step()
         window.append((loss.item(), acc.item()))
+        timed += 1
         done = step + 1
         if done % tc["log_every"] == 0 or done == steps:
             mean = torch.tensor(np.mean(window, axis=0), dtype=torch.float64)
@@ -304,9 +309,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
                 mean /= world
             if main:
                 report.train_step(done, steps, *mean.tolist(), run.scheduler.get_last_lr()[0],
-                                  (time.time() - t0) / len(window))
+                                  (time.time() - t0) / timed)
                 bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.3f}")
-            t0, window = time.time(), []
+            t0, timed, window = time.time(), 0, []
         if validator and (done % tc["valid_every"] == 0 or done == steps):
             eer = validator.eer(run.model)  # every rank embeds its share; rank 0 scores
             if main:
@@ -314,9 +319,11 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
                     best_eer, best_step = eer, done
                     checkpoint.save_best(best_path, dict(run.weights(inputs), step=done, eer=eer))
                 report.valid_step(done, eer, best_eer, best_step)
-        if main and (done % tc["ckpt_every"] == 0 or done == steps):
-            checkpoint.save_train_state(ckpt_path, run.train_state(
-                done, train_seconds + time.time() - run_start, best_eer, best_step))
+        if done % tc["ckpt_every"] == 0 or done == steps:
+            pending = _world_mean_window(window, world, device)  # every rank takes part
+            if main:
+                checkpoint.save_train_state(ckpt_path, run.train_state(
+                    done, train_seconds + time.time() - run_start, best_eer, best_step, pending))
     bar.close()
     if world > 1:
         torch.distributed.barrier()
@@ -325,6 +332,17 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         _finish(cfg, inputs, exp, td, run, report, validator is not None, n_params, world,
                 train_seconds + time.time() - run_start, device)
     return out
+
+
+def _world_mean_window(window: List[Tuple[float, float]], world: int, device) -> List[List[float]]:
+    """The (loss, accuracy) of the steps not yet logged, averaged over the processes: what a resumed
+    run (every rank) starts its window with, so its next log row is the uninterrupted run's mean
+    (the mean over ranks of each rank's mean over steps)."""
+    if world == 1 or not window:
+        return [list(w) for w in window]
+    t = torch.tensor(window, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / world).tolist()
 
 
 def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, world: int) -> None:

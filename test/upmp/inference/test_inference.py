@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import torch
 
-from helpers import bash_env
+from helpers import bash_env, snapshot
 from upmp.inference.package import eer_threshold
 
 
@@ -179,3 +179,101 @@ def test_other_version_or_corrupted_package_is_refused(tiny_experiment, package,
         r = run("upmp.bin.verify", "--model", bad, wav, wav)
         assert r.returncode == 1 and message in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# --- packaging other kinds of experiment: cached training on a *_local upstream, a fine-tuned upstream
+
+def package_in_process(capsys, *args):
+    """python -m upmp.bin.package_model <args> in this process: (exit status, stderr's error lines)."""
+    from upmp.bin import package_model
+    from upmp.bin.common import run_main
+    capsys.readouterr()
+    try:
+        run_main(package_model.main, [str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, [ln for ln in capsys.readouterr().err.splitlines() if ": error: " in ln]
+
+
+def conf_file(tmp_path, **train_conf):
+    import yaml
+    from helpers import TRAIN_CONFIG
+    path = tmp_path / "conf.yaml"
+    path.write_text(yaml.safe_dump(dict(TRAIN_CONFIG, train_conf=dict(TRAIN_CONFIG["train_conf"], **train_conf))))
+    return path
+
+
+def assert_package_embeds_as_stage3(package, exp, data):
+    """The package's embedding of each wav file equals stage 3's xvector of it."""
+    import upmp
+    want = {k: np.asarray(v) for k, v in kaldiio.load_scp(str(exp / "embeddings/data/xvector.scp")).items()}
+    model = upmp.load_model(str(package))
+    utts = sorted(want)
+    assert len(utts) == 9
+    got = model.embed_raw([data / "wav" / f"{u}.wav" for u in utts])
+    for u, g in zip(utts, got):
+        np.testing.assert_allclose(g, want[u], rtol=0, atol=1e-4, err_msg=u)
+    return model
+
+
+def test_package_cached_training_on_a_local_upstream(small_data_dir, tiny_wavlm, tmp_path, capsys):
+    """Stages 1-3 on wavlm_local (layer stacks cached; training records the upstream's name only):
+    package_model refuses it without --upstream_ckpt (one line, exit 1, nothing written where --out
+    was to go), and with it copies the checkpoint in and embeds each file as stage 3 did."""
+    from upmp.bin import extract_embeddings, extract_layers, train
+    up = ["--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm)]
+    dump, exp = tmp_path / "dump/wavlm/data", tmp_path / "exp/cached"
+    extract_layers.main(["--data_dir", str(small_data_dir), "--out_prefix", str(dump / "layers"), *up])
+    train.main(["--config", str(conf_file(tmp_path, steps=6, ckpt_every=6, log_every=3)), "--train_scp",
+                str(dump / "layers.scp"), "--utt2spk", str(small_data_dir / "utt2spk"), "--exp_dir", str(exp)])
+    extract_embeddings.main(["--model", str(exp / "model.pt"), "--layers_scp", str(dump / "layers.scp"),
+                             "--out_dir", str(exp / "embeddings/data"), "--num_threads", "1"])
+    before = snapshot(tmp_path, dirs=True)
+    code, err = package_in_process(capsys, "--exp_dir", exp, "--out", tmp_path / "models/cached")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].split(": error: ", 1)[1] == (f"{exp}: the upstream wavlm_local was trained from a local checkpoint "
+                      "that the experiment does not record (cached layer stacks); give it with --upstream_ckpt")
+    assert snapshot(tmp_path, dirs=True) == before  # no package, lock, temporary or parent dir left
+
+    code, err = package_in_process(capsys, "--exp_dir", exp, "--out", tmp_path / "models/cached",
+                                   "--upstream_ckpt", tiny_wavlm)
+    assert code == 0, err
+    pkg = tmp_path / "models/cached"
+    info = json.loads((pkg / "package.json").read_text())
+    assert info["upstream"]["name"] == "wavlm_local" and not info["finetuned_upstream"]
+    assert (pkg / info["upstream"]["ckpt"]).read_bytes() == tiny_wavlm.read_bytes()
+    assert not (pkg / "upstream.pt").exists()
+    assert_package_embeds_as_stage3(pkg, exp, small_data_dir)
+
+
+def test_package_fine_tuned_upstream(small_data_dir, tiny_wavlm, tmp_path, capsys):
+    """Online training that fine-tuned wavlm_local: the package holds its weights (upstream.pt, the
+    ones in model.pt, not the original checkpoint's) and embeds each file as stage 3 did."""
+    from upmp.bin import extract_embeddings, train
+    exp = tmp_path / "exp/tuned"
+    train.main(["--config", str(conf_file(tmp_path, steps=4, ckpt_every=4, log_every=2, crop_seconds=0.5,
+                                          finetune_upstream=True)),
+                "--train_data_dir", str(small_data_dir), "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm),
+                "--exp_dir", str(exp)])
+    extract_embeddings.main(["--model", str(exp / "model.pt"), "--data_dir", str(small_data_dir),
+                             "--out_dir", str(exp / "embeddings/data"), "--num_threads", "1"])
+    code, err = package_in_process(capsys, "--exp_dir", exp, "--out", tmp_path / "pkg")
+    assert code == 0, err
+    pkg = tmp_path / "pkg"
+    info = json.loads((pkg / "package.json").read_text())
+    assert info["finetuned_upstream"] and info["upstream"]["name"] == "wavlm_local"
+    tuned = torch.load(exp / "model.pt", weights_only=True)["upstream"]["state"]
+    packed = torch.load(pkg / "upstream.pt", weights_only=True)
+    assert packed.keys() == tuned.keys() and all(torch.equal(packed[k], tuned[k]) for k in tuned)
+    assert (pkg / info["upstream"]["ckpt"]).read_bytes() == tiny_wavlm.read_bytes()
+    model = assert_package_embeds_as_stage3(pkg, exp, small_data_dir)
+    # the same backend on the original (not fine-tuned) upstream embeds otherwise: the check above can fail
+    from upmp.checkpoint import load_model, load_upstream
+    from upmp.data.kaldi_dir import DataDir
+    from upmp.embeddings import embed_stacks, upstream_stacks
+    data = DataDir.load(small_data_dir)
+    backend, _ = load_model(str(exp / "model.pt"))
+    original = embed_stacks(backend, list(upstream_stacks(load_upstream("wavlm_local", str(tiny_wavlm), "cpu"),
+                                                          data, data.utts)))
+    assert not np.allclose(original, model.embed_raw([data.wav_scp[u] for u in data.utts]), atol=1e-4)

@@ -1,11 +1,18 @@
 """DistributedDataParallel under torchrun (2 CPU processes, gloo) against one process,
 the global batch norm that makes them agree, and AMP."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import assert_same_training, losses, run_train
+from helpers import assert_same_training, losses, run_train, train_env
 
 
 def held_out_set(root):
@@ -42,19 +49,74 @@ def valid_rows(exp):
     return dict(zip(rows[:, 0].astype(int), rows[:, 1]))
 
 
+# upmp.bin.train whose every rank stops at the 2nd checkpoint (after the log rows and the validation
+# of that step, before rank 0 writes checkpoints/last.pt), and waits there to be killed
+HANG_AT_SECOND_CHECKPOINT = """
+import sys
+import time
+import upmp.train.trainer as trainer
+from upmp.bin.train import main
+real, calls = trainer._world_mean_window, []
+
+
+def hang_at_second_checkpoint(window, world, device):
+    out = real(window, world, device)  # called by every rank at every checkpoint
+    calls.append(1)
+    if len(calls) == 2:
+        open(sys.argv[-1] + ".ready", "w").close()
+        time.sleep(600)
+    return out
+
+
+trainer._world_mean_window = hang_at_second_checkpoint
+main(sys.argv[1:-1])
+"""
+
+
 def test_two_processes_train_the_model_one_process_trains(ddp_dump):
     """Rows of each global batch are split over 2 gloo processes; with the global batch norm
     (train_conf.sync_batchnorm) the losses and the final model equal the 1-process run up to
     float rounding. Without it each process normalises its own half: a different model.
     Validation is sharded too (each rank embeds half the utterances, rank 0 scores): its EERs
-    equal the 1-process run's, and those computed here from the 2-process run's checkpoints."""
-    one, two, local = ddp_dump / "one", ddp_dump / "two", ddp_dump / "local_bn"
+    equal the 1-process run's, and those computed here from the 2-process run's checkpoints.
+    A 2-process run killed (kill -9, launcher and workers) at its 2nd checkpoint and run again
+    resumes from the 1st and ends as the uninterrupted one did, bit for bit (models, log and
+    validation rows)."""
+    one, two, local, cut = ddp_dump / "one", ddp_dump / "two", ddp_dump / "local_bn", ddp_dump / "cut"
     valid_scp, trials, stacks = held_out_set(ddp_dump)
-    valid = ("--valid_scp", str(valid_scp), "--valid_trials", str(trials), "--train_conf.valid_every", "10")
-    for exp, nproc, extra in ((one, 1, valid), (two, 2, valid), (local, 2, ("--train_conf.sync_batchnorm", "false"))):
+    log = ("--train_conf.log_every", "4")  # rows at 4, 8, 12, ...: the checkpoints (every 10) fall between them
+    valid = ("--valid_scp", str(valid_scp), "--valid_trials", str(trials), "--train_conf.valid_every", "10", *log)
+    for exp, nproc, extra in ((one, 1, valid), (two, 2, valid), (local, 2, ("--train_conf.sync_batchnorm", "false", *log))):
         r = run_train(ddp_dump, exp, nproc, *extra)
         assert r.returncode == 0, r.stderr[-3000:]
-    assert len(losses(one)) == 6
+    assert len(losses(one)) == 8
+    (ddp_dump / "hang.py").write_text(HANG_AT_SECOND_CHECKPOINT)
+    ready = ddp_dump / "killed.ready"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(ddp_dump / "hang.py"), "--config", str(ddp_dump / "conf.yaml"), "--train_scp",
+                             str(ddp_dump / "dump/layers.scp"), "--utt2spk", str(ddp_dump / "utt2spk"), "--exp_dir",
+                             str(cut), *valid, str(ddp_dump / "killed")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=train_env())
+    try:
+        deadline = time.time() + 300
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the 2-process run did not reach its 2nd checkpoint"
+    finally:  # kill -9 of the launcher and both workers (torchrun starts each in a session of its own)
+        workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        for pid in [proc.pid] + workers:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    assert torch.load(cut / "checkpoints/last.pt", weights_only=True)["step"] == 10
+    assert (cut / "train_metrics.tsv").read_text().splitlines()[-1].startswith("20\t")
+    r = run_train(ddp_dump, cut, 2, *valid)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {cut / 'checkpoints/last.pt'} at step 10" in r.stderr
+    for name in ("model.pt", "model_last.pt"):
+        a, b = (torch.load(e / name, weights_only=True) for e in (two, cut))
+        assert a["step"] == b["step"] and all(torch.equal(a[p][k], b[p][k]) for p in ("model", "head") for k in a[p])
+    for name in ("train_metrics.tsv", "valid_metrics.tsv"):
+        assert (cut / name).read_text() == (two / name).read_text(), name
     assert_same_training(two, one, ddp_dump)
     assert list(valid_rows(two)) == [10, 20, 30]
     np.testing.assert_allclose(list(valid_rows(two).values()), list(valid_rows(one).values()), atol=1e-4)
