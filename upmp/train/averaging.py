@@ -162,13 +162,15 @@ def _check_same(ref_path: Path, ref: Dict[str, Any], path: Path, other: Dict[str
                                  "average checkpoints of one architecture only")
 
 
-def average_checkpoints(exp: Path, paths: Sequence[Path]) -> Dict[str, Any]:
-    """The content of a model.pt (exp/model.pt's metadata) with the mean weights of the files."""
+def average_checkpoints(exp: Path, paths: Sequence[Path], base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The content of a model.pt with the mean weights of the files; its metadata (and the config and
+    architecture the files must have) are base's, by default exp/model.pt's."""
     exp = Path(exp)
     if not paths:
         raise ConfigError(f"{exp}: no checkpoints to average")
     base_path = exp / "model.pt"
-    base = checkpoint.read_model(base_path)
+    if base is None:
+        base = checkpoint.read_model(base_path)
     items: List[Tuple[Path, Dict[str, Any]]] = []
     for p in paths:
         w = _read_weights(Path(p))

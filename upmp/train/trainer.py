@@ -212,7 +212,7 @@ class NonFiniteLossError(UpmpError, RuntimeError):
 
 
 # keys that change how fast a run goes, not its results: a resume may change them
-_RUN_ONLY = ("num_workers", "num_threads")
+_RUN_ONLY = ("num_workers", "num_threads", "keep_checkpoints")
 
 
 def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
@@ -397,10 +397,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     out = exp / "model.pt"
     if main:
         _finish(cfg, inputs, exp, td, run, report, validator is not None, n_params, world,
-                train_seconds + time.time() - run_start, device)
-        if tc["average"] is not None:
-            _write_average(cfg, exp, snapshots, validator if world == 1 and run.upstream is None else None,
-                           td, device)
+                train_seconds + time.time() - run_start, device,
+                lambda final: _write_average(cfg, exp, snapshots, final, td, device,
+                                             validator if world == 1 and run.upstream is None else None))
     return out
 
 
@@ -419,12 +418,15 @@ def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, 
 
 
 def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: Reporter, validated: bool,
-            n_params: int, world: int, train_seconds: float, device) -> None:
-    """model.pt (the best validation checkpoint when validating, else the last), the summary, the plots."""
+            n_params: int, world: int, train_seconds: float, device, write_average) -> None:
+    """model.pt (the best validation checkpoint when validating, else the last), the summary, the plots;
+    model_avg.pt (train_conf.average) before model.pt, whose presence marks the run complete."""
     report.close()
     steps = cfg["train_conf"]["steps"]
     final = {"config": cfg, "layer_stack": vars(td.meta), "speakers": td.data.speakers, "num_params": n_params,
              "train_seconds": train_seconds, "step": steps, "world_size": world, "inputs": inputs.recorded()}
+    if cfg["train_conf"]["average"] is not None:
+        write_average(dict(final, **run.weights(inputs)))
     out = exp / "model.pt"
     if validated:
         checkpoint.save_model(exp / "model_last.pt", dict(final, **run.weights(inputs)))
@@ -442,11 +444,11 @@ def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: 
     logger.info("wrote %s", out)
 
 
-def _write_average(cfg, exp: Path, snapshots, validator, td: TrainingData, device) -> None:
+def _write_average(cfg, exp: Path, snapshots, final: Dict[str, Any], td: TrainingData, device, validator) -> None:
     """model_avg.pt from the kept checkpoints train_conf.average selects (validated when possible)."""
     from upmp.train.averaging import average_checkpoints
     paths = snapshots.select(**cfg["train_conf"]["average"])
-    content = average_checkpoints(exp, paths)
+    content = average_checkpoints(exp, paths, base=final)
     if validator is not None:
         model = checkpoint.build_model(cfg, td.meta)
         model.load_state_dict(content["model"])
