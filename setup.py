@@ -18,6 +18,7 @@ ENTRY_MODULES = [
     "perturb_speed", "build_tiny_upstream", "data_dir", "import_data_dir", "check_upstream", "reuse_layers",
     "extract_layers", "join_layers", "train", "extract_embeddings", "score", "score_sets", "calibrate", "map_score_ids",
     "compute_metrics", "model_info", "convert_trials", "write_results", "compare_results", "jobs", "import_checkpoint",
+    "average_checkpoints",
 ]
 ENTRY_POINTS = {f"upmp-{m.replace('_', '-')}": f"upmp.bin.console:{m}" for m in ENTRY_MODULES}
 # the model-package commands run their main through their own cli()
