@@ -19,6 +19,7 @@ ENTRY_MODULES = [
     "extract_layers", "join_layers", "train", "extract_embeddings", "score", "score_sets", "calibrate", "map_score_ids",
     "compute_metrics", "model_info", "convert_trials", "write_results", "compare_results", "jobs", "import_checkpoint",
     "package_model", "embed", "verify", "results", "export_onnx", "layer_probe", "fuse", "enroll", "identify",
+    "average_checkpoints",
 ]
 ENTRY_POINTS = {f"upmp-{m.replace('_', '-')}": f"upmp.bin.console:{m}" for m in ENTRY_MODULES}
 

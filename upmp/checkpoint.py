@@ -13,6 +13,9 @@ file never runs code when loaded; a file that needs more is refused with one lin
                           log_window ([loss, accuracy] of the steps after the last log row, averaged
                           over the processes)
     checkpoints/best.pt   format "upmp-best": model, upstream, step, eer
+    checkpoints/step_<N>.pt  format "upmp-snapshot" (train_conf.keep_checkpoints / average): config,
+                          model, head, upstream (when fine-tuned), step, eer (None when not validated
+                          at that step); the weights checkpoint averaging reads
 
 Each records `version` (FORMAT_VERSION); another version is refused with one line.
 """
@@ -30,12 +33,13 @@ from upmp.safe_load import load_torch_data
 from upmp.data.layer_stacks import LayerStackMeta
 
 FORMAT_VERSION = 1
-MODEL, TRAIN_STATE, BEST = "upmp-model", "upmp-train-state", "upmp-best"
+MODEL, TRAIN_STATE, BEST, SNAPSHOT = "upmp-model", "upmp-train-state", "upmp-best", "upmp-snapshot"
 _REQUIRED = {MODEL: ("config", "layer_stack", "model"),
              TRAIN_STATE: ("model", "head", "optimizer", "scheduler", "scaler", "step"),
-             BEST: ("model", "step", "eer")}
+             BEST: ("model", "step", "eer"),
+             SNAPSHOT: ("config", "model", "head", "step", "eer")}
 _WHAT = {MODEL: "a upmp model (model.pt)", TRAIN_STATE: "a upmp training checkpoint",
-         BEST: "a upmp best-validation checkpoint"}
+         BEST: "a upmp best-validation checkpoint", SNAPSHOT: "a upmp kept checkpoint (checkpoints/step_<N>.pt)"}
 
 
 def weights(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -133,3 +137,18 @@ def save_best(path, content: Dict[str, Any]) -> None:
 
 def read_best(path, device="cpu") -> Dict[str, Any]:
     return _read(path, BEST, device)
+
+
+# checkpoints/step_<N>.pt
+
+def snapshot_path(exp_dir, step: int) -> Path:
+    return Path(exp_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def save_snapshot(path, content: Dict[str, Any]) -> None:
+    """content: config, model, head, [upstream], step, eer (None when not validated at that step)."""
+    _write(path, SNAPSHOT, content)
+
+
+def read_snapshot(path, device="cpu") -> Dict[str, Any]:
+    return _read(path, SNAPSHOT, device)

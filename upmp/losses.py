@@ -4,10 +4,14 @@ Both losses come from espnet2.spk; `heads` splits the embedding into equal parts
 each with its own class weights (the paper's multi-head AAM-softmax; heads = 1 is
 the usual single head). The loss is the mean of the heads' losses; the accuracy
 is that of the heads' summed cosine logits.
+
+The margin may follow a schedule over the training steps (loss_conf.margin_schedule;
+`scheduled_margin`, applied by the trainer with `set_margin` before each step).
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -31,6 +35,20 @@ class _MultiHead(nn.Module):
             logits = logits + self._cosine(head, part)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         return torch.stack(losses).mean(), accuracy
+
+    def set_margin(self, margin: float) -> None:
+        """Every head's additive angular margin (and the constants derived from it) set to margin."""
+        # the constants espnet's heads derive from the margin in __init__; not the sub-centre head's
+        # update(), which also switches its top-k penalty on: a schedule changes the margin only
+        for head in self.heads:
+            head.m = margin
+            if hasattr(head, "margin"):
+                head.margin = margin
+            head.cos_m, head.sin_m = math.cos(margin), math.sin(margin)
+            head.th = math.cos(math.pi - margin)
+            head.mm = math.sin(math.pi - margin) * margin
+            if hasattr(head, "mmm"):
+                head.mmm = 1.0 + math.cos(math.pi - margin)
 
     @staticmethod
     def _cosine(head, part: torch.Tensor) -> torch.Tensor:
@@ -68,7 +86,36 @@ class SubcenterInterTopkAAMSoftmax(_MultiHead):
 LOSSES = {"aamsoftmax": AAMSoftmax, "aamsoftmax_subcenter_topk": SubcenterInterTopkAAMSoftmax}
 
 
+# the ramps of loss_conf.margin_schedule: progress p in [0, 1] -> fraction of the way to the final margin
+_RAMPS = {
+    "linear": lambda p: p,
+    # fast first, then levelling off (WeSpeaker's "exp" increase): 1 - 0.001^p, rescaled to end at 1
+    "exp": lambda p: (1.0 - 1e-3 ** p) / (1.0 - 1e-3),
+    # slow, fast, slow (the LAP code's "cos"): half a cosine period
+    "cos": lambda p: 0.5 * (1.0 - math.cos(math.pi * p)),
+}
+
+
+def scheduled_margin(loss_conf: Dict[str, Any], step: int) -> float:
+    """The AAM margin at training step `step` (0-based): loss_conf.margin_schedule's start_margin up
+    to start_step, its ramp of the given shape, then loss_conf.margin from end_step on. A function of
+    the step only, so a resumed run repeats the margins exactly."""
+    sched, final = loss_conf.get("margin_schedule") or {"shape": "none"}, loss_conf.get("margin", 0.2)
+    if sched["shape"] == "none" or step >= sched["end_step"]:
+        return final
+    if step <= sched["start_step"]:
+        return sched["start_margin"]
+    p = (step - sched["start_step"]) / (sched["end_step"] - sched["start_step"])
+    return sched["start_margin"] + (final - sched["start_margin"]) * _RAMPS[sched["shape"]](p)
+
+
 def build_loss(name: str, embed_dim: int, num_classes: int, conf: dict) -> nn.Module:
+    """The loss head; conf's margin_schedule is the trainer's (the head starts at its step-0 margin)."""
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
-    return LOSSES[name](embed_dim, num_classes, **conf)
+    conf = dict(conf)
+    schedule = conf.pop("margin_schedule", None)
+    head = LOSSES[name](embed_dim, num_classes, **conf)
+    if schedule is not None and schedule.get("shape", "none") != "none":
+        head.set_margin(scheduled_margin(dict(conf, margin_schedule=schedule), 0))
+    return head

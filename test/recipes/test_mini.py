@@ -231,12 +231,13 @@ def test_bad_audio_in_a_job_names_the_users_wav_scp_line(small_recipe):
 
 def test_mhfa_with_lmft_and_qmf(small_recipe):
     """--backend mhfa --lmft true --calibration "linear qmf": the base model and its large-margin fine-tuning
-    in their own dirs, each with linear and QMF rows (Cllr / actDCF) in RESULTS.md, both in the comparison."""
+    in their own dirs, each with linear and QMF rows (Cllr / actDCF) in RESULTS.md, both in the comparison;
+    with train_conf.average, each one's model_avg.pt scored as <exp>_avg beside it."""
     recipe, _ = small_recipe
     r = run(recipe, "--stage", "2", "--stop_stage", "5", "--upstream", "wavlm_local", "--backend", "mhfa",
             "--lmft", "true", "--calibration", "linear qmf", "--scoring", "cosine", "--score_norm", "none",
             "--train_args", "--train_conf.steps 8 --train_conf.batch_size 8 --lmft_conf.steps 4 "
-            "--lmft_conf.valid_every 2")
+            "--lmft_conf.valid_every 2 --train_conf.ckpt_every 4 --train_conf.average.last 2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     base = recipe / "exp" / "mhfa_wavlm_local_wavlm_tiny"
     lmft = base.parent / (base.name + "_lmft")
@@ -254,5 +255,11 @@ def test_mhfa_with_lmft_and_qmf(small_recipe):
         assert (exp / "embeddings" / "voxceleb1_valid" / "utt2dur").is_file()
     comparison = (recipe / "exp" / "RESULTS.md").read_text()
     assert f"| {base.name} | mhfa |" in comparison and f"| {lmft.name} | mhfa |" in comparison
+    for exp in (base, lmft):
+        avg = exp.parent / (exp.name + "_avg")
+        assert (avg / "model.pt").resolve() == (exp / "model_avg.pt").resolve()
+        assert set(json.loads((avg / "results.json").read_text())["results"]) == {"voxceleb1_test/cosine",
+                                                                                  "voxceleb1_test/cosine.qmf"}
+        assert f"| {avg.name} | mhfa |" in comparison
     r = run(recipe, "--stage", "4", "--stop_stage", "4", "--upstream", "wavlm_local", "--calibration", "platt")
     assert r.returncode == 1 and "unknown --calibration platt (linear, qmf)" in r.stderr

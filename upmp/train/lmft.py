@@ -5,6 +5,10 @@ and a short, low learning-rate cycle (few steps).
 The phase's values are the config's `lmft_conf` (upmp/train/schema.py: LMFTConf; defaults 2000
 steps, 6 s crops, lr 1e-4, margin 0.5). `lmft_config(cfg)` places them over the training keys;
 `init_from_model` loads the backend and loss-head weights of the base model before step 0.
+
+The phase runs at its fixed lmft_conf.margin: the base config's loss_conf.margin_schedule (a ramp
+for training from scratch) is not applied (shape none in the phase's config), nor is its
+train_conf.init (the phase starts from the base model).
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ def lmft_config(cfg: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
     out = copy.deepcopy(cfg)
     for key, (section, name) in PLACES.items():
         out[section][name] = cfg["lmft_conf"][key]
+    if "margin_schedule" in out["loss_conf"]:
+        out["loss_conf"]["margin_schedule"] = {"shape": "none"}  # the phase's margin is fixed (module doc)
+    out["train_conf"]["init"] = ""
     try:
         return check_train_config(out)
     except ConfigError as e:

@@ -82,7 +82,7 @@ class Reporter:
         self.exp = exp
         self.metrics_path, self.valid_path = exp / "train_metrics.tsv", exp / "valid_metrics.tsv"
         if start == 0 or not self.metrics_path.is_file():
-            atomic_write_text(self.metrics_path, "step\tloss\taccuracy\tlr\n")
+            atomic_write_text(self.metrics_path, "step\tloss\taccuracy\tlr\tmargin\n")
         else:
             _drop_rows_after(self.metrics_path, start)
         if validating and (start == 0 or not self.valid_path.is_file()):
@@ -91,14 +91,17 @@ class Reporter:
             _drop_rows_after(self.valid_path, start)
         self.board = SummaryWriter(log_dir=str(exp / "tensorboard"), purge_step=start)
 
-    def train_step(self, done: int, steps: int, loss: float, acc: float, lr: float, seconds_per_step: float) -> None:
-        logger.info("step %d/%d loss %.4f acc %.3f lr %.2e (%.2f s/step)", done, steps, loss, acc, lr,
-                    seconds_per_step)
+    def train_step(self, done: int, steps: int, loss: float, acc: float, lr: float, margin: float,
+                   seconds_per_step: float) -> None:
+        """margin: the AAM margin of the window's last step (loss_conf.margin_schedule)."""
+        logger.info("step %d/%d loss %.4f acc %.3f lr %.2e margin %.4g (%.2f s/step)", done, steps, loss, acc, lr,
+                    margin, seconds_per_step)
         with open(self.metrics_path, "a") as f:
-            f.write(f"{done}\t{loss:.5f}\t{acc:.5f}\t{lr:.6g}\n")
+            f.write(f"{done}\t{loss:.5f}\t{acc:.5f}\t{lr:.6g}\t{margin:.6g}\n")
         self.board.add_scalar("train/loss", loss, done)
         self.board.add_scalar("train/accuracy", acc, done)
         self.board.add_scalar("train/lr", lr, done)
+        self.board.add_scalar("train/margin", margin, done)
 
     def valid_step(self, done: int, eer: float, best_eer: float, best_step: int) -> None:
         with open(self.valid_path, "a") as f:

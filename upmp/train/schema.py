@@ -111,8 +111,19 @@ BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "mhfa": MHFA
 # loss_conf, one per loss (upmp.losses.LOSSES)
 
 @dataclass
+class MarginScheduleConf:
+    """loss_conf.margin_schedule (upmp.losses.scheduled_margin): the AAM margin ramps from start_margin
+    at start_step to loss_conf.margin at end_step, a function of the step only (a resume repeats it)."""
+    shape: str = spec("none", choices=("none", "linear", "exp", "cos"))  # none: loss_conf.margin throughout
+    start_step: int = spec(0, lo=0)                        # start_margin up to this step
+    end_step: int = spec(0, lo=0)                          # loss_conf.margin from this step on
+    start_margin: float = spec(0.0, lo=0)
+
+
+@dataclass
 class AAMSoftmaxConf:
     margin: float = spec(0.2, lo=0)
+    margin_schedule: MarginScheduleConf = field(default_factory=MarginScheduleConf)
     scale: float = spec(30.0, lo=0, lo_open=True)
     heads: int = spec(1, lo=1)               # multi-head AAM-softmax: the embedding split into this many heads
 
@@ -137,6 +148,14 @@ class AugmentConf:
     snr: dict = spec({"noise": [0, 15], "music": [5, 15], "babble": [13, 20]})  # dB, drawn uniformly
     babble_speakers: list = spec([3, 7])     # speech files summed for babble (inclusive)
     rir_sets: list = spec(["simulated_rirs"])
+
+
+@dataclass
+class AverageConf:
+    """train_conf.average (upmp.train.averaging): model_avg.pt averages the weights (batch-norm running
+    statistics included) of the last N checkpoints, or of the N with the best validation EER."""
+    last: int = spec(0, lo=0)
+    best: int = spec(0, lo=0)
 
 
 @dataclass
@@ -168,6 +187,10 @@ class TrainConf:
     sync_batchnorm: bool = spec(True)                      # torchrun: batch-norm over the global batch
     finetune_upstream: bool = spec(False)                  # online mode: train the upstream too
     augment: Optional[AugmentConf] = spec(None)            # online mode: MUSAN / RIR augmentation
+    keep_checkpoints: int = spec(0, lo=0)                  # checkpoints/step_<N>.pt kept: the last K and best K
+    average: Optional[AverageConf] = spec(None)            # model_avg.pt: mean of kept checkpoints' weights
+    trainable: list = spec([])                             # glob patterns of backend parameters that train; []: all
+    init: str = spec("")                                   # a model.pt whose backend weights start the training
 
 
 @dataclass
@@ -297,6 +320,17 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise ConfigError(f"train_conf.steps {tc['steps']} with optim_conf.pct_start {oc['pct_start']} gives "
                           "exactly 1 warm-up step, which the OneCycle schedule cannot hold: change either "
                           f"(e.g. train_conf.steps {tc['steps'] + 1})")
+    sched = out["loss_conf"]["margin_schedule"]
+    if sched["shape"] != "none" and not sched["start_step"] < sched["end_step"] <= tc["steps"]:
+        raise ConfigError(f"loss_conf.margin_schedule: the {sched['shape']} ramp from step {sched['start_step']} "
+                          f"to step {sched['end_step']} must end after it starts and by train_conf.steps "
+                          f"{tc['steps']}; set start_step < end_step <= {tc['steps']}")
+    avg = tc["average"]
+    if avg is not None and (avg["last"] > 0) == (avg["best"] > 0):
+        raise ConfigError(f"train_conf.average: {avg}: give exactly one of last: N or best: N (N >= 1)")
+    if tc["trainable"] and not all(isinstance(p, str) and p for p in tc["trainable"]):
+        raise ConfigError(f"train_conf.trainable: {tc['trainable']!r}: expected a list of glob patterns of "
+                          "backend parameter names (e.g. [backend.layer_pool.*])")
     if tc["augment"] is not None:
         from upmp.data.augment import check_conf
         check_conf(tc["augment"])

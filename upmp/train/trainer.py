@@ -10,21 +10,31 @@ Inputs (one of):
 Writes into exp_dir (rank 0 only under DDP):
     config.yaml, versions.json      resolved config and package versions
     train.log                       log lines (also on stderr)
-    train_metrics.tsv, train_curve.png   loss / accuracy / lr per logged step
+    train_metrics.tsv, train_curve.png   loss / accuracy / lr / AAM margin per logged step
     tensorboard/                    the same curves (and validation EER) as TensorBoard events
     checkpoints/last.pt             full state, rewritten every ckpt_every steps
+    checkpoints/step_<N>.pt         with train_conf.keep_checkpoints K or train_conf.average: the weights at
+                                    each checkpoint / validation step, the last K and best K kept
     valid_metrics.tsv               validation EER every train_conf.valid_every steps (with a validation list)
     train_summary.json              parameters, training time, selected step, validation EER, inputs
     model.pt                        the backend (with its loss head for large-margin fine-tuning, and
                                     the upstream's weights when fine-tuned) for embedding extraction: the
                                     checkpoint with the best validation EER when validating, else the last one
     model_last.pt                   the last one, when validating
+    model_avg.pt                    with train_conf.average: the mean of the selected kept checkpoints
     layer_usage.png                 the layers the trained backend relies on
 A run whose checkpoints/last.pt exists resumes from it.
+
+loss_conf.margin_schedule sets the AAM margin before every step as a function of the step
+(upmp.losses.scheduled_margin). train_conf.trainable restricts training to the backend parameters
+matching its glob patterns (the others are frozen and left out of the optimizer; batch-norm layers
+outside them keep their running statistics); the loss head always trains. train_conf.init starts
+from another model.pt's backend weights.
 """
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import random
@@ -41,7 +51,7 @@ from tqdm import tqdm
 import upmp.checkpoint as checkpoint
 from upmp.config import dump_resolved
 from upmp.errors import ConfigError, UpmpError
-from upmp.losses import build_loss
+from upmp.losses import build_loss, scheduled_margin
 from upmp.train.data import batch_loader, shard, spanout_frames, to_model_input
 from upmp.train.inputs import Inputs, TrainingData, build_training_data
 from upmp.train.report import Reporter, add_file_log
@@ -122,17 +132,62 @@ class Run:
         return out
 
 
+def select_trainable(model: nn.Module, patterns: List[str]) -> int:
+    """Freeze the backend parameters no pattern (fnmatch glob over the parameter names, e.g.
+    backend.layer_pooling.*) matches; returns how many parameter values still train. One line for a
+    pattern that matches nothing (so also for a selection that would freeze everything)."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            parts = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(f"train_conf.trainable: {pattern!r} matches no backend parameter; the names start "
+                              f"with {', '.join(parts)} (python -m upmp.bin.model_info lists them all)")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+    # every pattern matched a parameter, so something trains: a selection that freezes everything
+    # is one whose patterns all match nothing, refused above
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def frozen_batchnorm(model: nn.Module, patterns: List[str]) -> List[nn.Module]:
+    """The batch-norm layers whose running statistics no trainable pattern matches (kept in eval mode)."""
+    return [m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not any(fnmatch.fnmatchcase(f"{name}.running_mean", p) for p in patterns)]
+
+
+def init_backend(model: nn.Module, path: str) -> None:
+    """The backend weights of another model.pt (train_conf.init), names and shapes checked."""
+    state = checkpoint.read_model(path)["model"]
+    mine = model.state_dict()
+    bad = ([f"{k} missing" for k in mine if k not in state] + [f"{k} unexpected" for k in state if k not in mine]
+           + [f"{k} of shape {tuple(state[k].shape)}, here {tuple(v.shape)}" for k, v in mine.items()
+              if k in state and state[k].shape != v.shape])
+    if bad:
+        raise ConfigError(f"train_conf.init {path}: its backend does not fit this config's ({bad[0]}"
+                          f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); use that model's "
+                          "backend / backend_conf / use_hidden0 and the same upstream")
+    model.load_state_dict(state)
+    logger.info("backend weights from %s (train_conf.init)", path)
+
+
 def build_run(cfg: Dict[str, Any], td: TrainingData, device, world: int, amp_dtype) -> Run:
     tc, oc = cfg["train_conf"], cfg["optim_conf"]
     torch.manual_seed(cfg["seed"])
     model = checkpoint.build_model(cfg, td.meta).to(device)
+    if tc["init"]:
+        init_backend(model, tc["init"])
+    if tc["trainable"]:
+        n = select_trainable(model, tc["trainable"])
+        logger.info("train_conf.trainable %s: %d of %d backend parameter values train, the rest frozen",
+                    tc["trainable"], n, sum(p.numel() for p in model.parameters()))
     head = build_loss(cfg["loss"], model.embed_dim, td.data.num_speakers, cfg["loss_conf"]).to(device)
     spanout = (tc["spanout_prob"], tc["spanout_span"], tc["spanout_rate"])
     graph = TrainGraph(model, head, td.upstream, spanout, cfg["seed"])
     if world > 1 and tc["sync_batchnorm"]:  # the same statistics whatever the number of processes
         from upmp.train.sync_bn import convert_batchnorm
         convert_batchnorm(graph)  # before the optimizer is given the parameters
-    groups = [{"params": list(model.parameters()) + list(head.parameters()), "lr": oc["lr"]}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad] + list(head.parameters()),
+               "lr": oc["lr"]}]
     max_lr = [oc["lr"]]
     trained_upstream = td.upstream if td.upstream is not None and td.upstream.trainable else None
     if trained_upstream is not None:
@@ -158,7 +213,7 @@ class NonFiniteLossError(UpmpError, RuntimeError):
 
 
 # keys that change how fast a run goes, not its results: a resume may change them
-_RUN_ONLY = ("num_workers", "num_threads")
+_RUN_ONLY = ("num_workers", "num_threads", "keep_checkpoints")
 
 
 def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
@@ -249,6 +304,8 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     logger.info("training on %d utterances of %d speakers, %s, L=%d D=%d%s", len(td.data.utts),
                 td.data.num_speakers, td.description, td.meta.num_layers, td.meta.dim,
                 f", {world} processes" if world > 1 else "")
+    if inputs.lmft_from and tc["init"]:
+        raise ConfigError(f"train_conf.init {tc['init']} and --lmft_from {inputs.lmft_from}: give one start model")
     run = build_run(cfg, td, device, world, amp_dtype)
     if inputs.lmft_from:  # before step 0 (a resumed run then loads its own checkpoint)
         from upmp.train.lmft import init_from_model
@@ -260,6 +317,8 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         validator = build_validator(inputs, td.meta, td.upstream, device, rank, world)
         logger.info("validating every %d steps on %d trials (%s)", tc["valid_every"], len(validator.trials),
                     inputs.valid_trials)
+    from upmp.train.averaging import Snapshots
+    snapshots = Snapshots(exp, cfg, validator is not None)  # every rank: its checks raise on all
     ckpt_path, best_path = exp / "checkpoints" / "last.pt", exp / "checkpoints" / "best.pt"
     start, train_seconds, best_eer, best_step = 0, 0.0, float("inf"), 0
     window: List[Tuple[float, float]] = []  # (loss, accuracy) of the steps since the last log row
@@ -280,7 +339,14 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
             run.graph, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=run.upstream is not None)
     loader = batch_loader(td.data, range(start, steps), rank, world, tc["num_workers"], pin_memory=device.type == "cuda")
-    run.graph.train()
+    frozen_bn = frozen_batchnorm(run.model, tc["trainable"]) if tc["trainable"] else []
+
+    def train_mode():
+        run.graph.train()
+        for m in frozen_bn:
+            m.eval()
+    train_mode()
+    loss_conf = cfg["loss_conf"]
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     t0, timed, run_start = time.time(), 0, time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", mininterval=5, disable=not main)
@@ -289,6 +355,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
+        margin = scheduled_margin(loss_conf, step)
+        if loss_conf.get("margin_schedule", {}).get("shape", "none") != "none":
+            run.head.set_margin(margin)
         with autocast():
             loss, acc = runner(to_model_input(x, device), labels.to(device, non_blocking=True), step, rows)
         _check_finite(loss, step, td, rows, world)  # before the update: no NaN weights are ever written
@@ -308,17 +377,21 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
                 torch.distributed.all_reduce(mean)
                 mean /= world
             if main:
-                report.train_step(done, steps, *mean.tolist(), run.scheduler.get_last_lr()[0],
+                report.train_step(done, steps, *mean.tolist(), run.scheduler.get_last_lr()[0], margin,
                                   (time.time() - t0) / timed)
                 bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.3f}")
             t0, timed, window = time.time(), 0, []
+        eer = None
         if validator and (done % tc["valid_every"] == 0 or done == steps):
             eer = validator.eer(run.model)  # every rank embeds its share; rank 0 scores
+            train_mode()
             if main:
                 if eer < best_eer:
                     best_eer, best_step = eer, done
                     checkpoint.save_best(best_path, dict(run.weights(inputs), step=done, eer=eer))
                 report.valid_step(done, eer, best_eer, best_step)
+        if main and snapshots.due(done):  # before last.pt: a resume from last.pt finds it
+            snapshots.save(done, dict(run.weights(inputs), config=cfg, step=done, eer=eer))
         if done % tc["ckpt_every"] == 0 or done == steps:
             pending = _world_mean_window(window, world, device)  # every rank takes part
             if main:
@@ -330,7 +403,9 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     out = exp / "model.pt"
     if main:
         _finish(cfg, inputs, exp, td, run, report, validator is not None, n_params, world,
-                train_seconds + time.time() - run_start, device)
+                train_seconds + time.time() - run_start, device,
+                lambda final: _write_average(cfg, exp, snapshots, final, td, device,
+                                             validator if world == 1 and run.upstream is None else None))
     return out
 
 
@@ -360,12 +435,15 @@ def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, 
 
 
 def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: Reporter, validated: bool,
-            n_params: int, world: int, train_seconds: float, device) -> None:
-    """model.pt (the best validation checkpoint when validating, else the last), the summary, the plots."""
+            n_params: int, world: int, train_seconds: float, device, write_average) -> None:
+    """model.pt (the best validation checkpoint when validating, else the last), the summary, the plots;
+    model_avg.pt (train_conf.average) before model.pt, whose presence marks the run complete."""
     report.close()
     steps = cfg["train_conf"]["steps"]
     final = {"config": cfg, "layer_stack": vars(td.meta), "speakers": td.data.speakers, "num_params": n_params,
              "train_seconds": train_seconds, "step": steps, "world_size": world, "inputs": inputs.recorded()}
+    if cfg["train_conf"]["average"] is not None:
+        write_average(dict(final, **run.weights(inputs)))
     out = exp / "model.pt"
     if validated:
         checkpoint.save_model(exp / "model_last.pt", dict(final, **run.weights(inputs)))
@@ -381,3 +459,17 @@ def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: 
     x, _ = td.data.batch(steps)
     report.plots(run.model, x, td.upstream, device, first_layer=0 if cfg["use_hidden0"] else 1)
     logger.info("wrote %s", out)
+
+
+def _write_average(cfg, exp: Path, snapshots, final: Dict[str, Any], td: TrainingData, device, validator) -> None:
+    """model_avg.pt from the kept checkpoints train_conf.average selects (validated when possible)."""
+    from upmp.train.averaging import average_checkpoints
+    paths = snapshots.select(**cfg["train_conf"]["average"])
+    content = average_checkpoints(exp, paths, base=final)
+    if validator is not None:
+        model = checkpoint.build_model(cfg, td.meta)
+        model.load_state_dict(content["model"])
+        content["valid_eer"] = validator.eer(model.to(device))
+    checkpoint.save_model(exp / "model_avg.pt", content)
+    logger.info("model_avg.pt: mean of the checkpoints of steps %s%s", content["averaged"]["steps"],
+                f", validation EER {content['valid_eer']:.2f} %" if validator is not None else "")

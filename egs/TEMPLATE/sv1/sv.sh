@@ -61,7 +61,8 @@ Stages:
      with --layer_probe true, then the layer probe: EER of each hidden state (cosine, PLDA) on the
      validation trials (else the first test set's) -> ${dumpdir}/<upstream>/layer_probe/layer_probe.{tsv,png}
   2: backend training (python -m upmp.bin.train; torchrun with --train_nproc > 1); with --lmft true
-     then large-margin fine-tuning from the trained model (the config's lmft_conf) -> <exp>_lmft
+     then large-margin fine-tuning from the trained model (the config's lmft_conf) -> <exp>_lmft;
+     a config with train_conf.average also gives <exp>_avg (its model.pt: <exp>/model_avg.pt), scored beside
   3: embedding extraction (xvector.scp per set; from audio with --train_mode online)
   4: scoring of data/<test_set>/trials (then calibration, and --fusion, on --valid_set)
   5: metrics: EER / minDCF -> <exp>/RESULTS.md
@@ -235,17 +236,18 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if "${layer_probe}"; then layer_probe_run; fi
 fi
 
-# <config>[@<seed>][:lmft] in training order: each model (per seed with --seeds), then (--lmft true)
-# its large-margin fine-tuning
+# <config>[@<seed>][:lmft][:avg] in training order: each model (per seed with --seeds), then (--lmft true)
+# its large-margin fine-tuning; :avg = the checkpoint average of the run before it (train_conf.average)
 runs=""
 for c in ${train_configs}; do
   for s in ${seeds:-none}; do
     run=${c}$([ "${s}" == none ] || echo "@${s}")
-    runs+=" ${run}"; if "${lmft}"; then runs+=" ${run}:lmft"; fi
+    runs+=" ${run} ${run}:avg"; if "${lmft}"; then runs+=" ${run}:lmft ${run}:lmft:avg"; fi
   done
 done
 seed_exps=""  # <exp of the seeds' mean>=<its seed exps, comma-separated> (stage 5 with --seeds)
 for run in ${runs}; do
+  avg_of=""; if [ "${run}" != "${run%:avg}" ]; then avg_of=yes; run=${run%:avg}; fi
   train_config=${run%:lmft}
   seed=""; if [[ "${train_config}" == *@* ]]; then seed=${train_config##*@}; train_config=${train_config%@*}; fi
   backend_tag=$(basename "${train_config%.*}"); backend_tag=${backend_tag#train_}
@@ -254,6 +256,14 @@ for run in ${runs}; do
   [ -z "${seed}" ] || exp=${exp}_seed${seed}
   base_exp=""  # LMFT: the experiment whose model.pt it continues from
   if [ "${run}" != "${run%:lmft}" ]; then base_exp=${exp}; exp=${exp}_lmft; mean_exp=${mean_exp%_seeds}_lmft_seeds; fi
+  if [ -n "${avg_of}" ]; then  # <exp>_avg: stages 3-5 on <exp>/model_avg.pt (none: the config does not average)
+    avg_of=${exp}; exp=${exp}_avg; mean_exp=${mean_exp%_seeds}_avg_seeds
+    [ -f "${avg_of}/model_avg.pt" ] || continue
+    mkdir -p "${exp}"
+    for f in model_avg.pt:model.pt config.yaml:config.yaml train_summary.json:train_summary.json; do
+      ln -sfn "../${avg_of##*/}/${f%%:*}" "${exp}/${f##*:}"
+    done
+  fi
   if [ -n "${seed}" ]; then
     case " ${seed_exps} " in
       *" ${mean_exp}="*) seed_exps=$(sed "s|\( ${mean_exp}=[^ ]*\)|\1,${exp}|" <<< " ${seed_exps}") ;;
@@ -261,7 +271,7 @@ for run in ${runs}; do
     esac
   fi
 
-  if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+  if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ] && [ -z "${avg_of}" ]; then
     log "Stage 2: backend training -> ${exp}${base_exp:+ (large-margin fine-tuning of ${base_exp}/model.pt)}"
     if [ -f "${exp}/model.pt" ]; then
       log "${exp}/model.pt exists, skipping (delete it, or set --exp_tag, to train again)"

@@ -67,7 +67,13 @@ def test_schema_fills_defaults_and_checks_types(train_yaml):
     assert cfg["optim_conf"] == {"lr": 1e-3, "upstream_lr": 5e-5, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0}
     assert cfg["backend_conf"] == {"conv_dim": 128, "n_blocks": 1, "heads": 4, "embed_dim": 192, "dropout": 0.1,
                                    "residual": "once", "pooling": "masked"}
-    assert cfg["loss_conf"] == {"margin": 0.2, "scale": 30.0, "heads": 1} and cfg["use_hidden0"] is False
+    assert cfg["loss_conf"] == {"margin": 0.2, "scale": 30.0, "heads": 1, "margin_schedule": {
+        "shape": "none", "start_step": 0, "end_step": 0, "start_margin": 0.0}} and cfg["use_hidden0"] is False
+    scheduled = resolve_train_config(str(train_yaml), ["--loss_conf.margin_schedule.shape", "exp",
+                                                       "--loss_conf.margin_schedule.end_step", "300"])
+    assert scheduled["loss_conf"]["margin_schedule"]["shape"] == "exp"
+    assert (cfg["train_conf"]["keep_checkpoints"], cfg["train_conf"]["average"], cfg["train_conf"]["trainable"],
+            cfg["train_conf"]["init"]) == (0, None, [], "")
     assert resolve_train_config(str(train_yaml), ["--train_conf.crop_seconds", "3"])["train_conf"]["crop_seconds"] == 3.0
     lap = resolve_train_config(str(train_yaml), ["--backend", "lap"])
     assert lap["backend_conf"] == {"heads": 16, "channels": 512, "embed_dim": 192, "dropout": 0.1, "variant": "masked"}

@@ -40,7 +40,7 @@ def test_train_outputs_and_determinism(dump):
                  "train_curve.png", "layer_usage.png", "checkpoints/last.pt"):
         assert (exp / name).is_file(), name
     rows = (exp / "train_metrics.tsv").read_text().splitlines()
-    assert rows[0] == "step\tloss\taccuracy\tlr" and [r.split()[0] for r in rows[1:]] == ["4", "8", "12"]
+    assert rows[0] == "step\tloss\taccuracy\tlr\tmargin" and [r.split()[0] for r in rows[1:]] == ["4", "8", "12"]
     assert yaml.safe_load((exp / "config.yaml").read_text())["train_conf"]["steps"] == 12
     assert "torch" in (exp / "versions.json").read_text()
     import json

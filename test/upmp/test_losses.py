@@ -1,0 +1,49 @@
+"""The loss heads' margin: loss_conf.margin_schedule's values at given steps (hand-computed), and
+set_margin acting like a head built with that margin."""
+import math
+
+import pytest
+import torch
+
+from upmp.losses import build_loss, scheduled_margin
+
+
+def conf(shape, start_step=10, end_step=18, start_margin=0.0, margin=0.2):
+    return {"margin": margin, "scale": 30.0, "heads": 1,
+            "margin_schedule": {"shape": shape, "start_step": start_step, "end_step": end_step,
+                                "start_margin": start_margin}}
+
+
+@pytest.mark.parametrize("shape, expected", [
+    # steps 0, 10 (start), 12 (p 1/4), 14 (p 1/2), 17 (p 7/8), 18 (end), 500
+    ("linear", [0.0, 0.0, 0.05, 0.1, 0.175, 0.2, 0.2]),
+    # 0.2 (1 - 0.001^p) / 0.999: 0.001^(1/4) = 0.177827941, 0.001^(1/2) = 0.0316227766, 0.001^(7/8) = 0.00237137371
+    ("exp", [0.0, 0.0, 0.16459901, 0.19386931, 0.19972545, 0.2, 0.2]),
+    # 0.1 (1 - cos(pi p)): cos(pi/4) = 0.707106781, cos(pi/2) = 0, cos(7 pi/8) = -0.923879533
+    ("cos", [0.0, 0.0, 0.02928932, 0.1, 0.19238795, 0.2, 0.2]),
+    ("none", [0.2] * 7),
+])
+def test_schedule_values(shape, expected):
+    got = [scheduled_margin(conf(shape), s) for s in (0, 10, 12, 14, 17, 18, 500)]
+    assert got == pytest.approx(expected, abs=1e-8)
+
+
+def test_schedule_from_a_nonzero_start_margin_and_without_a_schedule():
+    assert scheduled_margin(conf("linear", 0, 4, start_margin=0.1, margin=0.3), 1) == pytest.approx(0.15)
+    assert scheduled_margin({"margin": 0.35}, 0) == 0.35  # a config written before schedules existed
+
+
+@pytest.mark.parametrize("loss", ["aamsoftmax", "aamsoftmax_subcenter_topk"])
+def test_set_margin_equals_a_head_built_with_that_margin(loss):
+    torch.manual_seed(0)
+    x, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    a = build_loss(loss, 8, 7, {"margin": 0.2, "heads": 2})
+    b = build_loss(loss, 8, 7, {"margin": 0.05, "heads": 2})
+    b.load_state_dict(a.state_dict())
+    before = a(x, labels)[0]
+    a.set_margin(0.05)
+    torch.testing.assert_close(a(x, labels)[0], b(x, labels)[0], rtol=0, atol=0)
+    assert not math.isclose(before.item(), b(x, labels)[0].item())
+    # a scheduled head starts at its step-0 margin
+    c = build_loss(loss, 8, 7, {"margin": 0.2, "heads": 2, "margin_schedule": conf("linear", 0, 10)["margin_schedule"]})
+    assert all(h.m == 0.0 for h in c.heads)
