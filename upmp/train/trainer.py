@@ -251,7 +251,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     run = build_run(cfg, td, device, world, amp_dtype)
     if inputs.lmft_from:  # before step 0 (a resumed run then loads its own checkpoint)
         from upmp.train.lmft import init_from_model
-        init_from_model(run.model, run.head, inputs.lmft_from, td.data.speakers)
+        init_from_model(run.model, run.head, inputs.lmft_from, td.data.speakers, run.upstream)
     n_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
     validator = None

@@ -1,14 +1,16 @@
 """Online training with a LoRA adapter on the tiny WavLM (train_conf.upstream_adapter): only the
 adapter and the backend train (the upstream's weights bit-equal after the steps, not in the
-optimizer), model.pt keeps the adapter only, a resumed run loads it back, and stage 3 and the
-package use the adapted upstream (the adapter merged into the weights)."""
+optimizer), model.pt keeps the adapter only, a resumed run and large-margin fine-tuning load it
+back, and stage 3 and the package use the adapted upstream (the adapter merged into the weights)."""
 import logging
 
 import kaldiio
 import numpy as np
+import pytest
 import torch
 
 from helpers import TRAIN_CONFIG
+from upmp.errors import ModelFileError
 
 RANK, D, LAYERS = 4, 32, 2  # the tiny_wavlm fixture: dim 32, 2 Transformer layers
 
@@ -33,7 +35,7 @@ def test_lora_trains_only_the_adapter_and_extraction_uses_it(small_data_dir, tin
 
     def build_run(*args):  # the trainer's own run, kept to look at after training
         run = real_build_run(*args)
-        runs.append((run, adapter_state(run.upstream)))
+        runs.append((run, adapter_state(run.upstream) if run.upstream is not None else None))
         return run
     real_build_run = trainer.build_run
     monkeypatch.setattr(trainer, "build_run", build_run)
@@ -93,3 +95,15 @@ def test_lora_trains_only_the_adapter_and_extraction_uses_it(small_data_dir, tin
     packaged = SpeakerModel(read_package(str(package)))
     wavs = [packaged.waveform(data.wav_scp[u]) for u in data.utts[:3]]
     np.testing.assert_allclose(packaged.embed_raw(wavs), got[:3], atol=1e-4, rtol=1e-4)
+
+    # large-margin fine-tuning starts from the base model's adapter (not a fresh one, B = 0)
+    from dataclasses import replace
+    from upmp.train.lmft import lmft_config
+    phase = lmft_config(dict(cfg, lmft_conf=dict(cfg["lmft_conf"], steps=2, crop_seconds=0.5)))
+    phase["optim_conf"]["upstream_lr"] = 1e-30  # the adapter then stays where the base model left it
+    trainer.train(phase, replace(inputs, lmft_from=str(exp / "model.pt")), str(tmp_path / "lmft"))
+    after_lmft = adapter_state(runs[-1][0].upstream)
+    assert all(torch.allclose(after_lmft[k], final[k], atol=1e-6) for k in final)
+    frozen = dict(phase, train_conf=dict(phase["train_conf"], upstream_adapter=None))
+    with pytest.raises(ModelFileError, match="was trained by a LoRA adapter .* must train it the same way"):
+        trainer.train(frozen, replace(inputs, lmft_from=str(exp / "model.pt")), str(tmp_path / "lmft_frozen"))
