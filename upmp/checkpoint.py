@@ -7,10 +7,12 @@ file never runs code when loaded; a file that needs more is refused with one lin
     model.pt              format "upmp-model": config, layer_stack (LayerStackMeta fields), model (the
                           backend's state dict, no loss head), upstream ({name, ckpt, state} when the
                           upstream was fine-tuned; {name, ckpt, adapter, state} with a LoRA adapter
-                          (train_conf.upstream_adapter): its conf and its tensors only; else absent), speakers, num_params, train_seconds,
-                          step, world_size, inputs, valid_eer (with validation)
+                          (train_conf.upstream_adapter): its conf and its tensors only; else absent),
+                          speakers, num_params, train_seconds, step, world_size, inputs, valid_eer
+                          (with validation)
     checkpoints/last.pt   format "upmp-train-state": model, head, optimizer, scheduler, scaler, step,
-                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned, the adapter's with one)
+                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned;
+                          the adapter's tensors with one)
     checkpoints/best.pt   format "upmp-best": model, upstream, step, eer
 
 Each records `version` (FORMAT_VERSION); another version is refused with one line.

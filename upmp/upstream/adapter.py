@@ -127,7 +127,7 @@ def load_adapter_state(upstream: nn.Module, state: Dict[str, torch.Tensor], sour
 def merge_adapter(upstream: nn.Module) -> nn.Module:
     """Fold every adapter into its weight (W <- W + (alpha / r) B A, without dropout) and remove it:
     the state dict is then the plain upstream's, and no adapter code is needed to run it."""
-    for name, module in list(upstream.named_modules()):
+    for module in list(upstream.modules()):
         if parametrize.is_parametrized(module, "weight"):
             module.parametrizations.weight.eval()
             with torch.no_grad():
