@@ -6,12 +6,14 @@ file never runs code when loaded; a file that needs more is refused with one lin
 
     model.pt              format "upmp-model": config, layer_stack (LayerStackMeta fields), model (the
                           backend's state dict, no loss head), upstream ({name, ckpt, state} when the
-                          upstream was fine-tuned, else absent), speakers, num_params, train_seconds,
-                          step, world_size, inputs, valid_eer (with validation)
+                          upstream was fine-tuned; {name, ckpt, adapter, state} with a LoRA adapter
+                          (train_conf.upstream_adapter): its conf and its tensors only; else absent),
+                          speakers, num_params, train_seconds, step, world_size, inputs, valid_eer
+                          (with validation)
     checkpoints/last.pt   format "upmp-train-state": model, head, optimizer, scheduler, scaler, step,
-                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned),
-                          log_window ([loss, accuracy] of the steps after the last log row, averaged
-                          over the processes)
+                          train_seconds, best_eer, best_step, upstream (state dict when fine-tuned;
+                          the adapter's tensors with one), log_window ([loss, accuracy] of the steps
+                          after the last log row, averaged over the processes)
     checkpoints/best.pt   format "upmp-best": model, upstream, step, eer
     checkpoints/step_<N>.pt  format "upmp-snapshot" (train_conf.keep_checkpoints / average): config,
                           model, head, upstream (when fine-tuned), step, eer (None when not validated
@@ -107,14 +109,40 @@ def load_model(path: str, device: str = "cpu") -> Tuple[nn.Module, LayerStackMet
     return model.to(device).eval(), meta
 
 
+def upstream_weights(upstream: nn.Module) -> Dict[str, Any]:
+    """What a model file keeps of a trained upstream: {"state": every weight} when fine-tuned, or
+    {"state": the adapter's tensors, "adapter": its conf} with a LoRA adapter (upmp.upstream.adapter)."""
+    conf = getattr(upstream, "adapter", None)
+    if conf is None:
+        return {"state": weights(upstream)}
+    from upmp.upstream.adapter import adapter_state
+    return {"state": adapter_state(upstream), "adapter": dict(conf)}
+
+
+def load_upstream_weights(upstream: nn.Module, state: Dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
+    """upstream_weights' state back into the same upstream (with its adapter, when it has one)."""
+    if getattr(upstream, "adapter", None) is None:
+        upstream.load_state_dict(state)
+    else:
+        from upmp.upstream.adapter import load_adapter_state
+        load_adapter_state(upstream, state, source)
+
+
 def load_upstream(name: str, ckpt: Optional[str], device, finetuned: Optional[dict] = None):
-    """The frozen upstream for extraction: built by name, with fine-tuned weights when given."""
+    """The frozen upstream for extraction: built by name, with fine-tuned weights when given, or
+    with its trained adapter merged into the weights (W + (alpha / r) B A: a plain upstream)."""
     from upmp.upstream import build_upstream
     upstream = build_upstream(name, ckpt)
     if finetuned is not None:
         if finetuned["name"] != name:
             raise ModelFileError(f"the model fine-tuned upstream {finetuned['name']!r}, not {name!r}")
-        upstream.load_state_dict(finetuned["state"])
+        if finetuned.get("adapter") is not None:
+            from upmp.upstream.adapter import add_adapter, merge_adapter
+            add_adapter(upstream, finetuned["adapter"], f"upstream {name}")
+            load_upstream_weights(upstream, finetuned["state"], f"the model's adapter on {name}")
+            merge_adapter(upstream)
+        else:
+            upstream.load_state_dict(finetuned["state"])
     return upstream.to(device).freeze()
 
 

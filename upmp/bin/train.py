@@ -5,7 +5,8 @@
         --train_scp dump/voxceleb1_dev/layers.scp --utt2spk data/voxceleb1_dev/utt2spk \
         --exp_dir exp/upmp [--valid_scp dump/voxceleb1_valid/layers.scp --valid_trials data/voxceleb1_valid/trials] \
         [--train_conf.steps 500 --backend_conf.conv_dim 64 ...]
-    # online: the upstream runs in the training loop (train_conf.finetune_upstream to fine-tune it)
+    # online: the upstream runs in the training loop (train_conf.finetune_upstream to fine-tune it,
+    # or --train_conf.upstream_adapter.kind lora for a LoRA adapter on the frozen upstream)
     python -m upmp.bin.train --config conf/train_upmp.yaml --train_data_dir data/voxceleb2_dev \
         --upstream wavlm_base_plus --exp_dir exp/upmp_online \
         [--valid_data_dir data/voxceleb2_valid --valid_trials data/voxceleb2_valid/trials]

@@ -6,7 +6,8 @@
                           the validation list, metrics, and the SHA-256 of every other file
     <dir>/config.yaml     the resolved training config (the same as in package.json, for reading)
     <dir>/backend.pt      the backend's state dict (tensors only)
-    <dir>/upstream.pt     the fine-tuned upstream's state dict (only when it was fine-tuned)
+    <dir>/upstream.pt     the fine-tuned upstream's state dict (only when it was fine-tuned; a LoRA
+                          adapter is merged into the upstream's weights here)
     <dir>/upstream/       the upstream checkpoint file or HF directory (`*_local`, `hf:<dir>`)
     <dir>/README.md       the model card
 
@@ -267,8 +268,30 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
         "train_versions": json.loads(versions_path.read_text()) if versions_path.is_file() else {},
     }
     return {"info": info, "backend": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "upstream_state": finetuned["state"] if finetuned is not None else None,
-            "upstream_source": upstream["source"]}
+            "upstream_state": _upstream_state(finetuned, upstream), "upstream_source": upstream["source"]}
+
+
+def _upstream_state(finetuned: Optional[dict], entry: dict) -> Optional[Dict[str, Any]]:
+    """The trained upstream's full state dict: the fine-tuned weights, or a LoRA adapter merged into
+    the upstream's (W + (alpha / r) B A), so a package runs without adapter code (upstream.pt)."""
+    if finetuned is None or finetuned.get("adapter") is None:
+        return finetuned["state"] if finetuned is not None else None
+    from upmp.checkpoint import load_upstream
+    name, src = entry["name"], entry["source"]
+    if name.startswith("hf:") and src is not None:
+        name, ckpt = f"hf:{src}", None
+    else:
+        ckpt = str(src) if src is not None else None
+    upstream = load_upstream(name, ckpt, "cpu", dict(finetuned, name=name))
+    return {k: v.detach().cpu() for k, v in upstream.state_dict().items()}
+
+
+def _upstream_training(info: Dict[str, Any]) -> str:
+    adapter = ((info["config"].get("train_conf") or {}).get("upstream_adapter")) if info["finetuned_upstream"] else None
+    if adapter:
+        return (f" (LoRA adapter, rank {adapter['rank']} alpha {adapter['alpha']:g} on "
+                f"{', '.join(adapter['target_modules'])}, merged into the weights in upstream.pt)")
+    return " (fine-tuned, weights in upstream.pt)" if info["finetuned_upstream"] else " (frozen)"
 
 
 def model_card(info: Dict[str, Any]) -> str:
@@ -277,7 +300,7 @@ def model_card(info: Dict[str, Any]) -> str:
              f"- created {info['created']} with upmp {info['upmp_version']} (package format {info['format_version']})",
              f"- backend: {info['config']['backend']} ({info.get('num_params') or '?'} trainable parameters, "
              f"{info['embed_dim']}-d embeddings)",
-             f"- upstream: {up['name']}{' (fine-tuned, weights in upstream.pt)' if info['finetuned_upstream'] else ' (frozen)'}"
+             f"- upstream: {up['name']}{_upstream_training(info)}"
              f"; {up.get('provider', '')}" + (f"; checkpoint {up['ckpt']}" if up.get("ckpt") else ""),
              f"- layer stack: L = {info['layer_stack']['num_layers']} x D = {info['layer_stack']['dim']}, "
              f"{1000 * info['layer_stack']['frame_shift']:g} ms frames",

@@ -4,7 +4,8 @@ and a short, low learning-rate cycle (few steps).
 
 The phase's values are the config's `lmft_conf` (upmp/train/schema.py: LMFTConf; defaults 2000
 steps, 6 s crops, lr 1e-4, margin 0.5). `lmft_config(cfg)` places them over the training keys;
-`init_from_model` loads the backend and loss-head weights of the base model before step 0.
+`init_from_model` loads the backend and loss-head weights of the base model before step 0
+(and its trained upstream or upstream adapter).
 
 The phase runs at its fixed lmft_conf.margin: the base config's loss_conf.margin_schedule (a ramp
 for training from scratch) is not applied (shape none in the phase's config), nor is its
@@ -15,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from torch import nn
 
@@ -45,9 +46,12 @@ def lmft_config(cfg: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
         raise ConfigError(f"{source} (lmft_conf): {e}") from None
 
 
-def init_from_model(model: nn.Module, head: nn.Module, path: str, speakers: List[str]) -> None:
+def init_from_model(model: nn.Module, head: nn.Module, path: str, speakers: List[str],
+                    upstream: Optional[nn.Module] = None) -> None:
     """Backend and loss-head weights from a base model.pt (its checkpoints/last.pt supplies the head
-    of a model.pt written without one). The training speakers must be the base model's."""
+    of a model.pt written without one), and the upstream's when the base trained it (fine-tuned, or
+    its LoRA adapter): `upstream` is this run's trained upstream (None when frozen or cached). The
+    training speakers must be the base model's."""
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{path}: base model for large-margin fine-tuning not found; train it first (stage 2)")
@@ -68,4 +72,19 @@ def init_from_model(model: nn.Module, head: nn.Module, path: str, speakers: List
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not fit this config's backend / loss head "
                              f"({str(e).splitlines()[0]}); use the base model's config") from None
+    if state.get("upstream") is not None:
+        _init_upstream(upstream, state["upstream"], path)
     logger.info("large-margin fine-tuning from %s (step %s)", path, state.get("step", "?"))
+
+
+def _init_upstream(upstream: Optional[nn.Module], trained: Dict[str, Any], path: str) -> None:
+    """The base model's trained upstream weights (all of them, or its adapter's) into this run's
+    upstream, which must be trained the same way: else the phase would start from other features."""
+    how = "a LoRA adapter (train_conf.upstream_adapter)" if trained.get("adapter") else \
+        "fine-tuning (train_conf.finetune_upstream)"
+    mine = getattr(upstream, "adapter", None) if upstream is not None else None
+    if upstream is None or (trained.get("adapter") is None) != (mine is None) or \
+            (mine is not None and dict(mine) != dict(trained["adapter"])):
+        raise ModelFileError(f"{path}: its upstream {trained['name']} was trained by {how}; large-margin "
+                             "fine-tuning must train it the same way (online, with the base model's config)")
+    checkpoint.load_upstream_weights(upstream, trained["state"], path)

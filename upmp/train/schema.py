@@ -159,9 +159,21 @@ class AverageConf:
 
 
 @dataclass
+class UpstreamAdapterConf:
+    """train_conf.upstream_adapter (online mode): a LoRA adapter on the upstream's linear projections,
+    trained with the backend while the upstream's own weights stay frozen (upmp.upstream.adapter).
+    Defaults: WeSpeaker's LoRA recipes on SSL models (rank 64, alpha 128 on attention q / v)."""
+    kind: str = spec("lora", choices=("lora",))
+    rank: int = spec(64, lo=1)                             # r
+    alpha: float = spec(128.0, lo=0, lo_open=True)         # the update is (alpha / r) B A
+    dropout: float = spec(0.0, lo=0, hi=1, hi_open=True)   # on the adapter path's input features
+    target_modules: list = spec(["q_proj", "v_proj"])      # names (or name suffixes, globs) of nn.Linear modules
+
+
+@dataclass
 class OptimConf:
     lr: float = spec(3.0e-3, lo=0, lo_open=True)           # OneCycle max lr
-    upstream_lr: float = spec(5.0e-5, lo=0, lo_open=True)  # the upstream's max lr when fine-tuned
+    upstream_lr: float = spec(5.0e-5, lo=0, lo_open=True)  # the upstream's (or its adapter's) max lr when trained
     weight_decay: float = spec(0.0, lo=0)
     pct_start: float = spec(0.1, lo=0, hi=1, lo_open=True, hi_open=True)  # warm-up fraction
     grad_clip: float = spec(5.0, lo=0, lo_open=True)       # gradient-norm clip
@@ -191,6 +203,7 @@ class TrainConf:
     average: Optional[AverageConf] = spec(None)            # model_avg.pt: mean of kept checkpoints' weights
     trainable: list = spec([])                             # glob patterns of backend parameters that train; []: all
     init: str = spec("")                                   # a model.pt whose backend weights start the training
+    upstream_adapter: Optional[UpstreamAdapterConf] = spec(None)  # online mode: LoRA on the frozen upstream
 
 
 @dataclass

@@ -110,25 +110,25 @@ class Run:
                  "scaler": self.scaler.state_dict(), "step": step, "train_seconds": train_seconds,
                  "best_eer": best_eer, "best_step": best_step, "log_window": log_window}
         if self.upstream is not None:
-            state["upstream"] = self.upstream.state_dict()
+            state["upstream"] = checkpoint.upstream_weights(self.upstream)["state"]
         return state
 
     def load_train_state(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
         if self.upstream is not None:
-            self.upstream.load_state_dict(state["upstream"])
+            checkpoint.load_upstream_weights(self.upstream, state["upstream"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
 
     def weights(self, inputs: Inputs) -> Dict[str, Any]:
         """The weights model.pt needs: the backend, its loss head (for large-margin fine-tuning),
-        and the upstream when fine-tuned."""
+        and the upstream when fine-tuned (only its adapter with train_conf.upstream_adapter)."""
         out: Dict[str, Any] = {"model": checkpoint.weights(self.model), "head": checkpoint.weights(self.head)}
         if self.upstream is not None:
-            out["upstream"] = {"name": inputs.upstream, "ckpt": inputs.upstream_ckpt,
-                               "state": checkpoint.weights(self.upstream)}
+            out["upstream"] = dict(checkpoint.upstream_weights(self.upstream), name=inputs.upstream,
+                                   ckpt=inputs.upstream_ckpt)
         return out
 
 
@@ -309,7 +309,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     run = build_run(cfg, td, device, world, amp_dtype)
     if inputs.lmft_from:  # before step 0 (a resumed run then loads its own checkpoint)
         from upmp.train.lmft import init_from_model
-        init_from_model(run.model, run.head, inputs.lmft_from, td.data.speakers)
+        init_from_model(run.model, run.head, inputs.lmft_from, td.data.speakers, run.upstream)
     n_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
     validator = None
