@@ -168,11 +168,11 @@ def check_stack(mat: np.ndarray, utt: str, upstream: str, storage: str) -> None:
     check_finite(mat, f"utterance {utt}: layer stack of {upstream}",
                  hint="the upstream's weights or its numerics are broken (check the checkpoint; "
                       "--extract_device cpu runs in float32)", error=UpstreamError)
-    if storage == "float16":
+    if storage in ("float16", "int8"):  # int8 keeps each row's offset and scale in float16
         peak = float(np.abs(mat).max()) if mat.size else 0.0
         if peak > FLOAT16_MAX:
             raise UpstreamError(f"utterance {utt}: layer stack of {upstream} reaches {peak:.4g}, beyond float16's "
-                                f"{FLOAT16_MAX:.0f}: stored as float16 it would be inf; use --storage float32")
+                                f"{FLOAT16_MAX:.0f}: stored as {storage} it would be inf; use --storage float32")
 
 
 def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str = "float32",
@@ -201,7 +201,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     scp, tmp_scp = Path(f"{out_prefix}.scp"), Path(f"{out_prefix}.scp.tmp")
     scp.unlink(missing_ok=True)
     n_frames, n_done, n_tried, tried_bytes = 0, 0, 0, 0
-    bytes_per_value = 2 if storage == "float16" else 4
+    bytes_per_value = {"float16": 2, "int8": 1 + 4 / extractor.dim}.get(storage, 4)
     try:
         with LayerStackWriter(out_prefix, storage, scp_path=str(tmp_scp)) as writer, \
                 tqdm(total=len(utts), desc=desc, mininterval=5) as bar:
