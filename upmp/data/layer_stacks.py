@@ -45,7 +45,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
-from upmp.errors import DataDirError
+from upmp.errors import ConfigError, DataDirError
 from upmp.fileio import atomic_write_text
 
 STORAGE_TYPES = ("float32", "float16", "compressed", "int8")
@@ -72,6 +72,85 @@ class LayerStackMeta:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; extract layer stacks first (stage 1)")
         return cls(**json.loads(path.read_text()))
+
+
+# --- Layer subsets -----------------------------------------------------------------------------------
+
+LAYERS_FORMS = "all, 0-12, 0,4,8,12 or top:K:<layer_probe.tsv | layer_usage.tsv>"
+
+
+def parse_layers(spec, num_layers: Optional[int] = None, option: str = "--layers") -> Optional[List[int]]:
+    """The upstream hidden states a --layers value names, ascending (None: all of them).
+
+    Forms: `all`; indices and inclusive ranges separated by commas (`0-12`, `0,4,8,12`, `0-3,8`);
+    `top:K:FILE`, the K best hidden states of a layer_probe.tsv (columns layer, eer_cosine, eer_plda:
+    lowest eer_plda first, ties by eer_cosine) or of a trained model's layer_usage.tsv (columns layer,
+    usage: highest first). With num_layers (the upstream's hidden-state count), an index beyond it
+    is refused. A bad value is one ConfigError naming the option and what is allowed."""
+    text = str(spec).strip()
+    bad = f"{option} {text!r}"
+    if text == "all":
+        return None
+    if text.startswith("top:"):
+        k, _, path = text[4:].partition(":")
+        if not k.isdigit() or int(k) < 1 or not path:
+            raise ConfigError(f"{bad}: top needs a count and a file, top:K:<layer_probe.tsv | layer_usage.tsv> "
+                              f"with K >= 1")
+        layers = sorted(_rank_layers(path, option)[:int(k)])
+        if len(layers) < int(k):
+            raise ConfigError(f"{bad}: {path} ranks {len(layers)} hidden states, fewer than {k}")
+    else:
+        layers = []
+        for token in text.split(","):
+            a, dash, b = token.strip().partition("-")
+            if not a.isdigit() or (dash and not b.isdigit()):
+                raise ConfigError(f"{bad}: {token.strip()!r} is not a hidden-state index nor a range a-b; "
+                                  f"give {LAYERS_FORMS}")
+            lo, hi = int(a), int(b) if dash else int(a)
+            if hi < lo:
+                raise ConfigError(f"{bad}: range {token.strip()} runs backwards; write {hi}-{lo}")
+            for i in range(lo, hi + 1):
+                if i in layers:
+                    raise ConfigError(f"{bad}: hidden state {i} is named twice")
+                layers.append(i)
+        layers.sort()
+    if num_layers is not None and layers[-1] >= num_layers:
+        raise ConfigError(f"{bad}: hidden state {layers[-1]} is beyond the upstream's {num_layers} "
+                          f"(0-{num_layers - 1}, 0 = the CNN output)")
+    return layers
+
+
+def _rank_layers(path: str, option: str) -> List[int]:
+    """Hidden states of a layer_probe.tsv or layer_usage.tsv, best first."""
+    f = Path(path)
+    if not f.is_file():
+        raise ConfigError(f"{option}: {path} not found (a layer_probe.tsv of upmp.bin.layer_probe or the "
+                          f"layer_usage.tsv of a trained experiment)")
+    lines = [line.split("\t") for line in f.read_text().splitlines() if line.strip()]
+    head = [h.strip() for h in lines[0]] if lines else []
+    try:
+        col = {name: head.index(name) for name in head}
+        rows = [[cell.strip() for cell in line] for line in lines[1:]]
+        rows = [r for r in rows if r[col["layer"]].isdigit()]  # a summary row (e.g. "average") is no layer
+        if "eer_plda" in col and "eer_cosine" in col:
+            key = [(float(r[col["eer_plda"]]), float(r[col["eer_cosine"]]), int(r[col["layer"]])) for r in rows]
+        elif "usage" in col:
+            key = [(-float(r[col["usage"]]), 0.0, int(r[col["layer"]])) for r in rows]
+        else:
+            raise KeyError("layer")
+    except (KeyError, ValueError, IndexError):
+        raise ConfigError(f"{option}: {path} is not a layer_probe.tsv (columns layer, eer_cosine, eer_plda) nor a "
+                          f"layer_usage.tsv (columns layer, usage) with a number in every cell") from None
+    return [layer for *_, layer in sorted(key)]
+
+
+def layers_text(layers: Optional[List[int]]) -> str:
+    """A layer subset as the messages name it: 'all', '0-12' or '0,4,8,12'."""
+    if layers is None:
+        return "all"
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
 
 
 def stack_to_matrix(stack: np.ndarray) -> np.ndarray:
@@ -340,7 +419,12 @@ class MatrixReader:
                         raise DataDirError(f"{where}: {path} is truncated (the matrix ends at byte {end}, the file at "
                                            f"{self._size(path)}); re-extract the layer stacks (stage 1)")
             if loc is None:  # a pipe, a range or a text matrix: decode whole now to learn the shape
-                rows, cols = np.shape(kaldiio.load_mat(entry))
+                try:
+                    rows, cols = np.shape(kaldiio.load_mat(entry))
+                except (ValueError, EOFError, KeyError, OSError):  # foreign bytes (UnicodeDecodeError is one)
+                    raise DataDirError(f"{source}: entry {entry!r}: no matrix header at that offset of {path} "
+                                       f"(truncated or not a layer-stack ark); re-extract the layer stacks "
+                                       f"(stage 1)") from None
                 loc = MatrixLocation(entry, -1, rows, cols, None)
             self.locations.append(loc)
         self.bytes_read = 0  # the headers are not the data
