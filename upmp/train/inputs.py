@@ -79,7 +79,7 @@ def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> Training
         upstream.set_trainable(bool(tc["finetune_upstream"]))
         upstream.keep_layers(parse_layers(cfg["layers"], upstream.num_layers, option="layers"))
         meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream,
-                              layers=upstream.layers)
+                              layers=upstream.kept_layers)
         data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * SAMPLE_RATE)), tc["batch_size"],
                              cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
         description = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \

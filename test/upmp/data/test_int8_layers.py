@@ -210,6 +210,11 @@ def test_a_model_trained_on_a_layer_subset_embeds_with_it(tmp_path, small_data_d
                                             r"trained on hidden states 1,2; extract the stacks with --layers 1,2"):
         extract_embeddings.main(["--model", str(tmp_path / "exp/model.pt"), "--layers_scp",
                                  str(tmp_path / "other/layers.scp"), "--out_dir", str(tmp_path / "bad")])
+    # online: the config's layers select the upstream's hidden states, recorded like stage 1's
+    train.main(["--config", str(tmp_path / "conf.yaml"), "--train_data_dir", str(small_data_dir), *up,
+                "--exp_dir", str(tmp_path / "online"), "--layers", "'2'", "--train_conf.steps", "1"])
+    model, model_meta = load_model(str(tmp_path / "online/model.pt"))
+    assert (model_meta.num_layers, model_meta.layers) == (1, [2])
     with pytest.raises(ConfigError, match=r"layers: 0-2, but .*sub/layers.scp holds hidden states 1,2 \(stage 1 "
                                           r"--layers\); extract those, or leave layers: all"):
         train.main(["--config", str(tmp_path / "conf.yaml"), "--train_scp", str(tmp_path / "sub/layers.scp"),
