@@ -183,7 +183,7 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   # once, before any job: an upstream that cannot be built here (no network for its weights, a
   # wrong name) is one line now, not one traceback per job; S3PRL weights are downloaded here
   # shellcheck disable=SC2086
-  ${python} -m upmp.bin.check_upstream ${upstream_opts} 1>&2
+  ${python} -m upmp.bin.check_upstream ${upstream_opts} --layers "${layers}" 1>&2
   # shellcheck disable=SC2154
   if [[ "${extract_device}" == cuda* ]]; then cmd=${cuda_cmd}; else cmd=${train_cmd}; fi  # GPU jobs, as in stage 3
   for set in ${train_set} ${valid_set} ${test_sets}; do
