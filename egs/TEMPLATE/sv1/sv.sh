@@ -126,8 +126,18 @@ if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
 fi
 upstream_tag=${upstream}
 [ -n "${upstream_ckpt}" ] && upstream_tag=${upstream}_$(basename "${upstream_ckpt%.*}")
-# a layer subset has its own dump and experiments (the stacks' layer_stack.json records it)
-[ "${layers}" != all ] && upstream_tag=${upstream_tag}_layers$(printf '%s' "${layers}" | tr -c 'A-Za-z0-9,-' '_')
+# a layer subset has its own dump and experiments (the stacks' layer_stack.json records it), named by
+# the hidden states it resolves to (top:K:<tsv> included; no comma: kaldiio's ark,scp: spec splits on it)
+if [ "${layers}" != all ]; then
+  layers_tag=$(${python} -c 'import sys
+from upmp.data.layer_stacks import layers_text, parse_layers
+from upmp.errors import UpmpError
+try:
+    print(layers_text(parse_layers(sys.argv[1])).replace(",", "_"))
+except UpmpError as e:
+    sys.exit(f"sv.sh: error: {e}")' "${layers}") || exit 1
+  upstream_tag=${upstream_tag}_layers${layers_tag}
+fi
 dump=${dumpdir}/${upstream_tag}
 train_configs=${train_config}
 if [ -n "${backend}" ]; then
