@@ -219,6 +219,8 @@ def quantize_int8(stack: np.ndarray) -> np.ndarray:
     if T == 0:
         return out
     hi, lo = x.max(axis=-1), x.min(axis=-1)
+    if not (np.abs(hi) <= 65504).all() or not (np.abs(lo) <= 65504).all():  # NaN fails too
+        raise ValueError("int8 storage: values must be finite and within float16's range (check_stack first)")
     offset = ((hi + lo) / 2).astype(np.float16)
     o = offset.astype(np.float64)
     half = np.maximum(hi - o, o - lo)

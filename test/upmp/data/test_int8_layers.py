@@ -220,3 +220,11 @@ def test_a_model_trained_on_a_layer_subset_embeds_with_it(tmp_path, small_data_d
         train.main(["--config", str(tmp_path / "conf.yaml"), "--train_scp", str(tmp_path / "sub/layers.scp"),
                     "--utt2spk", str(small_data_dir / "utt2spk"), "--exp_dir", str(tmp_path / "exp2"),
                     "--layers", "0-2"])
+
+
+def test_stage1_checks_the_subset_against_the_upstream_once(tiny_wavlm):
+    """sv.sh runs check_upstream --layers before its jobs: a subset beyond the upstream is one line."""
+    from upmp.bin import check_upstream
+    with pytest.raises(ConfigError, match=r"--layers '0-9': hidden state 9 is beyond the upstream's 3 \(0-2, "):
+        check_upstream.main(["--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm), "--layers", "0-9"])
+    check_upstream.main(["--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm), "--layers", "0,2"])
