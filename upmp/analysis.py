@@ -61,7 +61,27 @@ def layer_usage(model, stacks) -> Dict[str, np.ndarray]:
     return {title: a.detach().float().cpu().numpy() for title, a in usage.items()}
 
 
-def plot_layer_usage(usage: Dict[str, np.ndarray], png: Path, first_layer: int = 0) -> None:
+def usage_per_layer(usage: Dict[str, np.ndarray]) -> np.ndarray:
+    """One weight per hidden state the backend sees: each array's rows normalised to sum 1 and
+    averaged, then the arrays averaged (what `--layers top:K:layer_usage.tsv` ranks)."""
+    parts = []
+    for a in usage.values():
+        a = np.abs(np.asarray(a, dtype=np.float64))
+        parts.append((a / np.maximum(a.sum(axis=1, keepdims=True), 1e-12)).mean(axis=0))
+    return np.mean(parts, axis=0)
+
+
+def write_layer_usage_tsv(usage: Dict[str, np.ndarray], tsv: Path, labels: Sequence[int]) -> None:
+    """layer_usage.tsv: columns layer (the upstream's hidden-state index), usage (usage_per_layer)."""
+    from upmp.fileio import atomic_write_text
+    if not usage:
+        return
+    atomic_write_text(Path(tsv), "layer\tusage\n" + "".join(
+        f"{layer}\t{u:.6f}\n" for layer, u in zip(labels, usage_per_layer(usage))))
+
+
+def plot_layer_usage(usage: Dict[str, np.ndarray], png: Path, first_layer: int = 0,
+                     labels: Optional[Sequence[int]] = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -72,7 +92,8 @@ def plot_layer_usage(usage: Dict[str, np.ndarray], png: Path, first_layer: int =
         im = ax.imshow(a, aspect="auto", cmap="viridis", vmin=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("hidden state")
-        ax.set_xticks(range(a.shape[1]), [str(first_layer + i) for i in range(a.shape[1])])
+        names = [str(labels[i]) if labels is not None else str(first_layer + i) for i in range(a.shape[1])]
+        ax.set_xticks(range(a.shape[1]), names)
         if a.shape[0] == 1:
             ax.set_yticks([])
         else:

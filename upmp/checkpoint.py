@@ -89,7 +89,8 @@ def build_model(cfg: Dict[str, Any], meta: LayerStackMeta):
     """The backend the resolved config describes, sized for the layer stacks."""
     from upmp.backends import SpeakerEmbeddingModel
     return SpeakerEmbeddingModel(cfg["backend"], meta.dim, meta.num_layers,
-                                 use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"])
+                                 use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"],
+                                 has_hidden0=meta.layers is None or 0 in meta.layers)
 
 
 def load_model(path: str, device: str = "cpu") -> Tuple[nn.Module, LayerStackMeta]:

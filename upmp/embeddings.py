@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from upmp.data.crops import wrap_crop
 from upmp.errors import ModelFileError, UpstreamError
-from upmp.data.layer_stacks import LayerStackMeta, batches_by_length
+from upmp.data.layer_stacks import LayerStackMeta, batches_by_length, layers_text
 
 
 def crops(stack: np.ndarray, crop_frames: int, num_crops: int) -> List[np.ndarray]:
@@ -78,7 +78,11 @@ def check_stacks_fit(stacks: LayerStackMeta, model: LayerStackMeta, source: str,
                      allow_other_upstream: bool = False) -> None:
     """Layer stacks fed to a model must come from the upstream it was trained on: the same L x D,
     and the same upstream name (another upstream with the same L x D gives embeddings without a
-    word otherwise) unless allow_other_upstream."""
+    word otherwise) unless allow_other_upstream, and the same hidden states (--layers of stage 1)."""
+    if stacks.layers != model.layers:
+        raise UpstreamError(f"{source}: layer stacks of hidden states {layers_text(stacks.layers)} of {stacks.upstream}, "
+                            f"but the model was trained on hidden states {layers_text(model.layers)}; extract the "
+                            f"stacks with --layers {layers_text(model.layers)}")
     if (stacks.num_layers, stacks.dim) != (model.num_layers, model.dim):
         raise UpstreamError(f"{source}: layer stacks are L={stacks.num_layers} x D={stacks.dim} ({stacks.upstream}) "
                             f"but the model was trained on L={model.num_layers} x D={model.dim} ({model.upstream})")

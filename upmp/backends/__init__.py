@@ -36,19 +36,20 @@ class SpeakerEmbeddingModel(nn.Module):
     """Selects the hidden states a backend sees, then runs it.
 
     forward(stack (B, D, L_all, T), mask (B, T)) -> (B, E), where L_all counts
-    hidden state 0 (the CNN output) and use_hidden0=False drops it.
+    hidden state 0 (the CNN output) and use_hidden0=False drops it. A stack of a layer subset
+    without hidden state 0 (has_hidden0=False) is passed whole.
     """
 
     def __init__(self, backend: str, input_dim: int, num_layers: int, use_hidden0: bool = False,
-                 backend_conf: Optional[dict] = None):
+                 backend_conf: Optional[dict] = None, has_hidden0: bool = True):
         super().__init__()
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(sorted(BACKENDS))}")
         if not issubclass(BACKENDS[backend], Backend):
             raise TypeError(f"backend {backend!r}: {BACKENDS[backend].__name__} must derive from "
                             "upmp.backends.base.Backend")
-        self.use_hidden0 = use_hidden0
-        used_layers = num_layers if use_hidden0 else num_layers - 1
+        self.use_hidden0 = use_hidden0 or not has_hidden0  # nothing to drop
+        used_layers = num_layers if self.use_hidden0 else num_layers - 1
         if used_layers < 1:
             raise ConfigError(f"upstream has {num_layers} hidden states; none left for the backend")
         self.backend: Backend = BACKENDS[backend](input_dim=input_dim, num_layers=used_layers,

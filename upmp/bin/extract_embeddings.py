@@ -82,7 +82,10 @@ def main(argv=None) -> None:
         ckpt = args.upstream_ckpt or (finetuned or {}).get("ckpt")
         data = DataDir.load(args.data_dir)
         extractor = load_upstream(upstream, ckpt, args.device, finetuned)
-        data_meta = LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift, upstream)
+        if meta.layers is not None and meta.layers[-1] < extractor.num_layers:  # the subset the model was trained on
+            extractor.keep_layers(meta.layers)
+        data_meta = LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift, upstream,
+                                   layers=extractor.kept_layers)
         utts, utt2spk = data.utts, data.utt2spk
         source = f"--upstream {upstream}"
     check_stacks_fit(data_meta, meta, source, args.allow_other_upstream)

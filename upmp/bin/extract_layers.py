@@ -1,10 +1,12 @@
 """Extract all hidden states of a frozen upstream for a Kaldi data dir (one stage-1 job).
 
     python -m upmp.bin.extract_layers --data_dir data/test --out_prefix dump/test/layers.1 \
-        --upstream wavlm_base_plus [--upstream_ckpt ckpt.pt] [--storage float16] [--source_data_dir data/test]
+        --upstream wavlm_base_plus [--upstream_ckpt ckpt.pt] [--storage int8] [--layers 0,4,8,12] \
+        [--source_data_dir data/test]
 
 Writes <out_prefix>.ark/.scp (one (T, L*D) matrix per utterance, see upmp.data.layer_stacks)
-and layer_stack.json beside them; the scp appears only once every utterance is written
+and layer_stack.json beside them (with --layers, only those hidden states, recorded there so
+training and embedding use the same subset); the scp appears only once every utterance is written
 (upmp.upstream.extract). With --source_data_dir (the user's data dir that --data_dir is a split
 copy of), audio errors name its wav.scp line.
 """
@@ -17,7 +19,7 @@ from upmp.data.audio import MIN_SAMPLES
 from upmp.data.kaldi_dir import DataDir
 from upmp.upstream import build_upstream
 from upmp.upstream.extract import extract_layer_stacks
-from upmp.data.layer_stacks import STORAGE_TYPES
+from upmp.data.layer_stacks import LAYERS_FORMS, STORAGE_TYPES, parse_layers
 
 
 def get_parser():
@@ -27,7 +29,9 @@ def get_parser():
     p.add_argument("--upstream", required=True,
                    help="ge2e, hf:<dir>, or an S3PRL name (wavlm_base_plus, wavlm_local + --upstream_ckpt, ...)")
     p.add_argument("--upstream_ckpt", default=None, help="checkpoint path for *_local upstreams")
-    p.add_argument("--storage", default="float32", choices=STORAGE_TYPES)
+    p.add_argument("--storage", default="float32", choices=STORAGE_TYPES,
+                   help="int8: a quarter of float32, a float16 scale and offset per (frame, hidden state) row")
+    p.add_argument("--layers", default="all", help=f"the upstream's hidden states to keep: {LAYERS_FORMS}")
     p.add_argument("--max_batch_seconds", type=float, default=0.0,
                    help="padded audio per batch; 0 (default): one utterance per forward, which keeps "
                         "features independent of batching (padding changes them for GroupNorm front ends)")
@@ -47,11 +51,13 @@ def main(argv=None) -> None:
     set_num_threads(args.num_threads)
     check_device(args.device)
     data = DataDir.load(args.data_dir)
+    parse_layers(args.layers)  # a malformed value fails before the upstream loads
     extractor = build_upstream(args.upstream, args.upstream_ckpt).to(args.device)
+    layers = parse_layers(args.layers, extractor.num_layers)
     extract_layer_stacks(extractor, data, args.out_prefix, args.storage, args.max_batch_seconds, args.chunk_size,
                          args.device, source_dir=args.source_data_dir or args.data_dir,
                          upstream_name=args.upstream, desc=f"layers {Path(args.data_dir).name}",
-                         min_samples=MIN_SAMPLES, strict=args.purpose == "train")
+                         min_samples=MIN_SAMPLES, strict=args.purpose == "train", layers=layers)
 
 
 if __name__ == "__main__":

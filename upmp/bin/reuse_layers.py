@@ -2,7 +2,7 @@
 
     python -m upmp.bin.reuse_layers --data_dir data/voxceleb1_h --out_dir dump/wavlm/voxceleb1_h \
         --sets voxceleb1_e voxceleb1_h voxceleb1_test --upstream wavlm_base_plus --storage float32 \
-        [--from dump/other_run/voxceleb1_e]
+        [--layers 0-12] [--from dump/other_run/voxceleb1_e]
 
 A set whose <out_dir>/layers.scp is complete (a line per utterance, and layer_stack.json) is left
 as it is: prints `complete`. Otherwise: test lists often share utterances (Vox1-O and Vox1-H lie
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from upmp.bin.common import make_parser, run_main, setup_logging
+from upmp.data.layer_stacks import LAYERS_FORMS, parse_layers
 from upmp.upstream.extract import plan_set
 
 logger = logging.getLogger("reuse_layers")
@@ -31,13 +32,15 @@ def get_parser():
                    help="dump dirs of other sets (<dump>/<set>, with data/<set> beside the data dir)")
     p.add_argument("--upstream", required=True, help="the upstream of this extraction (must match)")
     p.add_argument("--storage", required=True)
+    p.add_argument("--layers", default="all", help=f"hidden states kept (must match): {LAYERS_FORMS}")
     return p
 
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
-    plan = plan_set(args.data_dir, args.out_dir, args.sets, args.upstream, args.storage, args.sources)
+    plan = plan_set(args.data_dir, args.out_dir, args.sets, args.upstream, args.storage, args.sources,
+                    parse_layers(args.layers))
     if plan is None:
         logger.info("%s/layers.scp is complete, skipping (delete it to extract again)", args.out_dir)
         print("complete")

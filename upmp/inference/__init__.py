@@ -101,7 +101,8 @@ class SpeakerModel:
         cfg = info["config"]
         self.meta = LayerStackMeta(**info["layer_stack"])
         self.backend = SpeakerEmbeddingModel(cfg["backend"], self.meta.dim, self.meta.num_layers,
-                                             use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"])
+                                             use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"],
+                                             has_hidden0=self.meta.layers is None or 0 in self.meta.layers)
         try:
             self.backend.load_state_dict(content["backend"])
         except RuntimeError as e:
@@ -119,6 +120,8 @@ class SpeakerModel:
             self.upstream = load_upstream(name, ckpt, device, finetuned)
         except FileNotFoundError as e:
             raise ModelFileError(f"upstream {up['name']}: {e}") from None
+        if self.meta.layers is not None and self.meta.layers[-1] < self.upstream.num_layers:
+            self.upstream.keep_layers(self.meta.layers)  # the hidden states the backend was trained on
         if (self.upstream.num_layers, self.upstream.dim) != (self.meta.num_layers, self.meta.dim):
             raise ModelFileError(f"upstream {up['name']} gives L={self.upstream.num_layers} x D={self.upstream.dim}, "
                                  f"the backend expects L={self.meta.num_layers} x D={self.meta.dim}")

@@ -63,7 +63,7 @@ MANIFEST_SCHEMA = {
     "format": "str", "format_version": "int", "upmp_version": "str", "created": "str", "experiment": "str",
     "config": {"backend": "str", "use_hidden0": "bool", "backend_conf": "dict", "*": "any"},
     "layer_stack": {"num_layers": "int", "dim": "int", "frame_shift": "num", "upstream": "str", "storage?": "str",
-                    "layout?": "str"},
+                    "layers?": (("list", "int"), None), "layout?": "str"},
     "embed_dim": "int", "num_params?": ("int", None),
     "upstream": {"name": "str", "ckpt": ("str", None), "provider?": "str", "versions?": ("map", "str")},
     "finetuned_upstream": "bool", "train_set": ("str", None), "num_train_embeddings": "int",

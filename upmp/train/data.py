@@ -20,6 +20,7 @@ import torch
 
 from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, c_sort_key, read_table
+from upmp.data.layer_stacks import INT8_HEAD
 from upmp.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -102,10 +103,16 @@ def memory_budget() -> int:
 def to_model_input(x: torch.Tensor, device) -> torch.Tensor:
     """A loader batch -> the model's input on `device`.
 
-    Raw stack crops (B, T, L, D) in their stored dtype (float16 or float32) move as they are
-    and become float32 (B, D, L, T) there, so the widening and the permute run on the device,
-    not in the loader; waveform crops (B, S) just move.
+    Raw stack crops (B, T, L, D) in their stored dtype (float16 or float32), or int8 stacks'
+    raw records (B, T, L, 4 + D) uint8 (float16 scale and offset, D int8 codes), move as they
+    are and become float32 (B, D, L, T) there, so the widening and the permute run on the
+    device, not in the loader; waveform crops (B, S) just move.
     """
+    if x.dim() == 4 and x.dtype == torch.uint8:
+        x = x.to(device, non_blocking=True)
+        head = x[..., :INT8_HEAD].contiguous().view(torch.float16).to(torch.float32)  # (B, T, L, 2)
+        x = x[..., INT8_HEAD:].view(torch.int8).to(torch.float32) * head[..., :1] + head[..., 1:]
+        return x.permute(0, 3, 2, 1).contiguous()
     if x.dim() == 4 and torch.device(device).type == "cpu":  # numpy's strided cast is ~3x torch's here
         return torch.from_numpy(x.numpy().transpose(0, 3, 2, 1).astype(np.float32, order="C"))
     x = x.to(device, non_blocking=True)
@@ -142,14 +149,20 @@ class LayerStackCrops(SpeakerSampler):
         self.spanout = (spanout_prob, spanout_span, spanout_rate)
         self.num_layers, self.crop_frames = num_layers, crop_frames
         self.reader = MatrixReader([entries[u] for u in self.utts], source=scp)
-        widths = {loc.cols for loc in self.reader.locations}
+        widths = {loc.width for loc in self.reader.locations}
+        int8 = {bool(loc.int8_layers) for loc in self.reader.locations}
         for utt, loc in zip(self.utts, self.reader.locations):
-            if loc.cols % num_layers or len(widths) > 1:
-                raise DataDirError(f"{scp}: utterance {utt}: matrix width {loc.cols} is not {num_layers} layers "
+            if loc.width % num_layers or len(widths) > 1 or loc.int8_layers not in (0, num_layers):
+                raise DataDirError(f"{scp}: utterance {utt}: matrix width {loc.width} is not {num_layers} layers "
                                    f"of one dimension shared by all utterances; re-extract the layer stacks (stage 1)")
+            if len(int8) > 1:
+                raise DataDirError(f"{scp}: utterance {utt}: int8 and float stacks in one set; re-extract the "
+                                   f"layer stacks with one --storage (stage 1)")
         self.dim = widths.pop() // num_layers
         dtypes = {loc.dtype for loc in self.reader.locations}
-        self.dtype = np.dtype(np.float16 if dtypes == {"<f2"} else np.float32)
+        self.int8 = int8 == {True}  # crops stay raw int8 records until to_model_input
+        self.dtype = np.dtype(np.uint8 if self.int8 else np.float16 if dtypes == {"<f2"} else np.float32)
+        self.row_width = num_layers * (self.dim + INT8_HEAD) if self.int8 else num_layers * self.dim
         self._cache: Dict[int, np.ndarray] = {}
         if preload:
             self._preload(scp, preload_budget)
@@ -177,7 +190,7 @@ class LayerStackCrops(SpeakerSampler):
     def raw_batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = shard(self.batch_size, rank, world)
         index = self.step_rows(step, rows)
-        n, LD = self.crop_frames, self.num_layers * self.dim
+        n, LD = self.crop_frames, self.row_width
         if torch.utils.data.get_worker_info() is not None:  # read straight into shared memory: the batch
             out = torch.empty((len(rows), n, LD), dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
             mats = out.share_memory_().numpy()  # crosses to the trainer without another copy
@@ -189,7 +202,7 @@ class LayerStackCrops(SpeakerSampler):
             start = crop_start(np.random.default_rng([self.seed, step, b]), self.reader.rows(i), n)
             self._crop(i, start, mats[row])
             mats[row, spanout_frames(self.seed, step, b, n, *self.spanout)] = 0
-        return out.view(len(rows), n, self.num_layers, self.dim), torch.from_numpy(self.labels[index])
+        return out.view(len(rows), n, self.num_layers, LD // self.num_layers), torch.from_numpy(self.labels[index])
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         x, labels = self.raw_batch(step, rank, world)

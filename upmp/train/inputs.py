@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional
 from upmp.data.audio import SAMPLE_RATE
 from upmp.errors import ConfigError, DataDirError
 from upmp.train.data import LayerStackCrops, WaveformCrops
-from upmp.data.layer_stacks import LayerStackMeta
+from upmp.data.layer_stacks import LayerStackMeta, layers_text, parse_layers
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,11 @@ def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> Training
         from upmp.upstream import build_upstream
         upstream = build_upstream(inputs.upstream, inputs.upstream_ckpt).to(device)
         upstream.set_trainable(bool(tc["finetune_upstream"]))
+        upstream.keep_layers(parse_layers(cfg["layers"], upstream.num_layers, option="layers"))
         if tc["upstream_adapter"] is not None:
             add_upstream_adapter(upstream, tc, inputs.upstream)
-        meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream)
+        meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream,
+                              layers=upstream.kept_layers)
         data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * SAMPLE_RATE)), tc["batch_size"],
                              cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
         description = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \
@@ -102,6 +104,10 @@ def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> Training
         meta = LayerStackMeta.read(str(Path(inputs.train_scp).parent))
     except FileNotFoundError as e:  # the layer_stack.json beside layers.scp (its message names it)
         raise DataDirError(str(e)) from None
+    wanted = parse_layers(cfg["layers"], option="layers")
+    if wanted is not None and wanted != meta.layers:  # "all": the stacks' own subset
+        raise ConfigError(f"layers: {layers_text(wanted)}, but {inputs.train_scp} holds hidden states "
+                          f"{layers_text(meta.layers)} (stage 1 --layers); extract those, or leave layers: all")
     crop_frames = int(round(tc["crop_seconds"] / meta.frame_shift))
     data = LayerStackCrops(inputs.train_scp, inputs.utt2spk, meta.num_layers, crop_frames, tc["batch_size"],
                            cfg["seed"], preload=tc["preload"], sampling=tc["sampling"],

@@ -117,14 +117,17 @@ class Reporter:
             {k: final[k] for k in ("num_params", "train_seconds", "step", "world_size", "inputs")}
             | {"valid_eer": final.get("valid_eer"), "num_speakers": num_speakers}, indent=2) + "\n")
 
-    def plots(self, model, x, upstream: Optional[Any], device, first_layer: int) -> None:
-        """train_curve.png, and layer_usage.png from one batch x (of stacks, or of audio with an upstream)."""
+    def plots(self, model, x, upstream: Optional[Any], device, layers) -> None:
+        """train_curve.png, and layer_usage.png + layer_usage.tsv (the upstream's hidden-state
+        indices `layers` the backend sees) from one batch x (of stacks, or of audio with an upstream)."""
         import torch
 
-        from upmp.analysis import layer_usage, plot_layer_usage
+        from upmp.analysis import layer_usage, plot_layer_usage, write_layer_usage_tsv
         plot_curve(self.metrics_path, self.exp / "train_curve.png")
         if upstream is not None:
             with torch.no_grad():
                 upstream.eval()
                 x, _ = upstream(x.to(device), torch.full((x.shape[0],), x.shape[1], device=device))
-        plot_layer_usage(layer_usage(model, x.to(device)), self.exp / "layer_usage.png", first_layer=first_layer)
+        usage = layer_usage(model, x.to(device))
+        plot_layer_usage(usage, self.exp / "layer_usage.png", labels=list(layers))
+        write_layer_usage_tsv(usage, self.exp / "layer_usage.tsv", list(layers))

@@ -221,6 +221,9 @@ class LMFTConf:
 class TrainConfig:
     seed: int = spec(0, lo=0)
     use_hidden0: bool = spec(False)          # the backend sees hidden state 0 (the CNN output)
+    layers: str = spec("all")                # hidden states of the upstream: all, 0-12, 0,4,8,12, top:K:<tsv>
+                                             # (upmp.data.layer_stacks.parse_layers); online mode selects them,
+                                             # cached mode takes the stacks' (stage 1 --layers) and refuses others
     backend: str = spec("upmp", choices=tuple(BACKEND_CONFS))
     backend_conf: dict = spec({})            # keys of the backend's entry in BACKEND_CONFS
     loss: str = spec("aamsoftmax", choices=tuple(LOSS_CONFS))

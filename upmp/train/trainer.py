@@ -22,7 +22,8 @@ Writes into exp_dir (rank 0 only under DDP):
                                     checkpoint with the best validation EER when validating, else the last one
     model_last.pt                   the last one, when validating
     model_avg.pt                    with train_conf.average: the mean of the selected kept checkpoints
-    layer_usage.png                 the layers the trained backend relies on
+    layer_usage.png, .tsv           the layers the trained backend relies on (the tsv: one weight per
+                                    hidden state, for stage 1 --layers top:K:<exp>/layer_usage.tsv)
 A run whose checkpoints/last.pt exists resumes from it.
 
 loss_conf.margin_schedule sets the AAM margin before every step as a function of the step
@@ -457,7 +458,8 @@ def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: 
         checkpoint.save_model(out, dict(final, **run.weights(inputs)))
     report.summary(final, len(td.data.speakers))
     x, _ = td.data.batch(steps)
-    report.plots(run.model, x, td.upstream, device, first_layer=0 if cfg["use_hidden0"] else 1)
+    seen = td.meta.layers if td.meta.layers is not None else list(range(td.meta.num_layers))
+    report.plots(run.model, x, td.upstream, device, seen if run.model.use_hidden0 else seen[1:])
     logger.info("wrote %s", out)
 
 

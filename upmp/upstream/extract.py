@@ -1,12 +1,12 @@
 """Stage 1 as library code: plan which layer stacks to extract, extract them, join the job outputs.
 
-    plan = plan_extraction(data_dir, out_dir, sources, upstream, storage)   # reuse, then what is left
-    plan = plan_set(data_dir, out_dir, sets, upstream, storage)             # None when already complete
-    extract_layer_stacks(extractor, data, out_prefix, storage, ...)        # one job: <prefix>.ark/.scp
+    plan = plan_extraction(data_dir, out_dir, sources, upstream, storage, layers)  # reuse, then what is left
+    plan = plan_set(data_dir, out_dir, sets, upstream, storage, layers=layers)     # None when already complete
+    extract_layer_stacks(extractor, data, out_prefix, storage, layers=layers)     # one job: <prefix>.ark/.scp
     join_layer_stacks(data_dir, out_dir, run_id)                            # layers.scp; orphan arks removed
 
 Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.data.layer_stacks for the matrices):
-    layer_stack.json           L, D, frame shift, upstream name, storage
+    layer_stack.json           L, D, frame shift, upstream name, storage, layers (the hidden states kept)
     reused.scp                 stacks this run takes from earlier runs or other sets (scp lines)
     layers.<run>.<job>.ark     a job's stacks; its scp `layers.<run>.<job>.scp` is renamed into
                                place only when the job has written every utterance, so an scp that
@@ -64,14 +64,14 @@ class ExtractionPlan:
 
 
 def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstream: str, storage: str,
-                    ) -> ExtractionPlan:
+                    layers: Optional[List[int]] = None) -> ExtractionPlan:
     """Which utterances of data_dir need extracting into out_dir, and which stacks are reused.
 
     Reused, in this order: this set's own finished job outputs (a killed or failed earlier run)
-    and its last layers.scp, when its layer_stack.json has the same upstream and storage; then,
+    and its last layers.scp, when its layer_stack.json has the same upstream, storage and layer subset; then,
     from the other sets' complete dumps in `sources` (<dump>/<other set>, data/<other set> beside
     data_dir), stacks of the same utterance id made from the same audio (same wav.scp entry and
-    segment) with the same upstream and storage. Writes <out_dir>/reused.scp, layer_stack.json
+    segment) with the same upstream, storage and layers. Writes <out_dir>/reused.scp, layer_stack.json
     (when anything is reused) and <out_dir>/todo/ (a Kaldi data dir; absent when nothing is left).
     """
     out = Path(out_dir)
@@ -79,7 +79,8 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     wanted = {u: audio_key(data, u) for u in data.utts}
     plan, meta_from = ExtractionPlan(), None
     own = read_meta(out)
-    if own is not None and (own.upstream, own.storage) == (upstream, storage):
+    wanted_kind = (upstream, storage, layers)
+    if own is not None and (own.upstream, own.storage, own.layers) == wanted_kind:
         for scp in job_scps(out) + ([out / JOINED_SCP] if (out / JOINED_SCP).is_file() else []):
             for utt, entry in read_table(scp).items():
                 if utt in wanted and utt not in plan.reused and _ark_exists(entry):
@@ -92,7 +93,7 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
         if src.resolve() == out.resolve() or not (src / JOINED_SCP).is_file() or not src_data.is_dir():
             continue
         meta = read_meta(src)
-        if meta is None or (meta.upstream, meta.storage) != (upstream, storage):
+        if meta is None or (meta.upstream, meta.storage, meta.layers) != wanted_kind:
             continue
         scp = read_table(src / JOINED_SCP)
         if len(scp) != len(read_table(src_data / "utt2spk")):
@@ -115,24 +116,29 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     return plan
 
 
-def layer_stacks_complete(data_dir: str, out_dir: str) -> bool:
+def layer_stacks_complete(data_dir: str, out_dir: str, kind: Optional[tuple] = None) -> bool:
     """Stage 1 is done for a set: <out_dir>/layers.scp has as many lines as data_dir's utt2spk, and
-    layer_stack.json is there (delete layers.scp to extract again)."""
+    layer_stack.json is there, of (upstream, storage, layers) `kind` when given (delete layers.scp
+    to extract again)."""
     out = Path(out_dir)
+    if kind is not None and (out / META_NAME).is_file():
+        meta = read_meta(out)
+        if (meta.upstream, meta.storage, meta.layers) != tuple(kind):
+            return False
     return (out / META_NAME).is_file() and (out / JOINED_SCP).is_file() \
         and num_lines(out / JOINED_SCP) == num_lines(Path(data_dir) / "utt2spk")
 
 
 def plan_set(data_dir: str, out_dir: str, sets: Sequence[str], upstream: str, storage: str,
-             sources: Sequence[str] = ()) -> Optional[ExtractionPlan]:
+             sources: Sequence[str] = (), layers: Optional[List[int]] = None) -> Optional[ExtractionPlan]:
     """Stage 1's plan for one set of a run: None when its layer stacks are complete; else
     plan_extraction reusing from `sources` and from the dumps of the run's other `sets` (names:
     <out_dir>/../<set>, their data dirs beside data_dir)."""
-    if layer_stacks_complete(data_dir, out_dir):
+    if layer_stacks_complete(data_dir, out_dir, (upstream, storage, layers)):
         return None
     dump = Path(out_dir).parent
     others = [str(dump / s) for s in sets if (dump / s).resolve() != Path(out_dir).resolve()]
-    return plan_extraction(data_dir, out_dir, list(sources) + others, upstream, storage)
+    return plan_extraction(data_dir, out_dir, list(sources) + others, upstream, storage, layers)
 
 
 def num_lines(path: Path) -> int:
@@ -168,17 +174,17 @@ def check_stack(mat: np.ndarray, utt: str, upstream: str, storage: str) -> None:
     check_finite(mat, f"utterance {utt}: layer stack of {upstream}",
                  hint="the upstream's weights or its numerics are broken (check the checkpoint; "
                       "--extract_device cpu runs in float32)", error=UpstreamError)
-    if storage == "float16":
+    if storage in ("float16", "int8"):  # int8 keeps each row's offset and scale in float16
         peak = float(np.abs(mat).max()) if mat.size else 0.0
         if peak > FLOAT16_MAX:
             raise UpstreamError(f"utterance {utt}: layer stack of {upstream} reaches {peak:.4g}, beyond float16's "
-                                f"{FLOAT16_MAX:.0f}: stored as float16 it would be inf; use --storage float32")
+                                f"{FLOAT16_MAX:.0f}: stored as {storage} it would be inf; use --storage float32")
 
 
 def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str = "float32",
                          max_batch_seconds: float = 0.0, chunk_size: int = 256, device: str = "cpu",
                          source_dir: Optional[str] = None, upstream_name: str = "", desc: str = "layers",
-                         min_samples: int = 0, strict: bool = True) -> int:
+                         min_samples: int = 0, strict: bool = True, layers: Optional[List[int]] = None) -> int:
     """All (L, T, D) layer stacks of `data` into <out_prefix>.ark / .scp (and layer_stack.json
     beside them); returns the number of frames written.
 
@@ -187,21 +193,25 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     wav.scp line (the user's data dir, when `data` is a split copy of it); a full disk is one
     DiskFullError naming the directory and the bytes this job had written and still needed.
     max_batch_seconds = 0: one utterance per forward (features independent of batching).
+    layers: the upstream's hidden states to keep, ascending (None: all; upmp.data.layer_stacks.parse_layers).
     Audio shorter than min_samples (the upstream's receptive field) is an error when strict
     (training data), a logged warning otherwise (upmp.data.audio.load_utterance).
     """
     import torch  # here, not at the top: planning and joining (reuse_layers, join_layers) stay torch-free
     out_dir = Path(out_prefix).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    LayerStackMeta(extractor.num_layers, extractor.dim, extractor.frame_shift,
-                   upstream_name or getattr(extractor, "name", ""), storage).write(str(out_dir))
+    num_layers = len(layers) if layers is not None else extractor.num_layers
+    if layers is not None and (not layers or layers[-1] >= extractor.num_layers):
+        raise ValueError(f"layers {layers} outside the upstream's {extractor.num_layers} hidden states")
+    LayerStackMeta(num_layers, extractor.dim, extractor.frame_shift,
+                   upstream_name or getattr(extractor, "name", ""), storage, layers).write(str(out_dir))
     utts = data.utts
     source_lines = wav_scp_lines(source_dir) if source_dir else None
     max_samples = int(max_batch_seconds * SAMPLE_RATE)
     scp, tmp_scp = Path(f"{out_prefix}.scp"), Path(f"{out_prefix}.scp.tmp")
     scp.unlink(missing_ok=True)
     n_frames, n_done, n_tried, tried_bytes = 0, 0, 0, 0
-    bytes_per_value = 2 if storage == "float16" else 4
+    bytes_per_value = {"float16": 2, "int8": 1 + 4 / extractor.dim}.get(storage, 4)
     try:
         with LayerStackWriter(out_prefix, storage, scp_path=str(tmp_scp)) as writer, \
                 tqdm(total=len(utts), desc=desc, mininterval=5) as bar:
@@ -215,11 +225,13 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
                     for row, i in enumerate(batch):
                         wavs[row, :len(audio[i])] = torch.from_numpy(audio[i])
                     stack, frames = extractor(wavs.to(device), lens.to(device))
+                    if layers is not None:
+                        stack = stack[:, :, layers]
                     stack = stack.float().cpu().numpy()  # (B, D, L, T)
                     for row, i in enumerate(batch):
                         t = int(frames[row])
                         n_tried += 1
-                        tried_bytes += t * extractor.num_layers * extractor.dim * bytes_per_value
+                        tried_bytes += t * num_layers * extractor.dim * bytes_per_value
                         mat = np.transpose(stack[row, :, :, :t], (1, 2, 0))
                         check_stack(mat, chunk[i], upstream_name or getattr(extractor, "name", "the upstream"), storage)
                         writer.write(chunk[i], mat)
@@ -240,7 +252,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
             f"disk, or --storage float16 / compressed) and rerun: finished jobs are kept") from None
     os.replace(tmp_scp, scp)
     logger.info("wrote %d utterances, %d frames, L=%d D=%d to %s", len(utts), n_frames,
-                extractor.num_layers, extractor.dim, scp)
+                num_layers, extractor.dim, scp)
     return n_frames
 
 

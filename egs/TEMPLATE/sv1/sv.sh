@@ -18,7 +18,8 @@ local_data_opts=""      # options for local/data.sh
 upstream=wavlm_base_plus   # any S3PRL upstream name (wavlm_local etc. need --upstream_ckpt)
 upstream_ckpt=""           # checkpoint path for *_local upstreams
 tiny_upstream=false        # true: build a tiny random-init <kind>_local checkpoint when none is given (offline tests)
-storage=float32            # float32 | float16 | compressed (see upmp/data/layer_stacks.py)
+storage=float32            # float32 | float16 | compressed | int8 (see upmp/data/layer_stacks.py)
+layers=all                 # hidden states kept: all | 0-12 | 0,4,8,12 | top:K:<layer_probe.tsv or <exp>/layer_usage.tsv>
 extract_device=cpu
 extract_max_batch_seconds=0     # >0 batches utterances (GPU throughput; padding changes Base models' features slightly)
 layer_probe=false          # true: after stage 1, an EER per hidden state from the stacks alone (upmp.bin.layer_probe)
@@ -70,7 +71,8 @@ Stages:
 Options (default in brackets):
   --stage <n> [${stage}]  --stop_stage <n> [${stop_stage}]  --nj <n> [${nj}]
   --upstream <name> [${upstream}]  --upstream_ckpt <path> [${upstream_ckpt}]
-  --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed> [${storage}]
+  --tiny_upstream <true|false> [${tiny_upstream}]  --storage <float32|float16|compressed|int8> [${storage}]
+  --layers <all|0-12|0,4,8,12|top:K:tsv> [${layers}]
   --extract_device <cpu|cuda> [${extract_device}]  --extract_max_batch_seconds <s> [${extract_max_batch_seconds}]
   --layer_probe <true|false> [${layer_probe}]  --layer_probe_args "<--key value ...>" [${layer_probe_args}]
   --train_mode <cached|online> [${train_mode}]  --train_nproc <n> [${train_nproc}]
@@ -143,6 +145,18 @@ if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
 fi
 upstream_tag=${upstream}
 [ -n "${upstream_ckpt}" ] && upstream_tag=${upstream}_$(basename "${upstream_ckpt%.*}")
+# a layer subset has its own dump and experiments (the stacks' layer_stack.json records it), named by
+# the hidden states it resolves to (top:K:<tsv> included; no comma: kaldiio's ark,scp: spec splits on it)
+if [ "${layers}" != all ]; then
+  layers_tag=$(${python} -c 'import sys
+from upmp.data.layer_stacks import layers_text, parse_layers
+from upmp.errors import UpmpError
+try:
+    print(layers_text(parse_layers(sys.argv[1])).replace(",", "_"))
+except UpmpError as e:
+    sys.exit(f"sv.sh: error: {e}")' "${layers}") || exit 1
+  upstream_tag=${upstream_tag}_layers${layers_tag}
+fi
 dump=${dumpdir}/${upstream_tag}
 train_configs=${train_config}
 if [ -n "${backend}" ]; then
@@ -206,7 +220,7 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   # once, before any job: an upstream that cannot be built here (no network for its weights, a
   # wrong name) is one line now, not one traceback per job; S3PRL weights are downloaded here
   # shellcheck disable=SC2086
-  ${python} -m upmp.bin.check_upstream ${upstream_opts} 1>&2
+  ${python} -m upmp.bin.check_upstream ${upstream_opts} --layers "${layers}" 1>&2
   # shellcheck disable=SC2154
   if [[ "${extract_device}" == cuda* ]]; then cmd=${cuda_cmd}; else cmd=${train_cmd}; fi  # GPU jobs, as in stage 3
   for set in ${train_set} ${valid_set} ${test_sets}; do
@@ -216,7 +230,8 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     # go to reused.scp, the rest to ${out}/todo, and it prints their number
     # shellcheck disable=SC2086
     n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" \
-               --sets ${train_set} ${valid_set} ${test_sets} --upstream "${upstream}" --storage "${storage}")
+               --sets ${train_set} ${valid_set} ${test_sets} --upstream "${upstream}" --storage "${storage}" \
+               --layers "${layers}")
     [ "${n_todo}" != complete ] || continue
     # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones;
     # a job's scp appears only when the job is complete
@@ -228,7 +243,7 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
       ${cmd} JOB=1:"${n_jobs}" "${out}/log/extract.JOB.log" \
         ${python} -m upmp.bin.extract_layers --data_dir "${out}/todo/split${n_jobs}utt/JOB" --source_data_dir "data/${set}" \
           --out_prefix "${out}/layers.${run_id}.JOB" --upstream "${upstream}" ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} \
-          --storage "${storage}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}" \
+          --storage "${storage}" --layers "${layers}" --device "${extract_device}" --max_batch_seconds "${extract_max_batch_seconds}" \
           --purpose "$([ "${set}" == "${train_set}" ] && echo train || echo test)"
     fi
     ${python} -m upmp.bin.join_layers --data_dir "data/${set}" --out_dir "${out}" --run_id "${run_id}"
@@ -278,7 +293,7 @@ for run in ${runs}; do
     else
       mkdir -p "${exp}"
       if [ "${train_mode}" == online ]; then
-        inputs="--train_data_dir data/${train_set} ${upstream_opts}"
+        inputs="--train_data_dir data/${train_set} ${upstream_opts} --layers '${layers}'"  # quoted: a YAML string
         [ -n "${valid_set}" ] && inputs+=" --valid_data_dir data/${valid_set} --valid_trials data/${valid_set}/trials"
       else
         inputs="--train_scp ${dump}/${train_set}/layers.scp --utt2spk data/${train_set}/utt2spk"

@@ -115,8 +115,8 @@ def test_threaded_batches_in_step_order(tmp_path):
     assert torch.equal(torch.cat([h[0] for h in halves]), crops.raw_batch(4)[0])  # DDP ranks: their rows
     assert isinstance(batch_loader(crops, range(2), num_workers=0), torch.utils.data.DataLoader)
     ark = tmp_path / "float16.ark"
-    ark.write_bytes(ark.read_bytes()[:-100])
     crops = LayerStackCrops(scp, utt2spk, L, CROP, 64, seed=5, preload=False)  # draws the truncated one
+    ark.write_bytes(ark.read_bytes()[:-100])  # cut after the reader checked it: a read fails in a thread
     with pytest.raises(DataDirError, match="ark truncated"):  # a thread's error reaches the loop
         list(ThreadedBatches(crops, range(4), threads=2))
 
@@ -150,8 +150,14 @@ def test_bad_stack_files(tmp_path):
     with pytest.raises(DataDirError, match=r"utterance a-1: matrix width 48 is not 5 layers"):
         LayerStackCrops(scp, utt2spk, 5, CROP, BATCH, seed=0, preload=False)
     ark = tmp_path / "float32.ark"
-    ark.write_bytes(ark.read_bytes()[:-100])  # the last matrix loses rows
+    data = ark.read_bytes()
+    ark.write_bytes(data[:-100])  # the last matrix loses rows: refused when the reader opens it
+    with pytest.raises(DataDirError, match=rf"float32.ark:\d+': {ark} is truncated \(the matrix ends at byte "
+                                           rf"{len(data)}, the file at {len(data) - 100}\); re-extract"):
+        LayerStackCrops(scp, utt2spk, L, CROP, BATCH, seed=0, preload=False)
+    ark.write_bytes(data)
     crops = LayerStackCrops(scp, utt2spk, L, CROP, BATCH, seed=0, preload=False)
+    ark.write_bytes(data[:-100])  # and cut later, while training: the read says so
     last = crops.utts.index("c-3")
     with pytest.raises(DataDirError, match=r"float32.ark:\d+: ark truncated \(\d+ of \d+ bytes\); re-extract"):
         crops.reader.read(last)
