@@ -38,9 +38,12 @@ class _MultiHead(nn.Module):
 
     def set_margin(self, margin: float) -> None:
         """Every head's additive angular margin (and the constants derived from it) set to margin."""
-        # the constants espnet's heads derive from the margin in __init__; not the sub-centre head's
-        # update(), which also switches its top-k penalty on: a schedule changes the margin only
+        # the constants espnet's heads derive from the margin; the sub-centre head's update() also
+        # scales its hard-negative penalty with the margin (WeSpeaker's scheduler calls it every step)
         for head in self.heads:
+            if hasattr(head, "update"):
+                head.update(margin)
+                continue
             head.m = margin
             if hasattr(head, "margin"):
                 head.margin = margin
@@ -81,6 +84,9 @@ class SubcenterInterTopkAAMSoftmax(_MultiHead):
         super().__init__(lambda d: ArcMarginProduct_intertopk_subcenter(
             nout=d, nclasses=num_classes, scale=scale, margin=margin, K=subcenters, mp=topk_margin,
             k_top=min(topk, num_classes - 1)), embed_dim, heads)
+        # espnet's head starts with its hard-negative penalty off (cos_mp = 1) and turns it on only in
+        # update(); without this call loss_conf.topk_margin never acted
+        self.set_margin(margin)
 
 
 LOSSES = {"aamsoftmax": AAMSoftmax, "aamsoftmax_subcenter_topk": SubcenterInterTopkAAMSoftmax}

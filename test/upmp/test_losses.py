@@ -47,3 +47,27 @@ def test_set_margin_equals_a_head_built_with_that_margin(loss):
     # a scheduled head starts at its step-0 margin
     c = build_loss(loss, 8, 7, {"margin": 0.2, "heads": 2, "margin_schedule": conf("linear", 0, 10)["margin_schedule"]})
     assert all(h.m == 0.0 for h in c.heads)
+
+
+def test_subcenter_topk_margin_penalises_the_hard_negatives():
+    """loss_conf.topk_margin acts: the top-k hardest negative classes' logits become
+    s cos(theta - mp) (mp = topk_margin x margin / 0.2), computed here by hand from the weights."""
+    torch.manual_seed(0)
+    x, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    on = build_loss("aamsoftmax_subcenter_topk", 8, 7, {"margin": 0.2, "subcenters": 2, "topk": 2, "topk_margin": 0.06})
+    off = build_loss("aamsoftmax_subcenter_topk", 8, 7, {"margin": 0.2, "subcenters": 2, "topk": 2, "topk_margin": 0.0})
+    off.load_state_dict(on.state_dict())
+    head = on.heads[0]
+    assert head.cos_mp == pytest.approx(math.cos(0.06)) and off.heads[0].cos_mp == 1.0
+    cos = torch.nn.functional.linear(torch.nn.functional.normalize(x), torch.nn.functional.normalize(head.weight))
+    cos = cos.view(6, 7, 2).amax(dim=2).clamp(-1, 1)
+    theta = torch.acos(cos)
+    target = torch.nn.functional.one_hot(labels, 7).bool()
+    logits = torch.where(target, torch.cos(theta + 0.2), cos)
+    hard = cos.masked_fill(target, -2).topk(2, dim=1).indices
+    is_hard = torch.zeros_like(target).scatter_(1, hard, True)
+    want_on = torch.nn.functional.cross_entropy(30 * torch.where(is_hard, torch.cos(theta - 0.06), logits), labels)
+    want_off = torch.nn.functional.cross_entropy(30 * logits, labels)
+    assert on(x, labels)[0].item() == pytest.approx(want_on.item(), rel=1e-5)
+    assert off(x, labels)[0].item() == pytest.approx(want_off.item(), rel=1e-5)
+    assert want_on.item() > want_off.item()
