@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from upmp.bin.common import run_main, setup_logging
+from upmp.bin.common import make_parser, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--exp", required=True, help="the experiment dir (its model.pt gives config and metadata)")
     p.add_argument("--out", required=True, help="the averaged model file to write")
     which = p.add_mutually_exclusive_group()
@@ -37,7 +37,7 @@ def main(argv=None) -> None:
         p.error("give --last N, --best N or checkpoint files (one of them)")
     if (args.last is not None and args.last < 1) or (args.best is not None and args.best < 1):
         p.error("--last / --best: N must be >= 1")
-    setup_logging()
+    setup_logging(args.verbose)
     import logging
 
     import upmp.checkpoint as checkpoint
