@@ -16,6 +16,7 @@ calls them for every system in one process. Outputs are written atomically.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Dict, Optional, Sequence
 
@@ -132,6 +133,10 @@ def fuse_files(dev_trials: str, dev_scores: Sequence[str], scores: Sequence[str]
         twice = [f for i, f in enumerate(files) if f in files[:i]]
         if twice:
             raise ConfigError(f"fusion: {twice[0]} is given twice; give each system once")
+    inputs = [dev_trials, *dev_scores, *scores, *([trials] if trials else [])]
+    clobbered = [f for f in inputs if os.path.realpath(f) == os.path.realpath(out)]
+    if clobbered:
+        raise ConfigError(f"fusion: --out {out} is also an input ({clobbered[0]}); write the fused scores to a new file")
     dev = load_trials(dev_trials)
     labels = np.array([t for _, _, t in dev], dtype=bool)
     fusion = LinearFusion.fit(system_scores([(a, b) for a, b, _ in dev], dev_scores, dev_trials), labels, prior,

@@ -274,6 +274,10 @@ for run in ${runs}; do
   if [ -n "${avg_of}" ]; then  # <exp>_avg: stages 3-5 on <exp>/model_avg.pt (none: the config does not average)
     avg_of=${exp}; exp=${exp}_avg; mean_exp=${mean_exp%_seeds}_avg_seeds
     [ -f "${avg_of}/model_avg.pt" ] || continue
+    # an <exp>_avg made by hand (a real model.pt, not our link) is never replaced
+    if [ -e "${exp}/model.pt" ] && [ "$(readlink "${exp}/model.pt")" != "../${avg_of##*/}/model_avg.pt" ]; then
+      log "${exp}/model.pt exists and is not the link to ${avg_of}/model_avg.pt: rename that experiment (or use --exp_tag); nothing replaced"; exit 1
+    fi
     mkdir -p "${exp}"
     for f in model_avg.pt:model.pt config.yaml:config.yaml train_summary.json:train_summary.json; do
       ln -sfn "../${avg_of##*/}/${f%%:*}" "${exp}/${f##*:}"

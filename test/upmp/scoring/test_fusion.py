@@ -162,9 +162,10 @@ def test_bad_fusion_options(tmp_path):
     for args, message in (((dev[:1], test[:1]), "fusion needs at least two systems"),
                           ((dev, test[:1]), "2 validation score files for 1 systems"),
                           ((dev, [test[0], test[0]]), f"fusion: {test[0]} is given twice"),
-                          ((dev, test, 1.0), "--prior 1.0: the target prior must lie strictly between 0 and 1")):
+                          ((dev, test, 1.0), "--prior 1.0: the target prior must lie strictly between 0 and 1"),
+                          ((dev, test, 0.5, test[1]), f"--out {test[1]} is also an input"),):
         with pytest.raises(ConfigError, match=message):
-            fuse_files(str(d / "dev.trials"), *args[:2], str(d / "out"), *args[2:])
+            fuse_files(str(d / "dev.trials"), *args[:2], args[3] if len(args) > 3 else str(d / "out"), *args[2:3])
 
 
 def test_fuse_entry_point(tmp_path, capsys):
