@@ -59,6 +59,13 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
 
 
+def add_device_args(p: argparse.ArgumentParser, num_threads: int = 2) -> None:
+    """--device (cpu, cuda, cuda:N: check_device) and --num_threads (set_num_threads) of the entry
+    points that run a model."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--num_threads", type=int, default=num_threads, help="torch CPU threads")
+
+
 def set_num_threads(num_threads: int) -> None:
     """Limit torch's intra-op threads (parallel jobs share the machine's cores)."""
     import torch

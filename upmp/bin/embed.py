@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
+from upmp.bin.common import add_device_args, make_parser, run_main, set_num_threads, setup_logging
 from upmp.bin.common import check_device, positive_int, require_writable
 from upmp.fileio import named_in_errors
 
@@ -41,8 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("kaldi", "npy"), default="kaldi")
     p.add_argument("--chunk", type=positive_int, default=64, help="utterances embedded and written at a time")
     p.add_argument("--max_batch_frames", type=positive_int, default=6000, help="backend batch size in frames")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num_threads", type=int, default=2)
+    add_device_args(p)
     return p
 
 

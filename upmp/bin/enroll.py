@@ -13,8 +13,8 @@ line and the database stays as it was. Layout and scoring: upmp.inference.speake
 """
 from __future__ import annotations
 
-from upmp.bin.common import check_device, make_parser, run_main, set_num_threads, setup_logging
-from upmp.errors import JobArgsError
+from upmp.bin.common import add_device_args, check_device, make_parser, run_main, set_num_threads, setup_logging
+from upmp.errors import ConfigError
 
 
 def get_parser():
@@ -25,8 +25,7 @@ def get_parser():
     p.add_argument("audio", nargs="*", help="audio files, folders, wav.scp files or data dirs of the speaker")
     p.add_argument("--replace", action="store_true", help="replace a speaker already enrolled under --speaker")
     p.add_argument("--remove", default=None, metavar="SPEAKER", help="remove an enrolled speaker (no audio)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num_threads", type=int, default=2)
+    add_device_args(p)
     return p
 
 
@@ -35,9 +34,9 @@ def main(argv=None) -> None:
     setup_logging(args.verbose)
     if args.remove is not None:
         if args.speaker or args.audio:
-            raise JobArgsError("--remove takes no --speaker and no audio")
+            raise ConfigError("--remove takes no --speaker and no audio")
     elif not args.speaker or not args.audio:
-        raise JobArgsError("give --speaker NAME and the speaker's audio (files, folders, wav.scp), or --remove NAME")
+        raise ConfigError("give --speaker NAME and the speaker's audio (files, folders, wav.scp), or --remove NAME")
     set_num_threads(args.num_threads)
     check_device(args.device)
     from upmp.inference import gather_audio, load_model

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from upmp.bin.common import check_device, make_parser, require_files, run_main, set_num_threads, setup_logging
+from upmp.bin.common import add_device_args, check_device, make_parser, require_files, run_main, set_num_threads, setup_logging
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.embeddings import check_stacks_fit, embed_all, upstream_stacks, write_embeddings, write_model_record
 from upmp.errors import ConfigError, DataDirError, UpstreamError
@@ -48,8 +48,7 @@ def get_parser():
     p.add_argument("--num_crops", type=int, default=1)
     p.add_argument("--max_batch_frames", type=int, default=6000)
     p.add_argument("--chunk_size", type=int, default=256, help="utterances held in memory at once")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num_threads", type=int, default=2)
+    add_device_args(p)
     return p
 
 

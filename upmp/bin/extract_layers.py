@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from upmp.bin.common import check_device, make_parser, run_main, set_num_threads, setup_logging
+from upmp.bin.common import add_device_args, check_device, make_parser, run_main, set_num_threads, setup_logging
 from upmp.data.audio import MIN_SAMPLES
 from upmp.data.kaldi_dir import DataDir
 from upmp.upstream import build_upstream
@@ -40,8 +40,7 @@ def get_parser():
                    help="the data dir --data_dir was split from: audio errors name its wav.scp line")
     p.add_argument("--purpose", default="test", choices=("train", "test"),
                    help="train: audio shorter than the upstream's receptive field is an error; test: a warning")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num_threads", type=int, default=1)
+    add_device_args(p, num_threads=1)
     return p
 
 

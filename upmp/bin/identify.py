@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 
-from upmp.bin.common import check_device, make_parser, run_main, set_num_threads, setup_logging
-from upmp.errors import JobArgsError
+from upmp.bin.common import add_device_args, check_device, make_parser, run_main, set_num_threads, setup_logging
+from upmp.errors import ConfigError
 
 
 def get_parser():
@@ -24,8 +24,7 @@ def get_parser():
     p.add_argument("audio", nargs="+", help="audio files, folders, wav.scp files or data dirs to identify")
     p.add_argument("--top_k", type=int, default=1, help="also list the k best speakers")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num_threads", type=int, default=2)
+    add_device_args(p)
     return p
 
 
@@ -37,7 +36,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
     if args.top_k < 1:
-        raise JobArgsError(f"--top_k {args.top_k}: give 1 or more")
+        raise ConfigError(f"--top_k {args.top_k}: give 1 or more")
     set_num_threads(args.num_threads)
     check_device(args.device)
     from upmp.inference import gather_audio, load_model

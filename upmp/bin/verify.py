@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from upmp.bin.common import make_parser, run_main, set_num_threads, setup_logging
+from upmp.bin.common import add_device_args, make_parser, run_main, set_num_threads, setup_logging
 from upmp.bin.common import check_device, require_writable
 from upmp.errors import DataDirError, JobArgsError
 
@@ -34,8 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", default=None, help="trial list: score every line")
     p.add_argument("--wav_scp", nargs="+", default=None, help="the trials' audio: wav.scp, data dir, folder or files")
     p.add_argument("--out", default=None, help="score file to write (with --trials)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num_threads", type=int, default=2)
+    add_device_args(p)
     return p
 
 
