@@ -86,6 +86,10 @@ def write_experiment_results(exp: Path, systems: Sequence[str], test_sets: Seque
         trials = f"{data_root}/{name}/trials"
         for system in systems:
             scores = exp / "scores" / f"{name}.{system}"
+            if not scores.is_file():
+                raise ScoringError(f"{scores}: no such score file (system {system!r} of test set {name!r}); run "
+                                   f"stage 4 with the same --scoring / --score_norm / --calibration / --fusion "
+                                   f"as this stage 5, or give stage 5 the systems stage 4 scored")
             aligned = align_scores(trials, str(scores))
             m = metrics_of(*aligned, source=trials)
             # a .qmf system's and the fusion's scores are LLRs already; others have a linear .llr

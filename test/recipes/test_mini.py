@@ -263,3 +263,13 @@ def test_mhfa_with_lmft_and_qmf(small_recipe):
         assert f"| {avg.name} | mhfa |" in comparison
     r = run(recipe, "--stage", "4", "--stop_stage", "4", "--upstream", "wavlm_local", "--calibration", "platt")
     assert r.returncode == 1 and "unknown --calibration platt (linear, qmf)" in r.stderr
+    # an <exp>_avg/model.pt that is not sv.sh's link (a model made otherwise) is never replaced
+    avg_model = base.parent / (base.name + "_avg") / "model.pt"
+    avg_model.unlink()
+    avg_model.write_bytes(b"a model trained some other way")
+    r = run(recipe, "--stage", "5", "--stop_stage", "5", "--upstream", "wavlm_local", "--backend", "mhfa",
+            "--scoring", "cosine", "--score_norm", "none", "--calibration", "linear qmf")
+    assert r.returncode == 1
+    assert (f"{avg_model.relative_to(recipe)} exists and is not the link to {base.relative_to(recipe)}/model_avg.pt: "
+            "rename that experiment (or use --exp_tag); nothing replaced") in r.stderr
+    assert avg_model.read_bytes() == b"a model trained some other way" and not avg_model.is_symlink()

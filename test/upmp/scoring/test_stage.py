@@ -202,6 +202,14 @@ def test_fusion_of_two_systems_is_a_system_of_its_own(exp):
     assert row == [f"| test | fusion | {m['eer']:.2f} | {m['mindcf_0.01']:.4f} | {m['mindcf_0.05']:.4f} | "
                    f"{m['cllr']:.3f} | {m['actdcf_0.01']:.4f} | {m['n_target']} / {m['n_nontarget']} |"]
 
+    # a system stage 4 did not score: one line naming the file and what to run; the reports stay as they were
+    from upmp.errors import ScoringError
+    reports = {f: (exp / f).read_bytes() for f in ("RESULTS.md", "results.json")}
+    with pytest.raises(ScoringError, match=r"scores/test\.lda\.asnorm: no such score file \(system 'lda\.asnorm' of "
+                                           r"test set 'test'\); run stage 4 with the same --scoring"):
+        write_experiment_results(exp, ["cosine", "lda.asnorm"], ["test"], data_root=str(data))
+    assert {f: (exp / f).read_bytes() for f in reports} == reports
+
     before = (scores / "test.fusion").stat().st_mtime_ns
     done = score_sets(str(exp), str(data), "train", "valid", ["test"], fusion=["cosine", "plda.asnorm"], **kw)
     assert {state for _, state in done} == {"up to date"} and (scores / "test.fusion").stat().st_mtime_ns == before
