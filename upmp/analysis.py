@@ -176,7 +176,9 @@ def _train_utts(entries: Dict[str, str], spk_of: Dict[str, str], max_per_spk: in
 def layer_probe(train_scp: str, utt2spk: str, trials_scp: str, trials: str, lda_dim: int = 200,
                 p_target: float = 0.05, max_frames: int = 0, max_utts_per_spk: int = 0,
                 seed: int = 0) -> List[dict]:
-    """One row per hidden state ("0" .. "L-1"), then the average of all ("avg"): layer, eer_cosine,
+    """One row per hidden state of the stacks, labelled with the upstream's hidden-state index (the
+    stacks' layer_stack.json `layers`: "0", "4", "8", "12" for a --layers 0,4,8,12 stack; "0" .. "L-1"
+    when all are stored), then the average of all ("avg"): layer, eer_cosine,
     eer_plda (%), mindcf_<p_target>_cosine / _plda, lda_dim, n_train_utts, n_speakers, n_trials.
 
     Fitted on the training stacks (speakers from utt2spk), scored on the Kaldi trials whose utterances
@@ -226,9 +228,10 @@ def layer_probe(train_scp: str, utt2spk: str, trials_scp: str, trials: str, lda_
     X_train = pooled_stacks(train_scp, train_entries, utts, meta, max_frames, desc="pool training stacks")
     X_test = pooled_stacks(trials_scp, test_entries, test_utts, meta, max_frames, desc="pool trial stacks")
     from tqdm import tqdm
+    hidden_states = meta.layers if meta.layers is not None else list(range(meta.num_layers))
     rows = []
     for layer in tqdm(range(meta.num_layers + 1), desc="probe layers", unit="layer", mininterval=5):
-        row: dict = {"layer": str(layer) if layer < meta.num_layers else AVERAGE}
+        row: dict = {"layer": str(hidden_states[layer]) if layer < meta.num_layers else AVERAGE}
         embeddings = dict(zip(test_utts, X_test[:, layer]))
         plda = PLDAScorer(lda_dim=lda_dim).fit(X_train[:, layer], labels)
         for scorer in (CosineScorer(subtract_mean=True).fit(X_train[:, layer]), plda):
@@ -281,11 +284,11 @@ def read_layer_probe(path) -> List[dict]:
 
 
 def plot_layer_probe(rows: List[dict], png, usage: Optional[Dict[str, np.ndarray]] = None,
-                     first_layer: int = 0, model_name: str = "") -> None:
+                     usage_layers: Optional[Sequence[int]] = None, model_name: str = "") -> None:
     """The probe's EER per hidden state (cosine, PLDA; dashed: the average of all hidden states), and
-    with `usage` (layer_usage of a trained model, columns = hidden states first_layer, first_layer+1, ...)
-    one panel per entry below it: the weight each hidden state gets (mean over the rows), on the same
-    axis. Written atomically."""
+    with `usage` (layer_usage of a trained model, its columns the hidden states `usage_layers`, upstream
+    indices; default those of the probe's rows) one panel per entry below it: the weight each hidden
+    state gets (mean over the rows), on the same axis. Written atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -308,8 +311,8 @@ def plot_layer_probe(rows: List[dict], png, usage: Optional[Dict[str, np.ndarray
     ax.legend(fontsize=7)
     for ax, (title, a) in zip(axes[1:, 0], usage.items()):
         weight = np.asarray(a, dtype=np.float64).reshape(-1, np.shape(a)[-1]).mean(axis=0)
-        where = first_layer + np.arange(len(weight))
-        aligned = first_layer + len(weight) == len(x)  # one column per hidden state the model sees
+        where = np.asarray(x if usage_layers is None else usage_layers)
+        aligned = len(where) == len(weight)  # one column per hidden state the model sees
         ax.bar(where if aligned else np.arange(len(weight)), weight, color="tab:green")
         mean_of = " (mean of rows)" if np.ndim(a) > 1 and np.shape(a)[0] > 1 else ""
         place = "" if aligned else f" ({len(weight)} columns, not hidden states)"

@@ -13,7 +13,7 @@ from helpers import one_line_error, run_module
 L, D, SPEAKER_LAYER = 4, 8, 2
 
 
-def write_set(directory: Path, speakers, utts_per_spk: int, seed: int, num_layers: int = L):
+def write_set(directory: Path, speakers, utts_per_spk: int, seed: int, num_layers: int = L, layers=None):
     """Layer stacks (float16 ark/scp + layer_stack.json) of speakers x utts_per_spk utterances: hidden
     state SPEAKER_LAYER is the speaker's mean vector plus noise, every other one noise only. Returns
     (layers.scp, utt2spk, {utt: (L, T, D) float32 as stored})."""
@@ -30,7 +30,7 @@ def write_set(directory: Path, speakers, utts_per_spk: int, seed: int, num_layer
                 utt = f"spk{spk:02d}-utt{u}"
                 w.write(utt, stack)
                 stacks[utt] = stack.astype(np.float16).astype(np.float32)
-    LayerStackMeta(num_layers, D, 0.02, "synthetic", storage="float16").write(str(directory))
+    LayerStackMeta(num_layers, D, 0.02, "synthetic", storage="float16", layers=layers).write(str(directory))
     utt2spk = directory / "utt2spk"
     utt2spk.write_text("".join(f"{u} {u.split('-')[0]}\n" for u in sorted(stacks)))
     return directory / "layers.scp", utt2spk, stacks
@@ -69,6 +69,26 @@ def test_the_speaker_layer_comes_out_best_by_a_wide_margin(probe_sets):
     # the average of the layers keeps a quarter of the speaker's mean: better than noise
     assert rows[-1]["eer_plda"] < 25, rows
     assert (tmp / "probe" / "layer_probe.png").stat().st_size > 5000
+
+
+def test_a_layer_subset_is_labelled_with_the_upstreams_hidden_states(tmp_path):
+    """Stacks of --layers 0,4,8,12 (stored as 4 hidden states): the rows are hidden states 0, 4, 8 and 12,
+    the speaker's (stored third) is 8, and top:1 of the probe's tsv picks hidden state 8 of the upstream."""
+    from upmp.analysis import read_layer_probe
+    from upmp.data.layer_stacks import parse_layers
+    from upmp.data.trials import write_kaldi_trials
+    subset = [0, 4, 8, 12]
+    train_scp, utt2spk, _ = write_set(tmp_path / "train", range(12), 6, seed=1, layers=subset)
+    test_scp, _, test_stacks = write_set(tmp_path / "valid", range(20, 30), 4, seed=2, layers=subset)
+    trials = tmp_path / "valid" / "trials"
+    write_kaldi_trials(str(trials), [(a, b, a.split("-")[0] == b.split("-")[0])
+                                     for a, b in itertools.combinations(sorted(test_stacks), 2)])
+    probe("--train_scp", train_scp, "--utt2spk", utt2spk, "--trials_scp", test_scp, "--trials", trials,
+          "--out_dir", tmp_path / "probe")
+    rows = read_layer_probe(tmp_path / "probe" / "layer_probe.tsv")
+    assert [r["layer"] for r in rows] == ["0", "4", "8", "12", "avg"]
+    assert min(rows[:L], key=lambda r: r["eer_plda"])["layer"] == str(subset[SPEAKER_LAYER])
+    assert parse_layers(f"top:1:{tmp_path / 'probe' / 'layer_probe.tsv'}", num_layers=13) == [subset[SPEAKER_LAYER]]
 
 
 def test_tsv_format_and_the_cosine_eer_computed_by_hand(probe_sets):

@@ -104,9 +104,11 @@ def plot_experiment(exp: Path, model, rows, stacks_scp: str) -> None:
     """<exp>/layer_probe.png: the probe and the layers the experiment's model weights (layer_usage on
     a batch of stacks_scp's stacks)."""
     import torch
-    usage = layer_usage(model, torch.from_numpy(usage_batch(stacks_scp, stack_meta(stacks_scp))))
+    meta = stack_meta(stacks_scp)
+    usage = layer_usage(model, torch.from_numpy(usage_batch(stacks_scp, meta)))
+    seen = meta.layers if meta.layers is not None else list(range(meta.num_layers))  # what the model sees
     backend = model.backend.__class__.__name__
-    plot_layer_probe(rows, exp / "layer_probe.png", usage, first_layer=0 if model.use_hidden0 else 1,
+    plot_layer_probe(rows, exp / "layer_probe.png", usage, usage_layers=seen if model.use_hidden0 else seen[1:],
                      model_name=f"{exp.name} ({backend})")
     logger.info("%s: the probe beside the layers its model weights", exp / "layer_probe.png")
 
