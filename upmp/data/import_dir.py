@@ -40,24 +40,22 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
+from upmp.data.audio import AUDIO_EXTENSIONS
 from upmp.data.kaldi_dir import (DataDirError, PathLike, c_sort_key, parse_positive, parse_segment, read_table,
                                  speaker_sort_violation, utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
 from upmp.errors import AudioError
+from upmp.fileio import building_dir
 
 logger = logging.getLogger(__name__)
 
 RECORD = "import.json"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".mp3", ".mp4", ".aac", ".ogg", ".opus", ".sph", ".aif", ".aiff",
-                    ".au", ".nist", ".pcm", ".raw")
 SOURCE_FILES = ("wav.scp", "utt2spk", "spk2utt", "segments", "utt2dur", "utt2num_samples")
 OWN_TRIALS = ("trials", "trial_label")  # a source dir's own list: Kaldi, ESPnet
 
@@ -113,7 +111,7 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     result.num_utts, result.num_speakers = len(tables["utt2spk"]), len(set(tables["utt2spk"].values()))
     record.update(num_utts=result.num_utts, num_speakers=result.num_speakers, sample_rate=result.sample_rate,
                   num_trials=result.num_trials)
-    _write_dir(data_root, dst, tables, record)
+    _write_dir(dst, tables, record)
     from upmp.data.audio import SAMPLE_RATE  # here: scipy's import would cost every use_sets call 0.5 s
     if result.sample_rate != SAMPLE_RATE:
         logger.info("%s: audio is %d Hz; it is resampled to %d Hz at extraction", src, result.sample_rate,
@@ -212,10 +210,10 @@ def _our_tables(src: Path, src_root: Optional[PathLike], result: ImportResult) -
     return out
 
 
-def _write_dir(data_root: Path, dst: Path, tables: Dict[str, object], record: dict) -> None:
-    """Write the copy into a temporary dir, check it with validate_data_dir, rename it to dst."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.import.", dir=_mkdir(data_root)))
-    try:
+def _write_dir(dst: Path, tables: Dict[str, object], record: dict) -> None:
+    """Write the copy into a temporary dir beside dst, check it with validate_data_dir, swap it in
+    (upmp.fileio.building_dir): an older import at dst stays whole until the new one is complete."""
+    with building_dir(dst, "import") as tmp:
         for name, table in tables.items():
             if name == "trials":
                 write_kaldi_trials(str(tmp / name), table)
@@ -226,10 +224,6 @@ def _write_dir(data_root: Path, dst: Path, tables: Dict[str, object], record: di
                                       for s, us in utt2spk_to_spk2utt(utt2spk).items()})
         validate_data_dir(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _find_trials(src: Path, trials: Optional[PathLike], required: bool) -> Optional[Path]:
@@ -273,22 +267,6 @@ def _choose_name(src: Path, data_root: Path) -> str:
         if not dst.exists() or (_read_record(dst) or {}).get("source") == str(src):
             return name
     raise DataDirError(f"{data_root}: no free name for {src}")
-
-
-def _mkdir(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _replace_dir(new: Path, dst: Path) -> None:
-    """Rename `new` to `dst`; an older import at `dst` is removed only once `new` is in place."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(new, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, dst)
 
 
 def _read_tables(src: Path, warnings: List[str]) -> Tuple[Dict[str, Dict[str, str]], Optional[Dict[str, str]]]:
