@@ -237,7 +237,8 @@ def convert_trial_list(path: str, utts: Collection[str], utt_map: Optional[Dict[
                        fmt: str = "auto", scheme: str = "auto") -> List[Trial]:
     """Any supported list -> Kaldi trials in a data dir's utterance ids (`utts`): names are
     mapped by match_trial_utts (ids, ESPnet / WeSpeaker paths, VoxCeleb paths, file stems).
-    utt_map: {source id: our id} when the data dir renamed the ids (names are then source ids)."""
+    utt_map: the data dir's utt_map ({our id: source id}, as the file holds it) when an import renamed
+    the ids (the list's names are then source ids)."""
     if fmt == "auto":
         fmt = sniff_trials_format(path)
     first_line = 1
@@ -251,8 +252,9 @@ def convert_trial_list(path: str, utts: Collection[str], utt_map: Optional[Dict[
     else:
         trials = read_trials(path, fmt)
     if utt_map:
-        trials = match_trial_utts(trials, set(utt_map), path, first_line)
-        trials = [Trial(utt_map[a], utt_map[b], t) for a, b, t in trials]
+        to_ours = {theirs: ours for ours, theirs in utt_map.items()}
+        trials = match_trial_utts(trials, set(to_ours), path, first_line)
+        trials = [Trial(to_ours[a], to_ours[b], t) for a, b, t in trials]
     else:
         trials = match_trial_utts(trials, utts, path, first_line)
     check_trial_list(trials, path, first_line)
