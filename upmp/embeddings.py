@@ -7,7 +7,6 @@ length; the backends' masking makes the padding neutral.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -111,16 +110,6 @@ def embed_all(model, utts: Sequence[str], stacks_of: Callable[[Sequence[str]], I
     return embeddings
 
 
-def _write_vectors(out: Path, name: str, items) -> None:
-    """<name>.ark and <name>.scp; the scp is renamed into place last, so an existing scp is complete."""
-    import kaldiio
-    tmp = out / f".{name}.scp.tmp"
-    with kaldiio.WriteHelper(f"ark,scp:{out}/{name}.ark,{tmp}") as w:
-        for key, vector in items:
-            w(key, vector)
-    os.replace(tmp, out / f"{name}.scp")
-
-
 MODEL_RECORD = "model.sha256"  # beside xvector.scp: `<sha256>  <model file>` of the model that embedded it
 
 
@@ -147,6 +136,7 @@ def write_embeddings(out: Path, embeddings: Dict[str, np.ndarray], utt2spk: Opti
     """xvector.ark/scp (one float vector per utterance) and, with utt2spk, spk_xvector.ark/scp (the
     mean of the length-normalised utterance embeddings per speaker; written first: a present
     xvector.scp means the directory is complete)."""
+    from upmp.fileio import write_vectors
     from upmp.scoring.scorers import speaker_means
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,5 +146,5 @@ def write_embeddings(out: Path, embeddings: Dict[str, np.ndarray], utt2spk: Opti
         utts = sorted(u for u in embeddings if u in utt2spk)
         labels = [utt2spk[u] for u in utts]
         means = speaker_means(np.stack([embeddings[u] for u in utts]), labels)  # rows: sorted speakers
-        _write_vectors(out, "spk_xvector", zip(sorted(set(labels)), means.astype(np.float32)))
-    _write_vectors(out, "xvector", ((u, embeddings[u]) for u in sorted(embeddings)))
+        write_vectors(out, "spk_xvector", dict(zip(sorted(set(labels)), means.astype(np.float32))))
+    write_vectors(out, "xvector", embeddings)

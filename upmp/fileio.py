@@ -2,8 +2,9 @@
 that keeps two processes from writing one output.
 
 A crash, Ctrl-C or bad input never leaves a half-written file under the final name, and a file
-already in place stays intact until its replacement is complete. A directory is replaced by
-swapping the complete new one with the old (`replace_dir`).
+already in place stays intact until its replacement is complete. A directory is built beside its
+destination and swapped in whole (`building_dir`, `replace_dir`); Kaldi vector files are written
+ark first, scp last (`write_vectors`), so a present scp always names a complete ark.
 """
 from __future__ import annotations
 
@@ -172,6 +173,50 @@ def replace_dir(new: PathLike, dest: PathLike) -> None:
     os.rename(dest, old / dest.name)
     os.rename(new, dest)
     shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def building_dir(dest: PathLike, tag: str = "tmp") -> Iterator[Path]:
+    """A fresh temporary directory `.<name>.<tag>.XXXXXX` beside `dest` (made with its parents) for
+    the `with` block to fill; when the block completes, it replaces `dest` (replace_dir), and when the
+    block raises (or we are interrupted) it is removed, leaving `dest` as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{tag}.", dir=dest.parent))  # unique per process
+    try:
+        yield tmp
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_vectors(out: PathLike, name: str, vectors) -> None:
+    """Kaldi float vectors `<out>/<name>.ark` + `<name>.scp` (kaldiio; keys C-sorted, float32), as
+    Kaldi, kaldiio and WeSpeaker read them; the scp names the ark as `<out>/<name>.ark`. Both are
+    written under temporary names (removed on failure: a full disk keeps no half-written file) and
+    renamed into place, the ark first, the scp last: an scp in place always names a complete ark.
+    `vectors`: {key: (E,) array}."""
+    import kaldiio
+    import numpy as np
+    out = Path(out)
+    ark_name = f"{out}/{name}.ark"
+    tmp_ark, tmp_scp = out / f".{name}.ark.tmp", out / f".{name}.scp.tmp"
+    try:
+        with named_in_errors(out / f"{name}.ark"), kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
+            for key in sorted(vectors, key=lambda k: k.encode()):
+                w(key, np.asarray(vectors[key], dtype=np.float32))
+        lines = []
+        for line in tmp_scp.read_bytes().decode("utf-8").split("\n")[:-1]:  # `<key> <tmp ark>:<offset>`
+            key, _, entry = line.partition(" ")
+            lines.append(f"{key} {ark_name}:{entry.rpartition(':')[2]}\n")
+        os.replace(tmp_ark, out / f"{name}.ark")
+        with named_in_errors(out / f"{name}.scp"):
+            tmp_scp.write_bytes("".join(lines).encode("utf-8"))
+        os.replace(tmp_scp, out / f"{name}.scp")
+    finally:  # after a failure: no temporary files left taking the disk's space
+        tmp_ark.unlink(missing_ok=True)
+        tmp_scp.unlink(missing_ok=True)
 
 
 def file_sha256(path: Union[str, Path]) -> str:

@@ -39,8 +39,7 @@ def main(argv=None) -> None:
         d = Path(args.data_dir)
         require_files(data_dir=str(d / "utt2spk"))
         utt_map = read_table(d / "utt_map") if (d / "utt_map").is_file() else {}
-        trials = convert_trial_list(args.input, read_table(d / "utt2spk"),
-                                    {v: k for k, v in utt_map.items()}, args.format, args.id_scheme)
+        trials = convert_trial_list(args.input, read_table(d / "utt2spk"), utt_map, args.format, args.id_scheme)
     else:
         fmt = sniff_trials_format(args.input) if args.format == "auto" else args.format
         trials = read_trials(args.input, fmt, args.id_scheme)

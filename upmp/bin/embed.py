@@ -28,7 +28,7 @@ import numpy as np
 
 from upmp.bin.common import add_device_args, make_parser, run_main, set_num_threads, setup_logging
 from upmp.bin.common import check_device, positive_int, require_writable
-from upmp.fileio import named_in_errors
+from upmp.fileio import write_vectors
 
 logger = logging.getLogger("embed")
 
@@ -45,25 +45,6 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_ark(out: Path, name: str, vectors: dict) -> None:
-    """<name>.ark/.scp, C-sorted; both renamed into place (ark first) once complete."""
-    import kaldiio
-    tmp_ark, tmp_scp = out / f".{name}.ark.tmp", out / f".{name}.scp.tmp"
-    try:
-        with named_in_errors(out / f"{name}.ark"), kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
-            for key in sorted(vectors, key=lambda k: k.encode()):
-                w(key, np.asarray(vectors[key], dtype=np.float32))
-    except BaseException:  # a full disk: no half-written temp files left taking its space
-        tmp_ark.unlink(missing_ok=True)
-        tmp_scp.unlink(missing_ok=True)
-        raise
-    ark = out / f"{name}.ark"
-    text = tmp_scp.read_text().replace(str(tmp_ark), str(ark))
-    os.replace(tmp_ark, ark)
-    tmp_scp.write_text(text)
-    os.replace(tmp_scp, out / f"{name}.scp")
-
-
 class KaldiOutput:
     """xvector.ark/scp; finished chunks go to parts/ until the final merge."""
 
@@ -77,11 +58,11 @@ class KaldiOutput:
 
     def write_chunk(self, vectors: dict) -> None:
         self.parts.mkdir(parents=True, exist_ok=True)
-        _write_ark(self.parts, f"part{len(list(self.parts.glob('*.scp'))):05d}", vectors)
+        write_vectors(self.parts, f"part{len(list(self.parts.glob('*.scp'))):05d}", vectors)
         self.done.update(vectors)
 
     def close(self) -> None:
-        _write_ark(self.out, "xvector", self.done)
+        write_vectors(self.out, "xvector", self.done)
         if self.parts.is_dir():
             for f in self.parts.iterdir():
                 f.unlink()

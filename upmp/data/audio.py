@@ -14,6 +14,7 @@ import logging
 import functools
 import math
 import os
+import shlex
 import subprocess
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -34,6 +35,13 @@ SEEKABLE_FORMATS = ("WAV", "WAVEX", "FLAC")  # sample-accurate seek in libsndfil
 # data-chunk sizes a writer puts in a header it cannot go back to fix (the length is unknown when
 # writing to a pipe): 0 and 0xFFFFFFFF (ffmpeg, libsndfile), 0x7FFFF000 (SoX)
 STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000)
+# Audio file extensions, one list: the first part are the files upmp decodes itself (soundfile, or
+# ffmpeg for FFMPEG_EXTENSIONS): what a folder given to upmp-embed is searched for; the rest name
+# audio only inside a wav.scp command that decodes them (headerless .pcm / .raw need the command's
+# format options; .mp4 is not a libsndfile format): an import resolves every such word as a path.
+DECODED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".sph")
+AUDIO_EXTENSIONS = DECODED_EXTENSIONS + (".mp4", ".aif", ".aiff", ".au", ".nist", ".pcm", ".raw")
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".opus")  # containers libsndfile does not read: decoded by ffmpeg
 NON_FINITE_HINT = "re-encode or replace the file, or remove the utterance from the data dir"
 
 
@@ -44,6 +52,14 @@ def check_finite(array: np.ndarray, what: str, hint: str = NON_FINITE_HINT, erro
     if a.dtype.kind in "fc" and not np.isfinite(a).all():
         bad = np.flatnonzero(~np.isfinite(a.ravel()))
         raise error(f"{what}: {bad.size} of {a.size} values are NaN or inf (first at index {bad[0]}); {hint}")
+
+
+def ffmpeg_entry(path: PathLike, resample: bool = False) -> str:
+    """A wav.scp value (a `cmd |` pipe) decoding `path` with ffmpeg to 16-bit WAV: at the file's own
+    rate and channels (load_audio converts them), or with resample at SAMPLE_RATE mono (ffmpeg
+    converts them, as the VoxCeleb2 recipe writes its m4a files)."""
+    convert = f"-ar {SAMPLE_RATE} -ac 1 " if resample else ""
+    return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav {convert}-acodec pcm_s16le - |"
 
 
 def read_wav_entry(entry: str) -> Tuple[np.ndarray, int]:

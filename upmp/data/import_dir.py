@@ -32,7 +32,8 @@ Rules:
   converted into its trials, rewritten only when they change.
 - Sets as recipes name them (use_sets: sv.sh's --train_set / --valid_set / --test_sets): a set
   of ours is a name (no '/') or a path to data_root/<its name>; anything else with a '/' is a
-  path to import. The trial lists of our sets can be deferred until stage 0 has written them.
+  path to import. The trial lists given for our sets are converted once stage 0 has written the
+  sets (convert_listed_trials).
 """
 from __future__ import annotations
 
@@ -40,24 +41,22 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
+from upmp.data.audio import AUDIO_EXTENSIONS
 from upmp.data.kaldi_dir import (DataDirError, PathLike, c_sort_key, parse_positive, parse_segment, read_table,
                                  speaker_sort_violation, utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
 from upmp.errors import AudioError
+from upmp.fileio import building_dir
 
 logger = logging.getLogger(__name__)
 
 RECORD = "import.json"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".mp3", ".mp4", ".aac", ".ogg", ".opus", ".sph", ".aif", ".aiff",
-                    ".au", ".nist", ".pcm", ".raw")
 SOURCE_FILES = ("wav.scp", "utt2spk", "spk2utt", "segments", "utt2dur", "utt2num_samples")
 OWN_TRIALS = ("trials", "trial_label")  # a source dir's own list: Kaldi, ESPnet
 
@@ -106,14 +105,14 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     tables = _our_tables(src, src_root, result)
     utt_map = tables.pop("utt_map", {})
     if trials_path:
-        tables["trials"] = convert_trial_list(str(trials_path), tables["utt2spk"], {v: k for k, v in utt_map.items()})
+        tables["trials"] = convert_trial_list(str(trials_path), tables["utt2spk"], utt_map)
         result.num_trials = len(tables["trials"])
     if utt_map:
         tables["utt_map"] = utt_map
     result.num_utts, result.num_speakers = len(tables["utt2spk"]), len(set(tables["utt2spk"].values()))
     record.update(num_utts=result.num_utts, num_speakers=result.num_speakers, sample_rate=result.sample_rate,
                   num_trials=result.num_trials)
-    _write_dir(data_root, dst, tables, record)
+    _write_dir(dst, tables, record)
     from upmp.data.audio import SAMPLE_RATE  # here: scipy's import would cost every use_sets call 0.5 s
     if result.sample_rate != SAMPLE_RATE:
         logger.info("%s: audio is %d Hz; it is resampled to %d Hz at extraction", src, result.sample_rate,
@@ -123,40 +122,38 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     return result
 
 
-OURS_TRIALS = ("now", "defer", "only")
-
-
 def is_ours(spec: PathLike, data_root: PathLike = "data") -> bool:
     """A set of ours, used as it is: a name (no '/'), or a path to data_root/<its name>."""
     spec = str(spec)
     return "/" not in spec or os.path.realpath(spec) == os.path.realpath(Path(data_root) / Path(spec).name)
 
 
-def use_sets(specs: List[str], data_root: PathLike = "data", trials: Optional[List[str]] = None,
-             require_trials: bool = False, ours_trials: str = "now", src_root: Optional[PathLike] = None,
-             ) -> List[str]:
-    """The names under data_root of sets given by name or path, in order: a set of ours (is_ours) as
-    it is, any other dir imported (import_data_dir) with its trial list. trials: one list per set, or
-    none. ours_trials, for the lists given for our sets: "now" converts them into data_root/<name>/
-    trials; "defer" leaves them (stage 0 has not written the sets yet) and checks nothing of ours;
-    "only" converts them and leaves the other sets alone (they were imported before)."""
+def _lists_per_set(specs: List[str], trials: Optional[List[str]]) -> List[Optional[str]]:
     trials = list(trials or [])
     if trials and len(trials) != len(specs):
         raise DataDirError(f"--trials has {len(trials)} lists for {len(specs)} test sets "
                            f"(give one per test set, in order)")
-    if ours_trials not in OURS_TRIALS:
-        raise ValueError(f"ours_trials {ours_trials!r} not in {OURS_TRIALS}")
-    names = []
-    for spec, listed in zip(specs, trials or [None] * len(specs)):
-        if not is_ours(spec, data_root):
-            spec = (_choose_name(Path(os.path.abspath(spec)), Path(data_root)) if ours_trials == "only"
-                    else import_data_dir(spec, data_root, listed, require_trials, src_root).name)
-        elif ours_trials == "now":
-            import_data_dir(Path(data_root) / Path(spec).name, data_root, listed, require_trials)
-        elif ours_trials == "only" and listed:
+    return trials or [None] * len(specs)
+
+
+def use_sets(specs: List[str], data_root: PathLike = "data", trials: Optional[List[str]] = None,
+             require_trials: bool = False, src_root: Optional[PathLike] = None) -> List[str]:
+    """The names under data_root of sets given by name or path, in order, in one step: a set of ours
+    (is_ours) is its name (stage 0 may not have written it yet: nothing of it is read), any other dir
+    is imported (import_data_dir) with its trial list. trials: one list per set, or none; those given
+    for our sets are converted by convert_listed_trials once the sets exist (after stage 0)."""
+    return [Path(spec).name if is_ours(spec, data_root)
+            else import_data_dir(spec, data_root, listed, require_trials, src_root).name
+            for spec, listed in zip(specs, _lists_per_set(specs, trials))]
+
+
+def convert_listed_trials(specs: List[str], trials: Optional[List[str]], data_root: PathLike = "data") -> None:
+    """The trial lists given for sets of ours (use_sets leaves them), each converted into
+    data_root/<name>/trials (convert_ours_trials); the other sets' lists were converted when
+    use_sets imported them."""
+    for spec, listed in zip(specs, _lists_per_set(specs, trials)):
+        if listed and is_ours(spec, data_root):
             convert_ours_trials(Path(data_root) / Path(spec).name, listed)
-        names.append(Path(spec).name)
-    return names
 
 
 def convert_ours_trials(dst: Path, trials: PathLike) -> int:
@@ -167,7 +164,7 @@ def convert_ours_trials(dst: Path, trials: PathLike) -> int:
     if not (dst / "utt2spk").is_file():
         raise DataDirError(f"{dst / 'utt2spk'}: no such file (the data dir the trial list {path} is for)")
     utt_map = read_table(dst / "utt_map") if (dst / "utt_map").is_file() else {}
-    converted = convert_trial_list(str(path), read_table(dst / "utt2spk"), {v: k for k, v in utt_map.items()})
+    converted = convert_trial_list(str(path), read_table(dst / "utt2spk"), utt_map)
     written = update_kaldi_trials(str(dst / "trials"), converted)
     n_tar = sum(t for *_, t in converted)
     logger.info("%s: %d trials (%d target, %d nontarget)%s, from %s", dst / "trials", len(converted), n_tar,
@@ -191,7 +188,8 @@ def _our_tables(src: Path, src_root: Optional[PathLike], result: ImportResult) -
     (from utt2num_samples when needed) and utt_map ({our id: source id}) when ids changed."""
     tables, segments = _read_tables(src, result.warnings)
     utt2spk, utt_map = _speaker_sorted_ids(src, tables["utt2spk"], result.warnings)
-    ours = (lambda table: {utt_map[u]: v for u, v in table.items()}) if utt_map else (lambda table: table)
+    # every table holds exactly the utterances (_read_tables checked): rename by the map
+    ours = (lambda table: {o: table[u] for o, u in utt_map.items()}) if utt_map else (lambda table: table)
     wav_scp = _resolve_audio(src, tables["wav.scp"], src_root)
     result.sample_rate = _probe_rate(src, wav_scp)
     out = {"utt2spk": utt2spk}
@@ -208,14 +206,14 @@ def _our_tables(src: Path, src_root: Optional[PathLike], result: ImportResult) -
     elif "utt2num_samples" in tables:
         out["utt2dur"] = {u: f"{int(n) / result.sample_rate:.4f}" for u, n in ours(tables["utt2num_samples"]).items()}
     if utt_map:
-        out["utt_map"] = {o: theirs for theirs, o in utt_map.items()}
+        out["utt_map"] = utt_map
     return out
 
 
-def _write_dir(data_root: Path, dst: Path, tables: Dict[str, object], record: dict) -> None:
-    """Write the copy into a temporary dir, check it with validate_data_dir, rename it to dst."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.import.", dir=_mkdir(data_root)))
-    try:
+def _write_dir(dst: Path, tables: Dict[str, object], record: dict) -> None:
+    """Write the copy into a temporary dir beside dst, check it with validate_data_dir, swap it in
+    (upmp.fileio.building_dir): an older import at dst stays whole until the new one is complete."""
+    with building_dir(dst, "import") as tmp:
         for name, table in tables.items():
             if name == "trials":
                 write_kaldi_trials(str(tmp / name), table)
@@ -226,10 +224,6 @@ def _write_dir(data_root: Path, dst: Path, tables: Dict[str, object], record: di
                                       for s, us in utt2spk_to_spk2utt(utt2spk).items()})
         validate_data_dir(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _find_trials(src: Path, trials: Optional[PathLike], required: bool) -> Optional[Path]:
@@ -273,22 +267,6 @@ def _choose_name(src: Path, data_root: Path) -> str:
         if not dst.exists() or (_read_record(dst) or {}).get("source") == str(src):
             return name
     raise DataDirError(f"{data_root}: no free name for {src}")
-
-
-def _mkdir(d: Path) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _replace_dir(new: Path, dst: Path) -> None:
-    """Rename `new` to `dst`; an older import at `dst` is removed only once `new` is in place."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(new, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, dst)
 
 
 def _read_tables(src: Path, warnings: List[str]) -> Tuple[Dict[str, Dict[str, str]], Optional[Dict[str, str]]]:
@@ -366,11 +344,11 @@ def _same_utts(path: Path, table: Dict[str, str], utt2spk: Dict[str, str]) -> No
 
 def _speaker_sorted_ids(src: Path, utt2spk: Dict[str, str], warnings: List[str]
                         ) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """utt2spk with ids that sort by speaker, and {source id: our id} when ids had to change."""
+    """utt2spk with ids that sort by speaker, and utt_map {our id: source id} when ids had to change."""
     if speaker_sort_violation(utt2spk) is None:
         return utt2spk, {}
-    utt_map = {u: f"{s}-{u}" for u, s in utt2spk.items()}
-    renamed = {utt_map[u]: s for u, s in utt2spk.items()}
+    utt_map = {f"{s}-{u}": u for u, s in utt2spk.items()}
+    renamed = {o: utt2spk[u] for o, u in utt_map.items()}
     if speaker_sort_violation(renamed) is not None:
         raise DataDirError(f"{src / 'utt2spk'}: utterance ids do not sort by speaker even as <spk>-<utt> "
                            f"(a speaker id is a prefix of another?)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -15,10 +15,18 @@ from upmp.fileio import atomic_write_text
 
 KALDI_LABELS = {"target": True, "nontarget": False}
 
+
+class Trial(NamedTuple):
+    """One trial of a list: the enrolment and test utterance ids (or audio paths, as a list names
+    them) and whether they are of the same speaker (None: unlabelled). A tuple: `a, b, t = trial`."""
+    enrol: str
+    test: str
+    target: Optional[bool]
+
 logger = logging.getLogger(__name__)
 
 
-def check_trial_list(trials: List[Tuple[str, str, bool]], path: str, first_line: int = 1,
+def check_trial_list(trials: List[Trial], path: str, first_line: int = 1,
                      report: bool = True) -> Tuple[int, int]:
     """Repeats in a trial list (trial i is on line first_line + i): a pair labelled target on one line
     and nontarget on another (in either order) is a DataDirError naming both lines. Repeated lines and
@@ -82,7 +90,7 @@ def voxceleb_path_to_utt(path: str) -> str:
     return f"{spk}-{video}-{stem}"
 
 
-def read_voxceleb_trials(path: str, keep_paths: bool = False) -> List[Tuple[str, str, bool]]:
+def read_voxceleb_trials(path: str, keep_paths: bool = False) -> List[Trial]:
     """Read an official VoxCeleb list (`1 a.wav b.wav`), returning Kaldi-style utterance
     ids (`id10270-x6uYqmx31kE-00001`), or the paths as written with keep_paths=True."""
     trials = []
@@ -91,13 +99,13 @@ def read_voxceleb_trials(path: str, keep_paths: bool = False) -> List[Tuple[str,
         if len(fields) != 3 or fields[0] not in ("0", "1"):
             raise DataDirError(f"{path}:{lineno}: expected '<1|0> <enroll.wav> <test.wav>', got {line.rstrip()!r}")
         if keep_paths:
-            trials.append((fields[1], fields[2], fields[0] == "1"))
+            trials.append(Trial(fields[1], fields[2], fields[0] == "1"))
             continue
         try:
             a, b = voxceleb_path_to_utt(fields[1]), voxceleb_path_to_utt(fields[2])
         except ValueError as e:
             raise DataDirError(f"{path}:{lineno}: {e}") from None
-        trials.append((a, b, fields[0] == "1"))
+        trials.append(Trial(a, b, fields[0] == "1"))
     return trials
 
 
@@ -120,7 +128,7 @@ def path_to_utt(path: str, scheme: str = "auto") -> str:
     raise ValueError(f"unknown id scheme {scheme!r} (auto, voxceleb, basename)")
 
 
-def read_paper_csv_trials(path: str, scheme: str = "auto") -> List[Tuple[str, str, bool]]:
+def read_paper_csv_trials(path: str, scheme: str = "auto") -> List[Trial]:
     """The UniPool paper's CSV lists: header LABEL,SAMPLE1,SAMPLE2[,...], one trial per row."""
     import csv
     trials = []
@@ -132,7 +140,7 @@ def read_paper_csv_trials(path: str, scheme: str = "auto") -> List[Tuple[str, st
         if len(row) < 3 or row[0] not in ("0", "1"):
             raise DataDirError(f"{path}:{lineno}: expected '<0|1>,<sample1>,<sample2>,...', got {row[:3]}")
         try:
-            trials.append((path_to_utt(row[1], scheme), path_to_utt(row[2], scheme), row[0] == "1"))
+            trials.append(Trial(path_to_utt(row[1], scheme), path_to_utt(row[2], scheme), row[0] == "1"))
         except ValueError as e:
             raise DataDirError(f"{path}:{lineno}: {e}") from None
     return trials
@@ -151,7 +159,7 @@ def espnet_label_file(path: str) -> str:
     return path
 
 
-def read_espnet_trials(path: str) -> List[Tuple[str, str, bool]]:
+def read_espnet_trials(path: str) -> List[Trial]:
     """ESPnet's trial_label: `<utt1>*<utt2> <0|1>` (given trial.scp, the trial_label beside it)."""
     path = espnet_label_file(path)
     trials = []
@@ -160,7 +168,7 @@ def read_espnet_trials(path: str) -> List[Tuple[str, str, bool]]:
         if len(fields) != 2 or fields[1] not in ("0", "1") or fields[0].count("*") != 1:
             raise DataDirError(f"{path}:{lineno}: expected '<utt1>*<utt2> <0|1>', got {line.rstrip()!r}")
         a, b = fields[0].split("*")
-        trials.append((a, b, fields[1] == "1"))
+        trials.append(Trial(a, b, fields[1] == "1"))
     return trials
 
 
@@ -180,8 +188,8 @@ def sniff_trials_format(path: str) -> str:
                        f"VoxCeleb '<1|0> <a.wav> <b.wav>', ESPnet '<utt1>*<utt2> <0|1>', paper CSV): {line.rstrip()!r}")
 
 
-def match_trial_utts(trials: List[Tuple[str, str, bool]], utts: Collection[str], path: str,
-                     first_line: int = 1) -> List[Tuple[str, str, bool]]:
+def match_trial_utts(trials: List[Trial], utts: Collection[str], path: str,
+                     first_line: int = 1) -> List[Trial]:
     """Map the names in a trial list to the utterance ids of a data dir.
 
     A name that is an id is kept. Otherwise, for lists that name audio files, the
@@ -210,10 +218,10 @@ def match_trial_utts(trials: List[Tuple[str, str, bool]], utts: Collection[str],
             cache[name] = found[0]
         return cache[name]
 
-    return [(match(a, first_line + i), match(b, first_line + i), t) for i, (a, b, t) in enumerate(trials)]
+    return [Trial(match(a, first_line + i), match(b, first_line + i), t) for i, (a, b, t) in enumerate(trials)]
 
 
-def read_trials(path: str, fmt: str = "kaldi", scheme: str = "auto") -> List[Tuple[str, str, bool]]:
+def read_trials(path: str, fmt: str = "kaldi", scheme: str = "auto") -> List[Trial]:
     """Any supported trial list -> [(utt1, utt2, is_target)] (fmt "auto": sniff_trials_format)."""
     readers = {"kaldi": read_kaldi_trials, "voxceleb": read_voxceleb_trials, "espnet": read_espnet_trials}
     if fmt == "auto":
@@ -226,10 +234,11 @@ def read_trials(path: str, fmt: str = "kaldi", scheme: str = "auto") -> List[Tup
 
 
 def convert_trial_list(path: str, utts: Collection[str], utt_map: Optional[Dict[str, str]] = None,
-                       fmt: str = "auto", scheme: str = "auto") -> List[Tuple[str, str, bool]]:
+                       fmt: str = "auto", scheme: str = "auto") -> List[Trial]:
     """Any supported list -> Kaldi trials in a data dir's utterance ids (`utts`): names are
     mapped by match_trial_utts (ids, ESPnet / WeSpeaker paths, VoxCeleb paths, file stems).
-    utt_map: {source id: our id} when the data dir renamed the ids (names are then source ids)."""
+    utt_map: the data dir's utt_map ({our id: source id}, as the file holds it) when an import renamed
+    the ids (the list's names are then source ids)."""
     if fmt == "auto":
         fmt = sniff_trials_format(path)
     first_line = 1
@@ -243,15 +252,16 @@ def convert_trial_list(path: str, utts: Collection[str], utt_map: Optional[Dict[
     else:
         trials = read_trials(path, fmt)
     if utt_map:
-        trials = match_trial_utts(trials, set(utt_map), path, first_line)
-        trials = [(utt_map[a], utt_map[b], t) for a, b, t in trials]
+        to_ours = {theirs: ours for ours, theirs in utt_map.items()}
+        trials = match_trial_utts(trials, set(to_ours), path, first_line)
+        trials = [Trial(to_ours[a], to_ours[b], t) for a, b, t in trials]
     else:
         trials = match_trial_utts(trials, utts, path, first_line)
     check_trial_list(trials, path, first_line)
     return trials
 
 
-def read_kaldi_trials(path: str) -> List[Tuple[str, str, bool]]:
+def read_kaldi_trials(path: str) -> List[Trial]:
     """Read Kaldi trials `<utt1> <utt2> target|nontarget`; a pair labelled both ways is an error
     (check_trial_list; repeats are kept and not reported here: preparation reports them)."""
     trials = []
@@ -259,14 +269,14 @@ def read_kaldi_trials(path: str) -> List[Tuple[str, str, bool]]:
         fields = line.split()
         if len(fields) != 3 or fields[2] not in KALDI_LABELS:
             raise DataDirError(f"{path}:{lineno}: expected '<utt1> <utt2> target|nontarget', got {line.rstrip()!r}")
-        trials.append((fields[0], fields[1], KALDI_LABELS[fields[2]]))
+        trials.append(Trial(fields[0], fields[1], KALDI_LABELS[fields[2]]))
     check_trial_list(trials, path, report=False)
     return trials
 
 
 def make_balanced_trials(utt2spk: Dict[str, str], seed: int, utt2session: Optional[Dict[str, str]] = None,
                          nontarget_ratio: float = 1.0, max_targets_per_speaker: Optional[int] = None,
-                         ) -> List[Tuple[str, str, bool]]:
+                         ) -> List[Trial]:
     """Balanced trials: same-speaker pairs (cross-session only when sessions are given,
     at most max_targets_per_speaker per speaker) and as many different-speaker pairs
     times nontarget_ratio, drawn without repetition; shuffled, deterministic from seed."""
@@ -283,7 +293,7 @@ def make_balanced_trials(utt2spk: Dict[str, str], seed: int, utt2session: Option
                  if utt2session is None or utt2session[a] != utt2session[b]]
         if max_targets_per_speaker is not None and len(pairs) > max_targets_per_speaker:
             pairs = [pairs[k] for k in sorted(rng.choice(len(pairs), max_targets_per_speaker, replace=False))]
-        targets += [(a, b, True) for a, b in pairs]
+        targets += [Trial(a, b, True) for a, b in pairs]
     utts = sorted(utt2spk)
     n_utts = len(utts)
     counts = np.array([len(v) for v in by_spk.values()])
@@ -296,16 +306,16 @@ def make_balanced_trials(utt2spk: Dict[str, str], seed: int, utt2session: Option
         if utt2spk[utts[i]] == utt2spk[utts[j]] or key in seen:
             continue
         seen.add(key)
-        nontargets.append((utts[i], utts[j], False))
+        nontargets.append(Trial(utts[i], utts[j], False))
     trials = targets + nontargets
     return [trials[k] for k in rng.permutation(len(trials))]
 
 
-def write_kaldi_trials(path: str, trials: List[Tuple[str, str, bool]]) -> None:
+def write_kaldi_trials(path: str, trials: List[Trial]) -> None:
     atomic_write_text(path, _kaldi_trials_text(trials))
 
 
-def update_kaldi_trials(path: str, trials: List[Tuple[str, str, bool]]) -> bool:
+def update_kaldi_trials(path: str, trials: List[Trial]) -> bool:
     """write_kaldi_trials unless `path` already holds these trials (then it is left untouched,
     its mtime too: stage 4 rescores when data/<set>/trials is newer); True when written."""
     text = _kaldi_trials_text(trials)
@@ -318,10 +328,10 @@ def update_kaldi_trials(path: str, trials: List[Tuple[str, str, bool]]) -> bool:
     return True
 
 
-def _kaldi_trials_text(trials: List[Tuple[str, str, bool]]) -> str:
+def _kaldi_trials_text(trials: List[Trial]) -> str:
     return "".join(f"{a} {b} {'target' if t else 'nontarget'}\n" for a, b, t in trials)
 
 
-__all__ = ["check_trial_list", "voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials",
+__all__ = ["Trial", "check_trial_list", "voxceleb_path_to_utt", "read_voxceleb_trials", "read_kaldi_trials",
            "read_espnet_trials", "read_trials", "sniff_trials_format", "match_trial_utts", "convert_trial_list",
            "write_kaldi_trials", "update_kaldi_trials"]

@@ -21,7 +21,6 @@ takes padded batches when it is padding-invariant. The embedding therefore equal
 from __future__ import annotations
 
 import logging
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -29,7 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from upmp.data.audio import MIN_SAMPLES, SAMPLE_RATE, check_finite, load_audio
+from upmp.data.audio import (DECODED_EXTENSIONS, FFMPEG_EXTENSIONS, MIN_SAMPLES, SAMPLE_RATE, check_finite,
+                             ffmpeg_entry, load_audio)
 from upmp.data.kaldi_dir import Segment
 from upmp.errors import AudioError, DataDirError, ModelFileError
 
@@ -259,11 +259,6 @@ def load_model(path: str, device: str = "cpu", max_batch_frames: int = 6000) -> 
     return SpeakerModel(load_content(str(path), device), device, max_batch_frames)
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".sph")
-# containers libsndfile does not read: decoded by ffmpeg, as the VoxCeleb2 recipe does
-FFMPEG_SUFFIXES = (".m4a", ".aac", ".opus")
-
-
 @dataclass
 class AudioSource:
     """One utterance to embed: a wav.scp value (+ segment) and where it came from (for errors)."""
@@ -279,9 +274,7 @@ class AudioSource:
 
 
 def _file_entry(path: Path) -> str:
-    if path.suffix.lower() in FFMPEG_SUFFIXES:
-        return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav -acodec pcm_s16le - |"
-    return str(path)
+    return ffmpeg_entry(path) if path.suffix.lower() in FFMPEG_EXTENSIONS else str(path)
 
 
 def gather_audio(inputs: Sequence[str]) -> Dict[str, AudioSource]:
@@ -308,9 +301,9 @@ def gather_audio(inputs: Sequence[str]) -> Dict[str, AudioSource]:
                 entry, segment = data.wav_entry(utt)
                 add(utt, AudioSource(entry, segment, f"{p / 'wav.scp'}: utterance {utt}"))
         elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in DECODED_EXTENSIONS)
             if not files:
-                raise DataDirError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+                raise DataDirError(f"{p}: no audio files ({', '.join(DECODED_EXTENSIONS)}) in this folder")
             for f in files:
                 add(str(f.relative_to(p).with_suffix("")), AudioSource(_file_entry(f), None, str(f)))
         elif p.is_file() and (p.suffix == ".scp" or p.name == "wav.scp"):

@@ -33,7 +33,6 @@ import logging
 import math
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -42,7 +41,7 @@ import numpy as np
 import yaml
 
 from upmp.errors import ModelFileError, OutputError
-from upmp.fileio import atomic_write_text, file_sha256, replace_dir, torch_save
+from upmp.fileio import atomic_write_text, building_dir, file_sha256, torch_save
 from upmp.safe_load import check_checkpoint, load_torch_data
 
 logger = logging.getLogger(__name__)
@@ -445,13 +444,11 @@ def remove_stale_temps(out: str) -> None:
 
 def write_package(content: Dict[str, Any], out: str) -> Path:
     """Write collect_experiment's content into `out`: built in a temporary directory beside it,
-    then swapped in whole (`upmp.fileio.replace_dir`), so an earlier package is replaced only by
+    then swapped in whole (`upmp.fileio.building_dir`), so an earlier package is replaced only by
     a complete one. A non-empty `out` that is not a package is refused (check_out)."""
     out = Path(out)
     check_out(str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))  # unique per process
-    try:
+    with building_dir(out, "tmp") as tmp:  # unique per process; swapped in whole once complete
         info = dict(content["info"])
         torch_save(content["backend"], tmp / "backend.pt")
         if content["upstream_state"] is not None:
@@ -470,10 +467,6 @@ def write_package(content: Dict[str, Any], out: str) -> Path:
         atomic_write_text(tmp / "README.md", model_card(info))
         for f in [tmp, *tmp.rglob("*")]:  # a package is for sharing: readable by all (mkstemp makes files 0600)
             f.chmod(0o755 if f.is_dir() else 0o644)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

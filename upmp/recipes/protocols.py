@@ -21,13 +21,13 @@ import math
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Container, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Container, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from upmp.data.kaldi_dir import DataDirError, c_sort_key
 from upmp.fileio import atomic_write_text
-from upmp.data.trials import check_trial_list, make_balanced_trials, read_paper_csv_trials
+from upmp.data.trials import Trial, check_trial_list, make_balanced_trials, read_paper_csv_trials
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def split_speakers(speakers: Sequence[str], sizes: Mapping[str, int], seed: int,
     return {k: sorted(v, key=c_sort_key) for k, v in out.items()}
 
 
-def regenerate_trials(utt2spk: Mapping[str, str], class_size: int, seed: int) -> List[Tuple[str, str, bool]]:
+def regenerate_trials(utt2spk: Mapping[str, str], class_size: int, seed: int) -> List[Trial]:
     """Balanced trials by the paper's rule: ceil(class_size / #speakers) target pairs per speaker
     (VCTK: 8,000 -> 445 x 18 = 8,010; LibriSpeech: 18,000 -> 247 x 73 = 18,031), as many
     nontarget pairs, no utterance paired with itself."""
@@ -213,7 +213,7 @@ def regenerate_trials(utt2spk: Mapping[str, str], class_size: int, seed: int) ->
                                 max_targets_per_speaker=int(math.ceil(class_size / num_speakers)))
 
 
-def load_paper_trials(path: Path, utts: Container[str], root: str) -> List[Tuple[str, str, bool]]:
+def load_paper_trials(path: Path, utts: Container[str], root: str) -> List[Trial]:
     """A paper trial CSV -> Kaldi trials; every utterance must be in `utts` (the prepared set)."""
     trials = read_paper_csv_trials(str(path), scheme="basename")
     for i, (a, b, _) in enumerate(trials):

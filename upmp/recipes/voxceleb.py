@@ -27,23 +27,22 @@ from __future__ import annotations
 
 import csv
 import logging
-import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from upmp.data.audio import SAMPLE_RATE, audio_headers
+from upmp.data.audio import audio_headers, ffmpeg_entry
 from upmp.data.kaldi_dir import DataDir, DataDirError, c_sort_key
 from upmp.recipes.protocols import resolve_protocol
-from upmp.data.trials import (check_trial_list, make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
+from upmp.data.trials import (Trial, check_trial_list, make_balanced_trials, read_paper_csv_trials, read_voxceleb_trials,
                               write_kaldi_trials)
 
 logger = logging.getLogger(__name__)
 
 VOX1_WAV_TREES = ("wav", "vox1_dev_wav/wav", "vox1_test_wav/wav", "dev/wav", "test/wav")
 VOX1_EXTENDED_LISTS = {"voxceleb1_e": "list_test_all2.txt", "voxceleb1_h": "list_test_hard2.txt"}
-Trials = List[Tuple[str, str, bool]]
+Trials = List[Trial]
 
 
 def speaker_of(utt: str) -> str:
@@ -125,7 +124,7 @@ def scan_vox1_trees(root: Path) -> Dict[str, Path]:
 def wav_scp_entry(path: Path) -> str:
     """A wav.scp value: the wav path itself, or an ffmpeg pipe decoding m4a to 16 kHz mono wav."""
     if path.suffix == ".m4a":
-        return f"ffmpeg -nostdin -v 8 -i {shlex.quote(str(path))} -f wav -ar {SAMPLE_RATE} -ac 1 -acodec pcm_s16le - |"
+        return ffmpeg_entry(path, resample=True)
     if any(c.isspace() for c in str(path)):
         raise DataDirError(f"{path}: white space in a path cannot be written to wav.scp")
     return str(path)
@@ -389,10 +388,10 @@ def authors_balanced_trials(utts: Sequence[str], seed: int, total: int = AUTHORS
                 same_left[s] -= 1
             else:
                 cross_left[s] -= 1
-            trials.append((*draw(same_video if same else cross_video, s), True))
+            trials.append(Trial(*draw(same_video if same else cross_video, s), True))
     for _ in range(n_neg):
         for a, b in spk_pairs:
-            trials.append((*draw(any_utterances, a, b), False))
+            trials.append(Trial(*draw(any_utterances, a, b), False))
     return trials
 
 

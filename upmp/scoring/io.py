@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from upmp.data.kaldi_dir import read_table
-from upmp.data.trials import read_kaldi_trials
+from upmp.data.trials import Trial, read_kaldi_trials
 from upmp.errors import DataDirError, ScoringError
 from upmp.fileio import atomic_write_text
 
@@ -87,7 +87,7 @@ def labelled_matrix(embeddings: Dict[str, np.ndarray], utt2spk_path: str, scp: s
     return np.stack([embeddings[k] for k in keys]), np.array([utt2spk[k] for k in keys])
 
 
-def load_trials(path: str) -> List[Tuple[str, str, bool]]:
+def load_trials(path: str) -> List[Trial]:
     """Kaldi trials of a file that must hold at least one."""
     trials = read_kaldi_trials(path)
     if not trials:

@@ -134,10 +134,10 @@ fi
 # writes data/<set>). The rule lives in upmp.data.import_dir; these print the names under data/.
 import_sets() { ${python} -m upmp.bin.import_data_dir --data_root data "$@"; }
 given_test_sets=${test_sets}
-train_set=$(import_sets --src "${train_set}" --ours_trials defer)
-[ -z "${valid_set}" ] || valid_set=$(import_sets --src "${valid_set}" --require_trials --ours_trials defer)
+train_set=$(import_sets --src "${train_set}")
+[ -z "${valid_set}" ] || valid_set=$(import_sets --src "${valid_set}" --require_trials)
 # shellcheck disable=SC2086
-test_sets=$(import_sets --src ${given_test_sets} --trials ${trials} --require_trials --ours_trials defer)
+test_sets=$(import_sets --src ${given_test_sets} --trials ${trials} --require_trials)
 
 if [ -z "${upstream_ckpt}" ] && [[ "${upstream}" == *_local ]]; then
   if ! "${tiny_upstream}"; then log "--upstream ${upstream} needs --upstream_ckpt (or --tiny_upstream true)"; exit 1; fi
@@ -191,7 +191,7 @@ fi
 # --trials of our sets replace data/<set>/trials (stage 0's own list too), also when the run starts
 # later; rewritten only when changed (stage 4 rescores when the trials are newer)
 # shellcheck disable=SC2086
-[ -z "${trials}" ] || import_sets --src ${given_test_sets} --trials ${trials} --ours_trials only > /dev/null
+[ -z "${trials}" ] || import_sets --src ${given_test_sets} --trials ${trials} --convert_ours
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 1 ] && [ -n "${upstream_ckpt}" ] && [ ! -f "${upstream_ckpt}" ]; then
   if "${tiny_upstream}"; then

@@ -193,3 +193,20 @@ def test_waveform_crops_decode_only_the_crop_with_the_same_batches(tmp_path):
             for step in (0, 1, 7):
                 a, b = lazy.batch(step), whole.batch(step)
                 assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_ffmpeg_entry_decodes_as_the_file_is_or_to_16k_mono(tmp_path):
+    """One ffmpeg pipe for upmp-embed (the file's own rate and channels: load_audio converts them) and the
+    VoxCeleb2 recipe (ffmpeg resamples to 16 kHz mono); the path is quoted for the shell."""
+    from upmp.data.audio import ffmpeg_entry, read_wav_entry
+    path = tmp_path / "a b.wav"
+    soundfile.write(path, np.stack([tone(0.5, 300, 8000), tone(0.5, 500, 8000, seed=1)], axis=1), 8000,
+                    subtype="PCM_16")
+    as_is, converted = ffmpeg_entry(path), ffmpeg_entry(path, resample=True)
+    assert as_is == f"ffmpeg -nostdin -v 8 -i '{path}' -f wav -acodec pcm_s16le - |"
+    assert converted == f"ffmpeg -nostdin -v 8 -i '{path}' -f wav -ar 16000 -ac 1 -acodec pcm_s16le - |"
+    samples, rate = read_wav_entry(as_is)
+    assert rate == 8000 and samples.shape == (4000, 2)
+    assert np.array_equal(samples, soundfile.read(path, dtype="float32")[0])   # PCM-16 through: bit for bit
+    samples, rate = read_wav_entry(converted)
+    assert rate == 16000 and samples.shape == (8000,)

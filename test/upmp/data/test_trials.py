@@ -100,3 +100,16 @@ def test_espnet_trial_scp_reads_the_labels_beside_it(tmp_path):
         read_espnet_trials(str(tmp_path / "trial.scp"))
     (tmp_path / "trial_label").write_text("a/x/1*b/x/1 0\n")
     assert read_espnet_trials(str(tmp_path / "trial.scp")) == [("a/x/1", "b/x/1", False)]
+
+
+def test_a_trial_is_a_named_tuple_and_writes_as_read(tmp_path):
+    from upmp.data.trials import Trial, write_kaldi_trials
+    text = "a-1 b-1 nontarget\na-1 a-2 target\n"
+    (tmp_path / "trials").write_text(text)
+    trials = read_kaldi_trials(str(tmp_path / "trials"))
+    assert trials == [Trial("a-1", "b-1", False), Trial("a-1", "a-2", True)]
+    assert (trials[1].enrol, trials[1].test, trials[1].target) == ("a-1", "a-2", True)
+    enrol, test, target = trials[0]
+    assert (enrol, test, target) == ("a-1", "b-1", False)
+    write_kaldi_trials(str(tmp_path / "again"), trials)
+    assert (tmp_path / "again").read_text() == text

@@ -1,5 +1,6 @@
 """Sets as recipes name them (upmp.data.import_dir.use_sets, upmp.bin.import_data_dir with several --src):
-the one "is this set ours" rule, imports of the rest, and the trial lists of ours deferred past stage 0."""
+the one "is this set ours" rule, imports of the rest in one step, and the trial lists of ours converted
+after stage 0 (convert_listed_trials, --convert_ours)."""
 from __future__ import annotations
 
 import os
@@ -49,7 +50,7 @@ def test_names_imports_and_deferred_trials(tmp_path):
     (lists / "theirs").write_text("a-2 b-2 nontarget\n")
     # before stage 0: our set "test" does not exist yet, its list is left for later; theirs is imported
     r = use(tmp_path, "--src", "test", str(theirs), "--trials", str(lists / "mine"), str(lists / "theirs"),
-            "--require_trials", "--ours_trials", "defer")
+            "--require_trials")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "test vox1\n" and not (tmp_path / "data" / "test").exists()
     assert (tmp_path / "data" / "vox1" / "trials").read_text() == "a-2 b-2 nontarget\n"
@@ -57,16 +58,16 @@ def test_names_imports_and_deferred_trials(tmp_path):
     (tmp_path / "data" / "test" / "trials").write_text("a-1 b-2 nontarget\n")                              # its own
     # after stage 0: only our sets' lists are converted (the import is not repeated)
     r = use(tmp_path, "--src", "data/test", str(theirs), "--trials", str(lists / "mine"), str(lists / "theirs"),
-            "--ours_trials", "only")
-    assert r.returncode == 0 and r.stdout == "test vox1\n", r.stderr
+            "--convert_ours")
+    assert r.returncode == 0 and r.stdout == "", r.stderr
     assert (tmp_path / "data" / "test" / "trials").read_text() == "a-1 b-1 nontarget\na-1 a-2 target\n"
     assert "is up to date with" not in r.stderr and "imported" not in r.stderr
     mtime = (tmp_path / "data" / "test" / "trials").stat().st_mtime_ns
     r = use(tmp_path, "--src", "test", str(theirs), "--trials", str(lists / "mine"), str(lists / "theirs"),
-            "--ours_trials", "only")
+            "--convert_ours")
     assert "2 trials (1 target, 1 nontarget), unchanged" in r.stderr
     assert (tmp_path / "data" / "test" / "trials").stat().st_mtime_ns == mtime   # stage 4 does not rescore
-    # the default (now): a path to our data dir is ours, not imported as a copy of itself
+    # a path to our data dir is ours, not imported as a copy of itself
     r = use(tmp_path, "--src", str(tmp_path / "data" / "test"), "--require_trials")
     assert r.returncode == 0 and r.stdout == "test\n"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test", "vox1"]
@@ -74,12 +75,12 @@ def test_names_imports_and_deferred_trials(tmp_path):
 
 def test_bad_sets_are_one_line_and_import_nothing(tmp_path):
     theirs = their_dir(tmp_path / "theirs" / "vox1", ["a-1", "b-1"])
-    r = use(tmp_path, "--src", "test", str(theirs), "--trials", str(tmp_path / "one_list"), "--ours_trials", "defer")
+    r = use(tmp_path, "--src", "test", str(theirs), "--trials", str(tmp_path / "one_list"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().endswith("--trials has 1 lists for 2 test sets (give one per test set, in order)")
     assert not (tmp_path / "data").exists()
-    r = use(tmp_path, "--src", "test", "--trials", str(tmp_path / "missing"), "--ours_trials", "only")
+    r = use(tmp_path, "--src", "test", "--trials", str(tmp_path / "missing"), "--convert_ours")
     assert r.returncode == 1 and r.stderr.strip().endswith(f"{tmp_path}/missing: trial list not found")
-    r = use(tmp_path, "--src", str(theirs), "--require_trials", "--ours_trials", "defer")
+    r = use(tmp_path, "--src", str(theirs), "--require_trials")
     assert r.returncode == 1 and "no trial list (trials or trial_label); give one with --trials" in r.stderr
     assert not (tmp_path / "data" / "vox1").exists()
