@@ -56,7 +56,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from upmp.export import BackendGraph, export_onnx, onnx_session, padded_stacks, padded_waveforms
+    from upmp.data.layout import pad_stacks
+    from upmp.export import BackendGraph, export_onnx, onnx_session, padded_waveforms
     from upmp.inference import load_model
     model = load_model(args.model) if args.model else mini_model()
     tmp = tempfile.mkdtemp()
@@ -80,7 +81,7 @@ def main() -> None:
         t_full = median_rate(lambda: model.embed_raw(wavs), B, args.repeats)
         o_full = median_rate(lambda: sessions["full"].run(None, {"wavs": x, "wav_lens": lens}), B, args.repeats)
         print(f"| full (waveform) | {B} | {t_full:.1f} | {o_full:.1f} | {o_full / t_full:.2f}x |", flush=True)
-        s, slens = padded_stacks([model.layer_stack(w) for w in wavs])
+        s, slens = pad_stacks([model.layer_stack(w) for w in wavs])
         st, sl = torch.from_numpy(s), torch.from_numpy(slens)
 
         def torch_backend():

@@ -38,6 +38,7 @@ import numpy as np
 
 from upmp.data.kaldi_dir import read_table
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, MatrixReader
+from upmp.data.layout import btld_to_bdlt, split_layers
 from upmp.errors import ConfigError, DataDirError, ScoringError
 from upmp.fileio import atomic_write_bytes, atomic_write_text
 from upmp.metrics import compute_eer, compute_min_dcf
@@ -128,8 +129,7 @@ def stack_meta(scp: str) -> LayerStackMeta:
 def pool_layers(mat: np.ndarray, num_layers: int) -> np.ndarray:
     """A stack matrix (T, L*D) -> (L + 1, 2D) float32: for each hidden state, then for the uniform
     average of all L hidden states (last row), the mean and standard deviation over the frames."""
-    T, LD = mat.shape
-    x = np.asarray(mat, dtype=np.float32).reshape(T, num_layers, LD // num_layers)  # (T, L, D)
+    x = split_layers(np.asarray(mat, dtype=np.float32), num_layers)  # (T, L, D)
     x = np.concatenate([x, x.mean(axis=1, keepdims=True)], axis=1)                  # (T, L + 1, D)
     return np.concatenate([x.mean(axis=0), x.std(axis=0)], axis=1)
 
@@ -342,5 +342,5 @@ def usage_batch(scp: str, meta: LayerStackMeta, n: int = 16, max_frames: int = 4
         mats = [reader.read_rows(i, (reader.rows(i) - T) // 2, T) for i in longest]
     finally:
         reader.close()
-    x = np.stack(mats).astype(np.float32).reshape(len(mats), T, meta.num_layers, meta.dim)
-    return np.ascontiguousarray(x.transpose(0, 3, 2, 1))
+    x = split_layers(np.stack(mats).astype(np.float32), meta.num_layers, meta.dim)  # (B, T, L, D)
+    return np.ascontiguousarray(btld_to_bdlt(x))

@@ -8,7 +8,7 @@ length; the backends' masking makes the padding neutral.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from tqdm import tqdm
 from upmp.data.crops import wrap_crop
 from upmp.errors import ModelFileError, UpstreamError
 from upmp.data.layer_stacks import LayerStackMeta, batches_by_length, layers_text
+from upmp.data.layout import ltd_to_tld, pad_stacks, tld_to_ltd
 
 
 def crops(stack: np.ndarray, crop_frames: int, num_crops: int) -> List[np.ndarray]:
@@ -24,7 +25,7 @@ def crops(stack: np.ndarray, crop_frames: int, num_crops: int) -> List[np.ndarra
     (wrapped around when the utterance is shorter)."""
     T = stack.shape[1]
     starts = np.linspace(0, max(0, T - crop_frames), num_crops).round().astype(int)
-    return [wrap_crop(stack.transpose(1, 0, 2), int(s), crop_frames).transpose(1, 0, 2) for s in starts]
+    return [tld_to_ltd(wrap_crop(ltd_to_tld(stack), int(s), crop_frames)) for s in starts]
 
 
 @torch.no_grad()
@@ -37,13 +38,8 @@ def embed_stacks(model, stacks: List[np.ndarray], max_batch_frames: int = 6000, 
     if not getattr(model, "padding_invariant", False):
         max_batch_frames = 0
     for batch in batches_by_length(lengths, max_batch_frames):
-        T = max(lengths[i] for i in batch)
-        L, _, D = stacks[batch[0]].shape
-        x = np.zeros((len(batch), D, L, T), dtype=np.float32)
-        mask = torch.zeros(len(batch), T, dtype=torch.bool)
-        for row, i in enumerate(batch):
-            x[row, :, :, :lengths[i]] = stacks[i].transpose(2, 0, 1)
-            mask[row, :lengths[i]] = True
+        x, lens = pad_stacks([stacks[i] for i in batch])  # (b, D, L, T)
+        mask = torch.arange(x.shape[-1])[None] < torch.from_numpy(lens)[:, None]
         out[batch] = model(torch.from_numpy(x).to(device), mask.to(device)).cpu().numpy()
     return out
 
@@ -59,18 +55,6 @@ def embed_utterances(model, stacks: Iterable[np.ndarray], crop_frames: int = 0, 
     emb = embed_stacks(model, pieces, max_batch_frames, device)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return emb.reshape(len(stacks), num_crops, -1).mean(axis=1)
-
-
-@torch.no_grad()
-def upstream_stacks(upstream, data, utts: Iterable[str], device: str = "cpu",
-                    source: str = "wav.scp") -> Iterator[np.ndarray]:
-    """(L, T, D) layer stacks of data-dir utterances from an upstream, one utterance per
-    forward (padding is not neutral for every upstream). Audio errors name the utterance."""
-    from upmp.data.audio import MIN_SAMPLES, load_utterance
-    for utt in utts:  # test data: audio shorter than the receptive field is a warning
-        wav = torch.from_numpy(load_utterance(data, utt, source, min_samples=MIN_SAMPLES, strict=False))[None].to(device)
-        stack, _ = upstream(wav, torch.tensor([wav.shape[1]], device=device))
-        yield stack[0].permute(1, 2, 0).float().cpu().numpy()
 
 
 def check_stacks_fit(stacks: LayerStackMeta, model: LayerStackMeta, source: str,

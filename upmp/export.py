@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from upmp.data.layout import btld_to_bdlt, pad_stacks
 from upmp.errors import ModelFileError, UpmpError
 
 OPSET = 17
@@ -97,7 +98,7 @@ class GE2EFrontEnd(nn.Module):
             h, _ = lstm(h)
             outs.append(h)
         stack = torch.stack(outs, dim=2)                                            # (B, T, L, D)
-        return stack.permute(0, 3, 2, 1), wav_lens // self.hop + 1
+        return btld_to_bdlt(stack), wav_lens // self.hop + 1
 
 
 class HFFrontEnd(nn.Module):
@@ -112,7 +113,7 @@ class HFFrontEnd(nn.Module):
         out = self.model(wavs * mask, attention_mask=mask if self.use_mask else None, output_hidden_states=True)
         stack = torch.stack(out.hidden_states, dim=2)
         lengths = self.model._get_feat_extract_output_lengths(wav_lens).long()
-        return stack.permute(0, 3, 2, 1), lengths
+        return btld_to_bdlt(stack), lengths
 
 
 class FullGraph(nn.Module):
@@ -235,7 +236,7 @@ class OnnxEmbedder:
 
     def embed(self, items) -> np.ndarray:
         """List of (N_i,) waveforms (full graph) or (L, T_i, D) layer stacks (backend graph) -> (B, E)."""
-        return self(*(padded_stacks(items) if self.graph == "backend" else padded_waveforms(items)))
+        return self(*(pad_stacks(items) if self.graph == "backend" else padded_waveforms(items)))
 
 
 def padded_waveforms(wavs) -> Tuple[np.ndarray, np.ndarray]:
@@ -244,16 +245,6 @@ def padded_waveforms(wavs) -> Tuple[np.ndarray, np.ndarray]:
     x = np.zeros((len(wavs), lens.max()), dtype=np.float32)
     for i, w in enumerate(wavs):
         x[i, :len(w)] = w
-    return x, lens
-
-
-def padded_stacks(stacks) -> Tuple[np.ndarray, np.ndarray]:
-    """List of (L, T_i, D) -> (B, D, L, max T) zero-padded float32, (B,) int64 lengths."""
-    lens = np.array([s.shape[1] for s in stacks], dtype=np.int64)
-    L, _, D = stacks[0].shape
-    x = np.zeros((len(stacks), D, L, lens.max()), dtype=np.float32)
-    for i, s in enumerate(stacks):
-        x[i, :, :, :s.shape[1]] = s.transpose(2, 0, 1)
     return x, lens
 
 
@@ -267,7 +258,7 @@ def check_onnx(model, path: str, graph: str, wavs) -> float:
     from upmp.upstream.ge2e import GE2EUpstream
     sess = onnx_session(path)
     if graph == "backend":
-        x, lens = padded_stacks([model.layer_stack(w) for w in wavs])
+        x, lens = pad_stacks([model.layer_stack(w) for w in wavs])
         got = sess.run(None, {"stack": x, "lengths": lens})[0]
     else:
         x, lens = padded_waveforms(wavs)

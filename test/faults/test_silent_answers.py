@@ -323,11 +323,12 @@ def onnx_graphs(model, tmp_path_factory):
 @pytest.mark.parametrize("graph", ["backend", "full"])
 def test_onnx_lengths_that_do_not_fit_the_input(model, onnx_graphs, tiny_experiment, graph):
     from upmp.errors import AudioError
-    from upmp.export import OnnxEmbedder, onnx_session, padded_stacks, padded_waveforms
+    from upmp.data.layout import pad_stacks
+    from upmp.export import OnnxEmbedder, onnx_session, padded_waveforms
     wavs = [speech(tiny_experiment, u) for u in ("spk0-utt0", "spk1-utt2", "spk2-utt1")]
     path = str(onnx_graphs / f"{graph}.onnx")
     items = [model.layer_stack(w) for w in wavs] if graph == "backend" else wavs
-    x, lens = padded_stacks(items) if graph == "backend" else padded_waveforms(items)
+    x, lens = pad_stacks(items) if graph == "backend" else padded_waveforms(items)
     names = ("stack", "lengths") if graph == "backend" else ("wavs", "wav_lens")
     unit = "frames" if graph == "backend" else "samples"
     embedder = OnnxEmbedder(path)

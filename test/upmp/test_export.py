@@ -48,7 +48,8 @@ def onnx_embed(path, wavs):
 
 def test_ge2e_backend_and_waveform_graphs_equal_stage3(tiny_experiment, tmp_path):
     from upmp.bin.export_onnx import main
-    from upmp.export import onnx_session, padded_stacks
+    from upmp.data.layout import pad_stacks
+    from upmp.export import onnx_session
     from upmp.inference import load_model
     out = tmp_path / "model.onnx"
     run_main(main, ["--model", str(tiny_experiment / "exp/upmp"), "--out", str(out), "--num_threads", "1"])
@@ -63,7 +64,7 @@ def test_ge2e_backend_and_waveform_graphs_equal_stage3(tiny_experiment, tmp_path
         got = onnx_embed(tmp_path / "model.wav.onnx", wavs[batch])
         np.testing.assert_allclose(got, np.stack([want[u] for u in utts[batch]]), atol=1e-4)
     model = load_model(str(tiny_experiment / "exp/upmp"))
-    x, lens = padded_stacks([model.layer_stack(w) for w in wavs])
+    x, lens = pad_stacks([model.layer_stack(w) for w in wavs])
     got = onnx_session(str(out)).run(None, {"stack": x, "lengths": lens})[0]
     np.testing.assert_allclose(got, np.stack([want[u] for u in utts]), atol=1e-4)
     np.testing.assert_allclose(side["mean"], model.scorer.mean, atol=1e-12)

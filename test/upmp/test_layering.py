@@ -36,6 +36,7 @@ LAYERS: List[Tuple[str, int, str]] = [
     ("upmp.train", 5, "train"),
     ("upmp.inference", 5, "inference"),
     ("upmp.recipes", 5, "recipes"),
+    ("upmp.stages", 5, "stages"),
     ("upmp.export", 6, "export"),
     ("upmp.bin", 9, "bin"),
 ]

@@ -46,6 +46,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
+from upmp.data.layout import ltd_to_tld, matrix_to_stack, merge_layers, split_layers, stack_to_matrix
 from upmp.errors import ConfigError, DataDirError
 from upmp.fileio import atomic_write_text
 
@@ -154,20 +155,6 @@ def layers_text(layers: Optional[List[int]]) -> str:
     return ",".join(map(str, layers))
 
 
-def stack_to_matrix(stack: np.ndarray) -> np.ndarray:
-    """(L, T, D) -> (T, L*D)."""
-    L, T, D = stack.shape
-    return np.ascontiguousarray(stack.transpose(1, 0, 2).reshape(T, L * D))
-
-
-def matrix_to_stack(mat: np.ndarray, num_layers: int) -> np.ndarray:
-    """(T, L*D) -> (L, T, D)."""
-    T, LD = mat.shape
-    if LD % num_layers:
-        raise ValueError(f"matrix width {LD} is not a multiple of {num_layers} layers")
-    return mat.reshape(T, num_layers, LD // num_layers).transpose(1, 0, 2)
-
-
 class LayerStackWriter:
     """Write (L, T, D) stacks into `<prefix>.ark` / `<prefix>.scp` (or the scp at scp_path)."""
 
@@ -214,7 +201,7 @@ def quantize_int8(stack: np.ndarray) -> np.ndarray:
     |x - (o + s q)| <= s / 2 for every value. Values must be finite and within float16's range
     (upmp.upstream.extract.check_stack)."""
     L, T, D = stack.shape
-    x = np.asarray(stack, dtype=np.float64).transpose(1, 0, 2)  # (T, L, D)
+    x = ltd_to_tld(np.asarray(stack, dtype=np.float64))  # (T, L, D)
     out = np.empty((T, L), dtype=int8_dtype(D))
     if T == 0:
         return out
@@ -240,17 +227,15 @@ def int8_to_matrix(records: np.ndarray) -> np.ndarray:
     T, L = records.shape
     vals = records["codes"].astype(np.float32) * records["scale"].astype(np.float32)[..., None] \
         + records["offset"].astype(np.float32)[..., None]
-    return vals.reshape(T, -1)
+    return merge_layers(vals)
 
 
 def widen_int8_rows(raw: np.ndarray, num_layers: int) -> np.ndarray:
     """Raw bytes of int8 records (..., L * (4 + D)) uint8 -> float32 (..., L*D)."""
-    lead = raw.shape[:-1]
-    rec = np.ascontiguousarray(raw).reshape(lead + (num_layers, -1))
-    D = rec.shape[-1] - INT8_HEAD
+    rec = split_layers(np.ascontiguousarray(raw), num_layers)  # (..., L, 4 + D)
     head = np.ascontiguousarray(rec[..., :INT8_HEAD]).view("<f2").astype(np.float32)  # (..., L, 2)
     vals = rec[..., INT8_HEAD:].view(np.int8).astype(np.float32) * head[..., :1] + head[..., 1:]
-    return vals.reshape(lead + (num_layers * D,))
+    return merge_layers(vals)
 
 
 def load_stack(entry: str, num_layers: int) -> np.ndarray:

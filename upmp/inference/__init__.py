@@ -162,12 +162,10 @@ class SpeakerModel:
             return f"no speech: the signal is silent (RMS {level} dBFS, below {SILENCE_DBFS:g} dBFS)"
         return None
 
-    @torch.no_grad()
     def layer_stack(self, wav: np.ndarray) -> np.ndarray:
-        """(N,) samples -> (L, T, D) layer stack (one utterance per forward, as stage 3)."""
-        x = torch.from_numpy(wav)[None].to(self.device)
-        stack, _ = self.upstream(x, torch.tensor([x.shape[1]], device=self.device))
-        return stack[0].permute(1, 2, 0).float().cpu().numpy()
+        """(N,) float32 samples -> (L, T, D) layer stack (one utterance per forward, as stage 3)."""
+        from upmp.upstream.source import run_upstream
+        return run_upstream(self.upstream, [wav], self.device)[0]
 
     def embed_raw(self, audios: Sequence[Audio], names: Optional[Sequence[str]] = None,
                   strict: bool = False) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 from upmp.data.crops import wrap_crop
 from upmp.data.kaldi_dir import DataDirError, c_sort_key, read_table
 from upmp.data.layer_stacks import INT8_HEAD
+from upmp.data.layout import btld_to_bdlt, split_layers
 from upmp.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -112,12 +113,12 @@ def to_model_input(x: torch.Tensor, device) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
         head = x[..., :INT8_HEAD].contiguous().view(torch.float16).to(torch.float32)  # (B, T, L, 2)
         x = x[..., INT8_HEAD:].view(torch.int8).to(torch.float32) * head[..., :1] + head[..., 1:]
-        return x.permute(0, 3, 2, 1).contiguous()
+        return btld_to_bdlt(x).contiguous()
     if x.dim() == 4 and torch.device(device).type == "cpu":  # numpy's strided cast is ~3x torch's here
-        return torch.from_numpy(x.numpy().transpose(0, 3, 2, 1).astype(np.float32, order="C"))
+        return torch.from_numpy(btld_to_bdlt(x.numpy()).astype(np.float32, order="C"))
     x = x.to(device, non_blocking=True)
     if x.dim() == 4:
-        x = x.to(torch.float32).permute(0, 3, 2, 1).contiguous()
+        x = btld_to_bdlt(x.to(torch.float32)).contiguous()
     return x
 
 
@@ -202,7 +203,7 @@ class LayerStackCrops(SpeakerSampler):
             start = crop_start(np.random.default_rng([self.seed, step, b]), self.reader.rows(i), n)
             self._crop(i, start, mats[row])
             mats[row, spanout_frames(self.seed, step, b, n, *self.spanout)] = 0
-        return out.view(len(rows), n, self.num_layers, LD // self.num_layers), torch.from_numpy(self.labels[index])
+        return split_layers(out, self.num_layers), torch.from_numpy(self.labels[index])
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
         x, labels = self.raw_batch(step, rank, world)

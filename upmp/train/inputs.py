@@ -1,6 +1,7 @@
 """Where training data come from: cached layer stacks (stage 1) or audio run through the upstream
 inside the training loop (online mode). `build_training_data` turns the command-line inputs and
-the resolved config into the batch source, the layer-stack layout and the upstream."""
+the resolved config into the batch source (crops) and the training set's layer-stack source
+(upmp.upstream.source: its meta, and online its upstream; validation takes the same kind)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from upmp.data.audio import SAMPLE_RATE
 from upmp.errors import ConfigError, DataDirError
 from upmp.train.data import LayerStackCrops, WaveformCrops
 from upmp.data.layer_stacks import LayerStackMeta, layers_text, parse_layers
+from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +67,18 @@ class Inputs:
 @dataclass
 class TrainingData:
     data: Any                      # LayerStackCrops or WaveformCrops: batch(step, rank, world)
-    meta: LayerStackMeta           # the layer stacks the backend sees
-    upstream: Optional[Any]        # online: the upstream (trainable when fine-tuned), else None
+    source: LayerStackSource       # the training set's stacks: CachedStacks, or UpstreamStacks (online)
     description: str               # for the log
+
+    @property
+    def meta(self) -> LayerStackMeta:
+        """The layer stacks the backend sees."""
+        return self.source.meta
+
+    @property
+    def upstream(self) -> Optional[Any]:
+        """Online: the upstream the training loop runs on the crops (trainable when fine-tuned), else None."""
+        return getattr(self.source, "upstream", None)
 
 
 def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> TrainingData:
@@ -86,24 +97,21 @@ def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> Training
         upstream.keep_layers(parse_layers(cfg["layers"], upstream.num_layers, option="layers"))
         if tc["upstream_adapter"] is not None:
             add_upstream_adapter(upstream, tc, inputs.upstream)
-        meta = LayerStackMeta(upstream.num_layers, upstream.dim, upstream.frame_shift, inputs.upstream,
-                              layers=upstream.kept_layers)
+        source = UpstreamStacks(upstream, inputs.train_data_dir, inputs.upstream, device)
         data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * SAMPLE_RATE)), tc["batch_size"],
                              cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
         description = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \
             (" with a LoRA adapter" if tc["upstream_adapter"] else " fine-tuned" if upstream.trainable else " frozen") + \
             (", augmented" if augment else "")
-        return TrainingData(data, meta, upstream, description)
+        return TrainingData(data, source, description)
     if tc["upstream_adapter"] is not None:
         raise ConfigError("train_conf.upstream_adapter needs online training (--train_data_dir; sv.sh --train_mode "
                           "online): with cached layer stacks there is no upstream in the training loop to adapt")
     if tc["finetune_upstream"] or tc["augment"]:
         raise ConfigError("train_conf.finetune_upstream and train_conf.augment need online training "
                           "(--train_data_dir): cached layer stacks are fixed")
-    try:
-        meta = LayerStackMeta.read(str(Path(inputs.train_scp).parent))
-    except FileNotFoundError as e:  # the layer_stack.json beside layers.scp (its message names it)
-        raise DataDirError(str(e)) from None
+    source = CachedStacks(inputs.train_scp)
+    meta = source.meta
     wanted = parse_layers(cfg["layers"], option="layers")
     if wanted is not None and wanted != meta.layers:  # "all": the stacks' own subset
         raise ConfigError(f"layers: {layers_text(wanted)}, but {inputs.train_scp} holds hidden states "
@@ -113,7 +121,7 @@ def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> Training
                            cfg["seed"], preload=tc["preload"], sampling=tc["sampling"],
                            spanout_prob=tc["spanout_prob"], spanout_span=tc["spanout_span"],
                            spanout_rate=tc["spanout_rate"])
-    return TrainingData(data, meta, None, f"cached crops of {crop_frames} frames")
+    return TrainingData(data, source, f"cached crops of {crop_frames} frames")
 
 
 def add_upstream_adapter(upstream, tc: Dict[str, Any], name: str) -> None:

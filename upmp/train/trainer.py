@@ -315,7 +315,7 @@ def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int
     logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
     validator = None
     if inputs.valid_trials and tc["valid_every"] > 0:
-        validator = build_validator(inputs, td.meta, td.upstream, device, rank, world)
+        validator = build_validator(inputs, td, device, rank, world)
         logger.info("validating every %d steps on %d trials (%s)", tc["valid_every"], len(validator.trials),
                     inputs.valid_trials)
     from upmp.train.averaging import Snapshots

@@ -197,7 +197,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     Audio shorter than min_samples (the upstream's receptive field) is an error when strict
     (training data), a logged warning otherwise (upmp.data.audio.load_utterance).
     """
-    import torch  # here, not at the top: planning and joining (reuse_layers, join_layers) stay torch-free
+    from upmp.upstream.source import run_upstream  # here: planning and joining (reuse_layers, join_layers) stay torch-free
     out_dir = Path(out_prefix).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     num_layers = len(layers) if layers is not None else extractor.num_layers
@@ -220,19 +220,10 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
                 audio = [load_utterance(data, utt, _source_of(data, utt, source_dir, source_lines),
                                         min_samples=min_samples, strict=strict) for utt in chunk]
                 for batch in batches_by_length([len(a) for a in audio], max_samples):
-                    lens = torch.tensor([len(audio[i]) for i in batch])
-                    wavs = torch.zeros(len(batch), int(lens.max()))
-                    for row, i in enumerate(batch):
-                        wavs[row, :len(audio[i])] = torch.from_numpy(audio[i])
-                    stack, frames = extractor(wavs.to(device), lens.to(device))
-                    if layers is not None:
-                        stack = stack[:, :, layers]
-                    stack = stack.float().cpu().numpy()  # (B, D, L, T)
-                    for row, i in enumerate(batch):
-                        t = int(frames[row])
+                    for i, mat in zip(batch, run_upstream(extractor, [audio[i] for i in batch], device, layers)):
+                        t = mat.shape[1]
                         n_tried += 1
                         tried_bytes += t * num_layers * extractor.dim * bytes_per_value
-                        mat = np.transpose(stack[row, :, :, :t], (1, 2, 0))
                         check_stack(mat, chunk[i], upstream_name or getattr(extractor, "name", "the upstream"), storage)
                         writer.write(chunk[i], mat)
                         n_frames += t

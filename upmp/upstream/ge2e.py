@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from upmp.data.audio import SAMPLE_RATE
+from upmp.data.layout import btld_to_bdlt
 from upmp.errors import UpstreamError
 from upmp.safe_load import load_torch_data, resave_hint
 from upmp.upstream.base import Upstream
@@ -111,4 +112,4 @@ class GE2EUpstream(Upstream):
         # LSTMs are causal: frames before each utterance's end do not see the padding
         stack = torch.stack(self.layers(mels), dim=2)  # (B, T, L, D)
         stack = stack[:, : int(lengths.max())]
-        return stack.permute(0, 3, 2, 1).contiguous(), lengths
+        return btld_to_bdlt(stack).contiguous(), lengths

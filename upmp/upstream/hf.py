@@ -13,6 +13,7 @@ from typing import Tuple
 import torch
 
 from upmp.data.audio import SAMPLE_RATE
+from upmp.data.layout import btld_to_bdlt
 from upmp.upstream.base import Upstream
 
 
@@ -42,4 +43,4 @@ class HFUpstream(Upstream):
                          output_hidden_states=True)
         stack = torch.stack(out.hidden_states, dim=2)  # (B, T, L, D)
         lengths = self.model._get_feat_extract_output_lengths(wav_lens).long()
-        return stack.permute(0, 3, 2, 1).contiguous(), lengths
+        return btld_to_bdlt(stack).contiguous(), lengths

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from upmp.data.audio import SAMPLE_RATE
+from upmp.data.layout import btld_to_bdlt
 from upmp.errors import UpstreamError
 from upmp.upstream.base import Upstream
 
@@ -117,4 +118,4 @@ class S3PRLUpstream(Upstream):
     def extract(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         hidden, hidden_lens = self.upstream(wavs, wav_lens)
         stack = torch.stack(hidden, dim=2)  # (B, T, L, D)
-        return stack.permute(0, 3, 2, 1).contiguous(), hidden_lens[0]
+        return btld_to_bdlt(stack).contiguous(), hidden_lens[0]

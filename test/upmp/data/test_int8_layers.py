@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from helpers import TRAIN_CONFIG, one_line_error
-from upmp.data.layer_stacks import (LayerStackMeta, LayerStackWriter, MatrixReader, load_stack, parse_layers,
-                                    stack_to_matrix)
+from upmp.data.layer_stacks import LayerStackMeta, LayerStackWriter, MatrixReader, load_stack, parse_layers
+from upmp.data.layout import stack_to_matrix
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 
 

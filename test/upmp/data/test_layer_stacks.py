@@ -9,8 +9,8 @@ import torch
 
 from upmp.errors import UpstreamError
 from upmp.upstream.s3prl import S3PRLUpstream
-from upmp.data.layer_stacks import (LayerStackMeta, LayerStackWriter,
-                                       batches_by_length, load_stack, matrix_to_stack, stack_to_matrix)
+from upmp.data.layer_stacks import LayerStackMeta, LayerStackWriter, batches_by_length, load_stack
+from upmp.data.layout import matrix_to_stack
 from upmp.upstream.tiny import build_tiny_checkpoint
 
 
@@ -52,17 +52,6 @@ def test_errors(tmp_path):
         S3PRLUpstream("wavlm_local", str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="unknown upstream kind"):
         build_tiny_checkpoint("conformer", str(tmp_path / "x.pt"))
-
-
-def test_matrix_layout():
-    stack = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # (L, T, D)
-    mat = stack_to_matrix(stack)
-    assert mat.shape == (3, 8)
-    # column l*D + d of row t is stack[l, t, d]
-    assert mat[1, 1 * 4 + 2] == stack[1, 1, 2] and mat[2, 0 * 4 + 3] == stack[0, 2, 3]
-    np.testing.assert_array_equal(matrix_to_stack(mat, 2), stack)
-    with pytest.raises(ValueError, match="not a multiple of 3 layers"):
-        matrix_to_stack(mat, 3)
 
 
 @pytest.mark.parametrize("storage, atol, ratio", [("float32", 0, 1.0), ("float16", 2e-3, 0.5), ("compressed", 0.05, 0.3)])

@@ -271,9 +271,10 @@ def test_package_fine_tuned_upstream(small_data_dir, tiny_wavlm, tmp_path, capsy
     # the same backend on the original (not fine-tuned) upstream embeds otherwise: the check above can fail
     from upmp.checkpoint import load_model, load_upstream
     from upmp.data.kaldi_dir import DataDir
-    from upmp.embeddings import embed_stacks, upstream_stacks
+    from upmp.embeddings import embed_stacks
+    from upmp.upstream.source import UpstreamStacks
     data = DataDir.load(small_data_dir)
     backend, _ = load_model(str(exp / "model.pt"))
-    original = embed_stacks(backend, list(upstream_stacks(load_upstream("wavlm_local", str(tiny_wavlm), "cpu"),
-                                                          data, data.utts)))
+    original = embed_stacks(backend, list(UpstreamStacks(load_upstream("wavlm_local", str(tiny_wavlm), "cpu"),
+                                                         small_data_dir, "wavlm_local").stacks(data.utts)))
     assert not np.allclose(original, model.embed_raw([data.wav_scp[u] for u in data.utts]), atol=1e-4)

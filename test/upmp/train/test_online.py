@@ -70,7 +70,8 @@ def run(*args):
 def test_online_training_frozen_and_fine_tuned(small_data_dir, tiny_wavlm, tmp_path):
     from upmp.data.kaldi_dir import DataDir
     from upmp.data.trials import make_balanced_trials, write_kaldi_trials
-    from upmp.embeddings import embed_stacks, upstream_stacks
+    from upmp.embeddings import embed_stacks
+    from upmp.upstream.source import UpstreamStacks
     from upmp.checkpoint import load_model, load_upstream
     trials = tmp_path / "trials"
     write_kaldi_trials(str(trials), make_balanced_trials(DataDir.load(small_data_dir).utt2spk, seed=0))
@@ -105,7 +106,7 @@ def test_online_training_frozen_and_fine_tuned(small_data_dir, tiny_wavlm, tmp_p
     data = DataDir.load(small_data_dir)
     for finetuned, same in ((model.finetuned_upstream, True), (None, False)):
         upstream = load_upstream("wavlm_local", str(tiny_wavlm), "cpu", finetuned)
-        want = embed_stacks(model, list(upstream_stacks(upstream, data, data.utts)))
+        want = embed_stacks(model, list(UpstreamStacks(upstream, small_data_dir, "wavlm_local").stacks(data.utts)))
         assert np.allclose(np.stack([got[u] for u in data.utts]), want, atol=1e-4) == same
     r = run("upmp.bin.extract_embeddings", "--model", tuned / "model.pt", "--layers_scp", tmp_path / "x.scp",
             "--out_dir", tmp_path / "e2")

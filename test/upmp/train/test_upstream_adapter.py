@@ -20,7 +20,8 @@ def test_lora_trains_only_the_adapter_and_extraction_uses_it(small_data_dir, tin
     from upmp.bin import extract_embeddings
     from upmp.checkpoint import load_model, load_upstream
     from upmp.data.kaldi_dir import DataDir
-    from upmp.embeddings import embed_stacks, upstream_stacks
+    from upmp.embeddings import embed_stacks
+    from upmp.upstream.source import UpstreamStacks
     from upmp.inference import SpeakerModel
     from upmp.inference.package import collect_experiment, read_package, write_package
     from upmp.train.inputs import Inputs
@@ -81,9 +82,9 @@ def test_lora_trains_only_the_adapter_and_extraction_uses_it(small_data_dir, tin
     got = np.stack([got[u] for u in data.utts])
     model, _ = load_model(str(exp / "model.pt"))
     upstream.eval()  # the trained, unmerged upstream: W x + (alpha / r) B A x
-    adapted = embed_stacks(model, list(upstream_stacks(upstream, data, data.utts)))
-    plain = embed_stacks(model, list(upstream_stacks(load_upstream("wavlm_local", str(tiny_wavlm), "cpu"),
-                                                     data, data.utts)))
+    adapted = embed_stacks(model, list(UpstreamStacks(upstream, small_data_dir, "wavlm_local").stacks(data.utts)))
+    plain = embed_stacks(model, list(UpstreamStacks(load_upstream("wavlm_local", str(tiny_wavlm), "cpu"),
+                                                    small_data_dir, "wavlm_local").stacks(data.utts)))
     np.testing.assert_allclose(got, adapted, atol=1e-4, rtol=1e-4)
     assert np.abs(got - plain).max() > 1e-3
 

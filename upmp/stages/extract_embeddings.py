@@ -1,0 +1,88 @@
+"""Stage 3: speaker embeddings of a set from a trained backend, its layer stacks cached by stage 1
+or computed here by the model's upstream (upmp.upstream.source). The entry point
+upmp.bin.extract_embeddings parses the options and calls extract_embeddings; its docstring lists
+the files written."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from upmp.data.kaldi_dir import DataDir, read_table
+from upmp.data.layer_stacks import META_NAME, LayerStackMeta
+from upmp.embeddings import check_stacks_fit, embed_all, write_embeddings, write_model_record
+from upmp.errors import ConfigError, DataDirError, UpstreamError
+from upmp.fileio import atomic_write_text
+from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
+
+logger = logging.getLogger("extract_embeddings")
+
+
+def stack_source(model, meta: LayerStackMeta, model_path: str, layers_scp: Optional[str] = None,
+                 data_dir: Optional[str] = None, upstream: Optional[str] = None,
+                 upstream_ckpt: Optional[str] = None, device: str = "cpu") -> LayerStackSource:
+    """The stacks stage 3 embeds: layers_scp (stage 1's, layer_stack.json beside it), or the audio
+    of data_dir through the upstream (the model's own when it fine-tuned one), cut to the hidden
+    states the model (`meta`) was trained on."""
+    finetuned = model.finetuned_upstream
+    if layers_scp:
+        if finetuned is not None:
+            raise UpstreamError(f"{model_path} fine-tuned its upstream ({finetuned['name']}): cached layer stacks "
+                                "of the original upstream do not fit it; use --data_dir")
+        if not Path(layers_scp).is_file():  # as upmp.bin.common.require_files says it
+            raise DataDirError(f"--layers_scp {layers_scp}: no such file")
+        stacks_dir = Path(layers_scp).parent
+        if not (stacks_dir / META_NAME).is_file():
+            raise DataDirError(f"{stacks_dir / META_NAME}: missing beside {layers_scp}; extract layer stacks "
+                               f"with upmp.bin.extract_layers (stage 1)")
+        return CachedStacks(layers_scp)
+    if not upstream and finetuned is None:
+        raise ConfigError("--data_dir needs --upstream")
+    from upmp.checkpoint import load_upstream
+    name = upstream or finetuned["name"]
+    ckpt = upstream_ckpt or (finetuned or {}).get("ckpt")
+    data = DataDir.load(data_dir)
+    extractor = load_upstream(name, ckpt, device, finetuned)
+    if meta.layers is not None and meta.layers[-1] < extractor.num_layers:  # the subset the model was trained on
+        extractor.keep_layers(meta.layers)
+    return UpstreamStacks(extractor, data_dir, name, device, data=data)
+
+
+def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] = None,
+                       data_dir: Optional[str] = None, upstream: Optional[str] = None,
+                       upstream_ckpt: Optional[str] = None, allow_other_upstream: bool = False,
+                       utt2spk: Optional[str] = None, crop_seconds: float = 0.0, num_crops: int = 1,
+                       max_batch_frames: int = 6000, chunk_size: int = 256, device: str = "cpu") -> None:
+    """Embed every utterance of the source (layers_scp or data_dir) with the model at model_path:
+    out_dir/utt2dur, model.sha256, [spk_xvector.ark/scp (utt2spk, or the data dir's)], then
+    xvector.ark/scp last (its presence marks the stage complete)."""
+    from upmp.checkpoint import load_model
+    model, meta = load_model(model_path, device)
+    source = stack_source(model, meta, model_path, layers_scp, data_dir, upstream, upstream_ckpt, device)
+    if isinstance(source, UpstreamStacks):
+        spk_of = source.data.utt2spk
+        fit_source = f"--upstream {source.meta.upstream}"
+    else:
+        spk_of = read_table(utt2spk) if utt2spk else None
+        fit_source = layers_scp
+    utts = source.utts
+    check_stacks_fit(source.meta, meta, fit_source, allow_other_upstream)
+    crop_frames = int(round(crop_seconds / meta.frame_shift)) if crop_seconds > 0 else 0
+    frames: Dict[str, int] = {}  # utt -> T of its full stack: utt2dur, a quality measure for QMF calibration
+
+    def stacks_of(chunk: Sequence[str]):
+        for utt, stack in zip(chunk, source.stacks(chunk)):
+            if stack.shape[1] < model.min_frames:  # e.g. the x-vector TDNN's context: no embedding at all
+                raise DataDirError(f"{source.where}: utterance {utt}: {stack.shape[1]} frames, the backend needs "
+                                   f"at least {model.min_frames} ({1000 * model.min_frames * meta.frame_shift:.0f} "
+                                   "ms); remove the utterance from the data dir")
+            frames[utt] = stack.shape[1]
+            yield stack
+
+    embeddings = embed_all(model, utts, stacks_of, crop_frames, num_crops, max_batch_frames, device, chunk_size)
+    out = Path(out_dir)
+    # before xvector.scp, which write_embeddings renames into place last (stage 3's completeness mark)
+    atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
+    write_model_record(out, model_path)  # package_model checks that it packages this model
+    write_embeddings(out, embeddings, spk_of)
+    logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, out_dir)
