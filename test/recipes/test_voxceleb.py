@@ -9,7 +9,12 @@ from helpers import run
 from upmp.data.augment import KEYS, Augmenter
 from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials, read_voxceleb_trials
-from upmp.train.schema import resolve_train_config as load_config  # the resolved config: every key
+from upmp.train.schema import resolve_train_config
+
+
+def load_config(path, overrides=()):
+    """The resolved config's plain form (config.yaml's): every key."""
+    return resolve_train_config(path, overrides).to_dict()
 
 BACKENDS = ("upmp", "ltdnn_d3net", "ltdnn_ecapa", "lap", "mhfa", "superb_ecapa", "xvector")
 

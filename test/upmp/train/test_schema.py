@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import pytest
 
 from upmp.config import ConfigError, load_config, parse_overrides
@@ -63,23 +65,23 @@ def train_yaml(tmp_path):
 def test_schema_fills_defaults_and_checks_types(train_yaml):
     from upmp.train.schema import resolve_train_config
     cfg = resolve_train_config(str(train_yaml), ["--train_conf.batch_size", "64", "--optim_conf.lr", "1e-3"])
-    assert cfg["train_conf"]["steps"] == 600 and cfg["train_conf"]["batch_size"] == 64
-    assert cfg["optim_conf"] == {"lr": 1e-3, "upstream_lr": 5e-5, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0}
-    assert cfg["backend_conf"] == {"conv_dim": 128, "n_blocks": 1, "heads": 4, "embed_dim": 192, "dropout": 0.1,
+    assert cfg.train_conf.steps == 600 and cfg.train_conf.batch_size == 64
+    assert asdict(cfg.optim_conf) == {"lr": 1e-3, "upstream_lr": 5e-5, "weight_decay": 0.0, "pct_start": 0.1, "grad_clip": 5.0}
+    assert asdict(cfg.backend_conf) == {"conv_dim": 128, "n_blocks": 1, "heads": 4, "embed_dim": 192, "dropout": 0.1,
                                    "residual": "once", "pooling": "masked"}
-    assert cfg["loss_conf"] == {"margin": 0.2, "scale": 30.0, "heads": 1, "margin_schedule": {
-        "shape": "none", "start_step": 0, "end_step": 0, "start_margin": 0.0}} and cfg["use_hidden0"] is False
+    assert asdict(cfg.loss_conf) == {"margin": 0.2, "scale": 30.0, "heads": 1, "margin_schedule": {
+        "shape": "none", "start_step": 0, "end_step": 0, "start_margin": 0.0}} and cfg.use_hidden0 is False
     scheduled = resolve_train_config(str(train_yaml), ["--loss_conf.margin_schedule.shape", "exp",
                                                        "--loss_conf.margin_schedule.end_step", "300"])
-    assert scheduled["loss_conf"]["margin_schedule"]["shape"] == "exp"
-    assert (cfg["train_conf"]["keep_checkpoints"], cfg["train_conf"]["average"], cfg["train_conf"]["trainable"],
-            cfg["train_conf"]["init"]) == (0, None, [], "")
-    assert resolve_train_config(str(train_yaml), ["--train_conf.crop_seconds", "3"])["train_conf"]["crop_seconds"] == 3.0
+    assert scheduled.loss_conf.margin_schedule.shape == "exp"
+    assert (cfg.train_conf.keep_checkpoints, cfg.train_conf.average, cfg.train_conf.trainable,
+            cfg.train_conf.init) == (0, None, [], "")
+    assert resolve_train_config(str(train_yaml), ["--train_conf.crop_seconds", "3"]).train_conf.crop_seconds == 3.0
     lap = resolve_train_config(str(train_yaml), ["--backend", "lap"])
-    assert lap["backend_conf"] == {"heads": 16, "channels": 512, "embed_dim": 192, "dropout": 0.1, "variant": "masked"}
-    aug = resolve_train_config(str(train_yaml), ["--train_conf.augment.rirs_root", "/r"])["train_conf"]["augment"]
+    assert asdict(lap.backend_conf) == {"heads": 16, "channels": 512, "embed_dim": 192, "dropout": 0.1, "variant": "masked"}
+    aug = resolve_train_config(str(train_yaml), ["--train_conf.augment.rirs_root", "/r"]).train_conf.augment
     from upmp.data.augment import KEYS
-    assert sorted(aug) == sorted(KEYS) and aug["rirs_root"] == "/r" and aug["prob"] == 0.6
+    assert sorted(asdict(aug)) == sorted(KEYS) and aug.rirs_root == "/r" and aug.prob == 0.6
 
 
 @pytest.mark.parametrize("args, text, message", [

@@ -110,7 +110,7 @@ def test_resolved_config_records_every_key(dump):
     from upmp.train.schema import defaults
     assert train(dump, dump / "exp").returncode == 0
     cfg = yaml.safe_load((dump / "exp/config.yaml").read_text())
-    expect = defaults()
+    expect = defaults().to_dict()
     assert cfg.keys() == expect.keys() and all(cfg[k].keys() == expect[k].keys() for k in expect
                                                if isinstance(expect[k], dict))
     assert cfg["optim_conf"]["lr"] == 3e-3 and cfg["train_conf"]["steps"] == 12 and cfg["loss_conf"]["heads"] == 1
