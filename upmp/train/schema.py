@@ -75,9 +75,9 @@ def backend_conf(name: str, backend_cls: Optional[type] = None):
 
 @backend_conf("upmp")
 class UPMPConf:
-    conv_dim: int = spec(lo=1)          # c; the block width is 4c
+    conv_dim: int = spec(lo=1)               # c; the block width is 4c
     n_blocks: int = spec(lo=1)
-    heads: int = spec(lo=1)               # layer attentive pooling heads (4c must divide by it)
+    heads: int = spec(lo=1)                  # layer attentive pooling heads (4c must divide by it)
     embed_dim: int = spec(lo=1)
     dropout: float = spec(lo=0, hi=1, hi_open=True)
     residual: str = spec(choices=("once", "reference"))  # block residual x + f(x), or 2x + f(x) (authors' code)
@@ -95,11 +95,11 @@ class LAPConf:
 
 @backend_conf("ltdnn_d3net")
 class LTDNND3NetConf:                         # L-TDNN D3Net (docs/method.md, "The revised paper")
-    conv_dim: int = spec(lo=1)          # C (depth must divide it)
-    n_blocks: int = spec(lo=1)            # SE-D2 blocks
-    depth: int = spec(lo=1)               # steps per block
-    se_channels: int = spec(lo=1)       # squeeze-excitation width
-    hidden: int = spec(lo=1)            # layer attentive pooling width (heads must divide it)
+    conv_dim: int = spec(lo=1)               # C (depth must divide it)
+    n_blocks: int = spec(lo=1)               # SE-D2 blocks
+    depth: int = spec(lo=1)                  # steps per block
+    se_channels: int = spec(lo=1)            # squeeze-excitation width
+    hidden: int = spec(lo=1)                 # layer attentive pooling width (heads must divide it)
     heads: int = spec(lo=1)
     embed_dim: int = spec(lo=1)
     dropout: float = spec(lo=0, hi=1, hi_open=True)
@@ -108,8 +108,8 @@ class LTDNND3NetConf:                         # L-TDNN D3Net (docs/method.md, "T
 
 @backend_conf("ltdnn_ecapa")
 class LTDNNEcapaConf:                         # L-TDNN ECAPA: three SE-Res2 blocks, dilations 2, 3, 4
-    conv_dim: int = spec(lo=1)          # C (scale must divide it)
-    scale: int = spec(lo=1)               # Res2 groups
+    conv_dim: int = spec(lo=1)               # C (scale must divide it)
+    scale: int = spec(lo=1)                  # Res2 groups
     se_channels: int = spec(lo=1)
     hidden: int = spec(lo=1)
     heads: int = spec(lo=1)
@@ -120,8 +120,8 @@ class LTDNNEcapaConf:                         # L-TDNN ECAPA: three SE-Res2 bloc
 
 @backend_conf("mhfa")
 class MHFAConf:
-    compression_dim: int = spec(lo=1)   # c: keys and values compressed D -> c
-    heads: int = spec(lo=1)              # frame-attention heads (WeSpeaker / BUT Base recipe)
+    compression_dim: int = spec(lo=1)        # c: keys and values compressed D -> c
+    heads: int = spec(lo=1)                  # frame-attention heads (WeSpeaker / BUT Base recipe)
     embed_dim: int = spec(lo=1)
 
 
@@ -135,7 +135,7 @@ class SuperbEcapaConf:
 
 @backend_conf("xvector")
 class XvectorConf:
-    layer: int = spec()                    # hidden state used (negative: from the last)
+    layer: int = spec()                      # hidden state used (negative: from the last)
     ndim: int = spec(lo=1)
     output_size: int = spec(lo=1)
     embed_dim: int = spec(lo=1)
