@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     print(f"backend_params: {count(model)}")
     if args.num_speakers:
         from upmp.losses import build_loss
-        head = build_loss(cfg.loss, model.embed_dim, args.num_speakers, dataclasses.asdict(cfg.loss_conf))
+        head = build_loss(cfg.loss, model.embed_dim, args.num_speakers, cfg.loss_conf)
         print(f"loss_head_params: {count(head)} ({cfg.loss}, {args.num_speakers} speakers)")
     x = torch.randn(2, args.input_dim, args.num_layers + 1, args.frames)
     with torch.no_grad():

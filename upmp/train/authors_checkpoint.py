@@ -301,7 +301,7 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
         model.backend.load_state_dict(kind.state(model.backend, network, kind.prefix))
     except ModelFileError as e:
         raise ModelFileError(f"{path}: {e}") from None
-    head = build_loss(kind.loss, model.embed_dim, num_classes, loss_conf)
+    head = build_loss(kind.loss, model.embed_dim, num_classes, cfg.loss_conf)
     head.load_state_dict(head_state)
     finetuned = upstream_state_from(state, kind, up, upstream, path)
 

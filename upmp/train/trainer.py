@@ -187,7 +187,7 @@ def build_run(cfg: TrainConfig, td: TrainingData, device, world: int, amp_dtype)
         n = select_trainable(model, tc.trainable)
         logger.info("train_conf.trainable %s: %d of %d backend parameter values train, the rest frozen",
                     tc.trainable, n, sum(p.numel() for p in model.parameters()))
-    head = build_loss(cfg.loss, model.embed_dim, td.data.num_speakers, dataclasses.asdict(cfg.loss_conf)).to(device)
+    head = build_loss(cfg.loss, model.embed_dim, td.data.num_speakers, cfg.loss_conf).to(device)
     spanout = (tc.spanout_prob, tc.spanout_span, tc.spanout_rate)
     graph = TrainGraph(model, head, td.upstream, spanout, cfg.seed)
     if world > 1 and tc.sync_batchnorm:  # the same statistics whatever the number of processes
@@ -353,13 +353,12 @@ def _train(cfg: TrainConfig, inputs: Inputs, exp: Path, procs: device_.Processes
         for m in frozen_bn:
             m.eval()
     train_mode()
-    loss_conf = dataclasses.asdict(cfg.loss_conf)  # upmp.losses' plain form
     autocast = device_.autocast(s.device, s.amp_dtype)
     t0, timed, run_start = time.time(), 0, time.time()
     bar = tqdm(range(progress.start, steps), initial=progress.start, total=steps, desc="train", mininterval=5,
                disable=not main)
     for step, (x, labels) in zip(bar, loader):
-        margin = scheduled_margin(loss_conf, step)
+        margin = scheduled_margin(cfg.loss_conf.margin_schedule, cfg.loss_conf.margin, step)
         loss, acc = train_step(s, runner, autocast, step, margin, x, labels)
         progress.window.append((loss.item(), acc.item()))
         timed += 1
