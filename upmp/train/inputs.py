@@ -81,7 +81,7 @@ def build_training_data(cfg: TrainConfig, inputs: Inputs, device) -> TrainingDat
         augment = None
         if tc.augment:  # before the upstream: a bad root fails fast
             from upmp.data.augment import Augmenter
-            augment = Augmenter(dataclasses.asdict(tc.augment))
+            augment = Augmenter(tc.augment)
         from upmp.upstream import build_upstream
         upstream = build_upstream(inputs.upstream, inputs.upstream_ckpt).to(device)
         upstream.set_trainable(bool(tc.finetune_upstream))

@@ -409,10 +409,11 @@ def check_train_config(cfg: Dict[str, Any]) -> TrainConfig:
     if tc["trainable"] and not all(isinstance(p, str) and p for p in tc["trainable"]):
         raise ConfigError(f"train_conf.trainable: {tc['trainable']!r}: expected a list of glob patterns of "
                           "backend parameter names (e.g. [backend.layer_pool.*])")
-    if tc["augment"] is not None:
+    typed = _build(TrainConfig, out)
+    if typed.train_conf.augment is not None:
         from upmp.data.augment import check_conf
-        check_conf(tc["augment"])
-    return dataclasses.replace(_build(TrainConfig, out),
+        check_conf(typed.train_conf.augment)
+    return dataclasses.replace(typed,
                                backend_conf=_build(backend_conf_class(out["backend"]), out["backend_conf"]),
                                loss_conf=_build(LOSS_CONFS[out["loss"]], out["loss_conf"]))
 
