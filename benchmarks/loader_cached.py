@@ -107,10 +107,11 @@ def cpu_step(batch: int, crop: int):
     """A callable running one UPMP backend forward+backward with the AAM head on (batch, D, L, crop)."""
     from upmp.backends import SpeakerEmbeddingModel
     from upmp.losses import build_loss
+    from upmp.train.schema import defaults
     torch.manual_seed(0)
     model = SpeakerEmbeddingModel("upmp", D, L, use_hidden0=False,
                                   backend_conf={"conv_dim": 128, "n_blocks": 1, "heads": 4, "embed_dim": 192})
-    head = build_loss("aamsoftmax", model.embed_dim, 1211, {"margin": 0.2, "scale": 30})
+    head = build_loss("aamsoftmax", model.embed_dim, 1211, defaults().loss_conf)  # margin 0.2, scale 30
     x = torch.randn(batch, D, L, crop)
     y = torch.randint(1211, (batch,))
 

@@ -63,9 +63,10 @@ def model_step_seconds(steps: int, batch: int, frames: int, profile: bool = Fals
     import torch
     from upmp.backends import SpeakerEmbeddingModel
     from upmp.losses import build_loss
+    from upmp.train.schema import defaults
     torch.manual_seed(0)
     model = SpeakerEmbeddingModel("upmp", 256, 4, use_hidden0=True, backend_conf={"conv_dim": 32})
-    head = build_loss("aamsoftmax", model.embed_dim, 38, {})
+    head = build_loss("aamsoftmax", model.embed_dim, 38, defaults().loss_conf)  # the schema's AAM-softmax: margin 0.2, scale 30
     opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=1e-3)
     x, mask = torch.randn(batch, 256, 4, frames), torch.ones(batch, frames, dtype=torch.bool)
     labels = torch.randint(0, 38, (batch,))

@@ -32,10 +32,11 @@ import torch
 torch.set_num_threads(int(sys.argv[1]))
 from upmp.backends import SpeakerEmbeddingModel
 from upmp.losses import build_loss
+from upmp.train.schema import defaults
 torch.manual_seed(0)
 batch, steps = int(sys.argv[2]), int(sys.argv[3])
 model = SpeakerEmbeddingModel("upmp", 256, 4, use_hidden0=True, backend_conf={"conv_dim": 32})
-head = build_loss("aamsoftmax", model.embed_dim, 38, {})
+head = build_loss("aamsoftmax", model.embed_dim, 38, defaults().loss_conf)  # the schema's AAM-softmax: margin 0.2, scale 30
 opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=1e-3)
 x = torch.randn(batch, 256, 4, 200)
 mask = torch.ones(batch, 200, dtype=torch.bool)

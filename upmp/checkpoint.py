@@ -85,12 +85,11 @@ def read_model(path, device="cpu") -> Dict[str, Any]:
     return _read(path, MODEL, device)
 
 
-def build_model(cfg: Dict[str, Any], meta: LayerStackMeta):
-    """The backend the resolved config describes, sized for the layer stacks."""
+def build_model(backend: str, use_hidden0: bool, backend_conf: Dict[str, Any], meta: LayerStackMeta):
+    """The backend a config names (its backend, use_hidden0 and backend_conf keys), sized for the layer stacks."""
     from upmp.backends import SpeakerEmbeddingModel
-    return SpeakerEmbeddingModel(cfg["backend"], meta.dim, meta.num_layers,
-                                 use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"],
-                                 has_hidden0=meta.layers is None or 0 in meta.layers)
+    return SpeakerEmbeddingModel(backend, meta.dim, meta.num_layers, use_hidden0=use_hidden0,
+                                 backend_conf=backend_conf, has_hidden0=meta.layers is None or 0 in meta.layers)
 
 
 def load_model(path: str, device: str = "cpu") -> Tuple[nn.Module, LayerStackMeta]:
@@ -101,7 +100,8 @@ def load_model(path: str, device: str = "cpu") -> Tuple[nn.Module, LayerStackMet
     state = read_model(path, device)
     try:
         meta = LayerStackMeta(**state["layer_stack"])
-        model = build_model(state["config"], meta)
+        cfg = state["config"]  # the file's plain dict (any upmp version's): only the keys that build the model
+        model = build_model(cfg["backend"], cfg["use_hidden0"], cfg["backend_conf"], meta)
         model.load_state_dict(state["model"])
     except (TypeError, KeyError, RuntimeError) as e:  # fields or weights that do not fit this upmp's model
         raise ModelFileError(f"{path}: its config / weights do not build a model here: "

@@ -1,14 +1,16 @@
-"""YAML configs with command-line overrides that refuse unknown keys.
+"""Reading YAML configs and command-line overrides; writing the resolved config.
 
-    cfg = load_config("conf/train_upmp.yaml", ["--train_conf.steps", "500", "--seed=3"])
+    cfg = load_config_file("conf/train_upmp.yaml")                   # a mapping (duplicate keys refused)
+    parse_overrides(["--train_conf.steps", "500", "--seed=3"])     # [("train_conf.steps", 500), ("seed", 3)]
 
-An override names an existing key (dotted for nested keys; `-` and `_` are
-the same) and its value is parsed as YAML (`3e-3`, `true`, `[1, 2]`). A key
-that is not in the YAML is an error, so a typo never trains the wrong model.
+An override is `--key value` or `--key=value`, dotted for nested keys (`-` and `_` are the same);
+its value is parsed as YAML (`3e-3`, `true`, `[1, 2]`). Which keys exist is the schema's to say,
+not the YAML's: upmp.train.schema.resolve_train_config puts the overrides over the YAML, so an
+override may set a key the YAML leaves out, and refuses any key its schema does not know (a typo
+never trains the wrong model).
 """
 from __future__ import annotations
 
-import copy
 import json
 import platform
 import re
@@ -83,22 +85,6 @@ def parse_overrides(argv: Sequence[str]) -> List[tuple]:
     return pairs
 
 
-def apply_overrides(cfg: Dict[str, Any], overrides: Sequence[tuple], source: str = "config") -> Dict[str, Any]:
-    cfg = copy.deepcopy(cfg)
-    for key, value in overrides:
-        node, parts = cfg, key.split(".")
-        for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
-                raise ConfigError(f"unknown config key {'.'.join(parts[:depth + 1])!r} (not in {source}); "
-                                  f"known keys here: {known}")
-            if depth == len(parts) - 1:
-                node[part] = value
-            else:
-                node = node[part]
-    return cfg
-
-
 def load_config_file(path: str) -> Dict[str, Any]:
     """The YAML mapping at path (ConfigError when missing, invalid or not a mapping)."""
     p = Path(path)
@@ -111,12 +97,6 @@ def load_config_file(path: str) -> Dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return cfg
-
-
-def load_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """The YAML at path with overrides of keys it holds (a config without a schema; the training
-    config has one: upmp.train.schema.resolve_train_config)."""
-    return apply_overrides(load_config_file(path), parse_overrides(overrides), source=path)
 
 
 def versions() -> Dict[str, str]:

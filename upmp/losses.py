@@ -10,8 +10,9 @@ The margin may follow a schedule over the training steps (loss_conf.margin_sched
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -102,26 +103,27 @@ _RAMPS = {
 }
 
 
-def scheduled_margin(loss_conf: Dict[str, Any], step: int) -> float:
-    """The AAM margin at training step `step` (0-based): loss_conf.margin_schedule's start_margin up
-    to start_step, its ramp of the given shape, then loss_conf.margin from end_step on. A function of
-    the step only, so a resumed run repeats the margins exactly."""
-    sched, final = loss_conf.get("margin_schedule") or {"shape": "none"}, loss_conf.get("margin", 0.2)
-    if sched["shape"] == "none" or step >= sched["end_step"]:
+def scheduled_margin(schedule, final: float, step: int) -> float:
+    """The AAM margin at training step `step` (0-based): loss_conf.margin_schedule's (`schedule`:
+    shape, start_step, end_step, start_margin) start_margin up to start_step, its ramp of the given
+    shape, then loss_conf.margin (`final`) from end_step on. A function of the step only, so a resumed
+    run repeats the margins exactly."""
+    if schedule.shape == "none" or step >= schedule.end_step:
         return final
-    if step <= sched["start_step"]:
-        return sched["start_margin"]
-    p = (step - sched["start_step"]) / (sched["end_step"] - sched["start_step"])
-    return sched["start_margin"] + (final - sched["start_margin"]) * _RAMPS[sched["shape"]](p)
+    if step <= schedule.start_step:
+        return schedule.start_margin
+    p = (step - schedule.start_step) / (schedule.end_step - schedule.start_step)
+    return schedule.start_margin + (final - schedule.start_margin) * _RAMPS[schedule.shape](p)
 
 
-def build_loss(name: str, embed_dim: int, num_classes: int, conf: dict) -> nn.Module:
-    """The loss head; conf's margin_schedule is the trainer's (the head starts at its step-0 margin)."""
+def build_loss(name: str, embed_dim: int, num_classes: int, conf) -> nn.Module:
+    """The loss head of loss_conf `conf` (the typed config's, upmp.train.schema.LOSS_CONFS[name]): its
+    fields are the head's keyword arguments, but margin_schedule, which is the trainer's (the head
+    starts at its step-0 margin)."""
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
-    conf = dict(conf)
-    schedule = conf.pop("margin_schedule", None)
-    head = LOSSES[name](embed_dim, num_classes, **conf)
-    if schedule is not None and schedule.get("shape", "none") != "none":
-        head.set_margin(scheduled_margin(dict(conf, margin_schedule=schedule), 0))
+    kwargs = {f.name: getattr(conf, f.name) for f in dataclasses.fields(conf) if f.name != "margin_schedule"}
+    head = LOSSES[name](embed_dim, num_classes, **kwargs)
+    if conf.margin_schedule.shape != "none":
+        head.set_margin(scheduled_margin(conf.margin_schedule, conf.margin, 0))
     return head

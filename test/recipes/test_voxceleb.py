@@ -1,4 +1,5 @@
 """The VoxCeleb recipes' real run.sh, stage 0, on tiny trees in the official layouts; their configs."""
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -6,10 +7,17 @@ import soundfile
 
 from helpers import ROOT, dev_speakers, make_recipe, one_line_error, vox1_extended_lists, vox1_split_layout
 from helpers import run
-from upmp.data.augment import KEYS, Augmenter
+from upmp.data.augment import Augmenter
 from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials, read_voxceleb_trials
-from upmp.train.schema import resolve_train_config as load_config  # the resolved config: every key
+from upmp.train.schema import AugmentConf, resolve_train_config
+
+KEYS = [f.name for f in fields(AugmentConf)]
+
+
+def load_config(path, overrides=()):
+    """The resolved config's plain form (config.yaml's): every key."""
+    return resolve_train_config(path, overrides).to_dict()
 
 BACKENDS = ("upmp", "ltdnn_d3net", "ltdnn_ecapa", "lap", "mhfa", "superb_ecapa", "xvector")
 
@@ -37,12 +45,12 @@ def test_online_augmentation_config(tmp_path):
     assert keys(cfg) - keys(base) == {f"train_conf.augment.{k}" for k in KEYS} | {
         f"train_conf.augment.{s}.{k}" for s, ks in (("kinds", ("noise", "music", "babble", "reverb")),
                                                     ("snr", ("noise", "music", "babble"))) for k in ks}
-    assert Augmenter(cfg["train_conf"]["augment"]).kinds == []  # roots empty by default: nothing applied
+    assert Augmenter(AugmentConf(**cfg["train_conf"]["augment"])).kinds == []  # roots empty by default: nothing applied
     (tmp_path / "rirs" / "simulated_rirs" / "smallroom" / "Room001").mkdir(parents=True)
     soundfile.write(tmp_path / "rirs" / "simulated_rirs" / "smallroom" / "Room001" / "Room001-00001.wav",
                     np.eye(1, 100, 3)[0].astype(np.float32), 16000)
-    cfg = load_config(str(path), ["--train_conf.augment.rirs_root", str(tmp_path / "rirs")])
-    assert Augmenter(cfg["train_conf"]["augment"]).kinds == ["reverb"]
+    cfg = resolve_train_config(str(path), ["--train_conf.augment.rirs_root", str(tmp_path / "rirs")])
+    assert Augmenter(cfg.train_conf.augment).kinds == ["reverb"]
 
 
 def test_voxceleb1_stage0(tmp_path, small_corpus):

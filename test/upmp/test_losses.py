@@ -6,12 +6,16 @@ import pytest
 import torch
 
 from upmp.losses import build_loss, scheduled_margin
+from upmp.train.schema import MarginScheduleConf, check_train_config
 
 
-def conf(shape, start_step=10, end_step=18, start_margin=0.0, margin=0.2):
-    return {"margin": margin, "scale": 30.0, "heads": 1,
-            "margin_schedule": {"shape": shape, "start_step": start_step, "end_step": end_step,
-                                "start_margin": start_margin}}
+def conf(shape, start_step=10, end_step=18, start_margin=0.0):
+    return MarginScheduleConf(shape, start_step, end_step, start_margin)
+
+
+def loss_conf(loss, **keys):
+    """The typed loss_conf of these keys, the others at their defaults (upmp.train.schema)."""
+    return check_train_config({"loss": loss, "loss_conf": keys, "train_conf": {"steps": 100}}).loss_conf
 
 
 @pytest.mark.parametrize("shape, expected", [
@@ -24,28 +28,28 @@ def conf(shape, start_step=10, end_step=18, start_margin=0.0, margin=0.2):
     ("none", [0.2] * 7),
 ])
 def test_schedule_values(shape, expected):
-    got = [scheduled_margin(conf(shape), s) for s in (0, 10, 12, 14, 17, 18, 500)]
+    got = [scheduled_margin(conf(shape), 0.2, s) for s in (0, 10, 12, 14, 17, 18, 500)]
     assert got == pytest.approx(expected, abs=1e-8)
 
 
 def test_schedule_from_a_nonzero_start_margin_and_without_a_schedule():
-    assert scheduled_margin(conf("linear", 0, 4, start_margin=0.1, margin=0.3), 1) == pytest.approx(0.15)
-    assert scheduled_margin({"margin": 0.35}, 0) == 0.35  # a config written before schedules existed
+    assert scheduled_margin(conf("linear", 0, 4, start_margin=0.1), 0.3, 1) == pytest.approx(0.15)
+    assert scheduled_margin(MarginScheduleConf(), 0.35, 0) == 0.35  # the default: no schedule
 
 
 @pytest.mark.parametrize("loss", ["aamsoftmax", "aamsoftmax_subcenter_topk"])
 def test_set_margin_equals_a_head_built_with_that_margin(loss):
     torch.manual_seed(0)
     x, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
-    a = build_loss(loss, 8, 7, {"margin": 0.2, "heads": 2})
-    b = build_loss(loss, 8, 7, {"margin": 0.05, "heads": 2})
+    a = build_loss(loss, 8, 7, loss_conf(loss, margin=0.2, heads=2))
+    b = build_loss(loss, 8, 7, loss_conf(loss, margin=0.05, heads=2))
     b.load_state_dict(a.state_dict())
     before = a(x, labels)[0]
     a.set_margin(0.05)
     torch.testing.assert_close(a(x, labels)[0], b(x, labels)[0], rtol=0, atol=0)
     assert not math.isclose(before.item(), b(x, labels)[0].item())
     # a scheduled head starts at its step-0 margin
-    c = build_loss(loss, 8, 7, {"margin": 0.2, "heads": 2, "margin_schedule": conf("linear", 0, 10)["margin_schedule"]})
+    c = build_loss(loss, 8, 7, loss_conf(loss, margin=0.2, heads=2, margin_schedule={"shape": "linear", "end_step": 10}))
     assert all(h.m == 0.0 for h in c.heads)
 
 
@@ -54,8 +58,10 @@ def test_subcenter_topk_margin_penalises_the_hard_negatives():
     s cos(theta - mp) (mp = topk_margin x margin / 0.2), computed here by hand from the weights."""
     torch.manual_seed(0)
     x, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
-    on = build_loss("aamsoftmax_subcenter_topk", 8, 7, {"margin": 0.2, "subcenters": 2, "topk": 2, "topk_margin": 0.06})
-    off = build_loss("aamsoftmax_subcenter_topk", 8, 7, {"margin": 0.2, "subcenters": 2, "topk": 2, "topk_margin": 0.0})
+    on = build_loss("aamsoftmax_subcenter_topk", 8, 7, loss_conf("aamsoftmax_subcenter_topk", margin=0.2, subcenters=2,
+                                                                 topk=2, topk_margin=0.06))
+    off = build_loss("aamsoftmax_subcenter_topk", 8, 7, loss_conf("aamsoftmax_subcenter_topk", margin=0.2, subcenters=2,
+                                                                  topk=2, topk_margin=0.0))
     off.load_state_dict(on.state_dict())
     head = on.heads[0]
     assert head.cos_mp == pytest.approx(math.cos(0.06)) and off.heads[0].cos_mp == 1.0

@@ -3,7 +3,8 @@
 One registry maps the config name to the class (each a `upmp.backends.base.Backend`: embed_dim,
 padding_invariant, forward, layer_usage); `upmp.checkpoint.build_model` chains sizes
 (upstream D and L -> backend -> embedding -> loss head). A new backend: one file with a Backend
-subclass, an entry here, and its config keys in upmp/train/schema.py (BACKEND_CONFS).
+subclass and an entry here; its constructor's keyword arguments are its backend_conf keys and
+defaults (upmp/train/schema.py adds their types and ranges: BACKEND_CONFS).
 """
 from __future__ import annotations
 

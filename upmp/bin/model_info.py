@@ -10,6 +10,7 @@ the loss head with --num_speakers, and the input/output shapes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -37,9 +38,10 @@ def main(argv=None) -> None:
     from upmp.train.schema import resolve_train_config
     from upmp.data.layer_stacks import LayerStackMeta
     cfg = resolve_train_config(args.config, overrides)
-    model = build_model(cfg, LayerStackMeta(args.num_layers + 1, args.input_dim, 0.02, "model_info")).eval()
+    model = build_model(cfg.backend, cfg.use_hidden0, dataclasses.asdict(cfg.backend_conf),
+                        LayerStackMeta(args.num_layers + 1, args.input_dim, 0.02, "model_info")).eval()
     used = args.num_layers + 1 if model.use_hidden0 else args.num_layers
-    print(f"backend: {cfg['backend']} (use_hidden0: {model.use_hidden0}, {used} hidden states used)")
+    print(f"backend: {cfg.backend} (use_hidden0: {model.use_hidden0}, {used} hidden states used)")
     for name, module in model.backend.named_children():
         print(f"  {name}: {count(module)}")
     own = count(model.backend) - sum(count(m) for m in model.backend.children())
@@ -48,8 +50,8 @@ def main(argv=None) -> None:
     print(f"backend_params: {count(model)}")
     if args.num_speakers:
         from upmp.losses import build_loss
-        head = build_loss(cfg["loss"], model.embed_dim, args.num_speakers, cfg["loss_conf"])
-        print(f"loss_head_params: {count(head)} ({cfg['loss']}, {args.num_speakers} speakers)")
+        head = build_loss(cfg.loss, model.embed_dim, args.num_speakers, cfg.loss_conf)
+        print(f"loss_head_params: {count(head)} ({cfg.loss}, {args.num_speakers} speakers)")
     x = torch.randn(2, args.input_dim, args.num_layers + 1, args.frames)
     with torch.no_grad():
         y = model(x, torch.ones(2, args.frames, dtype=torch.bool))

@@ -8,14 +8,10 @@ Layouts read (files indexed once at start, sorted, so a seed picks the same file
                                        set has them, only the files they name are RIRs (real_rirs_isotropic_noises
                                        also holds noise recordings); otherwise every wav below the set
 
-Config (YAML `train_conf.augment`; every key required, unknown keys refused):
-    musan_root: ""        # empty: noise, music and babble disabled
-    rirs_root: ""         # empty: reverb disabled
-    prob: 0.6             # probability that an utterance is augmented at all
-    kinds: {noise: 1, music: 1, babble: 1, reverb: 1}     # relative weights of the one kind applied
-    snr: {noise: [0, 15], music: [5, 15], babble: [13, 20]}  # dB, drawn uniformly
-    babble_speakers: [3, 7]                               # speech files summed for babble (inclusive)
-    rir_sets: [simulated_rirs]
+Config: `train_conf.augment`, whose keys, defaults and types are upmp.train.schema.AugmentConf's
+(musan_root, rirs_root: empty disables; prob; kinds: relative weights of the one kind applied; snr:
+dB ranges drawn uniformly; babble_speakers: speech files summed for babble; rir_sets); `check_conf`
+checks the values the schema's types do not say (the kinds named, the ranges, a set given).
 
 Additive kinds scale the noise by power so that 10 log10(P_speech / P_noise) is the drawn SNR
 (powers over the whole utterance); segments start at a random offset and wrap around when the
@@ -40,7 +36,6 @@ from upmp.data.audio import SAMPLE_RATE
 logger = logging.getLogger(__name__)
 
 KINDS = ("noise", "music", "babble", "reverb")
-KEYS = ("musan_root", "rirs_root", "prob", "kinds", "snr", "babble_speakers", "rir_sets")
 MUSAN_DIRS = {"noise": "noise", "music": "music", "babble": "speech"}
 
 
@@ -106,45 +101,41 @@ def reverberate(speech: np.ndarray, rir: np.ndarray) -> np.ndarray:
     return (wet * np.sqrt(p_in / p_out) if p_out > 0 else wet).astype(np.float32)
 
 
-def check_conf(conf: dict) -> Dict[str, float]:
-    """Refuse unknown / missing keys and bad values; returns the kind weights."""
-    unknown, missing = sorted(set(conf) - set(KEYS)), [k for k in KEYS if k not in conf]
-    if unknown:
-        raise ConfigError(f"augment: unknown key(s) {', '.join(unknown)} (keys: {', '.join(KEYS)})")
-    if missing:
-        raise ConfigError(f"augment: missing key(s) {', '.join(missing)}")
-    kinds = conf["kinds"]
+def check_conf(conf) -> Dict[str, float]:
+    """Refuse bad values of an augment conf (upmp.train.schema.AugmentConf); returns the kind weights."""
+    kinds = conf.kinds
     if (not isinstance(kinds, dict) or set(kinds) - set(KINDS)
             or not all(isinstance(w, (int, float)) and w >= 0 for w in kinds.values())):
         raise ConfigError(f"augment.kinds: expected weights >= 0 for {', '.join(KINDS)}, got {kinds!r}")
-    if not isinstance(conf["prob"], (int, float)) or not 0.0 <= conf["prob"] <= 1.0:
-        raise ConfigError(f"augment.prob: expected a probability in [0, 1], got {conf['prob']!r}")
-    if not isinstance(conf["snr"], dict):
-        raise ConfigError(f"augment.snr: expected {{noise: [lo, hi], music: ..., babble: ...}}, got {conf['snr']!r}")
-    if not isinstance(conf["rir_sets"], list) or not conf["rir_sets"]:
-        raise ConfigError(f"augment.rir_sets: expected a list such as [simulated_rirs], got {conf['rir_sets']!r}")
+    if not isinstance(conf.prob, (int, float)) or not 0.0 <= conf.prob <= 1.0:
+        raise ConfigError(f"augment.prob: expected a probability in [0, 1], got {conf.prob!r}")
+    if not isinstance(conf.snr, dict):
+        raise ConfigError(f"augment.snr: expected {{noise: [lo, hi], music: ..., babble: ...}}, got {conf.snr!r}")
+    if not isinstance(conf.rir_sets, list) or not conf.rir_sets:
+        raise ConfigError(f"augment.rir_sets: expected a list such as [simulated_rirs], got {conf.rir_sets!r}")
     return {k: float(kinds.get(k, 0)) for k in KINDS}
 
 
 class Augmenter:
-    """wav (N,) float32 at 16 kHz -> augmented wav (N,) float32; deterministic given the rng."""
+    """wav (N,) float32 at 16 kHz -> augmented wav (N,) float32; deterministic given the rng.
+    conf: train_conf.augment (upmp.train.schema.AugmentConf)."""
 
-    def __init__(self, conf: dict):
+    def __init__(self, conf):
         weights = check_conf(conf)
-        self.prob = float(conf["prob"])
-        self.snr = {k: _range(conf["snr"].get(k), f"snr.{k}") for k in MUSAN_DIRS}
-        self.babble_speakers = _range(conf["babble_speakers"], "babble_speakers", integer=True)
+        self.prob = float(conf.prob)
+        self.snr = {k: _range(conf.snr.get(k), f"snr.{k}") for k in MUSAN_DIRS}
+        self.babble_speakers = _range(conf.babble_speakers, "babble_speakers", integer=True)
         self.files: Dict[str, List[Path]] = {}
-        musan, rirs = str(conf["musan_root"] or ""), str(conf["rirs_root"] or "")
+        musan, rirs = str(conf.musan_root or ""), str(conf.rirs_root or "")
         for kind, sub in MUSAN_DIRS.items():
             if musan and weights[kind] > 0:
                 self.files[kind] = sorted((Path(musan) / sub).glob("*/*.wav"))
                 if not self.files[kind]:
                     raise ConfigError(f"{Path(musan) / sub}: no <subdir>/*.wav files (MUSAN {sub}, for {kind})")
         if rirs and weights["reverb"] > 0:
-            self.files["reverb"] = index_rirs(Path(rirs), conf["rir_sets"])
+            self.files["reverb"] = index_rirs(Path(rirs), conf.rir_sets)
             if not self.files["reverb"]:
-                raise ConfigError(f"{rirs}: no RIR wav files under {', '.join(conf['rir_sets'])}")
+                raise ConfigError(f"{rirs}: no RIR wav files under {', '.join(conf.rir_sets)}")
         self.kinds = [k for k in KINDS if k in self.files]
         total = sum(weights[k] for k in self.kinds)
         self.weights = np.array([weights[k] / total for k in self.kinds])

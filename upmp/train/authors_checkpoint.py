@@ -21,6 +21,7 @@ hf:<dir> gives its architecture (transformers' key names).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -295,19 +296,19 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
 
     cfg = check_train_config({"backend": kind.backend, "use_hidden0": kind.use_hidden0, "backend_conf": backend_conf,
                               "loss": kind.loss, "loss_conf": loss_conf})
-    model = build_model(cfg, meta)
+    model = build_model(cfg.backend, cfg.use_hidden0, dataclasses.asdict(cfg.backend_conf), meta)
     try:
         model.backend.load_state_dict(kind.state(model.backend, network, kind.prefix))
     except ModelFileError as e:
         raise ModelFileError(f"{path}: {e}") from None
-    head = build_loss(kind.loss, model.embed_dim, num_classes, loss_conf)
+    head = build_loss(kind.loss, model.embed_dim, num_classes, cfg.loss_conf)
     head.load_state_dict(head_state)
     finetuned = upstream_state_from(state, kind, up, upstream, path)
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     imported = {"from": str(path), "sha256": file_sha256(path), "kind": kind_name, **info}
     inputs = {"upstream": upstream, **({"upstream_ckpt": upstream_ckpt} if upstream_ckpt else {})}
-    content = {"config": cfg, "layer_stack": vars(meta), "model": weights(model),
+    content = {"config": cfg.to_dict(), "layer_stack": vars(meta), "model": weights(model),
                "head": weights(head), "speakers": None, "num_params": n_params, "train_seconds": None,
                "step": info.get("epoch_no"), "world_size": 1, "inputs": inputs, "imported": imported}
     if finetuned is not None:
@@ -316,7 +317,7 @@ def import_checkpoint(src: str, kind_name: str, upstream: str, upstream_ckpt: Op
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
     try:
         save_model(tmp / "model.pt", content)
-        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         summary = {"num_params": n_params, "train_seconds": None, "step": info.get("epoch_no"), "world_size": 1,
                    "inputs": inputs, "valid_eer": None, "num_speakers": num_classes}
         atomic_write_text(tmp / "train_summary.json", json.dumps(summary, indent=2) + "\n")

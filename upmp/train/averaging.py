@@ -17,6 +17,7 @@ metadata, `averaged` naming the steps and files; `valid_eer` its own validation 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -24,47 +25,48 @@ import torch
 
 import upmp.checkpoint as checkpoint
 from upmp.errors import ConfigError, ModelFileError
+from upmp.train.schema import AverageConf, TrainConf, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
-def snapshot_steps(tc: Dict[str, Any], validating: bool) -> List[int]:
+def snapshot_steps(tc: TrainConf, validating: bool) -> List[int]:
     """The steps at which a run writes checkpoints/step_<N>.pt (when it keeps any)."""
-    steps = tc["steps"]
-    due = set(range(tc["ckpt_every"], steps + 1, tc["ckpt_every"])) | {steps}
-    if validating and tc["valid_every"] > 0:
-        due |= set(range(tc["valid_every"], steps + 1, tc["valid_every"]))
+    steps = tc.steps
+    due = set(range(tc.ckpt_every, steps + 1, tc.ckpt_every)) | {steps}
+    if validating and tc.valid_every > 0:
+        due |= set(range(tc.valid_every, steps + 1, tc.valid_every))
     return sorted(due)
 
 
-def check_average(tc: Dict[str, Any], validating: bool) -> None:
+def check_average(tc: TrainConf, validating: bool) -> None:
     """One line when train_conf.average asks for more checkpoints than the run will keep."""
-    avg = tc["average"]
+    avg = tc.average
     if avg is None:
         return
-    if avg["best"] and not validating:
-        raise ConfigError(f"train_conf.average best: {avg['best']} needs a validation EER per checkpoint: give "
+    if avg.best and not validating:
+        raise ConfigError(f"train_conf.average best: {avg.best} needs a validation EER per checkpoint: give "
                           "--valid_trials (and --valid_scp / --valid_data_dir) with train_conf.valid_every > 0, "
                           "or use average last: N")
-    n, kind = (avg["last"], "last") if avg["last"] else (avg["best"], "best")
+    n, kind = (avg.last, "last") if avg.last else (avg.best, "best")
     if kind == "last":
         have, what = len(snapshot_steps(tc, validating)), "checkpoint / validation steps"
     else:
-        have, what = len(snapshot_steps(dict(tc, ckpt_every=tc["steps"] + 1), True)), "validation steps"
+        have, what = len(snapshot_steps(replace(tc, ckpt_every=tc.steps + 1), True)), "validation steps"
     if n > have:
         raise ConfigError(f"train_conf.average {kind}: {n} is more than the {have} {what} this run has "
-                          f"(train_conf.steps {tc['steps']}, ckpt_every {tc['ckpt_every']}, valid_every "
-                          f"{tc['valid_every']}); lower N or checkpoint more often")
+                          f"(train_conf.steps {tc.steps}, ckpt_every {tc.ckpt_every}, valid_every "
+                          f"{tc.valid_every}); lower N or checkpoint more often")
 
 
 class Snapshots:
     """The kept checkpoints of a run (checkpoints/step_<N>.pt): written, indexed, pruned (rank 0)."""
 
-    def __init__(self, exp: Path, cfg: Dict[str, Any], validating: bool):
-        tc = cfg["train_conf"]
+    def __init__(self, exp: Path, cfg: TrainConfig, validating: bool):
+        tc = cfg.train_conf
         check_average(tc, validating)
-        avg = tc["average"] or {"last": 0, "best": 0}
-        self.keep = max(tc["keep_checkpoints"], avg["last"], avg["best"])
+        avg = tc.average or AverageConf()
+        self.keep = max(tc.keep_checkpoints, avg.last, avg.best)
         self.exp, self.due_steps = exp, set(snapshot_steps(tc, validating)) if self.keep else set()
         self.index: Optional[Dict[int, Optional[float]]] = None  # step -> validation EER (None: not validated)
 
@@ -89,8 +91,9 @@ class Snapshots:
             checkpoint.snapshot_path(self.exp, s).unlink(missing_ok=True)
             del index[s]
 
-    def select(self, last: int = 0, best: int = 0) -> List[Path]:
-        return select_checkpoints(self.exp, last=last, best=best, index=self._load_index())
+    def select(self, average: AverageConf) -> List[Path]:
+        """The kept checkpoints train_conf.average names."""
+        return select_checkpoints(self.exp, last=average.last, best=average.best, index=self._load_index())
 
 
 def select_checkpoints(exp: Path, last: int = 0, best: int = 0,

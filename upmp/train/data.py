@@ -23,10 +23,9 @@ from upmp.data.kaldi_dir import DataDirError, c_sort_key, read_table
 from upmp.data.layer_stacks import INT8_HEAD
 from upmp.data.layout import btld_to_bdlt, split_layers
 from upmp.errors import ConfigError
+from upmp.train.schema import SAMPLING, check_world_size
 
 logger = logging.getLogger(__name__)
-
-SAMPLING = ("uniform", "speaker_balanced")
 
 
 def spanout_frames(seed: int, step: int, item: int, n_frames: int, prob: float, span: int,
@@ -51,8 +50,7 @@ def crop_start(rng: np.random.Generator, length: int, crop: int) -> int:
 
 def shard(batch_size: int, rank: int, world: int) -> range:
     """The global batch rows one DDP rank trains on."""
-    if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {world} processes")
+    check_world_size(batch_size, world)
     per = batch_size // world
     return range(rank * per, (rank + 1) * per)
 

@@ -4,6 +4,7 @@ the resolved config into the batch source (crops) and the training set's layer-s
 (upmp.upstream.source: its meta, and online its upstream; validation takes the same kind)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Dict, Optional
 from upmp.data.audio import SAMPLE_RATE
 from upmp.errors import ConfigError, DataDirError
 from upmp.train.data import LayerStackCrops, WaveformCrops
+from upmp.train.schema import TrainConfig, UpstreamAdapterConf
 from upmp.data.layer_stacks import LayerStackMeta, layers_text, parse_layers
 from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
 
@@ -81,54 +83,54 @@ class TrainingData:
         return getattr(self.source, "upstream", None)
 
 
-def build_training_data(cfg: Dict[str, Any], inputs: Inputs, device) -> TrainingData:
-    tc = cfg["train_conf"]
-    if tc["upstream_adapter"] is not None and tc["finetune_upstream"]:
+def build_training_data(cfg: TrainConfig, inputs: Inputs, device) -> TrainingData:
+    tc = cfg.train_conf
+    if tc.upstream_adapter is not None and tc.finetune_upstream:
         raise ConfigError("train_conf.upstream_adapter and train_conf.finetune_upstream: choose one (the adapter "
                           "trains beside the frozen upstream; finetune_upstream trains all of its weights)")
     if inputs.online:
         augment = None
-        if tc["augment"]:  # before the upstream: a bad root fails fast
+        if tc.augment:  # before the upstream: a bad root fails fast
             from upmp.data.augment import Augmenter
-            augment = Augmenter(tc["augment"])
+            augment = Augmenter(tc.augment)
         from upmp.upstream import build_upstream
         upstream = build_upstream(inputs.upstream, inputs.upstream_ckpt).to(device)
-        upstream.set_trainable(bool(tc["finetune_upstream"]))
-        upstream.keep_layers(parse_layers(cfg["layers"], upstream.num_layers, option="layers"))
-        if tc["upstream_adapter"] is not None:
-            add_upstream_adapter(upstream, tc, inputs.upstream)
+        upstream.set_trainable(bool(tc.finetune_upstream))
+        upstream.keep_layers(parse_layers(cfg.layers, upstream.num_layers, option="layers"))
+        if tc.upstream_adapter is not None:
+            add_upstream_adapter(upstream, tc.upstream_adapter, inputs.upstream)
         source = UpstreamStacks(upstream, inputs.train_data_dir, inputs.upstream, device)
-        data = WaveformCrops(inputs.train_data_dir, int(round(tc["crop_seconds"] * SAMPLE_RATE)), tc["batch_size"],
-                             cfg["seed"], sampling=tc["sampling"], preload=tc["preload"], augment=augment)
-        description = f"{tc['crop_seconds']} s waveform crops, upstream {inputs.upstream}" + \
-            (" with a LoRA adapter" if tc["upstream_adapter"] else " fine-tuned" if upstream.trainable else " frozen") + \
+        data = WaveformCrops(inputs.train_data_dir, int(round(tc.crop_seconds * SAMPLE_RATE)), tc.batch_size,
+                             cfg.seed, sampling=tc.sampling, preload=tc.preload, augment=augment)
+        description = f"{tc.crop_seconds} s waveform crops, upstream {inputs.upstream}" + \
+            (" with a LoRA adapter" if tc.upstream_adapter else " fine-tuned" if upstream.trainable else " frozen") + \
             (", augmented" if augment else "")
         return TrainingData(data, source, description)
-    if tc["upstream_adapter"] is not None:
+    if tc.upstream_adapter is not None:
         raise ConfigError("train_conf.upstream_adapter needs online training (--train_data_dir; sv.sh --train_mode "
                           "online): with cached layer stacks there is no upstream in the training loop to adapt")
-    if tc["finetune_upstream"] or tc["augment"]:
+    if tc.finetune_upstream or tc.augment:
         raise ConfigError("train_conf.finetune_upstream and train_conf.augment need online training "
                           "(--train_data_dir): cached layer stacks are fixed")
     source = CachedStacks(inputs.train_scp)
     meta = source.meta
-    wanted = parse_layers(cfg["layers"], option="layers")
+    wanted = parse_layers(cfg.layers, option="layers")
     if wanted is not None and wanted != meta.layers:  # "all": the stacks' own subset
         raise ConfigError(f"layers: {layers_text(wanted)}, but {inputs.train_scp} holds hidden states "
                           f"{layers_text(meta.layers)} (stage 1 --layers); extract those, or leave layers: all")
-    crop_frames = int(round(tc["crop_seconds"] / meta.frame_shift))
-    data = LayerStackCrops(inputs.train_scp, inputs.utt2spk, meta.num_layers, crop_frames, tc["batch_size"],
-                           cfg["seed"], preload=tc["preload"], sampling=tc["sampling"],
-                           spanout_prob=tc["spanout_prob"], spanout_span=tc["spanout_span"],
-                           spanout_rate=tc["spanout_rate"])
+    crop_frames = int(round(tc.crop_seconds / meta.frame_shift))
+    data = LayerStackCrops(inputs.train_scp, inputs.utt2spk, meta.num_layers, crop_frames, tc.batch_size,
+                           cfg.seed, preload=tc.preload, sampling=tc.sampling,
+                           spanout_prob=tc.spanout_prob, spanout_span=tc.spanout_span,
+                           spanout_rate=tc.spanout_rate)
     return TrainingData(data, source, f"cached crops of {crop_frames} frames")
 
 
-def add_upstream_adapter(upstream, tc: Dict[str, Any], name: str) -> None:
+def add_upstream_adapter(upstream, adapter: UpstreamAdapterConf, name: str) -> None:
     """train_conf.upstream_adapter: LoRA on the frozen upstream (upmp.upstream.adapter); only the
     adapter and the backend train. Its parameter count goes to the log."""
     from upmp.upstream.adapter import adapters, add_adapter, describe
-    conf = tc["upstream_adapter"]
+    conf = dataclasses.asdict(adapter)  # the plain form model.pt keeps (upmp.upstream.adapter)
     n_params = add_adapter(upstream, conf, f"upstream {name}")
     n_frozen = sum(p.numel() for p in upstream.parameters() if not p.requires_grad)
     logger.info(describe(conf, len(adapters(upstream)), n_params, n_frozen))

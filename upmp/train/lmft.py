@@ -13,35 +13,31 @@ train_conf.init (the phase starts from the base model).
 """
 from __future__ import annotations
 
-import copy
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from torch import nn
 
 import upmp.checkpoint as checkpoint
-from upmp.errors import ModelFileError
+from upmp.errors import ConfigError, ModelFileError
+from upmp.train.schema import MarginScheduleConf, TrainConfig, check_train_config
 
 logger = logging.getLogger(__name__)
 
-# lmft_conf key -> (section, key) of the training config it replaces
-PLACES = {"steps": ("train_conf", "steps"), "crop_seconds": ("train_conf", "crop_seconds"),
-          "valid_every": ("train_conf", "valid_every"), "lr": ("optim_conf", "lr"), "margin": ("loss_conf", "margin")}
 
-
-def lmft_config(cfg: Dict[str, Any], source: str = "config") -> Dict[str, Any]:
-    """The resolved config of the LMFT phase: cfg with its lmft_conf values in place, checked again."""
-    from upmp.errors import ConfigError
-    from upmp.train.schema import check_train_config
-    out = copy.deepcopy(cfg)
-    for key, (section, name) in PLACES.items():
-        out[section][name] = cfg["lmft_conf"][key]
-    if "margin_schedule" in out["loss_conf"]:
-        out["loss_conf"]["margin_schedule"] = {"shape": "none"}  # the phase's margin is fixed (module doc)
-    out["train_conf"]["init"] = ""
+def lmft_config(cfg: TrainConfig, source: str = "config") -> TrainConfig:
+    """The config of the LMFT phase: cfg with its lmft_conf values in place of train_conf.steps /
+    crop_seconds / valid_every, optim_conf.lr and loss_conf.margin, checked again."""
+    lm = cfg.lmft_conf
+    phase = replace(cfg, train_conf=replace(cfg.train_conf, steps=lm.steps, crop_seconds=lm.crop_seconds,
+                                            valid_every=lm.valid_every, init=""),
+                    optim_conf=replace(cfg.optim_conf, lr=lm.lr),
+                    # the phase's margin is fixed (module doc)
+                    loss_conf=replace(cfg.loss_conf, margin=lm.margin, margin_schedule=MarginScheduleConf()))
     try:
-        return check_train_config(out)
+        return check_train_config(phase.to_dict())
     except ConfigError as e:
         raise ConfigError(f"{source} (lmft_conf): {e}") from None
 

@@ -7,10 +7,14 @@ recipe"), so a recipe YAML holds only what differs. Resolving merges the YAML an
 command-line overrides (`--key value`, dotted for nested keys, parsed as YAML) onto the
 defaults, refuses a key the schema does not know (a typo never trains the wrong model), and
 checks every value: a wrong one is a one-line ConfigError naming the key, the value and what is
-allowed. The result is a plain dict holding every value (written to the experiment's config.yaml).
+allowed. The result is a frozen TrainConfig (one dataclass per section; `cfg.train_conf.steps`), what
+the code reads; `cfg.to_dict()` is its plain form, written to the experiment's config.yaml and kept in
+model.pt (files are read back as plain dicts: check_train_config turns one into a TrainConfig again).
 
-backend_conf and loss_conf take the keys of the chosen backend / loss (BACKEND_CONFS, LOSS_CONFS;
-a backend without an entry there gets the keys, defaults and types of its constructor).
+backend_conf and loss_conf take the keys of the chosen backend / loss (BACKEND_CONFS, LOSS_CONFS).
+A backend's keys and defaults are its constructor's keyword arguments (upmp.backends.BACKENDS): its
+class here adds only types, ranges and choices, and refuses to exist when the two disagree; a backend
+without an entry here gets the keys, defaults and types of its constructor.
 """
 from __future__ import annotations
 
@@ -18,89 +22,123 @@ import dataclasses
 import inspect
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, Optional, Sequence, get_type_hints
 
 from upmp.config import load_config_file, parse_overrides
 from upmp.errors import ConfigError
 
 
-def spec(default, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, pattern=None):
-    """A field with its allowed range (numbers), choices or pattern (strings)."""
+def spec(default=MISSING, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, pattern=None):
+    """A field with its allowed range (numbers), choices or pattern (strings); no default: a backend's
+    (backend_conf) takes its constructor's."""
     meta = dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, choices=choices, pattern=pattern)
+    if default is MISSING:
+        return field(metadata=meta)
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+# the training batches' sampling (upmp.train.data.SpeakerSampler)
+SAMPLING = ("uniform", "speaker_balanced")
+
+
 # backend_conf, one per backend (upmp.backends.BACKENDS)
 
-@dataclass
+def constructor_defaults(cls) -> Dict[str, Any]:
+    """A backend's conf keys and their defaults: its constructor's keyword arguments (input_dim and
+    num_layers come from the layer stacks, not the config)."""
+    return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name not in ("self", "input_dim", "num_layers") and p.default is not inspect.Parameter.empty}
+
+
+def backend_conf(name: str, backend_cls: Optional[type] = None):
+    """Class decorator: the frozen conf dataclass of backend `name`, its fields' defaults taken from
+    the backend constructor (ESPnet's get_default_kwargs idea), so the two cannot drift: a key one of
+    them has and the other lacks is a TypeError when the schema is imported."""
+    def wrap(cls):
+        if backend_cls is None:
+            from upmp.backends import BACKENDS
+            target = BACKENDS[name]
+        else:
+            target = backend_cls
+        defaults, keys = constructor_defaults(target), list(cls.__annotations__)
+        if sorted(defaults) != sorted(keys):
+            raise TypeError(f"backend {name!r}: {target.__name__}'s keyword arguments {sorted(defaults)} and "
+                            f"schema {cls.__name__}'s keys {sorted(keys)} differ; give them the same names")
+        for key in keys:
+            setattr(cls, key, field(default=defaults[key], metadata=getattr(cls, key).metadata))
+        return dataclass(frozen=True)(cls)
+    return wrap
+
+
+@backend_conf("upmp")
 class UPMPConf:
-    conv_dim: int = spec(128, lo=1)          # c; the block width is 4c
-    n_blocks: int = spec(1, lo=1)
-    heads: int = spec(4, lo=1)               # layer attentive pooling heads (4c must divide by it)
-    embed_dim: int = spec(192, lo=1)
-    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
-    residual: str = spec("once", choices=("once", "reference"))  # block residual x + f(x), or 2x + f(x) (authors' code)
-    pooling: str = spec("masked", choices=("masked", "authors"))  # authors: the UniPool code's context std (x.std() in eval)
+    conv_dim: int = spec(lo=1)               # c; the block width is 4c
+    n_blocks: int = spec(lo=1)
+    heads: int = spec(lo=1)                  # layer attentive pooling heads (4c must divide by it)
+    embed_dim: int = spec(lo=1)
+    dropout: float = spec(lo=0, hi=1, hi_open=True)
+    residual: str = spec(choices=("once", "reference"))  # block residual x + f(x), or 2x + f(x) (authors' code)
+    pooling: str = spec(choices=("masked", "authors"))  # authors: the UniPool code's context std (x.std() in eval)
 
 
-@dataclass
+@backend_conf("lap")
 class LAPConf:
-    heads: int = spec(16, lo=1)
-    channels: int = spec(512, lo=1)
-    embed_dim: int = spec(192, lo=1)
-    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
-    variant: str = spec("masked", choices=("masked", "authors"))  # authors: the LAP code's pooling and init
+    heads: int = spec(lo=1)
+    channels: int = spec(lo=1)
+    embed_dim: int = spec(lo=1)
+    dropout: float = spec(lo=0, hi=1, hi_open=True)
+    variant: str = spec(choices=("masked", "authors"))  # authors: the LAP code's pooling and init
 
 
-@dataclass
+@backend_conf("ltdnn_d3net")
 class LTDNND3NetConf:                         # L-TDNN D3Net (docs/method.md, "The revised paper")
-    conv_dim: int = spec(256, lo=1)          # C (depth must divide it)
-    n_blocks: int = spec(3, lo=1)            # SE-D2 blocks
-    depth: int = spec(4, lo=1)               # steps per block
-    se_channels: int = spec(128, lo=1)       # squeeze-excitation width
-    hidden: int = spec(512, lo=1)            # layer attentive pooling width (heads must divide it)
-    heads: int = spec(8, lo=1)
-    embed_dim: int = spec(192, lo=1)
-    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
-    eval_std: str = spec("unbiased", choices=("unbiased", "biased"))  # frame pooling context std at test time
+    conv_dim: int = spec(lo=1)               # C (depth must divide it)
+    n_blocks: int = spec(lo=1)               # SE-D2 blocks
+    depth: int = spec(lo=1)                  # steps per block
+    se_channels: int = spec(lo=1)            # squeeze-excitation width
+    hidden: int = spec(lo=1)                 # layer attentive pooling width (heads must divide it)
+    heads: int = spec(lo=1)
+    embed_dim: int = spec(lo=1)
+    dropout: float = spec(lo=0, hi=1, hi_open=True)
+    eval_std: str = spec(choices=("unbiased", "biased"))  # frame pooling context std at test time
 
 
-@dataclass
+@backend_conf("ltdnn_ecapa")
 class LTDNNEcapaConf:                         # L-TDNN ECAPA: three SE-Res2 blocks, dilations 2, 3, 4
-    conv_dim: int = spec(256, lo=1)          # C (scale must divide it)
-    scale: int = spec(8, lo=1)               # Res2 groups
-    se_channels: int = spec(128, lo=1)
-    hidden: int = spec(512, lo=1)
-    heads: int = spec(8, lo=1)
-    embed_dim: int = spec(192, lo=1)
-    dropout: float = spec(0.1, lo=0, hi=1, hi_open=True)
-    eval_std: str = spec("unbiased", choices=("unbiased", "biased"))
+    conv_dim: int = spec(lo=1)               # C (scale must divide it)
+    scale: int = spec(lo=1)                  # Res2 groups
+    se_channels: int = spec(lo=1)
+    hidden: int = spec(lo=1)
+    heads: int = spec(lo=1)
+    embed_dim: int = spec(lo=1)
+    dropout: float = spec(lo=0, hi=1, hi_open=True)
+    eval_std: str = spec(choices=("unbiased", "biased"))
 
 
-@dataclass
+@backend_conf("mhfa")
 class MHFAConf:
-    compression_dim: int = spec(128, lo=1)   # c: keys and values compressed D -> c
-    heads: int = spec(64, lo=1)              # frame-attention heads (WeSpeaker / BUT Base recipe)
-    embed_dim: int = spec(256, lo=1)
+    compression_dim: int = spec(lo=1)        # c: keys and values compressed D -> c
+    heads: int = spec(lo=1)                  # frame-attention heads (WeSpeaker / BUT Base recipe)
+    embed_dim: int = spec(lo=1)
 
 
-@dataclass
+@backend_conf("superb_ecapa")
 class SuperbEcapaConf:
-    ndim: int = spec(1024, lo=1)
-    model_scale: int = spec(8, lo=1)
-    output_size: int = spec(1536, lo=1)
-    embed_dim: int = spec(192, lo=1)
+    ndim: int = spec(lo=1)
+    model_scale: int = spec(lo=1)
+    output_size: int = spec(lo=1)
+    embed_dim: int = spec(lo=1)
 
 
-@dataclass
+@backend_conf("xvector")
 class XvectorConf:
-    layer: int = spec(-1)                    # hidden state used (negative: from the last)
-    ndim: int = spec(512, lo=1)
-    output_size: int = spec(1500, lo=1)
-    embed_dim: int = spec(512, lo=1)
+    layer: int = spec()                      # hidden state used (negative: from the last)
+    ndim: int = spec(lo=1)
+    output_size: int = spec(lo=1)
+    embed_dim: int = spec(lo=1)
 
 
 BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "mhfa": MHFAConf,
@@ -108,9 +146,26 @@ BACKEND_CONFS: Dict[str, type] = {"upmp": UPMPConf, "lap": LAPConf, "mhfa": MHFA
                                   "superb_ecapa": SuperbEcapaConf, "xvector": XvectorConf}
 
 
+def _constructor_conf(name: str, cls) -> type:
+    """A conf dataclass from a backend constructor's keyword defaults (types from the defaults)."""
+    return dataclasses.make_dataclass(f"{name}_conf", [(k, type(v), spec(v)) for k, v in constructor_defaults(cls).items()],
+                                      frozen=True)
+
+
+def _registry_confs() -> None:
+    """A registry backend without a class above gets its constructor's keys, defaults and types."""
+    from upmp.backends import BACKENDS
+    for name, cls in BACKENDS.items():
+        if name not in BACKEND_CONFS:
+            BACKEND_CONFS[name] = _constructor_conf(name, cls)
+
+
+_registry_confs()
+
+
 # loss_conf, one per loss (upmp.losses.LOSSES)
 
-@dataclass
+@dataclass(frozen=True)
 class MarginScheduleConf:
     """loss_conf.margin_schedule (upmp.losses.scheduled_margin): the AAM margin ramps from start_margin
     at start_step to loss_conf.margin at end_step, a function of the step only (a resume repeats it)."""
@@ -120,7 +175,7 @@ class MarginScheduleConf:
     start_margin: float = spec(0.0, lo=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AAMSoftmaxConf:
     margin: float = spec(0.2, lo=0)
     margin_schedule: MarginScheduleConf = field(default_factory=MarginScheduleConf)
@@ -128,7 +183,7 @@ class AAMSoftmaxConf:
     heads: int = spec(1, lo=1)               # multi-head AAM-softmax: the embedding split into this many heads
 
 
-@dataclass
+@dataclass(frozen=True)
 class SubcenterTopkConf(AAMSoftmaxConf):
     subcenters: int = spec(3, lo=1)
     topk: int = spec(5, lo=1)
@@ -138,7 +193,7 @@ class SubcenterTopkConf(AAMSoftmaxConf):
 LOSS_CONFS: Dict[str, type] = {"aamsoftmax": AAMSoftmaxConf, "aamsoftmax_subcenter_topk": SubcenterTopkConf}
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConf:
     """train_conf.augment (online mode); values checked further by upmp.data.augment.check_conf."""
     musan_root: str = spec("")               # empty: noise, music and babble disabled
@@ -150,7 +205,7 @@ class AugmentConf:
     rir_sets: list = spec(["simulated_rirs"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class AverageConf:
     """train_conf.average (upmp.train.averaging): model_avg.pt averages the weights (batch-norm running
     statistics included) of the last N checkpoints, or of the N with the best validation EER."""
@@ -158,7 +213,7 @@ class AverageConf:
     best: int = spec(0, lo=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class UpstreamAdapterConf:
     """train_conf.upstream_adapter (online mode): a LoRA adapter on the upstream's linear projections,
     trained with the backend while the upstream's own weights stay frozen (upmp.upstream.adapter).
@@ -170,7 +225,7 @@ class UpstreamAdapterConf:
     target_modules: list = spec(["q_proj", "v_proj"])      # names (or name suffixes, globs) of nn.Linear modules
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConf:
     lr: float = spec(3.0e-3, lo=0, lo_open=True)           # OneCycle max lr
     upstream_lr: float = spec(5.0e-5, lo=0, lo_open=True)  # the upstream's (or its adapter's) max lr when trained
@@ -179,12 +234,12 @@ class OptimConf:
     grad_clip: float = spec(5.0, lo=0, lo_open=True)       # gradient-norm clip
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConf:
     steps: int = spec(10000, lo=1)
     batch_size: int = spec(128, lo=1)                      # the global batch (all processes)
     crop_seconds: float = spec(3.0, lo=0, lo_open=True)    # shorter utterances wrap around
-    sampling: str = spec("uniform", choices=("uniform", "speaker_balanced"))
+    sampling: str = spec("uniform", choices=SAMPLING)
     spanout_prob: float = spec(0.0, lo=0, hi=1)            # span-out (paper option: 0.3)
     spanout_span: int = spec(3, lo=1)                      # frames per span
     spanout_rate: float = spec(0.05, lo=0, hi=1)           # per-frame probability of starting a span
@@ -206,7 +261,7 @@ class TrainConf:
     upstream_adapter: Optional[UpstreamAdapterConf] = spec(None)  # online mode: LoRA on the frozen upstream
 
 
-@dataclass
+@dataclass(frozen=True)
 class LMFTConf:
     """Large-margin fine-tuning (upmp.train.lmft; sv.sh --lmft true): the phase's values, placed over
     train_conf.steps / crop_seconds / valid_every, optim_conf.lr and loss_conf.margin."""
@@ -217,7 +272,7 @@ class LMFTConf:
     margin: float = spec(0.5, lo=0)                        # larger AAM margin
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int = spec(0, lo=0)
     use_hidden0: bool = spec(False)          # the backend sees hidden state 0 (the CNN output)
@@ -225,26 +280,20 @@ class TrainConfig:
                                              # (upmp.data.layer_stacks.parse_layers); online mode selects them,
                                              # cached mode takes the stacks' (stage 1 --layers) and refuses others
     backend: str = spec("upmp", choices=tuple(BACKEND_CONFS))
-    backend_conf: dict = spec({})            # keys of the backend's entry in BACKEND_CONFS
+    backend_conf: Any = spec({})             # the backend's entry in BACKEND_CONFS (a mapping in the YAML)
     loss: str = spec("aamsoftmax", choices=tuple(LOSS_CONFS))
-    loss_conf: dict = spec({})               # keys of the loss's entry in LOSS_CONFS
+    loss_conf: Any = spec({})                # the loss's entry in LOSS_CONFS (a mapping in the YAML)
     optim_conf: OptimConf = field(default_factory=OptimConf)
     train_conf: TrainConf = field(default_factory=TrainConf)
     lmft_conf: LMFTConf = field(default_factory=LMFTConf)
 
-
-def _constructor_conf(name: str, cls) -> type:
-    """A conf dataclass from a backend constructor's keyword defaults (types from the defaults)."""
-    params = [p for p in inspect.signature(cls.__init__).parameters.values()
-              if p.name not in ("self", "input_dim", "num_layers") and p.default is not inspect.Parameter.empty]
-    return dataclasses.make_dataclass(f"{name}_conf", [(p.name, type(p.default), spec(p.default)) for p in params])
+    def to_dict(self) -> Dict[str, Any]:
+        """The plain form (every key, schema order): config.yaml and model.pt's "config"."""
+        return dataclasses.asdict(self)
 
 
 def backend_conf_class(name: str) -> type:
-    if name in BACKEND_CONFS:
-        return BACKEND_CONFS[name]
-    from upmp.backends import BACKENDS
-    return _constructor_conf(name, BACKENDS[name])
+    return BACKEND_CONFS[name]
 
 
 def _describe(typ, meta) -> str:
@@ -302,6 +351,7 @@ def _resolve(cls: type, node, where: str) -> Dict[str, Any]:
     defaults = dataclasses.asdict(cls())
     for f in dataclasses.fields(cls):
         typ, key = hints[f.name], where + f.name
+        typ = dict if typ is Any else typ  # backend_conf / loss_conf: a mapping, resolved by check_train_config
         value = node.get(f.name, defaults[f.name])
         inner = [a for a in getattr(typ, "__args__", ()) if a is not type(None)]
         if inner and dataclasses.is_dataclass(inner[0]):  # Optional[<conf>]: None or a mapping
@@ -325,8 +375,20 @@ def _set(cfg: Dict[str, Any], key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """A (partial) config mapping -> the full, checked config (a new plain dict)."""
+def _build(cls: type, node: Dict[str, Any]):
+    """A resolved mapping (_resolve's) -> the frozen dataclass instance, sections included."""
+    hints, values = get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        typ, value = hints[f.name], node[f.name]
+        inner = [a for a in getattr(typ, "__args__", ()) if a is not type(None)]
+        if inner and dataclasses.is_dataclass(inner[0]):
+            typ = inner[0]
+        values[f.name] = _build(typ, value) if dataclasses.is_dataclass(typ) and value is not None else value
+    return cls(**values)
+
+
+def check_train_config(cfg: Dict[str, Any]) -> TrainConfig:
+    """A (partial) config mapping (a YAML's, or a file's plain form) -> the full, checked TrainConfig."""
     out = _resolve(TrainConfig, cfg, "")
     out["backend_conf"] = _resolve(backend_conf_class(out["backend"]), cfg.get("backend_conf"), "backend_conf.")
     out["loss_conf"] = _resolve(LOSS_CONFS[out["loss"]], cfg.get("loss_conf"), "loss_conf.")
@@ -347,13 +409,23 @@ def check_train_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if tc["trainable"] and not all(isinstance(p, str) and p for p in tc["trainable"]):
         raise ConfigError(f"train_conf.trainable: {tc['trainable']!r}: expected a list of glob patterns of "
                           "backend parameter names (e.g. [backend.layer_pool.*])")
-    if tc["augment"] is not None:
+    typed = _build(TrainConfig, out)
+    if typed.train_conf.augment is not None:
         from upmp.data.augment import check_conf
-        check_conf(tc["augment"])
-    return out
+        check_conf(typed.train_conf.augment)
+    return dataclasses.replace(typed,
+                               backend_conf=_build(backend_conf_class(out["backend"]), out["backend_conf"]),
+                               loss_conf=_build(LOSS_CONFS[out["loss"]], out["loss_conf"]))
 
 
-def resolve_train_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+def check_world_size(batch_size: int, world: int) -> None:
+    """train_conf.batch_size is the global batch: each of the `world` processes takes an equal share."""
+    if batch_size % world:
+        raise ConfigError(f"train_conf.batch_size {batch_size} is the global batch: it must divide evenly over the "
+                          f"{world} processes")
+
+
+def resolve_train_config(path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """The YAML at path with the command-line overrides, on the defaults, checked (see module doc)."""
     cfg = load_config_file(path)
     for key, value in parse_overrides(overrides):
@@ -364,6 +436,6 @@ def resolve_train_config(path: str, overrides: Sequence[str] = ()) -> Dict[str, 
         raise ConfigError(f"{path}: {e}") from None
 
 
-def defaults() -> Dict[str, Any]:
+def defaults() -> TrainConfig:
     """The full default config (the paper's VoxCeleb1 UPMP recipe)."""
     return check_train_config({})

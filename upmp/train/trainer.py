@@ -1,5 +1,5 @@
 """Backend training: Adam + OneCycle, AAM-softmax, random crops; cached or online inputs;
-one process or DistributedDataParallel under torchrun; optional AMP on GPU.
+one process or DistributedDataParallel under torchrun; optional AMP on GPU (upmp.train.device).
 
 Inputs (one of):
     cached   layer stacks written by stage 1 (train_scp + utt2spk)
@@ -26,6 +26,9 @@ Writes into exp_dir (rank 0 only under DDP):
                                     hidden state, for stage 1 --layers top:K:<exp>/layer_usage.tsv)
 A run whose checkpoints/last.pt exists resumes from it.
 
+train() runs set_up (data, model, optimiser, validator), resume (checkpoints/last.pt), then per step
+train_step, validate and save_checkpoints, and at the end finish (model.pt, summary, plots).
+
 loss_conf.margin_schedule sets the AAM margin before every step as a function of the step
 (upmp.losses.scheduled_margin). train_conf.trainable restricts training to the backend parameters
 matching its glob patterns (the others are frozen and left out of the optimizer; batch-norm layers
@@ -34,13 +37,12 @@ from another model.pt's backend weights.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import fnmatch
 import logging
-import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -50,20 +52,19 @@ from torch import nn
 from tqdm import tqdm
 
 import upmp.checkpoint as checkpoint
+import upmp.train.device as device_
 from upmp.config import dump_resolved
 from upmp.errors import ConfigError, UpmpError
 from upmp.losses import build_loss, scheduled_margin
 from upmp.train.data import batch_loader, shard, spanout_frames, to_model_input
 from upmp.train.inputs import Inputs, TrainingData, build_training_data
 from upmp.train.report import Reporter, add_file_log
+from upmp.train.schema import TrainConfig
 from upmp.train.validation import build_validator
 
 __all__ = ["Inputs", "train", "step_seed"]
 
 logger = logging.getLogger(__name__)
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The seed of the torch / numpy / random global generators at a step of a rank: dropout and
@@ -171,42 +172,41 @@ def init_backend(model: nn.Module, path: str) -> None:
     logger.info("backend weights from %s (train_conf.init)", path)
 
 
-def build_run(cfg: Dict[str, Any], td: TrainingData, device, world: int, amp_dtype) -> Run:
-    tc, oc = cfg["train_conf"], cfg["optim_conf"]
-    torch.manual_seed(cfg["seed"])
-    model = checkpoint.build_model(cfg, td.meta).to(device)
-    if tc["init"]:
-        init_backend(model, tc["init"])
-    if tc["trainable"]:
-        n = select_trainable(model, tc["trainable"])
+def build_model(cfg: TrainConfig, meta) -> nn.Module:
+    """The backend the config describes, sized for the layer stacks."""
+    return checkpoint.build_model(cfg.backend, cfg.use_hidden0, dataclasses.asdict(cfg.backend_conf), meta)
+
+
+def build_run(cfg: TrainConfig, td: TrainingData, device, world: int, amp_dtype) -> Run:
+    tc, oc = cfg.train_conf, cfg.optim_conf
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, td.meta).to(device)
+    if tc.init:
+        init_backend(model, tc.init)
+    if tc.trainable:
+        n = select_trainable(model, tc.trainable)
         logger.info("train_conf.trainable %s: %d of %d backend parameter values train, the rest frozen",
-                    tc["trainable"], n, sum(p.numel() for p in model.parameters()))
-    head = build_loss(cfg["loss"], model.embed_dim, td.data.num_speakers, cfg["loss_conf"]).to(device)
-    spanout = (tc["spanout_prob"], tc["spanout_span"], tc["spanout_rate"])
-    graph = TrainGraph(model, head, td.upstream, spanout, cfg["seed"])
-    if world > 1 and tc["sync_batchnorm"]:  # the same statistics whatever the number of processes
+                    tc.trainable, n, sum(p.numel() for p in model.parameters()))
+    head = build_loss(cfg.loss, model.embed_dim, td.data.num_speakers, cfg.loss_conf).to(device)
+    spanout = (tc.spanout_prob, tc.spanout_span, tc.spanout_rate)
+    graph = TrainGraph(model, head, td.upstream, spanout, cfg.seed)
+    if world > 1 and tc.sync_batchnorm:  # the same statistics whatever the number of processes
         from upmp.train.sync_bn import convert_batchnorm
         convert_batchnorm(graph)  # before the optimizer is given the parameters
     groups = [{"params": [p for p in model.parameters() if p.requires_grad] + list(head.parameters()),
-               "lr": oc["lr"]}]
-    max_lr = [oc["lr"]]
+               "lr": oc.lr}]
+    max_lr = [oc.lr]
     trained_upstream = td.upstream if td.upstream is not None and td.upstream.trainable else None
     if trained_upstream is not None:
         groups.append({"params": [p for p in trained_upstream.parameters() if p.requires_grad],
-                       "lr": oc["upstream_lr"]})
-        max_lr.append(oc["upstream_lr"])
-    optimizer = torch.optim.Adam(groups, lr=oc["lr"], weight_decay=oc["weight_decay"])
+                       "lr": oc.upstream_lr})
+        max_lr.append(oc.upstream_lr)
+    optimizer = torch.optim.Adam(groups, lr=oc.lr, weight_decay=oc.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=tc["steps"], pct_start=oc["pct_start"], anneal_strategy="cos")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+        optimizer, max_lr=max_lr, total_steps=tc.steps, pct_start=oc.pct_start, anneal_strategy="cos")
+    scaler = device_.grad_scaler(device, amp_dtype)
     return Run(model, head, trained_upstream, graph, optimizer, scheduler, scaler,
                [p for g in groups for p in g["params"]])
-
-
-def _distributed() -> Tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
 
 
 class NonFiniteLossError(UpmpError, RuntimeError):
@@ -217,7 +217,7 @@ class NonFiniteLossError(UpmpError, RuntimeError):
 _RUN_ONLY = ("num_workers", "num_threads", "keep_checkpoints")
 
 
-def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
+def check_exp_dir(exp: Path, cfg: TrainConfig) -> None:
     """Refuse an experiment dir holding another run's results (model.pt or a checkpoint) whose
     config.yaml differs from this one: its config would no longer describe its model."""
     old_path = exp / "config.yaml"
@@ -230,7 +230,7 @@ def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
         if not isinstance(node, dict):
             return {prefix[:-1]: node}
         return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    a, b = flat(old), flat(cfg)
+    a, b = flat(old), flat(cfg.to_dict())
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k.split(".")[-1] not in _RUN_ONLY)
     if diff:
         k = diff[0]
@@ -239,175 +239,195 @@ def check_exp_dir(exp: Path, cfg: Dict[str, Any]) -> None:
                           "--exp_dir, or remove that one to retrain")
 
 
-def train(cfg: Dict[str, Any], inputs: Inputs, exp_dir: str) -> Path:
+def train(cfg: TrainConfig, inputs: Inputs, exp_dir: str) -> Path:
     """Train with the resolved config on the inputs (cached or online); returns exp_dir/model.pt."""
     inputs.check()
-    rank, world, local_rank = _distributed()
+    procs = device_.processes()
     exp = Path(exp_dir)
     check_exp_dir(exp, cfg)
     exp.mkdir(parents=True, exist_ok=True)
-    handler = add_file_log(exp) if rank == 0 else None
-    if rank != 0:
+    handler = add_file_log(exp) if procs.main else None
+    if not procs.main:
         logging.getLogger().setLevel(logging.WARNING)
-    if world > 1:
-        from datetime import timedelta
-        backend = "nccl" if cfg["train_conf"]["device"].startswith("cuda") else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        # generous: a rank may wait on another's checkpoint writing or validation chunk
-        torch.distributed.init_process_group(backend, timeout=timedelta(hours=2))
     try:
-        return _train(cfg, inputs, exp, rank, world, local_rank)
+        with device_.process_group(procs, cfg.train_conf.device):
+            return _train(cfg, inputs, exp, procs)
     finally:
-        if world > 1:
-            torch.distributed.destroy_process_group()
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
 
 
-def _device(name: str, world: int, local_rank: int) -> torch.device:
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train_conf.device {name}: no GPU is visible")
-        return torch.device("cuda", local_rank if world > 1 else torch.device(name).index or 0)
-    return torch.device(name)
+@dataclass
+class Session:
+    """What set_up builds for a run: its config, inputs and processes, data, model and helpers."""
+    cfg: TrainConfig
+    inputs: Inputs
+    exp: Path
+    procs: device_.Processes
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    td: TrainingData
+    rows: range                     # this rank's rows of each global batch
+    run: Run
+    n_params: int                   # trainable backend parameter values (without loss head)
+    validator: Optional[Any]
+    snapshots: Any                  # upmp.train.averaging.Snapshots
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.exp / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.exp / "checkpoints" / "best.pt"
 
 
-def _amp_dtype(amp: str, device: torch.device):
-    """The autocast dtype: AMP pays only where the device has fast bf16 / fp16 arithmetic."""
-    dtype = AMP_DTYPES[amp]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ConfigError("train_conf.amp fp16 needs a GPU (train_conf.device cuda); use none on CPU")
-    if dtype is torch.bfloat16 and device.type == "cpu":
-        # kept (its numerics can be checked on CPU) but warned: AMP is for GPUs; on CPUs its speed
-        # depends on the chip and the thread count (benchmarks/amp.py measures it)
-        logger.warning("train_conf.amp bf16 on CPU: no speed-up to count on (it depends on the chip and the "
-                       "threads, see docs/benchmarks.md); time it here with benchmarks/amp.py, else use amp: none")
-    fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if dtype is torch.bfloat16 and device.type == "cuda" and not fast_bf16:
-        raise ConfigError(f"train_conf.amp bf16: {torch.cuda.get_device_name(device)} has no fast bf16 "
-                          "(compute capability < 8.0); use amp fp16 or none")
-    return dtype
+@dataclass
+class Progress:
+    """The state that runs on from step to step (and a checkpoint carries over a resume)."""
+    start: int = 0                  # the first step this process trains
+    train_seconds: float = 0.0      # of the earlier processes of this run (resumed)
+    best_eer: float = float("inf")
+    best_step: int = 0
+    window: List[Tuple[float, float]] = field(default_factory=list)  # (loss, accuracy) of the steps since the last log row
 
 
-def _train(cfg: Dict[str, Any], inputs: Inputs, exp: Path, rank: int, world: int, local_rank: int) -> Path:
-    tc, steps, main = cfg["train_conf"], cfg["train_conf"]["steps"], rank == 0
-    if tc["num_threads"] > 0:
-        torch.set_num_threads(tc["num_threads"])
-    device = _device(tc["device"], world, local_rank)
-    amp_dtype = _amp_dtype(tc["amp"], device)
-    if tc["batch_size"] % world:
-        raise ConfigError(f"train_conf.batch_size {tc['batch_size']} is the global batch: it must divide evenly "
-                          f"over the {world} processes")
+def set_up(cfg: TrainConfig, inputs: Inputs, exp: Path, procs: device_.Processes) -> Session:
+    """Threads, device and AMP; the training data, the model, its optimiser; the validator and kept checkpoints."""
+    tc = cfg.train_conf
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    device = device_.resolve_device(tc.device, procs)
+    amp_dtype = device_.amp_dtype(tc.amp, device)
+    rows = shard(tc.batch_size, procs.rank, procs.world)  # refuses a batch that does not divide over the processes
     td = build_training_data(cfg, inputs, device)
-    rows = shard(tc["batch_size"], rank, world)
     logger.info("training on %d utterances of %d speakers, %s, L=%d D=%d%s", len(td.data.utts),
                 td.data.num_speakers, td.description, td.meta.num_layers, td.meta.dim,
-                f", {world} processes" if world > 1 else "")
-    if inputs.lmft_from and tc["init"]:
-        raise ConfigError(f"train_conf.init {tc['init']} and --lmft_from {inputs.lmft_from}: give one start model")
-    run = build_run(cfg, td, device, world, amp_dtype)
+                f", {procs.world} processes" if procs.world > 1 else "")
+    if inputs.lmft_from and tc.init:
+        raise ConfigError(f"train_conf.init {tc.init} and --lmft_from {inputs.lmft_from}: give one start model")
+    run = build_run(cfg, td, device, procs.world, amp_dtype)
     if inputs.lmft_from:  # before step 0 (a resumed run then loads its own checkpoint)
         from upmp.train.lmft import init_from_model
         init_from_model(run.model, run.head, inputs.lmft_from, td.data.speakers, run.upstream)
     n_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    logger.info("backend %s: %d trainable parameters (without loss head)", cfg["backend"], n_params)
+    logger.info("backend %s: %d trainable parameters (without loss head)", cfg.backend, n_params)
     validator = None
-    if inputs.valid_trials and tc["valid_every"] > 0:
-        validator = build_validator(inputs, td, device, rank, world)
-        logger.info("validating every %d steps on %d trials (%s)", tc["valid_every"], len(validator.trials),
+    if inputs.valid_trials and tc.valid_every > 0:
+        validator = build_validator(inputs, td, device, procs.rank, procs.world)
+        logger.info("validating every %d steps on %d trials (%s)", tc.valid_every, len(validator.trials),
                     inputs.valid_trials)
     from upmp.train.averaging import Snapshots
     snapshots = Snapshots(exp, cfg, validator is not None)  # every rank: its checks raise on all
-    ckpt_path, best_path = exp / "checkpoints" / "last.pt", exp / "checkpoints" / "best.pt"
-    start, train_seconds, best_eer, best_step = 0, 0.0, float("inf"), 0
-    window: List[Tuple[float, float]] = []  # (loss, accuracy) of the steps since the last log row
-    if ckpt_path.is_file():
-        state = checkpoint.read_train_state(ckpt_path, device)
-        run.load_train_state(state)
-        start, train_seconds = state["step"], state["train_seconds"]
-        best_eer, best_step = state["best_eer"], state["best_step"]
-        # the steps between the last log row and the checkpoint count in the next row, as uninterrupted
-        window = [tuple(w) for w in state.get("log_window", [])]
-        logger.info("resumed from %s at step %d", ckpt_path, start)
+    return Session(cfg, inputs, exp, procs, device, amp_dtype, td, rows, run, n_params, validator, snapshots)
+
+
+def resume(s: Session) -> Progress:
+    """The progress of checkpoints/last.pt, its state loaded into the run; a fresh start without it."""
+    if not s.ckpt_path.is_file():
+        return Progress()
+    state = checkpoint.read_train_state(s.ckpt_path, s.device)
+    s.run.load_train_state(state)
+    # the steps between the last log row and the checkpoint count in the next row, as uninterrupted
+    progress = Progress(state["step"], state["train_seconds"], state["best_eer"], state["best_step"],
+                        [tuple(w) for w in state.get("log_window", [])])
+    logger.info("resumed from %s at step %d", s.ckpt_path, progress.start)
+    return progress
+
+
+def _train(cfg: TrainConfig, inputs: Inputs, exp: Path, procs: device_.Processes) -> Path:
+    s = set_up(cfg, inputs, exp, procs)
+    progress = resume(s)
+    tc, steps, main = cfg.train_conf, cfg.train_conf.steps, procs.main
     if main:  # set-up done: this run now owns the experiment dir
-        dump_resolved(cfg, str(exp))
-    report = Reporter(exp, start, validator is not None) if main else None
-    runner = run.graph
-    if world > 1:
-        runner = nn.parallel.DistributedDataParallel(
-            run.graph, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=run.upstream is not None)
-    loader = batch_loader(td.data, range(start, steps), rank, world, tc["num_workers"], pin_memory=device.type == "cuda")
-    frozen_bn = frozen_batchnorm(run.model, tc["trainable"]) if tc["trainable"] else []
+        dump_resolved(cfg.to_dict(), str(exp))
+    report = Reporter(exp, progress.start, s.validator is not None) if main else None
+    runner = device_.distribute(s.run.graph, s.device, procs, find_unused=s.run.upstream is not None)
+    loader = batch_loader(s.td.data, range(progress.start, steps), procs.rank, procs.world, tc.num_workers,
+                          pin_memory=s.device.type == "cuda")
+    frozen_bn = frozen_batchnorm(s.run.model, tc.trainable) if tc.trainable else []
 
     def train_mode():
-        run.graph.train()
+        s.run.graph.train()
         for m in frozen_bn:
             m.eval()
     train_mode()
-    loss_conf = cfg["loss_conf"]
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    autocast = device_.autocast(s.device, s.amp_dtype)
     t0, timed, run_start = time.time(), 0, time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", mininterval=5, disable=not main)
+    bar = tqdm(range(progress.start, steps), initial=progress.start, total=steps, desc="train", mininterval=5,
+               disable=not main)
     for step, (x, labels) in zip(bar, loader):
-        seed = step_seed(cfg["seed"], step, rank)  # dropout and global-rng draws: functions of the step
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
-        margin = scheduled_margin(loss_conf, step)
-        if loss_conf.get("margin_schedule", {}).get("shape", "none") != "none":
-            run.head.set_margin(margin)
-        with autocast():
-            loss, acc = runner(to_model_input(x, device), labels.to(device, non_blocking=True), step, rows)
-        _check_finite(loss, step, td, rows, world)  # before the update: no NaN weights are ever written
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.params, cfg["optim_conf"]["grad_clip"])
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        window.append((loss.item(), acc.item()))
+        margin = scheduled_margin(cfg.loss_conf.margin_schedule, cfg.loss_conf.margin, step)
+        loss, acc = train_step(s, runner, autocast, step, margin, x, labels)
+        progress.window.append((loss.item(), acc.item()))
         timed += 1
         done = step + 1
-        if done % tc["log_every"] == 0 or done == steps:
-            mean = torch.tensor(np.mean(window, axis=0), dtype=torch.float64)
-            if world > 1:
-                torch.distributed.all_reduce(mean)
-                mean /= world
+        if done % tc.log_every == 0 or done == steps:
+            mean = device_.world_mean(torch.tensor(np.mean(progress.window, axis=0), dtype=torch.float64),
+                                      procs.world)
             if main:
-                report.train_step(done, steps, *mean.tolist(), run.scheduler.get_last_lr()[0], margin,
+                report.train_step(done, steps, *mean.tolist(), s.run.scheduler.get_last_lr()[0], margin,
                                   (time.time() - t0) / timed)
                 bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{mean[1]:.3f}")
-            t0, timed, window = time.time(), 0, []
-        eer = None
-        if validator and (done % tc["valid_every"] == 0 or done == steps):
-            eer = validator.eer(run.model)  # every rank embeds its share; rank 0 scores
-            train_mode()
-            if main:
-                if eer < best_eer:
-                    best_eer, best_step = eer, done
-                    checkpoint.save_best(best_path, dict(run.weights(inputs), step=done, eer=eer))
-                report.valid_step(done, eer, best_eer, best_step)
-        if main and snapshots.due(done):  # before last.pt: a resume from last.pt finds it
-            snapshots.save(done, dict(run.weights(inputs), config=cfg, step=done, eer=eer))
-        if done % tc["ckpt_every"] == 0 or done == steps:
-            pending = _world_mean_window(window, world, device)  # every rank takes part
-            if main:
-                checkpoint.save_train_state(ckpt_path, run.train_state(
-                    done, train_seconds + time.time() - run_start, best_eer, best_step, pending))
+            t0, timed, progress.window = time.time(), 0, []
+        eer = validate(s, done, progress, report, train_mode)
+        save_checkpoints(s, done, eer, progress, progress.train_seconds + time.time() - run_start)
     bar.close()
-    if world > 1:
-        torch.distributed.barrier()
-    out = exp / "model.pt"
+    device_.barrier(procs.world)
     if main:
-        _finish(cfg, inputs, exp, td, run, report, validator is not None, n_params, world,
-                train_seconds + time.time() - run_start, device,
-                lambda final: _write_average(cfg, exp, snapshots, final, td, device,
-                                             validator if world == 1 and run.upstream is None else None))
-    return out
+        finish(s, report, progress.train_seconds + time.time() - run_start)
+    return exp / "model.pt"
+
+
+def train_step(s: Session, runner: nn.Module, autocast, step: int, margin: float, x: torch.Tensor,
+               labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch; returns this rank's (loss, accuracy)."""
+    run = s.run
+    seed = step_seed(s.cfg.seed, step, s.procs.rank)  # dropout and global-rng draws: functions of the step
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    if s.cfg.loss_conf.margin_schedule.shape != "none":
+        run.head.set_margin(margin)
+    with autocast():
+        loss, acc = runner(to_model_input(x, s.device), labels.to(s.device, non_blocking=True), step, s.rows)
+    _check_finite(loss, step, s.td, s.rows, s.procs.world)  # before the update: no NaN weights are ever written
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.params, s.cfg.optim_conf.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return loss, acc
+
+
+def validate(s: Session, done: int, progress: Progress, report: Optional[Reporter], train_mode) -> Optional[float]:
+    """The validation EER at a validation step (None at others); rank 0 keeps the best weights in best.pt."""
+    tc = s.cfg.train_conf
+    if not s.validator or not (done % tc.valid_every == 0 or done == tc.steps):
+        return None
+    eer = s.validator.eer(s.run.model)  # every rank embeds its share; rank 0 scores
+    train_mode()
+    if s.procs.main:
+        if eer < progress.best_eer:
+            progress.best_eer, progress.best_step = eer, done
+            checkpoint.save_best(s.best_path, dict(s.run.weights(s.inputs), step=done, eer=eer))
+        report.valid_step(done, eer, progress.best_eer, progress.best_step)
+    return eer
+
+
+def save_checkpoints(s: Session, done: int, eer: Optional[float], progress: Progress, train_seconds: float) -> None:
+    """A kept checkpoint (step_<N>.pt) when due, then checkpoints/last.pt every ckpt_every steps and at the end."""
+    tc = s.cfg.train_conf
+    if s.procs.main and s.snapshots.due(done):  # before last.pt: a resume from last.pt finds it
+        s.snapshots.save(done, dict(s.run.weights(s.inputs), config=s.cfg.to_dict(), step=done, eer=eer))
+    if done % tc.ckpt_every == 0 or done == tc.steps:
+        pending = _world_mean_window(progress.window, s.procs.world, s.device)  # every rank takes part
+        if s.procs.main:
+            checkpoint.save_train_state(s.ckpt_path, s.run.train_state(
+                done, train_seconds, progress.best_eer, progress.best_step, pending))
 
 
 def _world_mean_window(window: List[Tuple[float, float]], world: int, device) -> List[List[float]]:
@@ -416,16 +436,14 @@ def _world_mean_window(window: List[Tuple[float, float]], world: int, device) ->
     (the mean over ranks of each rank's mean over steps)."""
     if world == 1 or not window:
         return [list(w) for w in window]
-    t = torch.tensor(window, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
+    t = device_.world_sum(torch.tensor(window, dtype=torch.float64, device=device), world)
     return (t / world).tolist()
 
 
 def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, world: int) -> None:
     mine = not torch.isfinite(loss).item()
-    bad = torch.tensor([float(mine)], device=loss.device)
-    if world > 1:  # every rank stops together (the others would wait on the next all-reduce)
-        torch.distributed.all_reduce(bad)
+    # every rank stops together (the others would wait on the next all-reduce)
+    bad = device_.world_sum(torch.tensor([float(mine)], device=loss.device), world)
     if bad.item() == 0:
         return
     where = (f"on the batch of utterances {', '.join(td.data.step_utterances(step, rows))}" if mine
@@ -435,20 +453,21 @@ def _check_finite(loss: torch.Tensor, step: int, td: TrainingData, rows: range, 
                              "model.pt not written (checkpoints/last.pt holds the last finite step)")
 
 
-def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: Reporter, validated: bool,
-            n_params: int, world: int, train_seconds: float, device, write_average) -> None:
+def finish(s: Session, report: Reporter, train_seconds: float) -> None:
     """model.pt (the best validation checkpoint when validating, else the last), the summary, the plots;
     model_avg.pt (train_conf.average) before model.pt, whose presence marks the run complete."""
+    cfg, td, run, inputs, exp = s.cfg, s.td, s.run, s.inputs, s.exp
     report.close()
-    steps = cfg["train_conf"]["steps"]
-    final = {"config": cfg, "layer_stack": vars(td.meta), "speakers": td.data.speakers, "num_params": n_params,
-             "train_seconds": train_seconds, "step": steps, "world_size": world, "inputs": inputs.recorded()}
-    if cfg["train_conf"]["average"] is not None:
-        write_average(dict(final, **run.weights(inputs)))
+    steps = cfg.train_conf.steps
+    final = {"config": cfg.to_dict(), "layer_stack": vars(td.meta), "speakers": td.data.speakers,
+             "num_params": s.n_params, "train_seconds": train_seconds, "step": steps, "world_size": s.procs.world,
+             "inputs": inputs.recorded()}
+    if cfg.train_conf.average is not None:
+        _write_average(s, dict(final, **run.weights(inputs)))
     out = exp / "model.pt"
-    if validated:
+    if s.validator is not None:
         checkpoint.save_model(exp / "model_last.pt", dict(final, **run.weights(inputs)))
-        best = checkpoint.read_best(exp / "checkpoints" / "best.pt")
+        best = checkpoint.read_best(s.best_path)
         final.update(step=best["step"], valid_eer=best["eer"], model=best["model"], head=best.get("head"))
         if "upstream" in best:
             final["upstream"] = best["upstream"]
@@ -459,19 +478,21 @@ def _finish(cfg, inputs: Inputs, exp: Path, td: TrainingData, run: Run, report: 
     report.summary(final, len(td.data.speakers))
     x, _ = td.data.batch(steps)
     seen = td.meta.layers if td.meta.layers is not None else list(range(td.meta.num_layers))
-    report.plots(run.model, x, td.upstream, device, seen if run.model.use_hidden0 else seen[1:])
+    report.plots(run.model, x, td.upstream, s.device, seen if run.model.use_hidden0 else seen[1:])
     logger.info("wrote %s", out)
 
 
-def _write_average(cfg, exp: Path, snapshots, final: Dict[str, Any], td: TrainingData, device, validator) -> None:
-    """model_avg.pt from the kept checkpoints train_conf.average selects (validated when possible)."""
+def _write_average(s: Session, final: Dict[str, Any]) -> None:
+    """model_avg.pt from the kept checkpoints train_conf.average selects (validated when possible:
+    one process, the backend alone)."""
     from upmp.train.averaging import average_checkpoints
-    paths = snapshots.select(**cfg["train_conf"]["average"])
-    content = average_checkpoints(exp, paths, base=final)
+    validator = s.validator if s.procs.world == 1 and s.run.upstream is None else None
+    paths = s.snapshots.select(s.cfg.train_conf.average)
+    content = average_checkpoints(s.exp, paths, base=final)
     if validator is not None:
-        model = checkpoint.build_model(cfg, td.meta)
+        model = build_model(s.cfg, s.td.meta)
         model.load_state_dict(content["model"])
-        content["valid_eer"] = validator.eer(model.to(device))
-    checkpoint.save_model(exp / "model_avg.pt", content)
+        content["valid_eer"] = validator.eer(model.to(s.device))
+    checkpoint.save_model(s.exp / "model_avg.pt", content)
     logger.info("model_avg.pt: mean of the checkpoints of steps %s%s", content["averaged"]["steps"],
                 f", validation EER {content['valid_eer']:.2f} %" if validator is not None else "")

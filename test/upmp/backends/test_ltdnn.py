@@ -274,10 +274,10 @@ def test_recipes_train_the_authors_v2_settings(name):
     assert {f.name: f.default for f in dataclasses.fields(backend_conf_class(name))} == authors
     for corpus in ("vctk", "librispeech", "voxceleb1", "voxceleb2"):
         cfg = resolve_train_config(str(ROOT / "egs" / corpus / "sv1" / "conf" / f"train_{name}.yaml"))
-        assert (cfg["backend"], cfg["use_hidden0"], cfg["backend_conf"], cfg["optim_conf"]["lr"]) == \
+        assert (cfg.backend, cfg.use_hidden0, dataclasses.asdict(cfg.backend_conf), cfg.optim_conf.lr) == \
             (name, True, authors, 3e-3), corpus
     mini = resolve_train_config(str(ROOT / "egs" / "mini" / "sv1" / "conf" / f"train_{name}.yaml"))
-    assert mini["backend"] == name and mini["use_hidden0"] and mini["backend_conf"]["conv_dim"] < 256
+    assert mini.backend == name and mini.use_hidden0 and mini.backend_conf.conv_dim < 256
 
 
 @pytest.mark.parametrize("name", ["ltdnn_d3net", "ltdnn_ecapa"])

@@ -7,6 +7,7 @@ from scipy.signal import correlate
 from helpers import tone
 from upmp.config import ConfigError
 from upmp.data.augment import Augmenter
+from upmp.train.schema import AugmentConf, check_train_config
 
 RATE = 16000
 
@@ -51,12 +52,8 @@ def roots(tmp_path_factory):
 
 
 def conf(musan="", rirs="", **kw):
-    c = {"musan_root": str(musan), "rirs_root": str(rirs), "prob": 1.0,
-         "kinds": {"noise": 1, "music": 1, "babble": 1, "reverb": 1},
-         "snr": {"noise": [0, 15], "music": [5, 15], "babble": [13, 20]},
-         "babble_speakers": [3, 7], "rir_sets": ["simulated_rirs"]}
-    c.update(kw)
-    return c
+    """train_conf.augment with these roots, prob 1 and the other keys at the schema's defaults."""
+    return AugmentConf(musan_root=str(musan), rirs_root=str(rirs), **dict(dict(prob=1.0), **kw))
 
 
 def snr_db(speech, mixture):
@@ -173,12 +170,10 @@ def test_disabled_and_probability(roots):
 
 def test_errors(roots, tmp_path):
     musan, rirs, _ = roots
-    with pytest.raises(ConfigError, match="augment: unknown key.s. snr_db"):
-        Augmenter({**conf(), "snr_db": 3})
-    c = conf()
-    del c["rir_sets"]
-    with pytest.raises(ConfigError, match="augment: missing key.s. rir_sets"):
-        Augmenter(c)
+    with pytest.raises(ConfigError, match=r"unknown config key 'train_conf.augment.snr_db'"):  # the schema's keys
+        check_train_config({"train_conf": {"augment": {"snr_db": 3}}})
+    with pytest.raises(ConfigError, match=r"augment.rir_sets: expected a list such as \[simulated_rirs\], got \[\]"):
+        Augmenter(conf(rir_sets=[]))
     (tmp_path / "musan" / "noise").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"musan/noise: no <subdir>/\*.wav files"):
         Augmenter(conf(tmp_path / "musan"))

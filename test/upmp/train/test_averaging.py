@@ -1,6 +1,8 @@
 """Checkpoint averaging: the kept checkpoints (last K and best K), model_avg.pt = the element-wise mean
 of the selected checkpoints' state dicts (batch-norm statistics included), its loading and embedding,
 the entry point, and the one-line errors."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -69,7 +71,7 @@ def test_model_avg_is_the_mean_of_the_last_checkpoints(dump, capsys):
     again = torch.load(dump / "avg.pt", weights_only=True)
     assert all(torch.equal(again["model"][k], avg["model"][k]) for k in avg["model"])
     other = config(keep_checkpoints=1)
-    other["backend_conf"]["conv_dim"] = 6
+    other = replace(other, backend_conf=replace(other.backend_conf, conv_dim=6))
     train(dump, dump / "other", other)
     code, err = average(capsys, "--exp", exp, snapshot_path(exp, 12), snapshot_path(dump / "other", 12),
                         "--out", dump / "mixed.pt")

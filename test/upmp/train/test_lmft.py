@@ -24,12 +24,12 @@ def train(dump, exp, *args):
 def test_lmft_config_places_its_keys_and_checks_them():
     cfg = check_train_config(dict(TRAIN_CONFIG, lmft_conf=LMFT))
     phase = lmft_config(cfg)
-    assert (phase["train_conf"]["steps"], phase["train_conf"]["crop_seconds"], phase["train_conf"]["valid_every"],
-            phase["optim_conf"]["lr"], phase["loss_conf"]["margin"]) == (6, 0.8, 3, 1.0e-3, 0.5)
-    assert phase["loss_conf"]["scale"] == 30 and phase["train_conf"]["batch_size"] == 4  # the rest kept
-    assert cfg["loss_conf"]["margin"] == 0.2  # the base config untouched
-    defaults = check_train_config(dict(TRAIN_CONFIG))["lmft_conf"]  # WeSpeaker / LAP follow-up values
-    assert (defaults["steps"], defaults["crop_seconds"], defaults["lr"], defaults["margin"]) == (2000, 6.0, 1e-4, 0.5)
+    assert (phase.train_conf.steps, phase.train_conf.crop_seconds, phase.train_conf.valid_every,
+            phase.optim_conf.lr, phase.loss_conf.margin) == (6, 0.8, 3, 1.0e-3, 0.5)
+    assert phase.loss_conf.scale == 30 and phase.train_conf.batch_size == 4  # the rest kept
+    assert cfg.loss_conf.margin == 0.2  # the base config untouched
+    defaults = check_train_config(dict(TRAIN_CONFIG)).lmft_conf  # WeSpeaker / LAP follow-up values
+    assert (defaults.steps, defaults.crop_seconds, defaults.lr, defaults.margin) == (2000, 6.0, 1e-4, 0.5)
     with pytest.raises(ConfigError, match="unknown config key 'lmft_conf.margn'"):
         check_train_config(dict(TRAIN_CONFIG, lmft_conf={"margn": 0.5}))
     with pytest.raises(ConfigError, match="lmft_conf.lr: 0 is not allowed"):

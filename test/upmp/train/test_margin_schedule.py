@@ -1,5 +1,7 @@
 """loss_conf.margin_schedule in training: the margins applied and recorded per step, the same after a
 resume, its config errors, and LMFT's fixed margin over it (in-process training: no torch import)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from helpers import TRAIN_CONFIG
 from upmp.errors import ConfigError
 from upmp.losses import scheduled_margin
 from upmp.train.lmft import lmft_config
-from upmp.train.schema import check_train_config
+from upmp.train.schema import MarginScheduleConf, check_train_config
 
 SCHEDULE = {"shape": "cos", "start_step": 2, "end_step": 9, "start_margin": 0.05}
 
@@ -38,7 +40,8 @@ def test_margins_follow_the_schedule_and_a_resume_repeats_them(dump, monkeypatch
     # row `done` records the margin of step done - 1 (0-based): 0.05 up to step 2, the cos ramp, then 0.3
     expected = [0.05 + (0.3 - 0.05) * 0.5 * (1 - np.cos(np.pi * min(max(s - 2, 0) / 7, 1))) for s in range(12)]
     assert whole[:, 4] == pytest.approx(expected, abs=1e-6)
-    assert whole[:, 4] == pytest.approx([scheduled_margin(cfg["loss_conf"], s) for s in range(12)], abs=1e-6)
+    assert whole[:, 4] == pytest.approx([scheduled_margin(cfg.loss_conf.margin_schedule, cfg.loss_conf.margin, s)
+                                          for s in range(12)], abs=1e-6)
 
     # killed during step 8 (after the checkpoint at 6), then resumed: the same margins and losses
     check = trainer._check_finite
@@ -59,7 +62,7 @@ def test_margins_follow_the_schedule_and_a_resume_repeats_them(dump, monkeypatch
     np.testing.assert_allclose(resumed[:, 1], whole[:, 1], rtol=1e-5)
 
     # the margin reaches the loss: without the schedule (margin 0.3 throughout) step 1's loss differs
-    fixed = check_train_config(dict(cfg, loss_conf=dict(cfg["loss_conf"], margin_schedule={"shape": "none"})))
+    fixed = replace(cfg, loss_conf=replace(cfg.loss_conf, margin_schedule=MarginScheduleConf()))
     train(dump, dump / "fixed", fixed)
     assert metrics(dump / "fixed")[:, 4].tolist() == [0.3] * 12
     assert abs(metrics(dump / "fixed")[0, 1] - whole[0, 1]) > 1e-3
@@ -79,5 +82,6 @@ def test_schedule_config_errors_are_one_line(schedule, message):
 
 def test_lmft_runs_at_its_fixed_margin_over_a_scheduled_base():
     phase = lmft_config(config())
-    assert phase["loss_conf"]["margin"] == 0.5 and phase["loss_conf"]["margin_schedule"]["shape"] == "none"
-    assert [scheduled_margin(phase["loss_conf"], s) for s in (0, 5, 1000)] == [0.5, 0.5, 0.5]
+    assert phase.loss_conf.margin == 0.5 and phase.loss_conf.margin_schedule.shape == "none"
+    assert [scheduled_margin(phase.loss_conf.margin_schedule, phase.loss_conf.margin, s) for s in (0, 5, 1000)] == \
+        [0.5, 0.5, 0.5]

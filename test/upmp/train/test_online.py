@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from helpers import TRAIN_CONFIG, bash_env
+from upmp.errors import ConfigError
 from upmp.train.data import LayerStackCrops, WaveformCrops
 
 
@@ -29,7 +30,8 @@ def test_waveform_crops_are_a_function_of_the_step_and_shard_by_rank(small_data_
     full = stacks.batch(5)
     parts = [stacks.batch(5, rank, 2) for rank in (0, 1)]
     torch.testing.assert_close(torch.cat([p[0] for p in parts]), full[0])
-    with pytest.raises(ValueError, match="batch_size 6 is not divisible by the 4 processes"):
+    with pytest.raises(ConfigError, match="train_conf.batch_size 6 is the global batch: it must divide evenly over "
+                       "the 4 processes"):
         crops.batch(0, 0, 4)
 
 

@@ -38,9 +38,8 @@ def test_only_the_matched_parameters_train_from_the_init_model(dump, caplog):
                 assert not torch.equal(adapted[k], base[k]), k  # trained (statistics updated)
         else:
             assert torch.equal(adapted[k], base[k]), k  # frozen: weights and batch-norm statistics
-    from upmp.checkpoint import build_model
     from upmp.data.layer_stacks import LayerStackMeta
-    model = build_model(config(), LayerStackMeta(3, 8, 0.02, "test"))
+    model = trainer.build_model(config(), LayerStackMeta(3, 8, 0.02, "test"))
     n = sum(p.numel() for name, p in model.named_parameters() if name.startswith("backend.layer_pooling."))
     total = sum(p.numel() for p in model.parameters())
     log = (dump / "adapted/train.log").read_text()  # the lines logged
@@ -62,7 +61,7 @@ def test_trainable_and_init_errors_are_one_line(dump):
         config(trainable=[""])
     with pytest.raises(ModelFileError, match="missing.pt: not found"):
         train(dump, dump / "x", config(init=str(dump / "missing.pt")))
-    train(dump, dump / "wide", check_train_config(dict(config(steps=2), backend_conf={"conv_dim": 6, "heads": 2,
+    train(dump, dump / "wide", check_train_config(dict(config(steps=2).to_dict(), backend_conf={"conv_dim": 6, "heads": 2,
                                                                                        "embed_dim": 8})))
     with pytest.raises(ConfigError, match=r"train_conf.init .*wide/model.pt: its backend does not fit this config's "
                                           r"\(backend\..* of shape .* and \d+ more\)") as e:

@@ -110,7 +110,7 @@ def test_resolved_config_records_every_key(dump):
     from upmp.train.schema import defaults
     assert train(dump, dump / "exp").returncode == 0
     cfg = yaml.safe_load((dump / "exp/config.yaml").read_text())
-    expect = defaults()
+    expect = defaults().to_dict()
     assert cfg.keys() == expect.keys() and all(cfg[k].keys() == expect[k].keys() for k in expect
                                                if isinstance(expect[k], dict))
     assert cfg["optim_conf"]["lr"] == 3e-3 and cfg["train_conf"]["steps"] == 12 and cfg["loss_conf"]["heads"] == 1
@@ -282,12 +282,16 @@ def test_speaker_balanced_sampling_and_spanout(tmp_path):
 
 def test_multi_head_and_subcenter_losses():
     from upmp.losses import build_loss
+    from upmp.train.schema import check_train_config
+
+    def conf(loss, **keys):
+        return check_train_config({"loss": loss, "loss_conf": keys}).loss_conf
     torch.manual_seed(0)
     x, y = torch.randn(16, 12, requires_grad=True), torch.randint(0, 5, (16,))
-    single = build_loss("aamsoftmax", 12, 5, {})
-    three = build_loss("aamsoftmax", 12, 5, {"heads": 3})
+    single = build_loss("aamsoftmax", 12, 5, conf("aamsoftmax"))
+    three = build_loss("aamsoftmax", 12, 5, conf("aamsoftmax", heads=3))
     assert len(three.heads) == 3 and three.heads[0].weight.shape == (5, 4)
-    sub = build_loss("aamsoftmax_subcenter_topk", 12, 5, {"heads": 2, "subcenters": 3, "topk": 2})
+    sub = build_loss("aamsoftmax_subcenter_topk", 12, 5, conf("aamsoftmax_subcenter_topk", heads=2, subcenters=3, topk=2))
     assert sub.heads[0].weight.shape == (15, 6)
     for loss_fn in (single, three, sub):
         loss, acc = loss_fn(x, y)
@@ -299,7 +303,7 @@ def test_multi_head_and_subcenter_losses():
     ref.load_state_dict(single.heads[0].state_dict())
     assert single(x, y)[0].item() == pytest.approx(ref(x, y)[0].item())
     with pytest.raises(ValueError, match="must split into 5 equal heads"):
-        build_loss("aamsoftmax", 12, 5, {"heads": 5})
+        build_loss("aamsoftmax", 12, 5, conf("aamsoftmax", heads=5))
 
 
 class _Payload:

@@ -3,6 +3,7 @@ adapter and the backend train (the upstream's weights bit-equal after the steps,
 optimizer), model.pt keeps the adapter only, a resumed run and large-margin fine-tuning load it
 back, and stage 3 and the package use the adapted upstream (the adapter merged into the weights)."""
 import logging
+from dataclasses import asdict
 
 import kaldiio
 import numpy as np
@@ -63,7 +64,7 @@ def test_lora_trains_only_the_adapter_and_extraction_uses_it(small_data_dir, tin
 
     # model.pt and last.pt keep the adapter only; a resumed run loads it back
     saved = torch.load(exp / "model.pt", weights_only=True)["upstream"]
-    assert saved["adapter"] == cfg["train_conf"]["upstream_adapter"] and saved["name"] == "wavlm_local"
+    assert saved["adapter"] == asdict(cfg.train_conf.upstream_adapter) and saved["name"] == "wavlm_local"
     assert saved["state"].keys() == final.keys() and all(torch.equal(saved["state"][k], final[k]) for k in final)
     last = torch.load(exp / "checkpoints/last.pt", weights_only=True)["upstream"]
     assert last.keys() == final.keys()
@@ -100,11 +101,12 @@ def test_lora_trains_only_the_adapter_and_extraction_uses_it(small_data_dir, tin
     # large-margin fine-tuning starts from the base model's adapter (not a fresh one, B = 0)
     from dataclasses import replace
     from upmp.train.lmft import lmft_config
-    phase = lmft_config(dict(cfg, lmft_conf=dict(cfg["lmft_conf"], steps=2, crop_seconds=0.5)))
-    phase["optim_conf"]["upstream_lr"] = 1e-30  # the adapter then stays where the base model left it
+    phase = lmft_config(replace(cfg, lmft_conf=replace(cfg.lmft_conf, steps=2, crop_seconds=0.5)))
+    # the adapter then stays where the base model left it
+    phase = replace(phase, optim_conf=replace(phase.optim_conf, upstream_lr=1e-30))
     trainer.train(phase, replace(inputs, lmft_from=str(exp / "model.pt")), str(tmp_path / "lmft"))
     after_lmft = adapter_state(runs[-1][0].upstream)
     assert all(torch.allclose(after_lmft[k], final[k], atol=1e-6) for k in final)
-    frozen = dict(phase, train_conf=dict(phase["train_conf"], upstream_adapter=None))
+    frozen = replace(phase, train_conf=replace(phase.train_conf, upstream_adapter=None))
     with pytest.raises(ModelFileError, match="was trained by a LoRA adapter .* must train it the same way"):
         trainer.train(frozen, replace(inputs, lmft_from=str(exp / "model.pt")), str(tmp_path / "lmft_frozen"))

@@ -1,6 +1,8 @@
 """LoRA adapters on the upstream (upmp/upstream/adapter.py): the parameter count against a hand
 count, the merge identity W + (alpha / r) B A, that the adapter reaches WavLM's fused attention
 (which reads q_proj.weight directly and bypasses a forward-wrapping LoRA), and the one-line errors."""
+from dataclasses import asdict, replace
+
 import pytest
 import torch
 from torch import nn
@@ -131,7 +133,7 @@ def test_bad_adapter_values_are_config_errors(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         resolve_train_config(str(path))
     resolved = resolve_train_config(str(path), ["--train_conf.upstream_adapter", yaml.safe_dump({"rank": 8})])
-    assert resolved["train_conf"]["upstream_adapter"] == lora(rank=8, alpha=128.0)  # defaults filled in
+    assert asdict(resolved.train_conf.upstream_adapter) == lora(rank=8, alpha=128.0)  # defaults filled in
 
 
 def test_adapter_needs_online_training_and_excludes_fine_tuning(dump):
@@ -141,6 +143,6 @@ def test_adapter_needs_online_training_and_excludes_fine_tuning(dump):
     cfg = check_train_config({"train_conf": {"upstream_adapter": {"rank": 4}}})
     with pytest.raises(ConfigError, match="upstream_adapter needs online training .* no upstream in the training loop"):
         build_training_data(cfg, inputs, "cpu")
-    cfg["train_conf"]["finetune_upstream"] = True
+    cfg = replace(cfg, train_conf=replace(cfg.train_conf, finetune_upstream=True))
     with pytest.raises(ConfigError, match="upstream_adapter and train_conf.finetune_upstream: choose one"):
         build_training_data(cfg, inputs, "cpu")
