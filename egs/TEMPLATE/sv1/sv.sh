@@ -167,7 +167,6 @@ if [ -n "${backend}" ]; then
   done
 fi
 
-num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 # --layer_probe: speaker information per hidden state of the stacks (reused while up to date); args: exp dirs
 layer_probe_run() {
   local probe_set=${valid_set:-${test_sets%% *}}
@@ -321,17 +320,18 @@ for run in ${runs}; do
     log "Stage 3: embeddings"
     for set in ${train_set} ${valid_set} ${test_sets}; do
       out=${exp}/embeddings/${set}
-      if [ "${out}/xvector.scp" -nt "${exp}/model.pt" ] && \
-         [ "$(num_lines "${out}/xvector.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ]; then
-        log "${out}/xvector.scp is complete, skipping (delete it to extract again)"; continue
-      fi
-      mkdir -p "${out}"
       inputs="--layers_scp ${dump}/${set}/layers.scp --utt2spk data/${set}/utt2spk"
       cmd=${decode_cmd}
       if [ "${train_mode}" == online ]; then  # the upstream runs here: a GPU job when extracting on cuda
-        inputs="--data_dir data/${set} ${upstream_opts} --device ${extract_device}"
+        inputs="--data_dir data/${set} ${upstream_opts}"
         [[ "${extract_device}" == cuda* ]] && cmd=${cuda_cmd}
       fi
+      # complete (logged, skipped) while <out>/xvector.scp.done matches the model, inputs and options
+      # shellcheck disable=SC2086
+      state=$(${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" ${inputs} --out_dir "${out}" --check)
+      [ "${state}" == stale ] || continue
+      mkdir -p "${out}"
+      if [ "${train_mode}" == online ]; then inputs+=" --device ${extract_device}"; fi
       # shellcheck disable=SC2086,SC2154
       ${cmd} "${out}/extract.log" \
         ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" ${inputs} --out_dir "${out}"
