@@ -5,7 +5,6 @@
     if verdict:                                        # complete: reuse the outputs
         logger.info("%s is up to date, skipping", scores)
     else:                                              # stale: verdict.reason says why, for the log line
-        clear_done(record)                             # first: an interrupted run leaves no record
         ...write the outputs...
         write_done(record, inputs, options, outputs)   # last, atomically
 
@@ -18,6 +17,9 @@ a changed option, a missing, truncated or rewritten output (a run interrupted af
 was written and the outputs rewritten, or a record written before its outputs) make them stale.
 Stamps compare for equality, not age: an input older than before (a file restored from a backup)
 counts as changed too. Symbolic links are followed (an <exp>_avg's model.pt is the averaged model).
+A rerun leaves the old record in place until its new outputs are written: the outputs it rewrote before
+stopping no longer match it (their stamps), those it did not are still what the record describes, and
+the input or option that made them stale still does; nothing written is removed for the record's sake.
 """
 from __future__ import annotations
 
@@ -108,11 +110,6 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
         if stamp(p, p in by_content) != recorded[p]:
             return Verdict(False, f"{p} {'is missing' if not os.path.exists(p) else 'changed'} since {record}")
     return Verdict(True)
-
-
-def clear_done(record: PathLike) -> None:
-    """Remove the record before rewriting its outputs: a run that stops half way leaves them stale."""
-    Path(record).unlink(missing_ok=True)
 
 
 def write_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs: Iterable[PathLike],

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta
-from upmp.done import Verdict, clear_done, done_path, is_done, write_done
+from upmp.done import Verdict, done_path, is_done, write_done
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
@@ -92,7 +92,6 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
     from upmp.embeddings import check_stacks_fit, embed_all, write_embeddings, write_model_record
     record = embeddings_record(model_path, out_dir, layers_scp, data_dir, upstream, upstream_ckpt,
                                utt2spk, crop_seconds, num_crops)
-    clear_done(record[0])
     model, meta = load_model(model_path, device)
     source = stack_source(model, meta, model_path, layers_scp, data_dir, upstream, upstream_ckpt, device)
     if isinstance(source, UpstreamStacks):
