@@ -224,14 +224,16 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if [[ "${extract_device}" == cuda* ]]; then cmd=${cuda_cmd}; else cmd=${train_cmd}; fi  # GPU jobs, as in stage 3
   for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${dump}/${set}
-    # "complete" when layers.scp has every utterance (skipped); else the stacks it can reuse (this set's
-    # finished jobs of an interrupted run, other sets' stacks of the same audio: Vox1-O/H lie in Vox1-E)
-    # go to reused.scp, the rest to ${out}/todo, and it prints their number
+    # shellcheck disable=SC2206
+    reuse_layers=(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" --upstream "${upstream}"
+                  --storage "${storage}" --layers "${layers}")
+    # complete (logged, skipped) while ${out}/layers.scp.done matches data/${set} and the stacks asked for
+    state=$("${reuse_layers[@]}" --check)
+    [ "${state}" == stale ] || continue
+    # the stacks it can reuse (this set's finished jobs of an interrupted run, other sets' stacks of the
+    # same audio: Vox1-O/H lie in Vox1-E) go to reused.scp, the rest to ${out}/todo; it prints their number
     # shellcheck disable=SC2086
-    n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" \
-               --sets ${train_set} ${valid_set} ${test_sets} --upstream "${upstream}" --storage "${storage}" \
-               --layers "${layers}")
-    [ "${n_todo}" != complete ] || continue
+    n_todo=$("${reuse_layers[@]}" --sets ${train_set} ${valid_set} ${test_sets})
     # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones;
     # a job's scp appears only when the job is complete
     run_id=$(date +%Y%m%d%H%M%S)
