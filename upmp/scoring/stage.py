@@ -24,8 +24,9 @@ A system is up to date (skipped) while its done-record <scores>.done (upmp.done)
 and the training set's xvector.scp, data/<set>/trials, the training utt2spk, data/<set>/utt_map, the
 validation set's scores of the same system (test sets) as they were, the options asked for now (so a
 changed --lda_dim rescores only PLDA), and the files written, each still as written. Otherwise the
-record is removed, the system scored, calibrated, its ids mapped, .opts and the record written last
-(an interrupted system is scored again; so is one scored before the records, with the same numbers).
+system is scored, calibrated, its ids mapped, .opts and the record written last (an interrupted
+system's rewritten files no longer match its record: scored again; so is a system scored before the
+records, with the same numbers).
 The validation set is scored first, so test sets calibrate on its current scores. Everything runs in
 this process.
 """

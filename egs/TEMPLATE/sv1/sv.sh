@@ -342,8 +342,8 @@ for run in ${runs}; do
 
   if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "Stage 4: scoring (${systems# }), then ${calibration} calibration${fusion:+ and fusion of ${fusion}} on ${valid_set:-no validation set}"
-    # per system (<set>.<method>[.<norm>]): skipped when up to date (upmp.scoring.stage), else scored,
-    # calibrated (test sets: .llr / .qmf), ids mapped back for imported sets, options recorded in .opts
+    # per system (<set>.<method>[.<norm>]): skipped while its <scores>.done matches (upmp.scoring.stage), else
+    # scored, calibrated (test sets: .llr / .qmf), ids mapped back for imported sets, options in .opts
     # shellcheck disable=SC2086
     ${python} -m upmp.bin.score_sets --exp_dir "${exp}" --data_root data --train_set "${train_set}" \
       ${valid_set:+--valid_set "${valid_set}"} --test_sets ${test_sets} --scoring ${scoring} --score_norm ${score_norm} \
