@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     inputs += [Path(args.train_scp).parent / "layer_stack.json", Path(args.trials_scp).parent / "layer_stack.json"]
     record = (done_path(tsv), inputs, {k: getattr(args, k) for k in ("lda_dim", "p_target", "max_frames",
                                                                      "max_utts_per_spk", "seed")},
-              [tsv, out / "layer_probe.png", opts_file])
+              [tsv, out / "layer_probe.png", opts_file], [inputs[1]] + inputs[4:])  # utt2spk, layer_stack.json: content
     if not args.force and is_done(*record):
         rows = read_layer_probe(tsv)
         logger.info("%s is up to date (same inputs, same options), reusing it", tsv)

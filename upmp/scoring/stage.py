@@ -21,8 +21,8 @@ fitted on the validation set's scores (upmp.scoring.files.fuse_files); <set>.fus
 it fuses as they are, the same systems, and its outputs.
 
 A system is up to date (skipped) while its done-record <scores>.done (upmp.done) matches: the set's
-and the training set's xvector.scp, data/<set>/trials, the training utt2spk, data/<set>/utt_map, the
-validation set's scores of the same system (test sets) as they were, the options asked for now (so a
+and the training set's xvector.scp, data/<set>/trials, the training utt2spk and data/<set>/utt_map
+(these two by content), the validation set's scores of the same system (test sets) as they were, the options asked for now (so a
 changed --lda_dim rescores only PLDA), and the files written, each still as written. Otherwise the
 system is scored, calibrated, its ids mapped, .opts and the record written last (an interrupted
 system's rewritten files no longer match its record: scored again; so is a system scored before the
@@ -163,12 +163,14 @@ def _score_system(run: _Run, system: System) -> str:
     dev_scores = run.scores(run.valid_set, system) if run.valid_set else None
     opts_file = Path(f"{scores}.opts")
     utt_map = run.data / s / "utt_map"
-    inputs = [run.xvectors(s), run.xvectors(run.train_set), run.data / s / "trials",
-              run.data / run.train_set / "utt2spk", utt_map] + ([dev_scores] if calibrated else [])
+    # a newer trial list rescores (convert_trials keeps an unchanged list's mtime); stage 0 rewrites the tables
+    hashed = [run.data / run.train_set / "utt2spk", utt_map]
+    inputs = [run.xvectors(s), run.xvectors(run.train_set), run.data / s / "trials"] + hashed
+    inputs += [dev_scores] if calibrated else []
     outputs = [scores] + [out for _, out in calibrated]
     outputs += [Path(f"{out}.calibration.json" if c == "qmf" else f"{scores}.calibration.json") for c, out in calibrated]
     outputs += [Path(f"{scores}.source_ids")] if utt_map.is_file() else []
-    record = (done_path(scores), inputs, {"options": opts}, outputs + [opts_file])
+    record = (done_path(scores), inputs, {"options": opts}, outputs + [opts_file], hashed)
     if is_done(*record):
         logger.info("%s is up to date, skipping", scores)
         return "up to date"

@@ -5,7 +5,8 @@ the files written.
 
 When it reruns: <out_dir>/xvector.scp.done (upmp.done) records the model file, the stacks (layers.scp
 and layer_stack.json) or the data dir's audio tables, the utt2spk, the options that shape the
-vectors (upstream, crops) and the files written; embeddings_done answers from it (sv.sh asks with
+vectors (upstream, crops) and the files written (the small tables and layer_stack.json by content:
+stage 0 and stage 1 rewrite them unchanged when they run again); embeddings_done answers from it (sv.sh asks with
 upmp.bin.extract_embeddings --check before it starts a job). A directory without a record (made
 before the records, or interrupted) is extracted again: stage 3 is deterministic, its vectors come
 out the same.
@@ -59,20 +60,23 @@ def stack_source(model, meta: LayerStackMeta, model_path: str, layers_scp: Optio
 def embeddings_record(model_path: str, out_dir: str, layers_scp: Optional[str] = None,
                       data_dir: Optional[str] = None, upstream: Optional[str] = None,
                       upstream_ckpt: Optional[str] = None, utt2spk: Optional[str] = None,
-                      crop_seconds: float = 0.0, num_crops: int = 1) -> Tuple[Path, List[str], dict, List[str]]:
-    """(record, inputs, options, outputs) of stage 3's done-record for out_dir (module docstring)."""
+                      crop_seconds: float = 0.0, num_crops: int = 1
+                      ) -> Tuple[Path, List[str], dict, List[str], List[str]]:
+    """(record, inputs, options, outputs, inputs hashed) of stage 3's done-record for out_dir (module
+    docstring)."""
     out = Path(out_dir)
     if layers_scp:
-        inputs = [layers_scp, str(Path(layers_scp).parent / META_NAME)] + ([utt2spk] if utt2spk else [])
+        hashed = [str(Path(layers_scp).parent / META_NAME)] + ([utt2spk] if utt2spk else [])
+        inputs = [layers_scp] + hashed
     else:
-        inputs = [str(Path(data_dir) / n) for n in ("wav.scp", "segments", "utt2spk")]
-        inputs += [upstream_ckpt] if upstream_ckpt else []
+        hashed = [str(Path(data_dir) / n) for n in ("wav.scp", "segments", "utt2spk")]
+        inputs = hashed + ([upstream_ckpt] if upstream_ckpt else [])
     options = {"upstream": upstream, "upstream_ckpt": upstream_ckpt, "crop_seconds": crop_seconds,
                "num_crops": num_crops}
     outputs = [str(out / n) for n in ("utt2dur", "model.sha256", "xvector.ark", "xvector.scp")]
     if utt2spk or data_dir:
         outputs += [str(out / n) for n in ("spk_xvector.ark", "spk_xvector.scp")]
-    return done_path(out / "xvector.scp"), [model_path] + inputs, options, outputs
+    return done_path(out / "xvector.scp"), [model_path] + inputs, options, outputs, hashed
 
 
 def embeddings_done(*args, **kwargs) -> Verdict:

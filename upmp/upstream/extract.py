@@ -14,8 +14,9 @@ Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.data.layer_stacks f
                                exists is complete and an ark without one is the rest of a killed job
     layers.scp                 the join: one line per utterance of data/<set> (atomic)
     layers.scp.done            the done-record (upmp.done), written last: data/<set>'s wav.scp,
-                               segments and utt2spk, the stacks' upstream, storage and layers, and
-                               layers.scp and layer_stack.json as written
+                               segments and utt2spk (by content: stage 0 rewrites them unchanged),
+                               the stacks' upstream, storage and layers, layers.scp and
+                               layer_stack.json as written
 
 A rerun after a kill or a failed job reuses every finished job's stacks and extracts only the
 rest; arks that no scp of the dump points into are removed at the join. A set is complete (skipped)
@@ -124,11 +125,12 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
 
 
 def layer_stacks_record(data_dir: str, out_dir: str, upstream: str, storage: str, layers: Optional[List[int]]):
-    """(record, inputs, options, outputs) of stage 1's done-record for a set (module docstring)."""
+    """(record, inputs, options, outputs, inputs hashed) of stage 1's done-record for a set (module
+    docstring)."""
     out = Path(out_dir)
     inputs = [str(Path(data_dir) / n) for n in ("wav.scp", "segments", "utt2spk")]
     options = {"upstream": upstream, "storage": storage, "layers": layers}
-    return done_path(out / JOINED_SCP), inputs, options, [str(out / JOINED_SCP), str(out / META_NAME)]
+    return done_path(out / JOINED_SCP), inputs, options, [str(out / JOINED_SCP), str(out / META_NAME)], inputs
 
 
 def layer_stacks_done(data_dir: str, out_dir: str, upstream: str, storage: str,

@@ -119,6 +119,10 @@ def test_freshness_rescores_exactly_what_changed(exp):
     r = run(exp)   # nothing changed: nothing rescored, nothing rewritten
     assert r.returncode == 0 and set(states(r.stderr).values()) == {"up to date"} and len(states(r.stderr)) == 8
     assert mtimes(exp) == before
+    utt2spk = exp.parent / "data" / "train" / "utt2spk"   # rewritten unchanged (stage 0 again): by content
+    utt2spk.write_text(utt2spk.read_text())
+    os.utime(utt2spk, ns=(max(before.values()) + 1,) * 2)
+    assert set(states(run(exp).stderr).values()) == {"up to date"} and mtimes(exp) == before
 
     r = run(exp, "--lda_dim", "3")   # only PLDA uses --lda_dim
     assert r.returncode == 0, r.stderr

@@ -28,12 +28,21 @@ def test_embeddings_rerun_when_the_model_inputs_or_options_change(tiny_experimen
     assert f"{out}/xvector.scp is complete, skipping (delete it to extract again)" in caplog.text
     assert check(args + ["--crop_seconds", "1"], capsys, caplog) == "stale"   # an option that shapes the vectors
     assert check(args + ["--max_batch_frames", "100"], capsys, caplog) == "complete"  # one that does not
-    for changed in (model, data / "utt2spk"):
-        st = changed.stat()
-        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        assert check(args, capsys, caplog) == "stale"
-        assert f"{out}/xvector.scp is out of date ({changed} changed since {out}/xvector.scp.done)" in caplog.text
-        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    st = model.stat()   # the model file by its stamp
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert check(args, capsys, caplog) == "stale"
+    assert f"{out}/xvector.scp is out of date ({model} changed since {out}/xvector.scp.done)" in caplog.text
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert check(args, capsys, caplog) == "complete"
+    utt2spk = data / "utt2spk"   # the data dir's tables by content: stage 0 run again rewrites them unchanged
+    text = utt2spk.read_text()
+    utt2spk.write_text(text)
+    os.utime(utt2spk, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert check(args, capsys, caplog) == "complete"
+    utt2spk.write_text(text.replace("spk0", "spk9", 1))
+    assert check(args, capsys, caplog) == "stale"
+    assert f"({utt2spk} changed since {out}/xvector.scp.done)" in caplog.text
+    utt2spk.write_text(text)
     assert check(args, capsys, caplog) == "complete"
     (out / "spk_xvector.scp").unlink()   # an output gone
     assert check(args, capsys, caplog) == "stale"

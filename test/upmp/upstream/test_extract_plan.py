@@ -47,6 +47,10 @@ def test_complete_set_is_skipped_and_others_are_reused(tmp_path):
     assert "vox_e/layers.scp is complete, skipping (delete it to extract again)" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in e.iterdir()} == before   # nothing planned, nothing written
     assert plan(tmp_path, "vox_e", "--check", "--storage", "float16").stdout == "stale\n"   # other stacks asked for
+    wav = tmp_path / "data" / "vox_e" / "wav.scp"   # stage 0 again: the same tables rewritten, by content
+    wav.write_text(wav.read_text())
+    os.utime(wav, ns=(10**9, 10**9))
+    assert plan(tmp_path, "vox_e", "--check").stdout == "complete\n"
 
     r = plan(tmp_path, "vox_o", "--sets", "vox_e", "vox_o")
     assert r.returncode == 0 and r.stdout == "1\n", r.stderr
