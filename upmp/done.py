@@ -23,13 +23,12 @@ the input or option that made them stale still does; nothing written is removed 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, NamedTuple, Optional, Union
 
-from upmp.fileio import atomic_write_text
+from upmp.fileio import atomic_write_text, file_sha256
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUFFIX = ".done"
@@ -56,13 +55,7 @@ def stamp(path: PathLike, hashed: bool = False) -> Optional[Union[list, str]]:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    if not hashed:
-        return [st.st_size, st.st_mtime_ns]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path) if hashed else [st.st_size, st.st_mtime_ns]
 
 
 def _stamps(paths: Iterable[PathLike], hashed: Iterable[PathLike] = ()) -> Dict[str, object]:
