@@ -118,8 +118,8 @@ def read_model_record(out: Path) -> Optional[Tuple[str, str]]:
 
 def write_embeddings(out: Path, embeddings: Dict[str, np.ndarray], utt2spk: Optional[Dict[str, str]] = None) -> None:
     """xvector.ark/scp (one float vector per utterance) and, with utt2spk, spk_xvector.ark/scp (the
-    mean of the length-normalised utterance embeddings per speaker; written first: a present
-    xvector.scp means the directory is complete)."""
+    mean of the length-normalised utterance embeddings per speaker; written first: xvector.scp is the
+    last vector file; stage 3's done-record follows it, upmp.stages.extract_embeddings)."""
     from upmp.fileio import write_vectors
     from upmp.scoring.scorers import speaker_means
     out = Path(out)

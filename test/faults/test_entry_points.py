@@ -2,6 +2,7 @@
 naming the file / line / utterance and what to do, no traceback, and nothing already written lost."""
 import ast
 import errno
+import json
 import os
 import re
 import subprocess
@@ -191,6 +192,11 @@ def test_stage1_killed_midway_resumes_and_cleans_up(small_data_dir, tiny_wavlm, 
     assert sorted(joined) == sorted((data / "utt2spk").read_text().split()[::2])
     for utt, mat in job1.items():
         np.testing.assert_array_equal(joined[utt], mat)
+    from upmp.upstream.extract import layer_stacks_done
+    meta = json.loads((out / "layer_stack.json").read_text())
+    assert layer_stacks_done(str(data), str(out), meta["upstream"], "float32")   # the join wrote the record
+    mtime = (out / "layers.scp").stat().st_mtime_ns
+    assert join_layer_stacks(str(data), str(out)) == 9 and (out / "layers.scp").stat().st_mtime_ns == mtime  # same lines
 
 
 def test_failed_job_shows_its_error_line_and_the_users_wav_scp_line(tmp_path):

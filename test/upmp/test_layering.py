@@ -21,6 +21,7 @@ LAYERS: List[Tuple[str, int, str]] = [
     ("upmp", 0, "shared"),                 # upmp/__init__.py: lazy re-exports only (checked below)
     ("upmp.errors", 0, "shared"),
     ("upmp.fileio", 0, "shared"),
+    ("upmp.done", 0, "shared"),
     ("upmp.config", 1, "config"),
     ("upmp.metrics", 1, "metrics"),
     ("upmp.data", 2, "data"),

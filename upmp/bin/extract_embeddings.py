@@ -16,11 +16,19 @@ length-normalised utterance embeddings per speaker). Full utterances by
 default, as in the paper; --crop_seconds/--num_crops average evenly spaced crops.
 Layer stacks must come from the model's upstream (name and L x D, from layer_stack.json);
 --allow_other_upstream accepts another upstream of the same L x D.
+Then xvector.scp.done, the record of what they were made from; with --check nothing is computed: it
+prints `complete` (and logs that it skips) when that record says the outputs are complete and up to
+date, else `stale` (sv.sh's stage 3 asks before it starts a job; rules: upmp.stages.extract_embeddings).
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from upmp.bin.common import add_device_args, check_device, make_parser, require_files, run_main, set_num_threads, setup_logging
-from upmp.stages.extract_embeddings import extract_embeddings
+from upmp.stages.extract_embeddings import embeddings_done, extract_embeddings
+
+logger = logging.getLogger("extract_embeddings")
 
 
 def get_parser():
@@ -40,12 +48,23 @@ def get_parser():
     p.add_argument("--max_batch_frames", type=int, default=6000)
     p.add_argument("--chunk_size", type=int, default=256, help="utterances held in memory at once")
     add_device_args(p)
+    p.add_argument("--check", action="store_true",
+                   help="compute nothing: print complete (the outputs are up to date) or stale")
     return p
 
 
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.check:
+        verdict = embeddings_done(args.model, args.out_dir, args.layers_scp, args.data_dir, args.upstream,
+                                  args.upstream_ckpt, args.utt2spk, args.crop_seconds, args.num_crops)
+        if verdict:
+            logger.info("%s/xvector.scp is complete, skipping (delete it to extract again)", args.out_dir)
+        elif Path(args.out_dir, "xvector.scp").is_file():
+            logger.info("%s/xvector.scp is out of date (%s): extracting again", args.out_dir, verdict.reason)
+        print("complete" if verdict else "stale")
+        return
     set_num_threads(args.num_threads)
     check_device(args.device)
     require_files(utt2spk=args.utt2spk)

@@ -13,8 +13,9 @@ states (the SUPERB-style average). Writes into --out_dir:
                       n_train_utts, n_speakers, n_trials: one row per hidden state, then "avg"
     layer_probe.png   the EERs per hidden state
     layer_probe.opts  the inputs and options the tsv was computed with
-The tsv is reused (not computed again) when it is newer than the inputs and layer_probe.opts records
-the same inputs and options (--force: compute it anyway). With --exp_dirs, each experiment's
+    layer_probe.tsv.done  the done-record (upmp.done): the inputs' stamps, the options, the files written
+The tsv is reused (not computed again) while its record matches: the same inputs as they were, the
+same options, the files as written (--force: compute it anyway). With --exp_dirs, each experiment's
 model.pt weights are shown next to the probe: <exp>/layer_probe.png beside its layer_usage.png.
 On a large training set, --max_utts_per_spk and --max_frames bound the time (reads by offset); the
 pooled statistics, (L + 1) x 2D float32 values per utterance, are held in memory (VoxCeleb1 dev with
@@ -32,7 +33,7 @@ from upmp.analysis import (PROBE_TSV, layer_probe, layer_usage, plot_layer_probe
 from upmp.bin.common import make_parser, positive_int, require_files, require_writable, run_main, setup_logging
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
-from upmp.scoring.stage import newer_than_all, recorded_opts
+from upmp.done import done_path, is_done, write_done
 
 logger = logging.getLogger("layer_probe")
 
@@ -71,9 +72,12 @@ def main(argv=None) -> None:
                                                            "p_target", "max_frames", "max_utts_per_spk", "seed"))
     inputs = [Path(x) for x in (args.train_scp, args.utt2spk, args.trials_scp, args.trials)]
     inputs += [Path(args.train_scp).parent / "layer_stack.json", Path(args.trials_scp).parent / "layer_stack.json"]
-    if not args.force and recorded_opts(opts_file) == opts and newer_than_all(tsv, inputs):
+    record = (done_path(tsv), inputs, {k: getattr(args, k) for k in ("lda_dim", "p_target", "max_frames",
+                                                                     "max_utts_per_spk", "seed")},
+              [tsv, out / "layer_probe.png", opts_file], [inputs[1]] + inputs[4:])  # utt2spk, layer_stack.json: content
+    if not args.force and is_done(*record):
         rows = read_layer_probe(tsv)
-        logger.info("%s is up to date (newer than its inputs, same options), reusing it", tsv)
+        logger.info("%s is up to date (same inputs, same options), reusing it", tsv)
     else:
         t0 = time.time()
         rows = layer_probe(args.train_scp, args.utt2spk, args.trials_scp, args.trials, lda_dim=args.lda_dim,
@@ -82,7 +86,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_layer_probe(rows, tsv)
         plot_layer_probe(rows, out / "layer_probe.png")
-        atomic_write_text(opts_file, opts + "\n")  # last: an interrupted run is computed again
+        atomic_write_text(opts_file, opts + "\n")
+        write_done(*record)  # last: an interrupted run is computed again
         logger.info("probed %d hidden states and their average in %.1f s -> %s", len(rows) - 1, time.time() - t0, tsv)
     for r in rows:
         logger.info("hidden state %-3s EER cosine %6.2f %%  PLDA %6.2f %%", r["layer"], r["eer_cosine"], r["eer_plda"])

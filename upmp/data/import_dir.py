@@ -51,6 +51,7 @@ from upmp.data.audio import AUDIO_EXTENSIONS
 from upmp.data.kaldi_dir import (DataDirError, PathLike, c_sort_key, parse_positive, parse_segment, read_table,
                                  speaker_sort_violation, utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
+from upmp.done import stamp
 from upmp.errors import AudioError
 from upmp.fileio import building_dir
 
@@ -243,12 +244,9 @@ def _find_trials(src: Path, trials: Optional[PathLike], required: bool) -> Optio
 
 
 def _stamp(paths: List[Path]) -> Dict[str, List[int]]:
-    out = {}
-    for p in paths:
-        if p.is_file():
-            st = p.stat()
-            out[str(p)] = [st.st_size, st.st_mtime_ns]
-    return out
+    """{path: [size, mtime_ns]} of the files that exist: upmp.done's stamp (import.json is the done-record
+    of an import, kept inside the directory it describes, which is swapped in whole)."""
+    return {str(p): stamp(p) for p in paths if p.is_file()}
 
 
 def _read_record(dst: Path) -> Optional[dict]:

@@ -12,19 +12,23 @@ Files of a system `<exp>/scores/<set>.<system>` (system: `<method>[.<norm>]`, no
     <scores>.calibration.json    the linear fit; <scores>.qmf.calibration.json the QMF fit
     <scores>.source_ids          the scores under the source's ids (imported sets with data/<set>/utt_map)
     <scores>.opts                the scoring options the system used ("--lda_dim N", "--cohort_top_n N")
+    <scores>.done                the done-record: what the files above were made from (written last)
 
 With `fusion` (two or more of the systems, a validation set needed), every test set also gets the system
 `fusion`: <exp>/scores/<set>.fusion holds the LLRs of a linear logistic-regression fusion of those systems
 fitted on the validation set's scores (upmp.scoring.files.fuse_files); <set>.fusion.json the fit and
-<set>.fusion.opts the systems fused. It is up to date when newer than every score file it fuses and
-its .opts names the same systems.
+<set>.fusion.opts the systems fused. It is up to date while <set>.fusion.done records the score files
+it fuses as they are, the same systems, and its outputs.
 
-A system is up to date (skipped) when, as make would see it: the scores are newer than the set's and
-the training set's xvector.scp and data/<set>/trials, every calibrated output is newer than the
-scores and the validation set's scores of the same system, and <scores>.opts records the options
-asked for now (so a changed --lda_dim rescores only PLDA). Otherwise it is scored, calibrated, its
-ids mapped, and .opts written last (an interrupted system is scored again). The validation set is
-scored first, so test sets calibrate on its current scores. Everything runs in this process.
+A system is up to date (skipped) while its done-record <scores>.done (upmp.done) matches: the set's
+and the training set's xvector.scp, data/<set>/trials, the training utt2spk and data/<set>/utt_map
+(these two by content), the validation set's scores of the same system (test sets) as they were, the options asked for now (so a
+changed --lda_dim rescores only PLDA), and the files written, each still as written. Otherwise the
+system is scored, calibrated, its ids mapped, .opts and the record written last (an interrupted
+system's rewritten files no longer match its record: scored again; so is a system scored before the
+records, with the same numbers).
+The validation set is scored first, so test sets calibrate on its current scores. Everything runs in
+this process.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
+from upmp.done import done_path, is_done, write_done
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
 from upmp.scoring.calibration import CALIBRATION_METHODS
@@ -66,22 +71,6 @@ class System:
         if self.norm == "asnorm":
             opts.append(f"--cohort_top_n {cohort_top_n}")
         return " ".join(opts)
-
-
-def newer_than_all(path: Path, inputs: Sequence[Path]) -> bool:
-    """`path` exists and is newer than every input that exists (the shell's `[ path -nt input ]`)."""
-    if not path.is_file():
-        return False
-    mtime = path.stat().st_mtime_ns
-    return all(not x.exists() or mtime > x.stat().st_mtime_ns for x in inputs)
-
-
-def recorded_opts(path: Path) -> str:
-    """The options recorded in an .opts file ("" when there is none)."""
-    try:
-        return path.read_text().rstrip("\n")
-    except FileNotFoundError:
-        return ""
 
 
 @dataclass
@@ -149,7 +138,9 @@ def _fuse(run: _Run, s: str, fusion: Sequence[str]) -> str:
     scores = [run.scores(s, x) for x in systems]
     dev_scores = [run.scores(run.valid_set, x) for x in systems]
     opts, opts_file = "--systems " + " ".join(fusion), Path(f"{out}.opts")
-    if newer_than_all(out, scores + dev_scores) and recorded_opts(opts_file) == opts:
+    record = (done_path(out), scores + dev_scores + [run.data / run.valid_set / "trials", run.data / s / "trials"],
+              {"systems": list(fusion)}, [out, Path(f"{out}.json"), opts_file])
+    if is_done(*record):
         logger.info("%s is up to date, skipping", out)
         return "up to date"
     fit = fuse_files(str(run.data / run.valid_set / "trials"), [str(p) for p in dev_scores], [str(p) for p in scores],
@@ -157,6 +148,7 @@ def _fuse(run: _Run, s: str, fusion: Sequence[str]) -> str:
     fit["systems"] = list(fusion)
     atomic_write_text(f"{out}.json", json.dumps(fit) + "\n")
     atomic_write_text(str(opts_file), opts + "\n")
+    write_done(*record)
     logger.info("%s fused: %s, weights %s, offset %.3f (fitted on %s)", out, " + ".join(fusion),
                 " ".join(f"{w:.3f}" for w in fit["weights"]), fit["offset"], run.valid_set)
     return "fused"
@@ -170,9 +162,16 @@ def _score_system(run: _Run, system: System) -> str:
                   if run.valid_set and s != run.valid_set else [])
     dev_scores = run.scores(run.valid_set, system) if run.valid_set else None
     opts_file = Path(f"{scores}.opts")
-    if (all(newer_than_all(out, [scores, dev_scores]) for _, out in calibrated)
-            and recorded_opts(opts_file) == opts
-            and newer_than_all(scores, [run.xvectors(s), run.xvectors(run.train_set), run.data / s / "trials"])):
+    utt_map = run.data / s / "utt_map"
+    # a newer trial list rescores (convert_trials keeps an unchanged list's mtime); stage 0 rewrites the tables
+    hashed = [run.data / run.train_set / "utt2spk", utt_map]
+    inputs = [run.xvectors(s), run.xvectors(run.train_set), run.data / s / "trials"] + hashed
+    inputs += [dev_scores] if calibrated else []
+    outputs = [scores] + [out for _, out in calibrated]
+    outputs += [Path(f"{out}.calibration.json" if c == "qmf" else f"{scores}.calibration.json") for c, out in calibrated]
+    outputs += [Path(f"{scores}.source_ids")] if utt_map.is_file() else []
+    record = (done_path(scores), inputs, {"options": opts}, outputs + [opts_file], hashed)
+    if is_done(*record):
         logger.info("%s is up to date, skipping", scores)
         return "up to date"
     t0 = time.time()
@@ -184,10 +183,10 @@ def _score_system(run: _Run, system: System) -> str:
                              str(run.xvectors(run.valid_set).parent), str(run.xvectors(s).parent))
         fit_json = f"{out}.calibration.json" if method == "qmf" else f"{scores}.calibration.json"
         atomic_write_text(fit_json, json.dumps(fit) + "\n")
-    utt_map = run.data / s / "utt_map"
     if utt_map.is_file():  # imported ids renamed for Kaldi's sort rule: the user's ids too
         write_source_ids(str(utt_map), str(scores), f"{scores}.source_ids")
     atomic_write_text(str(opts_file), opts + "\n")
+    write_done(*record)
     logger.info("%s scored: %d trials%s%s in %.1f s", scores, n,
                 f", calibrated ({' '.join(c for c, _ in calibrated)}) on {run.valid_set}" if calibrated else "",
                 ", source ids mapped" if utt_map.is_file() else "", time.time() - t0)

@@ -1,16 +1,25 @@
 """Stage 3: speaker embeddings of a set from a trained backend, its layer stacks cached by stage 1
 or computed here by the model's upstream (upmp.upstream.source). The entry point
 upmp.bin.extract_embeddings parses the options and calls extract_embeddings; its docstring lists
-the files written."""
+the files written.
+
+When it reruns: <out_dir>/xvector.scp.done (upmp.done) records the model file, the stacks (layers.scp
+and layer_stack.json) or the data dir's audio tables, the utt2spk, the options that shape the
+vectors (upstream, crops) and the files written (the small tables and layer_stack.json by content:
+stage 0 and stage 1 rewrite them unchanged when they run again); embeddings_done answers from it (sv.sh asks with
+upmp.bin.extract_embeddings --check before it starts a job). A directory without a record (made
+before the records, or interrupted) is extracted again: stage 3 is deterministic, its vectors come
+out the same.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta
-from upmp.embeddings import check_stacks_fit, embed_all, write_embeddings, write_model_record
+from upmp.done import Verdict, done_path, is_done, write_done
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
@@ -48,6 +57,33 @@ def stack_source(model, meta: LayerStackMeta, model_path: str, layers_scp: Optio
     return UpstreamStacks(extractor, data_dir, name, device, data=data)
 
 
+def embeddings_record(model_path: str, out_dir: str, layers_scp: Optional[str] = None,
+                      data_dir: Optional[str] = None, upstream: Optional[str] = None,
+                      upstream_ckpt: Optional[str] = None, utt2spk: Optional[str] = None,
+                      crop_seconds: float = 0.0, num_crops: int = 1
+                      ) -> Tuple[Path, List[str], dict, List[str], List[str]]:
+    """(record, inputs, options, outputs, inputs hashed) of stage 3's done-record for out_dir (module
+    docstring)."""
+    out = Path(out_dir)
+    if layers_scp:
+        hashed = [str(Path(layers_scp).parent / META_NAME)] + ([utt2spk] if utt2spk else [])
+        inputs = [layers_scp] + hashed
+    else:
+        hashed = [str(Path(data_dir) / n) for n in ("wav.scp", "segments", "utt2spk")]
+        inputs = hashed + ([upstream_ckpt] if upstream_ckpt else [])
+    options = {"upstream": upstream, "upstream_ckpt": upstream_ckpt, "crop_seconds": crop_seconds,
+               "num_crops": num_crops}
+    outputs = [str(out / n) for n in ("utt2dur", "model.sha256", "xvector.ark", "xvector.scp")]
+    if utt2spk or data_dir:
+        outputs += [str(out / n) for n in ("spk_xvector.ark", "spk_xvector.scp")]
+    return done_path(out / "xvector.scp"), [model_path] + inputs, options, outputs, hashed
+
+
+def embeddings_done(*args, **kwargs) -> Verdict:
+    """Whether stage 3's outputs in out_dir are complete and up to date (embeddings_record's arguments)."""
+    return is_done(*embeddings_record(*args, **kwargs))
+
+
 def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] = None,
                        data_dir: Optional[str] = None, upstream: Optional[str] = None,
                        upstream_ckpt: Optional[str] = None, allow_other_upstream: bool = False,
@@ -55,8 +91,11 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
                        max_batch_frames: int = 6000, chunk_size: int = 256, device: str = "cpu") -> None:
     """Embed every utterance of the source (layers_scp or data_dir) with the model at model_path:
     out_dir/utt2dur, model.sha256, [spk_xvector.ark/scp (utt2spk, or the data dir's)], then
-    xvector.ark/scp last (its presence marks the stage complete)."""
+    xvector.ark/scp, then the done-record (embeddings_record) last."""
     from upmp.checkpoint import load_model
+    from upmp.embeddings import check_stacks_fit, embed_all, write_embeddings, write_model_record
+    record = embeddings_record(model_path, out_dir, layers_scp, data_dir, upstream, upstream_ckpt,
+                               utt2spk, crop_seconds, num_crops)
     model, meta = load_model(model_path, device)
     source = stack_source(model, meta, model_path, layers_scp, data_dir, upstream, upstream_ckpt, device)
     if isinstance(source, UpstreamStacks):
@@ -81,8 +120,9 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
 
     embeddings = embed_all(model, utts, stacks_of, crop_frames, num_crops, max_batch_frames, device, chunk_size)
     out = Path(out_dir)
-    # before xvector.scp, which write_embeddings renames into place last (stage 3's completeness mark)
+    # before xvector.scp, which write_embeddings renames into place last; the done-record follows
     atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
     write_model_record(out, model_path)  # package_model checks that it packages this model
     write_embeddings(out, embeddings, spk_of)
+    write_done(*record)
     logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, out_dir)

@@ -1,7 +1,8 @@
 """Stage 1 as library code: plan which layer stacks to extract, extract them, join the job outputs.
 
     plan = plan_extraction(data_dir, out_dir, sources, upstream, storage, layers)  # reuse, then what is left
-    plan = plan_set(data_dir, out_dir, sets, upstream, storage, layers=layers)     # None when already complete
+    layer_stacks_done(data_dir, out_dir, upstream, storage, layers)              # complete, or stale and why
+    plan = plan_set(data_dir, out_dir, sets, upstream, storage, layers=layers)     # reuse, then what is left
     extract_layer_stacks(extractor, data, out_prefix, storage, layers=layers)     # one job: <prefix>.ark/.scp
     join_layer_stacks(data_dir, out_dir, run_id)                            # layers.scp; orphan arks removed
 
@@ -11,10 +12,16 @@ Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.data.layer_stacks f
     layers.<run>.<job>.ark     a job's stacks; its scp `layers.<run>.<job>.scp` is renamed into
                                place only when the job has written every utterance, so an scp that
                                exists is complete and an ark without one is the rest of a killed job
-    layers.scp                 the join: one line per utterance of data/<set>, written last (atomic)
+    layers.scp                 the join: one line per utterance of data/<set> (atomic)
+    layers.scp.done            the done-record (upmp.done), written last: data/<set>'s wav.scp,
+                               segments and utt2spk (by content: stage 0 rewrites them unchanged),
+                               the stacks' upstream, storage and layers, layers.scp and
+                               layer_stack.json as written
 
 A rerun after a kill or a failed job reuses every finished job's stacks and extracts only the
-rest; arks that no scp of the dump points into are removed at the join.
+rest; arks that no scp of the dump points into are removed at the join. A set is complete (skipped)
+while its record matches; a dump without one (made before the records) is planned again: its own
+layers.scp's stacks are reused, no upstream runs, and the join writes the record.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
 from upmp.data.kaldi_dir import DataDir, read_table, write_table
+from upmp.done import Verdict, done_path, is_done, write_done
 from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
@@ -116,26 +124,26 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     return plan
 
 
-def layer_stacks_complete(data_dir: str, out_dir: str, kind: Optional[tuple] = None) -> bool:
-    """Stage 1 is done for a set: <out_dir>/layers.scp has as many lines as data_dir's utt2spk, and
-    layer_stack.json is there, of (upstream, storage, layers) `kind` when given (delete layers.scp
-    to extract again)."""
+def layer_stacks_record(data_dir: str, out_dir: str, upstream: str, storage: str, layers: Optional[List[int]]):
+    """(record, inputs, options, outputs, inputs hashed) of stage 1's done-record for a set (module
+    docstring)."""
     out = Path(out_dir)
-    if kind is not None and (out / META_NAME).is_file():
-        meta = read_meta(out)
-        if (meta.upstream, meta.storage, meta.layers) != tuple(kind):
-            return False
-    return (out / META_NAME).is_file() and (out / JOINED_SCP).is_file() \
-        and num_lines(out / JOINED_SCP) == num_lines(Path(data_dir) / "utt2spk")
+    inputs = [str(Path(data_dir) / n) for n in ("wav.scp", "segments", "utt2spk")]
+    options = {"upstream": upstream, "storage": storage, "layers": layers}
+    return done_path(out / JOINED_SCP), inputs, options, [str(out / JOINED_SCP), str(out / META_NAME)], inputs
+
+
+def layer_stacks_done(data_dir: str, out_dir: str, upstream: str, storage: str,
+                      layers: Optional[List[int]] = None) -> Verdict:
+    """Whether stage 1's stacks of a set are complete: its record matches data_dir's tables and the
+    stacks asked for (upstream, storage, layers); else why not."""
+    return is_done(*layer_stacks_record(data_dir, out_dir, upstream, storage, layers))
 
 
 def plan_set(data_dir: str, out_dir: str, sets: Sequence[str], upstream: str, storage: str,
-             sources: Sequence[str] = (), layers: Optional[List[int]] = None) -> Optional[ExtractionPlan]:
-    """Stage 1's plan for one set of a run: None when its layer stacks are complete; else
-    plan_extraction reusing from `sources` and from the dumps of the run's other `sets` (names:
-    <out_dir>/../<set>, their data dirs beside data_dir)."""
-    if layer_stacks_complete(data_dir, out_dir, (upstream, storage, layers)):
-        return None
+             sources: Sequence[str] = (), layers: Optional[List[int]] = None) -> ExtractionPlan:
+    """Stage 1's plan for one set of a run: plan_extraction reusing from `sources` and from the dumps
+    of the run's other `sets` (names: <out_dir>/../<set>, their data dirs beside data_dir)."""
     dump = Path(out_dir).parent
     others = [str(dump / s) for s in sets if (dump / s).resolve() != Path(out_dir).resolve()]
     return plan_extraction(data_dir, out_dir, list(sources) + others, upstream, storage, layers)
@@ -268,7 +276,9 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
     (layers.<run_id>.*.scp; every job scp when run_id is None), one line per utterance of data_dir,
     sorted, written atomically; an utterance without a stack is an error naming the job logs.
     Then the arks of out_dir that no scp under the dump root (out_dir's parent) points into are
-    removed. Returns the number of stacks."""
+    removed; the done-record (layer_stacks_record, of the stacks' layer_stack.json) last. layers.scp
+    keeps its mtime when its lines are those it had (a dump planned again, everything reused).
+    Returns the number of stacks."""
     out = Path(out_dir)
     utts = list(read_table(Path(data_dir) / "utt2spk"))
     table = dict(read_table(out / REUSED_SCP)) if (out / REUSED_SCP).is_file() else {}
@@ -280,8 +290,15 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
         raise DataDirError(f"{out}: no layer stack for utterance {missing[0]!r} of {data_dir} ({len(missing)} "
                            f"missing): an extraction job failed, see {out}/log/; rerun stage 1 to extract "
                            f"only the missing ones")
-    atomic_write_text(out / JOINED_SCP, "".join(f"{u} {table[u]}\n" for u in sorted(utts)))
+    text = "".join(f"{u} {table[u]}\n" for u in sorted(utts))
+    joined = out / JOINED_SCP
+    if not joined.is_file() or joined.read_text() != text:
+        atomic_write_text(joined, text)
     remove_orphan_arks(out)
+    meta = read_meta(out)
+    if meta is None:
+        raise DataDirError(f"{out / META_NAME}: missing; extract the stacks of {data_dir} again (delete {out})")
+    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers))
     return len(utts)
 
 

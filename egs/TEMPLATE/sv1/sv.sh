@@ -167,7 +167,6 @@ if [ -n "${backend}" ]; then
   done
 fi
 
-num_lines() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 # --layer_probe: speaker information per hidden state of the stacks (reused while up to date); args: exp dirs
 layer_probe_run() {
   local probe_set=${valid_set:-${test_sets%% *}}
@@ -225,14 +224,16 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
   if [[ "${extract_device}" == cuda* ]]; then cmd=${cuda_cmd}; else cmd=${train_cmd}; fi  # GPU jobs, as in stage 3
   for set in ${train_set} ${valid_set} ${test_sets}; do
     out=${dump}/${set}
-    # "complete" when layers.scp has every utterance (skipped); else the stacks it can reuse (this set's
-    # finished jobs of an interrupted run, other sets' stacks of the same audio: Vox1-O/H lie in Vox1-E)
-    # go to reused.scp, the rest to ${out}/todo, and it prints their number
+    # shellcheck disable=SC2206
+    reuse_layers=(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" --upstream "${upstream}"
+                  --storage "${storage}" --layers "${layers}")
+    # complete (logged, skipped) while ${out}/layers.scp.done matches data/${set} and the stacks asked for
+    state=$("${reuse_layers[@]}" --check)
+    [ "${state}" == stale ] || continue
+    # the stacks it can reuse (this set's finished jobs of an interrupted run, other sets' stacks of the
+    # same audio: Vox1-O/H lie in Vox1-E) go to reused.scp, the rest to ${out}/todo; it prints their number
     # shellcheck disable=SC2086
-    n_todo=$(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" \
-               --sets ${train_set} ${valid_set} ${test_sets} --upstream "${upstream}" --storage "${storage}" \
-               --layers "${layers}")
-    [ "${n_todo}" != complete ] || continue
+    n_todo=$("${reuse_layers[@]}" --sets ${train_set} ${valid_set} ${test_sets})
     # arks are never rewritten (another set's reused.scp may point into them): each run writes new ones;
     # a job's scp appears only when the job is complete
     run_id=$(date +%Y%m%d%H%M%S)
@@ -321,17 +322,18 @@ for run in ${runs}; do
     log "Stage 3: embeddings"
     for set in ${train_set} ${valid_set} ${test_sets}; do
       out=${exp}/embeddings/${set}
-      if [ "${out}/xvector.scp" -nt "${exp}/model.pt" ] && \
-         [ "$(num_lines "${out}/xvector.scp")" -eq "$(num_lines "data/${set}/utt2spk")" ]; then
-        log "${out}/xvector.scp is complete, skipping (delete it to extract again)"; continue
-      fi
-      mkdir -p "${out}"
       inputs="--layers_scp ${dump}/${set}/layers.scp --utt2spk data/${set}/utt2spk"
       cmd=${decode_cmd}
       if [ "${train_mode}" == online ]; then  # the upstream runs here: a GPU job when extracting on cuda
-        inputs="--data_dir data/${set} ${upstream_opts} --device ${extract_device}"
+        inputs="--data_dir data/${set} ${upstream_opts}"
         [[ "${extract_device}" == cuda* ]] && cmd=${cuda_cmd}
       fi
+      # complete (logged, skipped) while <out>/xvector.scp.done matches the model, inputs and options
+      # shellcheck disable=SC2086
+      state=$(${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" ${inputs} --out_dir "${out}" --check)
+      [ "${state}" == stale ] || continue
+      mkdir -p "${out}"
+      if [ "${train_mode}" == online ]; then inputs+=" --device ${extract_device}"; fi
       # shellcheck disable=SC2086,SC2154
       ${cmd} "${out}/extract.log" \
         ${python} -m upmp.bin.extract_embeddings --model "${exp}/model.pt" ${inputs} --out_dir "${out}"
@@ -340,8 +342,8 @@ for run in ${runs}; do
 
   if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "Stage 4: scoring (${systems# }), then ${calibration} calibration${fusion:+ and fusion of ${fusion}} on ${valid_set:-no validation set}"
-    # per system (<set>.<method>[.<norm>]): skipped when up to date (upmp.scoring.stage), else scored,
-    # calibrated (test sets: .llr / .qmf), ids mapped back for imported sets, options recorded in .opts
+    # per system (<set>.<method>[.<norm>]): skipped while its <scores>.done matches (upmp.scoring.stage), else
+    # scored, calibrated (test sets: .llr / .qmf), ids mapped back for imported sets, options in .opts
     # shellcheck disable=SC2086
     ${python} -m upmp.bin.score_sets --exp_dir "${exp}" --data_root data --train_set "${train_set}" \
       ${valid_set:+--valid_set "${valid_set}"} --test_sets ${test_sets} --scoring ${scoring} --score_norm ${score_norm} \

@@ -80,8 +80,8 @@ def test_outputs_equal_the_single_file_entry_points(exp, tmp_path):
     assert states(r.stderr) == {f"{s}.{m}": "scored" for s in ("valid", "test") for m in SYSTEMS}
     scores, emb, data = exp / "scores", exp / "embeddings", exp.parent / "data"
     names = {p.name for p in scores.iterdir()}
-    expected = {f"valid.{m}{x}" for m in SYSTEMS for x in ("", ".opts")}
-    expected |= {f"test.{m}{x}" for m in SYSTEMS for x in ("", ".opts", ".llr", ".calibration.json", ".qmf",
+    expected = {f"valid.{m}{x}" for m in SYSTEMS for x in ("", ".opts", ".done")}
+    expected |= {f"test.{m}{x}" for m in SYSTEMS for x in ("", ".opts", ".done", ".llr", ".calibration.json", ".qmf",
                                                              ".qmf.calibration.json", ".source_ids")}
     assert names == expected
     assert (scores / "test.plda.asnorm.opts").read_text() == "--lda_dim 4 --cohort_top_n 3\n"
@@ -119,6 +119,10 @@ def test_freshness_rescores_exactly_what_changed(exp):
     r = run(exp)   # nothing changed: nothing rescored, nothing rewritten
     assert r.returncode == 0 and set(states(r.stderr).values()) == {"up to date"} and len(states(r.stderr)) == 8
     assert mtimes(exp) == before
+    utt2spk = exp.parent / "data" / "train" / "utt2spk"   # rewritten unchanged (stage 0 again): by content
+    utt2spk.write_text(utt2spk.read_text())
+    os.utime(utt2spk, ns=(max(before.values()) + 1,) * 2)
+    assert set(states(run(exp).stderr).values()) == {"up to date"} and mtimes(exp) == before
 
     r = run(exp, "--lda_dim", "3")   # only PLDA uses --lda_dim
     assert r.returncode == 0, r.stderr
@@ -134,13 +138,18 @@ def test_freshness_rescores_exactly_what_changed(exp):
     assert states(r.stderr) == {f"{s}.{m}": s == "test" and "scored" or "up to date"
                                 for s in ("valid", "test") for m in SYSTEMS}
 
-    valid = exp / "scores" / "valid.cosine"  # the calibration set's scores newer: test's cosine recalibrated
+    # the calibration set's scores rescored (its record gone): test's cosine recalibrated on them
+    (exp / "scores" / "valid.cosine.done").unlink()
+    r = run(exp, "--lda_dim", "3")
+    assert states(r.stderr) == {f"{s}.{m}": m == "cosine" and "scored" or "up to date"
+                                for s in ("valid", "test") for m in SYSTEMS}
+    valid = exp / "scores" / "valid.cosine.asnorm"  # an output touched after its record: scored again
     os.utime(valid, ns=(max(mtimes(exp).values()) + 1,) * 2)
     r = run(exp, "--lda_dim", "3")
-    assert states(r.stderr) == {f"{s}.{m}": (s, m) == ("test", "cosine") and "scored" or "up to date"
+    assert states(r.stderr) == {f"{s}.{m}": m == "cosine.asnorm" and "scored" or "up to date"
                                 for s in ("valid", "test") for m in SYSTEMS}
 
-    (exp / "scores" / "valid.cosine.asnorm.opts").unlink()  # an interrupted system (.opts is written last)
+    (exp / "scores" / "valid.cosine.asnorm.opts").unlink()  # an output missing
     r = run(exp, "--lda_dim", "3", "--score_norm", "asnorm")
     assert states(r.stderr) == {"valid.cosine.asnorm": "scored", "valid.plda.asnorm": "up to date",
                                 "test.cosine.asnorm": "scored", "test.plda.asnorm": "up to date"}

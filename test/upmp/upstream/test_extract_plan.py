@@ -1,5 +1,6 @@
 """Stage 1's planning entry point (upmp.bin.reuse_layers -> upmp.upstream.extract.plan_set): a complete
-set is left alone, an incomplete one reuses the stacks of the run's other sets made from the same audio."""
+set (its done-record matches) is left alone, an incomplete one reuses the stacks of the run's other sets
+made from the same audio, a dump without a record is planned again from its own stacks."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.data.layer_stacks import LayerStackMeta
+from upmp.done import write_done
+from upmp.upstream.extract import layer_stacks_record
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -33,12 +36,21 @@ def test_complete_set_is_skipped_and_others_are_reused(tmp_path):
     e.mkdir(parents=True)
     LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
     (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(e_utts)))
+    r = plan(tmp_path, "vox_e", "--check")   # as a dump made before the records: planned again
+    assert r.returncode == 0 and r.stdout == "stale\n", r.stderr
+    assert f"vox_e/layers.scp is out of date (no record {e}/layers.scp.done): planning again" in r.stderr
+    write_done(*layer_stacks_record(str(tmp_path / "data" / "vox_e"), str(e), "wavlm_local", "float32", None))
     before = {p.name: p.stat().st_mtime_ns for p in e.iterdir()}
 
-    r = plan(tmp_path, "vox_e", "--sets", "vox_e", "vox_o")
+    r = plan(tmp_path, "vox_e", "--check")
     assert r.returncode == 0 and r.stdout == "complete\n", r.stderr
     assert "vox_e/layers.scp is complete, skipping (delete it to extract again)" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in e.iterdir()} == before   # nothing planned, nothing written
+    assert plan(tmp_path, "vox_e", "--check", "--storage", "float16").stdout == "stale\n"   # other stacks asked for
+    wav = tmp_path / "data" / "vox_e" / "wav.scp"   # stage 0 again: the same tables rewritten, by content
+    wav.write_text(wav.read_text())
+    os.utime(wav, ns=(10**9, 10**9))
+    assert plan(tmp_path, "vox_e", "--check").stdout == "complete\n"
 
     r = plan(tmp_path, "vox_o", "--sets", "vox_e", "vox_o")
     assert r.returncode == 0 and r.stdout == "1\n", r.stderr
@@ -51,6 +63,7 @@ def test_complete_set_is_skipped_and_others_are_reused(tmp_path):
     assert r.stdout == "5\n" and (o / "reused.scp").read_text() == ""
 
     (e / "layers.scp").write_text((e / "layers.scp").read_text().split("\n", 1)[1])   # one line short
+    assert plan(tmp_path, "vox_e", "--check").stdout == "stale\n"
     r = plan(tmp_path, "vox_e", "--sets", "vox_e", "vox_o")
     assert r.returncode == 0 and r.stdout == "6\n"   # its arks are gone: nothing of its own to reuse
 
