@@ -16,8 +16,13 @@ written and the rules.
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from upmp.bin.common import make_parser, run_main, setup_logging
-from upmp.data.import_dir import convert_listed_trials, use_sets
+from upmp.data.import_dir import convert_listed_trials, is_ours, use_sets
+
+logger = logging.getLogger("import_data_dir")
 
 
 def get_parser():
@@ -42,8 +47,12 @@ def main(argv=None) -> None:
     setup_logging(args.verbose)
     if args.convert_ours:
         convert_listed_trials(args.src, args.trials, args.data_root)
-    else:
-        print(" ".join(use_sets(args.src, args.data_root, args.trials, args.require_trials, args.src_root)))
+        return
+    print(" ".join(use_sets(args.src, args.data_root, args.trials, args.require_trials, args.src_root)))
+    for spec, listed in zip(args.src, args.trials):
+        if is_ours(spec, args.data_root):  # said, not dropped silently (sv.sh converts after stage 0)
+            logger.info("%s, the list of %s (a set of ours), is converted by --convert_ours once %s exists "
+                        "(sv.sh: after stage 0), not by this import", listed, spec, Path(args.data_root) / Path(spec).name)
 
 
 if __name__ == "__main__":

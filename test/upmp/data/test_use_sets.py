@@ -53,6 +53,8 @@ def test_names_imports_and_deferred_trials(tmp_path):
             "--require_trials")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "test vox1\n" and not (tmp_path / "data" / "test").exists()
+    assert f"{lists / 'mine'}, the list of test (a set of ours), is converted by --convert_ours once data/test exists" \
+        in r.stderr  # said, not dropped silently
     assert (tmp_path / "data" / "vox1" / "trials").read_text() == "a-2 b-2 nontarget\n"
     DataDir({u: f"/x/{u}.wav" for u in utts}, {u: u[0] for u in utts}).write(tmp_path / "data" / "test")  # stage 0
     (tmp_path / "data" / "test" / "trials").write_text("a-1 b-2 nontarget\n")                              # its own
