@@ -47,7 +47,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from upmp.data.audio import AUDIO_EXTENSIONS
+from upmp.data.audio import AUDIO_EXTENSIONS, SAMPLE_RATE
 from upmp.data.kaldi_dir import (DataDirError, PathLike, c_sort_key, parse_positive, parse_segment, read_table,
                                  speaker_sort_violation, utt2spk_to_spk2utt, validate_data_dir, write_table)
 from upmp.data.trials import convert_trial_list, update_kaldi_trials, write_kaldi_trials
@@ -114,7 +114,6 @@ def import_data_dir(src: PathLike, data_root: PathLike = "data", trials: Optiona
     record.update(num_utts=result.num_utts, num_speakers=result.num_speakers, sample_rate=result.sample_rate,
                   num_trials=result.num_trials)
     _write_dir(dst, tables, record)
-    from upmp.data.audio import SAMPLE_RATE  # here: scipy's import would cost every use_sets call 0.5 s
     if result.sample_rate != SAMPLE_RATE:
         logger.info("%s: audio is %d Hz; it is resampled to %d Hz at extraction", src, result.sample_rate,
                     SAMPLE_RATE)

@@ -93,16 +93,14 @@ class SpeakerModel:
     """A loaded model: the frozen upstream, the backend, the training mean, calibration, threshold."""
 
     def __init__(self, content: Dict[str, Any], device: str = "cpu", max_batch_frames: int = 6000):
-        from upmp.backends import SpeakerEmbeddingModel
+        from upmp.checkpoint import build_model
         from upmp.scoring.scorers import CosineScorer
         from upmp.data.layer_stacks import LayerStackMeta
         info = content["info"]
         self.info, self.device, self.max_batch_frames = info, device, max_batch_frames
         cfg = info["config"]
         self.meta = LayerStackMeta(**info["layer_stack"])
-        self.backend = SpeakerEmbeddingModel(cfg["backend"], self.meta.dim, self.meta.num_layers,
-                                             use_hidden0=cfg["use_hidden0"], backend_conf=cfg["backend_conf"],
-                                             has_hidden0=self.meta.layers is None or 0 in self.meta.layers)
+        self.backend = build_model(cfg["backend"], cfg["use_hidden0"], cfg["backend_conf"], self.meta)
         try:
             self.backend.load_state_dict(content["backend"])
         except RuntimeError as e:
