@@ -58,9 +58,14 @@ def stamp(path: PathLike, hashed: bool = False) -> Optional[Union[list, str]]:
     return file_sha256(path) if hashed else [st.st_size, st.st_mtime_ns]
 
 
+def _names(paths: Iterable[PathLike]) -> list:
+    """The paths as the record names them: normalised ('./a' is 'a'), each once, in their order."""
+    return list(dict.fromkeys(os.path.normpath(str(p)) for p in paths))
+
+
 def _stamps(paths: Iterable[PathLike], hashed: Iterable[PathLike] = ()) -> Dict[str, object]:
-    by_content = {str(p) for p in hashed}
-    return {str(p): stamp(p, str(p) in by_content) for p in paths}
+    by_content = set(_names(hashed))
+    return {p: stamp(p, p in by_content) for p in _names(paths)}
 
 
 def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs: Iterable[PathLike],
@@ -75,7 +80,7 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
         return Verdict(False, f"{record} is unreadable")
     if not isinstance(old, dict):
         return Verdict(False, f"{record} is unreadable")
-    outputs = [str(p) for p in outputs]
+    outputs = _names(outputs)
     recorded = old.get("outputs") or {}
     if sorted(recorded) != sorted(outputs):
         return Verdict(False, f"{record} names other outputs")
@@ -90,7 +95,7 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
     for k in sorted(set(options) | set(recorded)):
         if options.get(k) != recorded.get(k):
             return Verdict(False, f"option {k}: {recorded.get(k)!r} in {record}, now {options.get(k)!r}")
-    inputs = [str(p) for p in inputs]
+    inputs = _names(inputs)
     recorded = old.get("inputs") or {}
     for p in inputs:
         if p not in recorded:
@@ -98,7 +103,7 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
     for p in recorded:
         if p not in inputs:
             return Verdict(False, f"input {p} of {record} is no longer an input")
-    by_content = {str(p) for p in hashed}
+    by_content = set(_names(hashed))
     for p in inputs:
         if stamp(p, p in by_content) != recorded[p]:
             return Verdict(False, f"{p} {'is missing' if not os.path.exists(p) else 'changed'} since {record}")

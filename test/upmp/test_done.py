@@ -100,3 +100,14 @@ def test_hashed_inputs_compare_by_content(stage):
     assert is_done(record, *args, hashed=[src])
     src.write_text("abd\n")
     assert not is_done(record, *args, hashed=[src])
+
+
+def test_repeated_and_differently_spelled_paths_name_the_same_files(tmp_path, monkeypatch):
+    # e.g. score_sets --calibration linear linear names one output twice; './i' and 'i' are one input
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "i").write_text("x\n")
+    (tmp_path / "o").write_text("y\n")
+    write_done("o.done", ["./i", "i"], {}, ["o", "./o"], hashed=["./i"])
+    assert is_done("o.done", ["i"], {}, ["o"], hashed=["i"]) == (True, "")
+    assert is_done("o.done", ["i", "./i"], {}, ["./o", "o", "o"], hashed=["./i"]) == (True, "")
+    assert json.loads((tmp_path / "o.done").read_text())["inputs"] == {"i": stamp("i", hashed=True)}
