@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from upmp.done import done_path, is_done, stamp, write_done
+from upmp.done import done_path, is_done, snapshot, stamp, write_done
 
 
 @pytest.fixture
@@ -111,3 +111,14 @@ def test_repeated_and_differently_spelled_paths_name_the_same_files(tmp_path, mo
     assert is_done("o.done", ["i"], {}, ["o"], hashed=["i"]) == (True, "")
     assert is_done("o.done", ["i", "./i"], {}, ["./o", "o", "o"], hashed=["./i"]) == (True, "")
     assert json.loads((tmp_path / "o.done").read_text())["inputs"] == {"i": stamp("i", hashed=True)}
+
+
+def test_an_input_changed_while_the_stage_ran_writes_no_record(stage, caplog):
+    record, src, out, extra, args = stage
+    record.unlink()
+    seen = snapshot(args[0])  # before the stage reads in.txt
+    src.write_text("abcd\n")  # changed meanwhile: the outputs were made from the old text
+    assert write_done(record, *args, seen=seen) is False and not record.exists()
+    assert [r.message for r in caplog.records] == [
+        f"{src} changed while the stage ran: not writing {record} (the next run redoes the stage)"]
+    assert write_done(record, *args, seen=snapshot(args[0])) is True and is_done(record, *args)

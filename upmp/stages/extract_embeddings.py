@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta
-from upmp.done import Verdict, done_path, is_done, write_done
+from upmp.done import Verdict, done_path, is_done, snapshot, write_done
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
@@ -96,6 +96,7 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
     from upmp.embeddings import check_stacks_fit, embed_all, write_embeddings, write_model_record
     record = embeddings_record(model_path, out_dir, layers_scp, data_dir, upstream, upstream_ckpt,
                                utt2spk, crop_seconds, num_crops)
+    seen = snapshot(record[1], record[4])  # before the inputs are read: one changed meanwhile writes no record
     model, meta = load_model(model_path, device)
     source = stack_source(model, meta, model_path, layers_scp, data_dir, upstream, upstream_ckpt, device)
     if isinstance(source, UpstreamStacks):
@@ -124,5 +125,5 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
     atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
     write_model_record(out, model_path)  # package_model checks that it packages this model
     write_embeddings(out, embeddings, spk_of)
-    write_done(*record)
+    write_done(*record, seen=seen)
     logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, out_dir)
