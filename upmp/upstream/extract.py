@@ -26,6 +26,7 @@ layers.scp's stacks are reused, no upstream runs, and the join writes the record
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
 from upmp.data.kaldi_dir import DataDir, read_table, write_table
-from upmp.done import Verdict, done_path, is_done, write_done
+from upmp.done import Verdict, done_path, is_done, stamp, write_done
 from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
@@ -76,7 +77,9 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     """Which utterances of data_dir need extracting into out_dir, and which stacks are reused.
 
     Reused, in this order: this set's own finished job outputs (a killed or failed earlier run)
-    and its last layers.scp, when its layer_stack.json has the same upstream, storage and layer subset; then,
+    and its last layers.scp, when its layer_stack.json has the same upstream, storage and layer subset and
+    the audio is the one they were made from (none of them when the set's previous done-record names
+    another wav.scp or segments: the same ids, other audio; a dump without a record reuses by id); then,
     from the other sets' complete dumps in `sources` (<dump>/<other set>, data/<other set> beside
     data_dir), stacks of the same utterance id made from the same audio (same wav.scp entry and
     segment) with the same upstream, storage and layers. Writes <out_dir>/reused.scp, layer_stack.json
@@ -88,7 +91,8 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     plan, meta_from = ExtractionPlan(), None
     own = read_meta(out)
     wanted_kind = (upstream, storage, layers)
-    if own is not None and (own.upstream, own.storage, own.layers) == wanted_kind:
+    if own is not None and (own.upstream, own.storage, own.layers) == wanted_kind \
+            and not _audio_changed(data_dir, out):
         for scp in job_scps(out) + ([out / JOINED_SCP] if (out / JOINED_SCP).is_file() else []):
             for utt, entry in read_table(scp).items():
                 if utt in wanted and utt not in plan.reused and _ark_exists(entry):
@@ -155,6 +159,21 @@ def num_lines(path: Path) -> int:
         return 0
     with open(path, "rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _audio_changed(data_dir: str, out: Path) -> bool:
+    """Whether the set's previous done-record (if any) names another wav.scp or segments than data_dir's
+    now: its own stacks are then of other audio under the same ids (a changed utt2spk alone is not)."""
+    try:
+        recorded = json.loads(done_path(out / JOINED_SCP).read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name in ("wav.scp", "segments"):
+        p = os.path.normpath(str(Path(data_dir) / name))
+        if p in recorded and recorded[p] != stamp(p, hashed=True):
+            logger.info("%s changed since %s: extracting its stacks again", p, done_path(out / JOINED_SCP))
+            return True
+    return False
 
 
 def _ark_exists(entry: str) -> bool:

@@ -73,3 +73,23 @@ def test_missing_data_dir_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().endswith(f"{tmp_path}/data/nothing: not a directory")
     assert not (tmp_path / "dump").exists()
+
+
+def test_other_audio_under_the_same_ids_is_extracted_again(tmp_path):
+    """wav.scp rewritten with other audio, same ids: the set's own stacks are not reused (its previous
+    record names the old wav.scp); utt2spk alone changed, or no previous record: reused by id."""
+    from upmp.upstream.extract import plan_extraction
+    utts = ["s0-u0", "s0-u1", "s1-u0"]
+    d, e = data_dir(tmp_path / "data" / "vox_e", utts), tmp_path / "dump" / "vox_e"
+    e.mkdir(parents=True)
+    LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
+    (e / "layers.1.1.ark").write_bytes(b"x")
+    (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(utts)))
+    args = (str(d), str(e), [], "wavlm_local", "float32", None)
+    assert plan_extraction(*args).todo == []  # a dump made before the records: reused by id
+    write_done(*layer_stacks_record(str(d), str(e), "wavlm_local", "float32", None))
+    DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: "x" for u in utts}).write(d)
+    assert plan_extraction(*args).todo == []  # only the speakers changed
+    (d / "wav.scp").write_text("".join(f"{u} /other/{u}.wav\n" for u in utts))
+    p = plan_extraction(*args)
+    assert p.todo == utts and p.reused == {} and read_table(e / "todo" / "wav.scp")["s0-u0"] == "/other/s0-u0.wav"
