@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
 from upmp.data.kaldi_dir import DataDir, read_table, write_table
-from upmp.done import Verdict, done_path, is_done, stamp, write_done
+from upmp.done import Verdict, done_path, is_done, snapshot, stamp, write_done
 from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 JOINED_SCP = "layers.scp"
 REUSED_SCP = "reused.scp"
+PLAN_INPUTS = "plan_inputs.json"  # the data dir's tables as plan_extraction read them (stamps, upmp.done)
 
 
 def audio_key(data: DataDir, utt: str) -> str:
@@ -82,10 +83,12 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     another wav.scp or segments: the same ids, other audio; a dump without a record reuses by id); then,
     from the other sets' complete dumps in `sources` (<dump>/<other set>, data/<other set> beside
     data_dir), stacks of the same utterance id made from the same audio (same wav.scp entry and
-    segment) with the same upstream, storage and layers. Writes <out_dir>/reused.scp, layer_stack.json
+    segment) with the same upstream, storage and layers. Writes <out_dir>/plan_inputs.json, reused.scp, layer_stack.json
     (when anything is reused) and <out_dir>/todo/ (a Kaldi data dir; absent when nothing is left).
     """
     out = Path(out_dir)
+    _, inputs, _, _, hashed = layer_stacks_record(data_dir, out_dir, upstream, storage, layers)
+    seen = snapshot(inputs, hashed)  # before the tables are read: join_layer_stacks records them (PLAN_INPUTS)
     data = DataDir.load(data_dir)
     wanted = {u: audio_key(data, u) for u in data.utts}
     plan, meta_from = ExtractionPlan(), None
@@ -117,6 +120,7 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
                 plan.reused[utt] = entry
                 meta_from = meta_from or src
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / PLAN_INPUTS, json.dumps(seen, sort_keys=True) + "\n")
     write_table(out / REUSED_SCP, plan.reused)
     if meta_from is not None and meta_from != out:
         shutil.copy(meta_from / META_NAME, out / META_NAME)
@@ -295,7 +299,8 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
     (layers.<run_id>.*.scp; every job scp when run_id is None), one line per utterance of data_dir,
     sorted, written atomically; an utterance without a stack is an error naming the job logs.
     Then the arks of out_dir that no scp under the dump root (out_dir's parent) points into are
-    removed; the done-record (layer_stacks_record, of the stacks' layer_stack.json) last. layers.scp
+    removed; the done-record (layer_stacks_record, of the stacks' layer_stack.json) last, none when the
+    data dir's tables changed since the plan read them (PLAN_INPUTS: the next run plans again). layers.scp
     keeps its mtime when its lines are those it had (a dump planned again, everything reused).
     Returns the number of stacks."""
     out = Path(out_dir)
@@ -317,7 +322,8 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
     meta = read_meta(out)
     if meta is None:
         raise DataDirError(f"{out / META_NAME}: missing; extract the stacks of {data_dir} again (delete {out})")
-    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers))
+    seen = json.loads((out / PLAN_INPUTS).read_text()) if (out / PLAN_INPUTS).is_file() else None
+    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers), seen=seen)
     return len(utts)
 
 

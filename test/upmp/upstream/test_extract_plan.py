@@ -93,3 +93,22 @@ def test_other_audio_under_the_same_ids_is_extracted_again(tmp_path):
     (d / "wav.scp").write_text("".join(f"{u} /other/{u}.wav\n" for u in utts))
     p = plan_extraction(*args)
     assert p.todo == utts and p.reused == {} and read_table(e / "todo" / "wav.scp")["s0-u0"] == "/other/s0-u0.wav"
+
+
+def test_tables_changed_after_planning_leave_no_record(tmp_path, caplog):
+    """utt2spk rewritten between the plan (reuse_layers) and the join (join_layers, another process): the
+    stacks are joined but get no record, so the next run plans again."""
+    from upmp.upstream.extract import join_layer_stacks, layer_stacks_done, plan_extraction
+    utts = ["s0-u0", "s0-u1", "s1-u0"]
+    d, e = data_dir(tmp_path / "data" / "vox_e", utts), tmp_path / "dump" / "vox_e"
+    e.mkdir(parents=True)
+    LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
+    (e / "layers.1.1.ark").write_bytes(b"x")
+    (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(utts)))
+    args = (str(d), str(e), "wavlm_local", "float32", None)
+    assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
+    DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: "x" for u in utts}).write(d)
+    assert join_layer_stacks(str(d), str(e)) == 3 and not (e / "layers.scp.done").exists()
+    assert f"{d}/utt2spk changed while the stage ran: not writing {e}/layers.scp.done" in caplog.text
+    assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
+    assert join_layer_stacks(str(d), str(e)) == 3 and layer_stacks_done(*args)
