@@ -112,3 +112,35 @@ def test_tables_changed_after_planning_leave_no_record(tmp_path, caplog):
     assert f"{d}/utt2spk changed while the stage ran: not writing {e}/layers.scp.done" in caplog.text
     assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
     assert join_layer_stacks(str(d), str(e)) == 3 and layer_stacks_done(*args)
+
+
+def test_rewritten_audio_gives_new_stacks(small_data_dir, tiny_wavlm, tmp_path):
+    """Stage 1 end to end: wav.scp rewritten with other audio under the same ids -> every utterance is
+    extracted again and the joined stacks are those of the new audio."""
+    import shutil
+
+    import kaldiio
+    import numpy as np
+
+    from upmp.bin.extract_layers import main
+    from upmp.upstream.extract import join_layer_stacks, plan_extraction
+
+    def stage1(run_id):
+        p = plan_extraction(str(data), str(out), [], "wavlm_local", "float32")
+        if p.todo:
+            main(["--data_dir", str(out / "todo"), "--out_prefix", str(out / f"layers.{run_id}.1"),
+                  "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm)])
+        join_layer_stacks(str(data), str(out), run_id)
+        return p, dict(kaldiio.load_scp(str(out / "layers.scp")))
+    data, out = tmp_path / "data" / "set", tmp_path / "dump" / "set"
+    shutil.copytree(small_data_dir, data)
+    plan, before = stage1("r1")
+    assert len(plan.todo) == 9
+    wav = read_table(data / "wav.scp")
+    keys = sorted(wav)
+    (data / "wav.scp").write_text("".join(f"{k} {wav[keys[(i + 1) % 9]]}\n" for i, k in enumerate(keys)))
+    plan, after = stage1("r2")
+    assert sorted(plan.todo) == sorted(before) and plan.reused == {}
+    assert sorted(after) == sorted(before)
+    for i, k in enumerate(keys):  # each id now has its neighbour's audio: its neighbour's stack
+        np.testing.assert_allclose(after[k], before[keys[(i + 1) % 9]], rtol=1e-5, atol=1e-6)
