@@ -5,8 +5,9 @@
     if verdict:                                        # complete: reuse the outputs
         logger.info("%s is up to date, skipping", scores)
     else:                                              # stale: verdict.reason says why, for the log line
+        seen = snapshot(inputs)                        # before the stage reads its inputs
         ...write the outputs...
-        write_done(record, inputs, options, outputs)   # last, atomically
+        write_done(record, inputs, options, outputs, seen=seen)  # last, atomically
 
 A record (JSON) holds each input's stamp (size and mtime_ns of the file it names, or its SHA-256 for
 the inputs in `hashed`; null for an input that does not exist), the options that shape the outputs
@@ -24,6 +25,7 @@ the input or option that made them stale still does; nothing written is removed 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Dict, Iterable, NamedTuple, Optional, Union
@@ -32,6 +34,7 @@ from upmp.fileio import atomic_write_text, file_sha256
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUFFIX = ".done"
+logger = logging.getLogger(__name__)
 
 
 class Verdict(NamedTuple):
@@ -58,9 +61,14 @@ def stamp(path: PathLike, hashed: bool = False) -> Optional[Union[list, str]]:
     return file_sha256(path) if hashed else [st.st_size, st.st_mtime_ns]
 
 
+def _names(paths: Iterable[PathLike]) -> list:
+    """The paths as the record names them: normalised ('./a' is 'a'), each once, in their order."""
+    return list(dict.fromkeys(os.path.normpath(str(p)) for p in paths))
+
+
 def _stamps(paths: Iterable[PathLike], hashed: Iterable[PathLike] = ()) -> Dict[str, object]:
-    by_content = {str(p) for p in hashed}
-    return {str(p): stamp(p, str(p) in by_content) for p in paths}
+    by_content = set(_names(hashed))
+    return {p: stamp(p, p in by_content) for p in _names(paths)}
 
 
 def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs: Iterable[PathLike],
@@ -75,7 +83,7 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
         return Verdict(False, f"{record} is unreadable")
     if not isinstance(old, dict):
         return Verdict(False, f"{record} is unreadable")
-    outputs = [str(p) for p in outputs]
+    outputs = _names(outputs)
     recorded = old.get("outputs") or {}
     if sorted(recorded) != sorted(outputs):
         return Verdict(False, f"{record} names other outputs")
@@ -90,7 +98,7 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
     for k in sorted(set(options) | set(recorded)):
         if options.get(k) != recorded.get(k):
             return Verdict(False, f"option {k}: {recorded.get(k)!r} in {record}, now {options.get(k)!r}")
-    inputs = [str(p) for p in inputs]
+    inputs = _names(inputs)
     recorded = old.get("inputs") or {}
     for p in inputs:
         if p not in recorded:
@@ -98,20 +106,37 @@ def is_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs
     for p in recorded:
         if p not in inputs:
             return Verdict(False, f"input {p} of {record} is no longer an input")
-    by_content = {str(p) for p in hashed}
+    by_content = set(_names(hashed))
     for p in inputs:
         if stamp(p, p in by_content) != recorded[p]:
             return Verdict(False, f"{p} {'is missing' if not os.path.exists(p) else 'changed'} since {record}")
     return Verdict(True)
 
 
+def snapshot(inputs: Iterable[PathLike], hashed: Iterable[PathLike] = ()) -> Dict[str, object]:
+    """The inputs' stamps now: take them before the stage reads its inputs and hand them to write_done
+    (seen=), so that an input changed while the stage ran is not recorded as the one its outputs were
+    made from."""
+    return _stamps(inputs, hashed)
+
+
 def write_done(record: PathLike, inputs: Iterable[PathLike], options: dict, outputs: Iterable[PathLike],
-               hashed: Iterable[PathLike] = ()) -> None:
+               hashed: Iterable[PathLike] = (), seen: Optional[Dict[str, object]] = None) -> bool:
     """Record that `outputs` (all written, each one a file) are complete for these inputs and options;
-    atomically, after the outputs."""
+    atomically, after the outputs. `seen`: snapshot() of the inputs taken before the stage read them;
+    when an input has changed since, no record is written (one warning line; the next run redoes the
+    stage) and the answer is False."""
     out = _stamps(outputs)
     missing = [p for p, s in out.items() if s is None]
     if missing:
         raise FileNotFoundError(f"{record}: output {missing[0]} was not written")
-    body = {"inputs": _stamps(inputs, hashed), "options": options, "outputs": out}
+    now = _stamps(inputs, hashed)
+    if seen is not None:
+        changed = [p for p in now if seen.get(p) != now[p]]
+        if changed:
+            logger.warning("%s changed while the stage ran: not writing %s (the next run redoes the stage)",
+                           changed[0], record)
+            return False
+    body = {"inputs": now, "options": options, "outputs": out}
     atomic_write_text(record, json.dumps(body, indent=1, sort_keys=True) + "\n")
+    return True

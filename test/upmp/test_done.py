@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from upmp.done import done_path, is_done, stamp, write_done
+from upmp.done import done_path, is_done, snapshot, stamp, write_done
 
 
 @pytest.fixture
@@ -100,3 +100,25 @@ def test_hashed_inputs_compare_by_content(stage):
     assert is_done(record, *args, hashed=[src])
     src.write_text("abd\n")
     assert not is_done(record, *args, hashed=[src])
+
+
+def test_repeated_and_differently_spelled_paths_name_the_same_files(tmp_path, monkeypatch):
+    # e.g. score_sets --calibration linear linear names one output twice; './i' and 'i' are one input
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "i").write_text("x\n")
+    (tmp_path / "o").write_text("y\n")
+    write_done("o.done", ["./i", "i"], {}, ["o", "./o"], hashed=["./i"])
+    assert is_done("o.done", ["i"], {}, ["o"], hashed=["i"]) == (True, "")
+    assert is_done("o.done", ["i", "./i"], {}, ["./o", "o", "o"], hashed=["./i"]) == (True, "")
+    assert json.loads((tmp_path / "o.done").read_text())["inputs"] == {"i": stamp("i", hashed=True)}
+
+
+def test_an_input_changed_while_the_stage_ran_writes_no_record(stage, caplog):
+    record, src, out, extra, args = stage
+    record.unlink()
+    seen = snapshot(args[0])  # before the stage reads in.txt
+    src.write_text("abcd\n")  # changed meanwhile: the outputs were made from the old text
+    assert write_done(record, *args, seen=seen) is False and not record.exists()
+    assert [r.message for r in caplog.records] == [
+        f"{src} changed while the stage ran: not writing {record} (the next run redoes the stage)"]
+    assert write_done(record, *args, seen=snapshot(args[0])) is True and is_done(record, *args)

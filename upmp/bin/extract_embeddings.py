@@ -18,7 +18,8 @@ Layer stacks must come from the model's upstream (name and L x D, from layer_sta
 --allow_other_upstream accepts another upstream of the same L x D.
 Then xvector.scp.done, the record of what they were made from; with --check nothing is computed: it
 prints `complete` (and logs that it skips) when that record says the outputs are complete and up to
-date, else `stale` (sv.sh's stage 3 asks before it starts a job; rules: upmp.stages.extract_embeddings).
+date, else `stale` (sv.sh's stage 3 asks before it starts a job; rules: upmp.stages.extract_embeddings);
+consistent outputs made before the records are adopted: their record is written and it prints `complete`.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from upmp.analysis import (PROBE_TSV, layer_probe, layer_usage, plot_layer_probe
 from upmp.bin.common import make_parser, positive_int, require_files, require_writable, run_main, setup_logging
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
-from upmp.done import done_path, is_done, write_done
+from upmp.done import done_path, is_done, snapshot, write_done
 
 logger = logging.getLogger("layer_probe")
 
@@ -79,6 +79,7 @@ def main(argv=None) -> None:
         rows = read_layer_probe(tsv)
         logger.info("%s is up to date (same inputs, same options), reusing it", tsv)
     else:
+        seen = snapshot(record[1], record[4])  # before the inputs are read: one changed meanwhile writes no record
         t0 = time.time()
         rows = layer_probe(args.train_scp, args.utt2spk, args.trials_scp, args.trials, lda_dim=args.lda_dim,
                            p_target=args.p_target, max_frames=args.max_frames,
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
         write_layer_probe(rows, tsv)
         plot_layer_probe(rows, out / "layer_probe.png")
         atomic_write_text(opts_file, opts + "\n")
-        write_done(*record)  # last: an interrupted run is computed again
+        write_done(*record, seen=seen)  # last: an interrupted run is computed again
         logger.info("probed %d hidden states and their average in %.1f s -> %s", len(rows) - 1, time.time() - t0, tsv)
     for r in rows:
         logger.info("hidden state %-3s EER cosine %6.2f %%  PLDA %6.2f %%", r["layer"], r["eer_cosine"], r["eer_plda"])

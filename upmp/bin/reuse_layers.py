@@ -9,8 +9,9 @@ done-record <out_dir>/layers.scp.done matches its data dir and the stacks asked 
 (rules: upmp.upstream.extract.layer_stacks_done). Without: test lists often share utterances (Vox1-O
 and Vox1-H lie inside Vox1-E), and a killed or failed stage 1 leaves finished jobs behind: both are
 reused, from the set's own dump, the dumps of the run's --sets beside <out_dir> and any --from dirs
-(rules: upmp.upstream.extract.plan_extraction). Writes <out_dir>/reused.scp and <out_dir>/todo/ (a
-Kaldi data dir of the utterances still to extract, absent when none), and prints their number.
+(rules: upmp.upstream.extract.plan_extraction). Writes <out_dir>/plan_inputs.json (the tables as it read
+them, for join_layers's record), reused.scp and todo/ (a Kaldi data dir of the utterances still to
+extract, absent when none), and prints their number.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
-from upmp.done import done_path, is_done, write_done
+from upmp.done import done_path, is_done, snapshot, write_done
 from upmp.errors import ConfigError
 from upmp.fileio import atomic_write_text
 from upmp.scoring.calibration import CALIBRATION_METHODS
@@ -143,12 +143,13 @@ def _fuse(run: _Run, s: str, fusion: Sequence[str]) -> str:
     if is_done(*record):
         logger.info("%s is up to date, skipping", out)
         return "up to date"
+    seen = snapshot(record[1])  # before the inputs are read: one changed meanwhile writes no record
     fit = fuse_files(str(run.data / run.valid_set / "trials"), [str(p) for p in dev_scores], [str(p) for p in scores],
                      str(out), trials=str(run.data / s / "trials"))
     fit["systems"] = list(fusion)
     atomic_write_text(f"{out}.json", json.dumps(fit) + "\n")
     atomic_write_text(str(opts_file), opts + "\n")
-    write_done(*record)
+    write_done(*record, seen=seen)
     logger.info("%s fused: %s, weights %s, offset %.3f (fitted on %s)", out, " + ".join(fusion),
                 " ".join(f"{w:.3f}" for w in fit["weights"]), fit["offset"], run.valid_set)
     return "fused"
@@ -174,6 +175,7 @@ def _score_system(run: _Run, system: System) -> str:
     if is_done(*record):
         logger.info("%s is up to date, skipping", scores)
         return "up to date"
+    seen = snapshot(inputs, hashed)  # before the inputs are read: one changed meanwhile writes no record
     t0 = time.time()
     n = score_file(system.method, str(run.xvectors(s)), str(run.data / s / "trials"), str(scores),
                    str(run.xvectors(run.train_set)), str(run.data / run.train_set / "utt2spk"), lda_dim=run.lda_dim,
@@ -186,7 +188,7 @@ def _score_system(run: _Run, system: System) -> str:
     if utt_map.is_file():  # imported ids renamed for Kaldi's sort rule: the user's ids too
         write_source_ids(str(utt_map), str(scores), f"{scores}.source_ids")
     atomic_write_text(str(opts_file), opts + "\n")
-    write_done(*record)
+    write_done(*record, seen=seen)
     logger.info("%s scored: %d trials%s%s in %.1f s", scores, n,
                 f", calibrated ({' '.join(c for c, _ in calibrated)}) on {run.valid_set}" if calibrated else "",
                 ", source ids mapped" if utt_map.is_file() else "", time.time() - t0)

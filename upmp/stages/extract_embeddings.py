@@ -7,9 +7,10 @@ When it reruns: <out_dir>/xvector.scp.done (upmp.done) records the model file, t
 and layer_stack.json) or the data dir's audio tables, the utt2spk, the options that shape the
 vectors (upstream, crops) and the files written (the small tables and layer_stack.json by content:
 stage 0 and stage 1 rewrite them unchanged when they run again); embeddings_done answers from it (sv.sh asks with
-upmp.bin.extract_embeddings --check before it starts a job). A directory without a record (made
-before the records, or interrupted) is extracted again: stage 3 is deterministic, its vectors come
-out the same.
+upmp.bin.extract_embeddings --check before it starts a job). A directory without a record is
+extracted again (stage 3 is deterministic, its vectors come out the same), except outputs made before
+the records that are consistent (every output there, xvector.scp newer than the model with a line per
+utterance, model.sha256 naming the model file): they are adopted once, their record written.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from upmp.data.kaldi_dir import DataDir, read_table
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta
-from upmp.done import Verdict, done_path, is_done, write_done
+from upmp.done import Verdict, done_path, is_done, snapshot, write_done
 from upmp.errors import ConfigError, DataDirError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.upstream.source import CachedStacks, LayerStackSource, UpstreamStacks
@@ -80,8 +81,35 @@ def embeddings_record(model_path: str, out_dir: str, layers_scp: Optional[str] =
 
 
 def embeddings_done(*args, **kwargs) -> Verdict:
-    """Whether stage 3's outputs in out_dir are complete and up to date (embeddings_record's arguments)."""
-    return is_done(*embeddings_record(*args, **kwargs))
+    """Whether stage 3's outputs in out_dir are complete and up to date (embeddings_record's arguments).
+    Outputs made before the records are adopted once (the record written) when consistent (_legacy_complete)."""
+    record = embeddings_record(*args, **kwargs)
+    verdict = is_done(*record)
+    if not verdict and not record[0].exists() and _legacy_complete(record, *args, **kwargs):
+        write_done(*record)
+        logger.info("%s made before done-records; adopted (same model, complete)", record[0].with_suffix(""))
+        return Verdict(True)
+    return verdict
+
+
+def _legacy_complete(record, model_path: str, out_dir: str, layers_scp: Optional[str] = None,
+                     data_dir: Optional[str] = None, upstream: Optional[str] = None,
+                     upstream_ckpt: Optional[str] = None, utt2spk: Optional[str] = None, *rest, **kw) -> bool:
+    """Whether out_dir's outputs, written before the records, pass the old rule and are consistent: every
+    output there, xvector.scp newer than the model with one line per utterance of the set (its utt2spk),
+    and model.sha256 naming the model file's SHA-256 now."""
+    from upmp.embeddings import read_model_record
+    from upmp.fileio import file_sha256
+    out, scp, model = Path(out_dir), Path(out_dir) / "xvector.scp", Path(model_path)
+    table = utt2spk or (str(Path(data_dir) / "utt2spk") if data_dir else layers_scp)
+    if not all(Path(p).is_file() for p in record[3]) or not model.is_file() or not table \
+            or not Path(table).is_file() or scp.stat().st_mtime_ns <= model.stat().st_mtime_ns:
+        return False
+    with open(scp) as f, open(table) as g:
+        if sum(1 for line in f if line.strip()) != sum(1 for line in g if line.strip()):
+            return False
+    recorded = read_model_record(out)
+    return recorded is not None and recorded[0] == file_sha256(model)
 
 
 def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] = None,
@@ -96,6 +124,7 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
     from upmp.embeddings import check_stacks_fit, embed_all, write_embeddings, write_model_record
     record = embeddings_record(model_path, out_dir, layers_scp, data_dir, upstream, upstream_ckpt,
                                utt2spk, crop_seconds, num_crops)
+    seen = snapshot(record[1], record[4])  # before the inputs are read: one changed meanwhile writes no record
     model, meta = load_model(model_path, device)
     source = stack_source(model, meta, model_path, layers_scp, data_dir, upstream, upstream_ckpt, device)
     if isinstance(source, UpstreamStacks):
@@ -124,5 +153,5 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
     atomic_write_text(out / "utt2dur", "".join(f"{u} {frames[u] * meta.frame_shift:.3f}\n" for u in sorted(frames)))
     write_model_record(out, model_path)  # package_model checks that it packages this model
     write_embeddings(out, embeddings, spk_of)
-    write_done(*record)
+    write_done(*record, seen=seen)
     logger.info("wrote %d embeddings of dim %d to %s/xvector.scp", len(embeddings), model.embed_dim, out_dir)

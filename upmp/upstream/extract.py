@@ -26,6 +26,7 @@ layers.scp's stacks are reused, no upstream runs, and the join writes the record
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from upmp.data.audio import SAMPLE_RATE, check_finite, load_utterance
 from upmp.data.kaldi_dir import DataDir, read_table, write_table
-from upmp.done import Verdict, done_path, is_done, write_done
+from upmp.done import Verdict, done_path, is_done, snapshot, stamp, write_done
 from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 JOINED_SCP = "layers.scp"
 REUSED_SCP = "reused.scp"
+PLAN_INPUTS = "plan_inputs.json"  # the data dir's tables as plan_extraction read them (stamps, upmp.done)
 
 
 def audio_key(data: DataDir, utt: str) -> str:
@@ -76,19 +78,24 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     """Which utterances of data_dir need extracting into out_dir, and which stacks are reused.
 
     Reused, in this order: this set's own finished job outputs (a killed or failed earlier run)
-    and its last layers.scp, when its layer_stack.json has the same upstream, storage and layer subset; then,
+    and its last layers.scp, when its layer_stack.json has the same upstream, storage and layer subset and
+    the audio is the one they were made from (none of them when the set's previous done-record names
+    another wav.scp or segments: the same ids, other audio; a dump without a record reuses by id); then,
     from the other sets' complete dumps in `sources` (<dump>/<other set>, data/<other set> beside
     data_dir), stacks of the same utterance id made from the same audio (same wav.scp entry and
-    segment) with the same upstream, storage and layers. Writes <out_dir>/reused.scp, layer_stack.json
+    segment) with the same upstream, storage and layers. Writes <out_dir>/plan_inputs.json, reused.scp, layer_stack.json
     (when anything is reused) and <out_dir>/todo/ (a Kaldi data dir; absent when nothing is left).
     """
     out = Path(out_dir)
+    _, inputs, _, _, hashed = layer_stacks_record(data_dir, out_dir, upstream, storage, layers)
+    seen = snapshot(inputs, hashed)  # before the tables are read: join_layer_stacks records them (PLAN_INPUTS)
     data = DataDir.load(data_dir)
     wanted = {u: audio_key(data, u) for u in data.utts}
     plan, meta_from = ExtractionPlan(), None
     own = read_meta(out)
     wanted_kind = (upstream, storage, layers)
-    if own is not None and (own.upstream, own.storage, own.layers) == wanted_kind:
+    if own is not None and (own.upstream, own.storage, own.layers) == wanted_kind \
+            and not _audio_changed(data_dir, out):
         for scp in job_scps(out) + ([out / JOINED_SCP] if (out / JOINED_SCP).is_file() else []):
             for utt, entry in read_table(scp).items():
                 if utt in wanted and utt not in plan.reused and _ark_exists(entry):
@@ -113,6 +120,7 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
                 plan.reused[utt] = entry
                 meta_from = meta_from or src
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / PLAN_INPUTS, json.dumps(seen, sort_keys=True) + "\n")
     write_table(out / REUSED_SCP, plan.reused)
     if meta_from is not None and meta_from != out:
         shutil.copy(meta_from / META_NAME, out / META_NAME)
@@ -155,6 +163,21 @@ def num_lines(path: Path) -> int:
         return 0
     with open(path, "rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _audio_changed(data_dir: str, out: Path) -> bool:
+    """Whether the set's previous done-record (if any) names another wav.scp or segments than data_dir's
+    now: its own stacks are then of other audio under the same ids (a changed utt2spk alone is not)."""
+    try:
+        recorded = json.loads(done_path(out / JOINED_SCP).read_text())["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name in ("wav.scp", "segments"):
+        p = os.path.normpath(str(Path(data_dir) / name))
+        if p in recorded and recorded[p] != stamp(p, hashed=True):
+            logger.info("%s changed since %s: extracting its stacks again", p, done_path(out / JOINED_SCP))
+            return True
+    return False
 
 
 def _ark_exists(entry: str) -> bool:
@@ -276,7 +299,8 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
     (layers.<run_id>.*.scp; every job scp when run_id is None), one line per utterance of data_dir,
     sorted, written atomically; an utterance without a stack is an error naming the job logs.
     Then the arks of out_dir that no scp under the dump root (out_dir's parent) points into are
-    removed; the done-record (layer_stacks_record, of the stacks' layer_stack.json) last. layers.scp
+    removed; the done-record (layer_stacks_record, of the stacks' layer_stack.json) last, none when the
+    data dir's tables changed since the plan read them (PLAN_INPUTS: the next run plans again). layers.scp
     keeps its mtime when its lines are those it had (a dump planned again, everything reused).
     Returns the number of stacks."""
     out = Path(out_dir)
@@ -298,7 +322,8 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
     meta = read_meta(out)
     if meta is None:
         raise DataDirError(f"{out / META_NAME}: missing; extract the stacks of {data_dir} again (delete {out})")
-    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers))
+    seen = json.loads((out / PLAN_INPUTS).read_text()) if (out / PLAN_INPUTS).is_file() else None
+    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers), seen=seen)
     return len(utts)
 
 

@@ -229,3 +229,28 @@ def test_fusion_of_two_systems_is_a_system_of_its_own(exp):
                                    (["cosine", "plda"], None, "--fusion cosine plda needs --valid_set")):
         with pytest.raises(ConfigError, match=message):
             score_sets(str(exp), str(data), "train", valid, ["test"], fusion=fusion, **kw)
+
+
+def test_an_input_changed_while_scoring_leaves_no_record(exp, monkeypatch, caplog):
+    """The test trials rewritten while they are scored: the scores are made from the old list, so they get
+    no record (one warning) and the next run scores them again."""
+    from upmp.scoring import stage
+    trials = exp.parent / "data" / "test" / "trials"
+    score = stage.score_file
+
+    def rewriting(method, xvectors, trials_file, *args, **kwargs):
+        n = score(method, xvectors, trials_file, *args, **kwargs)
+        if trials_file == str(trials):
+            os.utime(trials, ns=(trials.stat().st_mtime_ns + 10**9,) * 2)
+        return n
+    monkeypatch.setattr(stage, "score_file", rewriting)
+    args = (str(exp), str(exp.parent / "data"), "train", "valid", ["test"])
+    kw = dict(methods=["cosine"], norms=["none"], lda_dim=4, cohort_top_n=3, calibration=["linear"])
+    assert [state for _, state in stage.score_sets(*args, **kw)] == ["scored", "scored"]
+    assert not (exp / "scores" / "test.cosine.done").exists() and (exp / "scores" / "valid.cosine.done").exists()
+    assert [r.message for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{trials} changed while the stage ran: not writing {exp}/scores/test.cosine.done "
+        "(the next run redoes the stage)"]
+    monkeypatch.setattr(stage, "score_file", score)
+    assert [state for _, state in stage.score_sets(*args, **kw)] == ["up to date", "scored"]
+    assert [state for _, state in stage.score_sets(*args, **kw)] == ["up to date", "up to date"]

@@ -44,5 +44,20 @@ def test_embeddings_rerun_when_the_model_inputs_or_options_change(tiny_experimen
     assert f"({utt2spk} changed since {out}/xvector.scp.done)" in caplog.text
     utt2spk.write_text(text)
     assert check(args, capsys, caplog) == "complete"
+    record = out / "xvector.scp.done"   # made before the records: adopted once when consistent
+    for spoil, mend in (
+            (lambda: (out / "model.sha256").write_text("0" * 64 + f"  {model}\n"), lambda: None),  # another model
+            (lambda: scp.write_text("".join(lines[:-1])), lambda: scp.write_text("".join(lines))),  # incomplete
+            (lambda: os.utime(model, ns=(st.st_atime_ns, scp.stat().st_mtime_ns + 1)),  # older than the model
+             lambda: os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns)))):
+        scp, sha = out / "xvector.scp", (out / "model.sha256").read_text()
+        lines = scp.read_text().splitlines(keepends=True)
+        record.unlink()
+        spoil()
+        assert check(args, capsys, caplog) == "stale" and not record.exists()
+        mend()
+        (out / "model.sha256").write_text(sha)
+        assert check(args, capsys, caplog) == "complete" and record.is_file()
+        assert f"{out}/xvector.scp made before done-records; adopted (same model, complete)" in caplog.text
     (out / "spk_xvector.scp").unlink()   # an output gone
     assert check(args, capsys, caplog) == "stale"

@@ -73,3 +73,74 @@ def test_missing_data_dir_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().endswith(f"{tmp_path}/data/nothing: not a directory")
     assert not (tmp_path / "dump").exists()
+
+
+def test_other_audio_under_the_same_ids_is_extracted_again(tmp_path):
+    """wav.scp rewritten with other audio, same ids: the set's own stacks are not reused (its previous
+    record names the old wav.scp); utt2spk alone changed, or no previous record: reused by id."""
+    from upmp.upstream.extract import plan_extraction
+    utts = ["s0-u0", "s0-u1", "s1-u0"]
+    d, e = data_dir(tmp_path / "data" / "vox_e", utts), tmp_path / "dump" / "vox_e"
+    e.mkdir(parents=True)
+    LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
+    (e / "layers.1.1.ark").write_bytes(b"x")
+    (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(utts)))
+    args = (str(d), str(e), [], "wavlm_local", "float32", None)
+    assert plan_extraction(*args).todo == []  # a dump made before the records: reused by id
+    write_done(*layer_stacks_record(str(d), str(e), "wavlm_local", "float32", None))
+    DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: "x" for u in utts}).write(d)
+    assert plan_extraction(*args).todo == []  # only the speakers changed
+    (d / "wav.scp").write_text("".join(f"{u} /other/{u}.wav\n" for u in utts))
+    p = plan_extraction(*args)
+    assert p.todo == utts and p.reused == {} and read_table(e / "todo" / "wav.scp")["s0-u0"] == "/other/s0-u0.wav"
+
+
+def test_tables_changed_after_planning_leave_no_record(tmp_path, caplog):
+    """utt2spk rewritten between the plan (reuse_layers) and the join (join_layers, another process): the
+    stacks are joined but get no record, so the next run plans again."""
+    from upmp.upstream.extract import join_layer_stacks, layer_stacks_done, plan_extraction
+    utts = ["s0-u0", "s0-u1", "s1-u0"]
+    d, e = data_dir(tmp_path / "data" / "vox_e", utts), tmp_path / "dump" / "vox_e"
+    e.mkdir(parents=True)
+    LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
+    (e / "layers.1.1.ark").write_bytes(b"x")
+    (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(utts)))
+    args = (str(d), str(e), "wavlm_local", "float32", None)
+    assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
+    DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: "x" for u in utts}).write(d)
+    assert join_layer_stacks(str(d), str(e)) == 3 and not (e / "layers.scp.done").exists()
+    assert f"{d}/utt2spk changed while the stage ran: not writing {e}/layers.scp.done" in caplog.text
+    assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
+    assert join_layer_stacks(str(d), str(e)) == 3 and layer_stacks_done(*args)
+
+
+def test_rewritten_audio_gives_new_stacks(small_data_dir, tiny_wavlm, tmp_path):
+    """Stage 1 end to end: wav.scp rewritten with other audio under the same ids -> every utterance is
+    extracted again and the joined stacks are those of the new audio."""
+    import shutil
+
+    import kaldiio
+    import numpy as np
+
+    from upmp.bin.extract_layers import main
+    from upmp.upstream.extract import join_layer_stacks, plan_extraction
+
+    def stage1(run_id):
+        p = plan_extraction(str(data), str(out), [], "wavlm_local", "float32")
+        if p.todo:
+            main(["--data_dir", str(out / "todo"), "--out_prefix", str(out / f"layers.{run_id}.1"),
+                  "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm)])
+        join_layer_stacks(str(data), str(out), run_id)
+        return p, dict(kaldiio.load_scp(str(out / "layers.scp")))
+    data, out = tmp_path / "data" / "set", tmp_path / "dump" / "set"
+    shutil.copytree(small_data_dir, data)
+    plan, before = stage1("r1")
+    assert len(plan.todo) == 9
+    wav = read_table(data / "wav.scp")
+    keys = sorted(wav)
+    (data / "wav.scp").write_text("".join(f"{k} {wav[keys[(i + 1) % 9]]}\n" for i, k in enumerate(keys)))
+    plan, after = stage1("r2")
+    assert sorted(plan.todo) == sorted(before) and plan.reused == {}
+    assert sorted(after) == sorted(before)
+    for i, k in enumerate(keys):  # each id now has its neighbour's audio: its neighbour's stack
+        np.testing.assert_allclose(after[k], before[keys[(i + 1) % 9]], rtol=1e-5, atol=1e-6)
