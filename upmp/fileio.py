@@ -177,7 +177,7 @@ def replace_dir(new: PathLike, dest: PathLike) -> None:
 
 @contextlib.contextmanager
 def building_dir(dest: PathLike, tag: str = "tmp") -> Iterator[Path]:
-    """A fresh temporary directory `.<name>.<tag>.XXXXXX` beside `dest` (made with its parents) for
+    """A fresh temporary directory `.<name>.<tag>.<random suffix>` beside `dest` (made with its parents) for
     the `with` block to fill; when the block completes, it replaces `dest` (replace_dir), and when the
     block raises (or we are interrupted) it is removed, leaving `dest` as it was."""
     dest = Path(dest)

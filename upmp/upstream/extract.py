@@ -172,6 +172,8 @@ def _audio_changed(data_dir: str, out: Path) -> bool:
         recorded = json.loads(done_path(out / JOINED_SCP).read_text())["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    if not isinstance(recorded, dict):  # not a record of ours: nothing to compare with
+        return False
     for name in ("wav.scp", "segments"):
         p = os.path.normpath(str(Path(data_dir) / name))
         if p in recorded and recorded[p] != stamp(p, hashed=True):
@@ -322,7 +324,12 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
     meta = read_meta(out)
     if meta is None:
         raise DataDirError(f"{out / META_NAME}: missing; extract the stacks of {data_dir} again (delete {out})")
-    seen = json.loads((out / PLAN_INPUTS).read_text()) if (out / PLAN_INPUTS).is_file() else None
+    try:  # the plan's stamps; none (or an unreadable file): the tables as they are now
+        seen = json.loads((out / PLAN_INPUTS).read_text())
+    except (OSError, ValueError):
+        seen = None
+    if not isinstance(seen, dict):
+        seen = None
     write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers), seen=seen)
     return len(utts)
 

@@ -75,16 +75,22 @@ def test_missing_data_dir_is_one_line(tmp_path):
     assert not (tmp_path / "dump").exists()
 
 
-def test_other_audio_under_the_same_ids_is_extracted_again(tmp_path):
-    """wav.scp rewritten with other audio, same ids: the set's own stacks are not reused (its previous
-    record names the old wav.scp); utt2spk alone changed, or no previous record: reused by id."""
-    from upmp.upstream.extract import plan_extraction
+def dump_of_three(tmp_path):
+    """A data dir of 3 utterances and a joined dump of their stacks (a stand-in ark), made before any record."""
     utts = ["s0-u0", "s0-u1", "s1-u0"]
     d, e = data_dir(tmp_path / "data" / "vox_e", utts), tmp_path / "dump" / "vox_e"
     e.mkdir(parents=True)
     LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
     (e / "layers.1.1.ark").write_bytes(b"x")
     (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(utts)))
+    return utts, d, e
+
+
+def test_other_audio_under_the_same_ids_is_extracted_again(tmp_path):
+    """wav.scp rewritten with other audio, same ids: the set's own stacks are not reused (its previous
+    record names the old wav.scp); utt2spk alone changed, or no previous record: reused by id."""
+    from upmp.upstream.extract import plan_extraction
+    utts, d, e = dump_of_three(tmp_path)
     args = (str(d), str(e), [], "wavlm_local", "float32", None)
     assert plan_extraction(*args).todo == []  # a dump made before the records: reused by id
     write_done(*layer_stacks_record(str(d), str(e), "wavlm_local", "float32", None))
@@ -99,12 +105,7 @@ def test_tables_changed_after_planning_leave_no_record(tmp_path, caplog):
     """utt2spk rewritten between the plan (reuse_layers) and the join (join_layers, another process): the
     stacks are joined but get no record, so the next run plans again."""
     from upmp.upstream.extract import join_layer_stacks, layer_stacks_done, plan_extraction
-    utts = ["s0-u0", "s0-u1", "s1-u0"]
-    d, e = data_dir(tmp_path / "data" / "vox_e", utts), tmp_path / "dump" / "vox_e"
-    e.mkdir(parents=True)
-    LayerStackMeta(3, 8, 0.02, "wavlm_local").write(str(e))
-    (e / "layers.1.1.ark").write_bytes(b"x")
-    (e / "layers.scp").write_text("".join(f"{u} {e}/layers.1.1.ark:{10 * k}\n" for k, u in enumerate(utts)))
+    utts, d, e = dump_of_three(tmp_path)
     args = (str(d), str(e), "wavlm_local", "float32", None)
     assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
     DataDir({u: f"/corpus/{u}.wav" for u in utts}, {u: "x" for u in utts}).write(d)
@@ -144,3 +145,18 @@ def test_rewritten_audio_gives_new_stacks(small_data_dir, tiny_wavlm, tmp_path):
     assert sorted(after) == sorted(before)
     for i, k in enumerate(keys):  # each id now has its neighbour's audio: its neighbour's stack
         np.testing.assert_allclose(after[k], before[keys[(i + 1) % 9]], rtol=1e-5, atol=1e-6)
+
+
+def test_a_malformed_plan_or_record_is_read_as_none(tmp_path):
+    """plan_inputs.json or layers.scp.done that are not ours (garbage, a list): the join records the tables
+    as they are now, and the planner reuses by id as for a dump without a record; no traceback."""
+    from upmp.upstream.extract import PLAN_INPUTS, join_layer_stacks, layer_stacks_done, plan_extraction
+    utts, d, e = dump_of_three(tmp_path)
+    args = (str(d), str(e), "wavlm_local", "float32", None)
+    assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
+    (e / PLAN_INPUTS).write_text("[1, 2]\n")
+    assert join_layer_stacks(str(d), str(e)) == 3 and layer_stacks_done(*args)
+    (e / "layers.scp.done").write_text('{"inputs": [1]}\n')
+    assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
+    (e / PLAN_INPUTS).write_text("not json")
+    assert join_layer_stacks(str(d), str(e)) == 3 and layer_stacks_done(*args)
