@@ -58,7 +58,15 @@ def stamp(path: PathLike, hashed: bool = False) -> Optional[Union[list, str]]:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return file_sha256(path) if hashed else [st.st_size, st.st_mtime_ns]
+    if not hashed:
+        return [st.st_size, st.st_mtime_ns]
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)  # a file as it is now: hashed once per process
+    if key not in _HASHES:
+        _HASHES[key] = file_sha256(path)
+    return _HASHES[key]
+
+
+_HASHES: Dict[tuple, str] = {}  # stage 4 stamps the training utt2spk for every system, three times each
 
 
 def _names(paths: Iterable[PathLike]) -> list:
