@@ -122,14 +122,15 @@ class UpstreamStacks(LayerStackSource):
 
     def stacks(self, utts: Sequence[str]) -> Iterator[np.ndarray]:
         from upmp.data.audio import MIN_SAMPLES, load_utterance
-        was_training = self.upstream.training
-        self.upstream.eval()
-        try:
-            for utt in utts:
-                wav = load_utterance(self.data, utt, f"{self.where}/wav.scp", min_samples=MIN_SAMPLES, strict=False)
-                yield run_upstream(self.upstream, [wav], self.device)[0]
-        finally:
-            self.upstream.train(was_training)
+        for utt in utts:
+            wav = load_utterance(self.data, utt, f"{self.where}/wav.scp", min_samples=MIN_SAMPLES, strict=False)
+            was_training = self.upstream.training  # eval for this call only: nothing is left switched while
+            self.upstream.eval()                    # the caller holds the generator (a fine-tuned upstream trains)
+            try:
+                stack = run_upstream(self.upstream, [wav], self.device)[0]
+            finally:
+                self.upstream.train(was_training)
+            yield stack
 
     def for_set(self, where: str) -> "UpstreamStacks":
         return UpstreamStacks(self.upstream, where, self.meta.upstream, self.device)

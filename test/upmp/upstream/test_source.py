@@ -84,6 +84,10 @@ def test_upstream_stacks(small_data_dir):
     for utt, got in zip(utts, source.stacks(utts)):
         np.testing.assert_allclose(got, expected(load_audio(data.wav_scp[utt]), [1, 2]), rtol=1e-5, atol=1e-6)
     assert up.modes == [False] * 3 and up.training  # eval while computing, its own mode after
+    held = source.stacks(utts)
+    next(held)
+    assert up.training  # a generator the caller holds leaves the upstream in its own mode between stacks
+    held.close()
     other = source.for_set(str(small_data_dir))
     assert other.upstream is up and other.meta == source.meta
     (small_data_dir / "wav" / f"{utts[0]}.wav").unlink()
