@@ -98,7 +98,6 @@ def _legacy_complete(record, model_path: str, out_dir: str, layers_scp: Optional
     """Whether out_dir's outputs, written before the records, pass the old rule and are consistent: every
     output there, xvector.scp newer than the model with one line per utterance of the set (its utt2spk),
     and model.sha256 naming the model file's SHA-256 now."""
-    from upmp.embeddings import read_model_record
     from upmp.fileio import file_sha256
     out, scp, model = Path(out_dir), Path(out_dir) / "xvector.scp", Path(model_path)
     table = utt2spk or (str(Path(data_dir) / "utt2spk") if data_dir else layers_scp)
@@ -108,6 +107,7 @@ def _legacy_complete(record, model_path: str, out_dir: str, layers_scp: Optional
     with open(scp) as f, open(table) as g:
         if sum(1 for line in f if line.strip()) != sum(1 for line in g if line.strip()):
             return False
+    from upmp.embeddings import read_model_record  # torch: only for outputs that are there
     recorded = read_model_record(out)
     return recorded is not None and recorded[0] == file_sha256(model)
 

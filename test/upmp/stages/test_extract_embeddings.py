@@ -61,3 +61,19 @@ def test_embeddings_rerun_when_the_model_inputs_or_options_change(tiny_experimen
         assert f"{out}/xvector.scp made before done-records; adopted (same model, complete)" in caplog.text
     (out / "spk_xvector.scp").unlink()   # an output gone
     assert check(args, capsys, caplog) == "stale"
+
+
+def test_check_of_a_set_not_embedded_yet_does_not_load_torch(tiny_experiment, tmp_path):
+    """sv.sh asks --check for every set before stage 3 runs: on a first run the answer is 'stale'
+    without torch's import (seconds a set, the extraction then pays it once)."""
+    import subprocess
+    import sys
+    model = tiny_experiment / "exp" / "upmp" / "model.pt"
+    code = ("import runpy, sys; sys.argv = sys.argv[1:]; "
+            "runpy.run_module('upmp.bin.extract_embeddings', run_name='__main__'); "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, "extract_embeddings", "--model", str(model), "--data_dir",
+                        str(tiny_experiment / "data"), "--upstream", "ge2e", "--out_dir", str(tmp_path / "emb"),
+                        "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["stale", "False"]
