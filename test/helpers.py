@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+import forkserver  # noqa: E402  (test/forkserver.py: python -m calls forked from a warm interpreter)
+
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 
@@ -118,9 +120,8 @@ def run(recipe: Path, *args, env=None):
 
 
 def train(dump, exp, *overrides):
-    return subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
-                           "--train_scp", str(dump / "dump" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"),
-                           "--exp_dir", str(exp), *overrides], capture_output=True, text=True)
+    return forkserver.run("upmp.bin.train", "--config", dump / "conf.yaml", "--train_scp", dump / "dump" / "layers.scp",
+                          "--utt2spk", dump / "utt2spk", "--exp_dir", exp, *overrides)
 
 
 
@@ -129,11 +130,12 @@ def train_env():
 
 
 def run_train(dump, exp, nproc=1, *overrides):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
-        if nproc > 1 else [sys.executable]
-    return subprocess.run(launcher + ["-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
-                                      "--train_scp", str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"),
-                                      "--exp_dir", str(exp), *overrides], capture_output=True, text=True, env=train_env())
+    args = ["upmp.bin.train", "--config", dump / "conf.yaml", "--train_scp", dump / "dump/layers.scp",
+            "--utt2spk", dump / "utt2spk", "--exp_dir", exp, *overrides]
+    if nproc > 1:
+        return forkserver.run("torch.distributed.run", "--standalone", "--nproc_per_node", nproc, "-m", *args,
+                              env=train_env(), fresh=True)
+    return forkserver.run(*args, env=train_env())
 
 
 def assert_same_training(exp, reference, dump):
@@ -168,10 +170,10 @@ def entry_point(module: str, *args) -> list:
     return [sys.executable, "-m", module, *map(str, args)]
 
 
-def run_module(module: str, *args, env=None, cwd=ROOT):
-    """python -m <module> <args> from the repository (this checkout's upmp), output captured."""
-    return subprocess.run(entry_point(module, *args), capture_output=True, text=True,
-                          env=env or bash_env(), cwd=cwd)
+def run_module(module: str, *args, env=None, cwd=ROOT, fresh: bool = False):
+    """python -m <module> <args> from the repository (this checkout's upmp), output captured; in a
+    process forked from a warm interpreter unless fresh=True (test/forkserver.py)."""
+    return forkserver.run(module, *args, env=env or bash_env(), cwd=cwd, fresh=fresh)
 
 
 def one_line_error(r, *parts, code: int = 1) -> str:

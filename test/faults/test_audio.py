@@ -1,14 +1,12 @@
 """Fault injection for audio (issue 12): a bad file in a small data dir, the real entry point run
 as a subprocess; the outcome is exit status 1, one line naming the utterance, the file, the problem
 and what to do, and no traceback. Test data that is merely short is a warning, not an error."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile
 
-from helpers import bash_env, tone, write_data_dir
+from helpers import run_module, tone, write_data_dir
 from upmp.data.audio import NON_FINITE_HINT
 
 UTT = "spk1-utt1"
@@ -33,10 +31,8 @@ def faulty_dir(tmp_path, fault: str):
 
 
 def extract(d, tiny_wavlm, tmp_path, *extra):
-    return subprocess.run([sys.executable, "-m", "upmp.bin.extract_layers", "--data_dir", str(d),
-                           "--out_prefix", str(tmp_path / "dump" / "layers.1"), "--upstream", "wavlm_local",
-                           "--upstream_ckpt", str(tiny_wavlm), *extra],
-                          capture_output=True, text=True, env=bash_env(), timeout=300)
+    return run_module("upmp.bin.extract_layers", "--data_dir", d, "--out_prefix", tmp_path / "dump" / "layers.1",
+                      "--upstream", "wavlm_local", "--upstream_ckpt", tiny_wavlm, *extra)
 
 
 def error_line(r, program: str = "extract_layers.py") -> str:
@@ -95,9 +91,8 @@ def test_online_training_stops_at_a_nan_file(tmp_path, tiny_wavlm, num_workers):
     cfg = dict(TRAIN_CONFIG, train_conf=dict(TRAIN_CONFIG["train_conf"], steps=6, batch_size=8, crop_seconds=0.3,
                                              preload=False, num_workers=num_workers))
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(tmp_path / "conf.yaml"),
-                        "--train_data_dir", str(d), "--exp_dir", str(tmp_path / "exp"), "--upstream", "wavlm_local",
-                        "--upstream_ckpt", str(tiny_wavlm)], capture_output=True, text=True, env=bash_env(), timeout=600)
+    r = run_module("upmp.bin.train", "--config", tmp_path / "conf.yaml", "--train_data_dir", d, "--exp_dir",
+                   tmp_path / "exp", "--upstream", "wavlm_local", "--upstream_ckpt", tiny_wavlm)
     line = error_line(r, "train.py")
     assert f"{d}/wav.scp: utterance {UTT}: audio file '{path}': " in line
     # the crop (0.3 s = 4,800 samples) holds the NaN, the inf, or both

@@ -6,7 +6,6 @@ not fit the input, a misspelled experiment dir."""
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import soundfile
 import torch
 
 from helpers import bash_env, make_recipe, run as run_recipe, tone
+import forkserver  # test/forkserver.py
 from helpers import run_module as run, one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -358,14 +358,12 @@ def test_results_with_a_misspelled_experiment(tmp_path):
     (tmp_path / "exp" / "notes").write_text("a file, not an experiment\n")
     (tmp_path / "cmp.md").write_text("earlier table\n")
     for missing in ("exp/misspelled", "exp/notes"):
-        r = subprocess.run([sys.executable, "-m", "upmp.bin.results", "exp/a", missing, "--out", "cmp"],
-                           capture_output=True, text=True, env=bash_env(), cwd=tmp_path)
+        r = forkserver.run("upmp.bin.results", "exp/a", missing, "--out", "cmp", env=bash_env(), cwd=tmp_path)
         one_line_error(r, f"{missing}: {'no such directory' if 'miss' in missing else 'not a directory'}",
                        "give experiment dirs")
         assert (tmp_path / "cmp.md").read_text() == "earlier table\n" and not (tmp_path / "cmp.csv").exists()
     (tmp_path / "exp" / "before_stage5").mkdir()
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.results", "exp/a", "exp/before_stage5", "--out", "cmp"],
-                       capture_output=True, text=True, env=bash_env(), cwd=tmp_path)
+    r = forkserver.run("upmp.bin.results", "exp/a", "exp/before_stage5", "--out", "cmp", env=bash_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "exp/before_stage5: no results.json (not an experiment dir), skipped" in r.stderr
     assert "| a | upmp |" in (tmp_path / "cmp.md").read_text()

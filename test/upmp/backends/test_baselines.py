@@ -1,12 +1,11 @@
 """The baseline backends (LAP, SUPERB + ECAPA-TDNN, x-vector) and model_info."""
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from helpers import ROOT
+import forkserver  # test/forkserver.py
 from upmp.backends import BACKENDS, SpeakerEmbeddingModel
 from upmp.backends.lap import LAPBackend
 from upmp.backends.superb_ecapa import SuperbEcapaBackend
@@ -77,17 +76,16 @@ def test_xvector_uses_only_the_chosen_layer():
 
 
 def test_model_info_cli():
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.model_info", "--config",
+    r = forkserver.run("upmp.bin.model_info", "--config",
                         str(ROOT / "egs/mini/sv1/conf/train_upmp.yaml"), "--input_dim", "768", "--num_layers", "12",
-                        "--num_speakers", "1211", "--backend_conf.conv_dim", "128", "--use_hidden0", "false"],
-                       capture_output=True, text=True)
+                        "--num_speakers", "1211", "--backend_conf.conv_dim", "128", "--use_hidden0", "false")
     assert r.returncode == 0, r.stderr
     assert re.search(r"^backend_params: 2869476$", r.stdout, re.M)
     assert "loss_head_params: 232512 (aamsoftmax, 1211 speakers)" in r.stdout
     assert "output: (B, E) = (2, 192)" in r.stdout and "12 hidden states used" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.model_info", "--config",
+    r = forkserver.run("upmp.bin.model_info", "--config",
                         str(ROOT / "egs/mini/sv1/conf/train_upmp.yaml"), "--input_dim", "768", "--num_layers", "12",
-                        "--backend_conf.conv_dims", "3"], capture_output=True, text=True)
+                        "--backend_conf.conv_dims", "3")
     assert r.returncode == 1 and "unknown config key 'backend_conf.conv_dims'" in r.stderr
 
 

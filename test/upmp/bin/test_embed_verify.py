@@ -2,14 +2,13 @@
 import json
 import logging
 import shutil
-import subprocess
-import sys
 
 import kaldiio
 import numpy as np
 import pytest
 
 from helpers import bash_env
+import forkserver  # test/forkserver.py
 from upmp.bin.common import run_main
 
 
@@ -38,9 +37,8 @@ def test_embed_files_folders_wav_scp_from_any_directory(tiny_experiment, inputs,
     root, args, ids = inputs
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.embed", "--model", str(tiny_experiment / "exp/upmp"),
-                        *args, "--out", "emb", "--chunk", "4", "--num_threads", "1"],
-                       capture_output=True, text=True, env=bash_env(), cwd=elsewhere)
+    r = forkserver.run("upmp.bin.embed", "--model", str(tiny_experiment / "exp/upmp"),
+                        *args, "--out", "emb", "--chunk", "4", "--num_threads", "1", env=bash_env(), cwd=elsewhere)
     assert r.returncode == 0, r.stderr[-3000:]
     got = dict(kaldiio.load_scp(str(elsewhere / "emb/xvector.scp")))
     want = stage3(tiny_experiment)
@@ -93,9 +91,8 @@ def test_verify_two_files_and_a_trial_list(tiny_experiment, inputs, tmp_path, ca
     root, args, ids = inputs
     wav = tiny_experiment / "data/wav"
     model_dir = str(tiny_experiment / "exp/upmp")
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.verify", "--model", model_dir, str(wav / "spk0-utt0.wav"),
-                        str(wav / "spk0-utt1.wav"), "--json", "--num_threads", "1"],
-                       capture_output=True, text=True, env=bash_env(), cwd=tmp_path)
+    r = forkserver.run("upmp.bin.verify", "--model", model_dir, str(wav / "spk0-utt0.wav"),
+                        str(wav / "spk0-utt1.wav"), "--json", "--num_threads", "1", env=bash_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout)
     model = upmp.load_model(model_dir)

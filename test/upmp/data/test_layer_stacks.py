@@ -1,10 +1,10 @@
 """Tiny S3PRL checkpoints, the layer-stack extractor and its Kaldi ark storage."""
-import subprocess
-import sys
 
 import kaldiio
 import numpy as np
 import pytest
+
+import forkserver  # test/forkserver.py
 import torch
 
 from upmp.errors import UpstreamError
@@ -87,9 +87,9 @@ def test_batches_by_length():
 
 def test_extract_layers_cli(small_data_dir, tiny_wavlm, tmp_path):
     out = tmp_path / "dump" / "layers.1"
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_layers", "--data_dir", str(small_data_dir),
+    r = forkserver.run("upmp.bin.extract_layers", "--data_dir", str(small_data_dir),
                         "--out_prefix", str(out), "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm),
-                        "--storage", "float32"], capture_output=True, text=True)
+                        "--storage", "float32")
     assert r.returncode == 0, r.stderr
     meta = LayerStackMeta.read(str(out.parent))
     assert (meta.num_layers, meta.dim, meta.frame_shift, meta.upstream) == (3, 32, 0.02, "wavlm_local")
@@ -113,9 +113,8 @@ def test_extract_layers_cli_reports_bad_audio(tmp_path, tiny_wavlm):
     (d / "wav.scp").write_text("s-1 /nonexistent/x.wav\n")
     (d / "utt2spk").write_text("s-1 s\n")
     (d / "spk2utt").write_text("s s-1\n")
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_layers", "--data_dir", str(d), "--out_prefix",
-                        str(tmp_path / "o" / "layers"), "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm)],
-                       capture_output=True, text=True)
+    r = forkserver.run("upmp.bin.extract_layers", "--data_dir", str(d), "--out_prefix",
+                        str(tmp_path / "o" / "layers"), "--upstream", "wavlm_local", "--upstream_ckpt", str(tiny_wavlm))
     assert r.returncode == 1
     assert "d/wav.scp:1: utterance s-1: cannot read audio file '/nonexistent/x.wav'" in r.stderr
 

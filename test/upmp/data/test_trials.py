@@ -1,9 +1,9 @@
 """Trial list readers and conversion, on the paper's real lists in ../shared/protocols."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+import forkserver  # test/forkserver.py
 
 from upmp.data.kaldi_dir import DataDirError
 from upmp.data.trials import path_to_utt, read_espnet_trials, read_kaldi_trials, read_paper_csv_trials
@@ -41,9 +41,8 @@ def test_paper_lists(rel, count, first):
 @needs_protocols
 def test_convert_cli_paper_csv(tmp_path):
     out = tmp_path / "trials"
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.convert_trials", "--format", "paper_csv", "--input",
-                        str(PROTOCOLS / "VoxCeleb/trials/trials-vox1.csv"), "--output", str(out)],
-                       capture_output=True, text=True)
+    r = forkserver.run("upmp.bin.convert_trials", "--format", "paper_csv", "--input",
+                        str(PROTOCOLS / "VoxCeleb/trials/trials-vox1.csv"), "--output", str(out))
     assert r.returncode == 0, r.stderr
     assert "37720 trials (18860 target, 18860 nontarget)" in r.stdout
     assert out.read_text().splitlines()[0] == "id10270-x6uYqmx31kE-00001 id10270-8jEAjG6SegY-00008 target"
@@ -56,9 +55,8 @@ def test_convert_cli_espnet_and_missing_utterance(tmp_path):
     d = tmp_path / "data"
     d.mkdir()
     (d / "utt2spk").write_text("a-1 a\na-2 a\n")
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.convert_trials", "--format", "espnet", "--input",
-                        str(tmp_path / "trial_label"), "--output", str(tmp_path / "t"), "--data_dir", str(d)],
-                       capture_output=True, text=True)
+    r = forkserver.run("upmp.bin.convert_trials", "--format", "espnet", "--input",
+                        str(tmp_path / "trial_label"), "--output", str(tmp_path / "t"), "--data_dir", str(d))
     assert r.returncode == 1 and "trial_label:1: utterance 'b-1' is not in the data dir" in r.stderr
     assert not (tmp_path / "t").exists()
 

@@ -1,12 +1,12 @@
 """Quality-aware calibration (QMF): a known quality effect recovered, never worse than linear on its
 training list, the CLI on stage 3's embeddings dirs, and its errors."""
 import json
-import subprocess
-import sys
 
 import kaldiio
 import numpy as np
 import pytest
+
+import forkserver  # test/forkserver.py
 
 from upmp.metrics import compute_eer
 from upmp.scoring.calibration import (QUALITY_MEASURES, LinearCalibration, QualityCalibration, cllr, read_quality,
@@ -85,7 +85,7 @@ def write_embeddings_dir(d, quality):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "upmp.bin.calibrate", *map(str, args)], capture_output=True, text=True)
+    return forkserver.run("upmp.bin.calibrate", *map(str, args))
 
 
 def test_cli_qmf_on_embeddings_dirs_and_its_errors(tmp_path):

@@ -1,10 +1,10 @@
 import json
-import subprocess
-import sys
 
 import kaldiio
 import numpy as np
 import pytest
+
+import forkserver  # test/forkserver.py
 
 from upmp.data.kaldi_dir import DataDirError
 from upmp.metrics import compute_eer
@@ -150,7 +150,7 @@ def test_calibration_cllr_actdcf():
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    return forkserver.run(*args)
 
 
 def test_score_and_metrics_cli_on_kaldi_files(tmp_path):

@@ -1,13 +1,12 @@
 """Large-margin fine-tuning: the phase's config, a start from the base model's weights (backend and loss
 head), its own experiment dir, and its errors."""
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 from helpers import TRAIN_CONFIG
+import forkserver  # test/forkserver.py
 from upmp.errors import ConfigError
 from upmp.train.lmft import lmft_config
 from upmp.train.schema import check_train_config
@@ -16,9 +15,9 @@ LMFT = {"steps": 6, "crop_seconds": 0.8, "valid_every": 3, "lr": 1.0e-3, "margin
 
 
 def train(dump, exp, *args):
-    return subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
+    return forkserver.run("upmp.bin.train", "--config", str(dump / "conf.yaml"),
                            "--train_scp", str(dump / "dump" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"),
-                           "--exp_dir", str(exp), *map(str, args)], capture_output=True, text=True)
+                           "--exp_dir", str(exp), *map(str, args))
 
 
 def test_lmft_config_places_its_keys_and_checks_them():

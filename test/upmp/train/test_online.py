@@ -1,8 +1,6 @@
 """Online training: the upstream runs in the training loop on waveform crops (frozen or
 fine-tuned), batch sharding, and the input checks."""
 import logging
-import subprocess
-import sys
 
 import kaldiio
 import numpy as np
@@ -11,6 +9,7 @@ import torch
 import yaml
 
 from helpers import TRAIN_CONFIG, bash_env
+import forkserver  # test/forkserver.py
 from upmp.errors import ConfigError
 from upmp.train.data import LayerStackCrops, WaveformCrops
 
@@ -66,7 +65,7 @@ def online_config(tmp_path, **train_conf):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, env=bash_env())
+    return forkserver.run(*map(str, args), env=bash_env())
 
 
 def test_online_training_frozen_and_fine_tuned(small_data_dir, tiny_wavlm, tmp_path):

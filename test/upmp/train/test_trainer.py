@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from helpers import TRAIN_CONFIG as CONFIG
+import forkserver  # test/forkserver.py
 from helpers import train
 from upmp.data.crops import wrap_crop
 from upmp.train.data import LayerStackCrops
@@ -122,10 +123,9 @@ def test_extract_embeddings_batched_equals_single(dump):
     assert train(dump, dump / "exp").returncode == 0
     outs = {}
     for name, frames in (("batched", 10000), ("single", 1)):
-        r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(dump / "exp/model.pt"),
+        r = forkserver.run("upmp.bin.extract_embeddings", "--model", str(dump / "exp/model.pt"),
                             "--layers_scp", str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "utt2spk"),
-                            "--out_dir", str(dump / name), "--max_batch_frames", str(frames)],
-                           capture_output=True, text=True)
+                            "--out_dir", str(dump / name), "--max_batch_frames", str(frames))
         assert r.returncode == 0, r.stderr
         outs[name] = dict(kaldiio.load_scp(str(dump / name / "xvector.scp")))
     assert sorted(outs["batched"]) == [f"s{s}-u{u}" for s in range(3) for u in range(3)]
@@ -140,9 +140,8 @@ def test_extract_embeddings_batched_equals_single(dump):
 def test_extract_embeddings_rejects_other_layer_stacks(dump):
     assert train(dump, dump / "exp").returncode == 0
     LayerStackMeta(5, 8, 0.02, "other").write(str(dump / "dump"))
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(dump / "exp/model.pt"),
-                        "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(dump / "o")],
-                       capture_output=True, text=True)
+    r = forkserver.run("upmp.bin.extract_embeddings", "--model", str(dump / "exp/model.pt"),
+                        "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(dump / "o"))
     assert r.returncode == 1 and "layer stacks are L=5 x D=8 (other) but the model was trained on L=3 x D=8" in r.stderr
 
 
@@ -172,21 +171,20 @@ def test_online_embeddings_equal_cached(small_data_dir, tiny_wavlm, tmp_path):
     """Embeddings straight from audio equal those from cached float32 layer stacks."""
     import kaldiio
     dump = tmp_path / "dump"
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.extract_layers", "--data_dir", str(small_data_dir),
+    r = forkserver.run("upmp.bin.extract_layers", "--data_dir", str(small_data_dir),
                         "--out_prefix", str(dump / "layers"), "--upstream", "wavlm_local",
-                        "--upstream_ckpt", str(tiny_wavlm)], capture_output=True, text=True)
+                        "--upstream_ckpt", str(tiny_wavlm))
     assert r.returncode == 0, r.stderr
     cfg = dict(CONFIG, train_conf=dict(CONFIG["train_conf"], steps=4, crop_seconds=0.3))
     (tmp_path / "conf.yaml").write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(tmp_path / "conf.yaml"),
+    r = forkserver.run("upmp.bin.train", "--config", str(tmp_path / "conf.yaml"),
                         "--train_scp", str(dump / "layers.scp"), "--utt2spk", str(small_data_dir / "utt2spk"),
-                        "--exp_dir", str(tmp_path / "exp")], capture_output=True, text=True)
+                        "--exp_dir", str(tmp_path / "exp"))
     assert r.returncode == 0, r.stderr
-    common = [sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(tmp_path / "exp/model.pt")]
-    r1 = subprocess.run(common + ["--layers_scp", str(dump / "layers.scp"), "--out_dir", str(tmp_path / "cached")],
-                        capture_output=True, text=True)
-    r2 = subprocess.run(common + ["--data_dir", str(small_data_dir), "--upstream", "wavlm_local", "--upstream_ckpt",
-                                  str(tiny_wavlm), "--out_dir", str(tmp_path / "online")], capture_output=True, text=True)
+    common = ["upmp.bin.extract_embeddings", "--model", tmp_path / "exp/model.pt"]
+    r1 = forkserver.run(*common, "--layers_scp", dump / "layers.scp", "--out_dir", tmp_path / "cached")
+    r2 = forkserver.run(*common, "--data_dir", small_data_dir, "--upstream", "wavlm_local", "--upstream_ckpt",
+                        tiny_wavlm, "--out_dir", tmp_path / "online")
     assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
     cached = dict(kaldiio.load_scp(str(tmp_path / "cached/xvector.scp")))
     online = dict(kaldiio.load_scp(str(tmp_path / "online/xvector.scp")))
@@ -318,9 +316,8 @@ class _Payload:
 
 
 def _extract(model, dump, out):
-    return subprocess.run([sys.executable, "-m", "upmp.bin.extract_embeddings", "--model", str(model),
-                           "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(out)],
-                          capture_output=True, text=True)
+    return forkserver.run("upmp.bin.extract_embeddings", "--model", str(model),
+                           "--layers_scp", str(dump / "dump/layers.scp"), "--out_dir", str(out))
 
 
 def test_malicious_model_file_does_not_run(dump):
@@ -385,9 +382,9 @@ def test_non_finite_loss_stops_training(dump):
         for utt in sorted(stacks):
             w.write(utt, (bad if utt == "s1-u2" else stacks[utt]).reshape(-1, 3, 8).transpose(1, 0, 2))
     LayerStackMeta(3, 8, 0.02, "test").write(str(dump / "nan"))
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"),
+    r = forkserver.run("upmp.bin.train", "--config", str(dump / "conf.yaml"),
                         "--train_scp", str(dump / "nan" / "layers.scp"), "--utt2spk", str(dump / "utt2spk"),
-                        "--exp_dir", str(dump / "exp"), "--train_conf.ckpt_every", "1"], capture_output=True, text=True)
+                        "--exp_dir", str(dump / "exp"), "--train_conf.ckpt_every", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert re.search(r"error: step \d+: the training loss is nan on the batch of utterances [^;]*s1-u2", last), last
@@ -405,9 +402,9 @@ def test_failed_run_keeps_the_experiment_config(dump):
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "holds the results of another config" in r.stderr and "train_conf.steps = 12, now 20" in r.stderr
     # a run that fails during set-up (here: a missing utt2spk) in a fresh dir leaves no config.yaml
-    r = subprocess.run([sys.executable, "-m", "upmp.bin.train", "--config", str(dump / "conf.yaml"), "--train_scp",
+    r = forkserver.run("upmp.bin.train", "--config", str(dump / "conf.yaml"), "--train_scp",
                         str(dump / "dump/layers.scp"), "--utt2spk", str(dump / "missing"), "--exp_dir",
-                        str(dump / "exp2")], capture_output=True, text=True)
+                        str(dump / "exp2"))
     assert r.returncode == 1 and "Traceback" not in r.stderr and not (dump / "exp2" / "config.yaml").exists()
     assert {n: (dump / "exp" / n).read_bytes() for n in before} == before
     r = train(dump, dump / "exp", "--train_conf.num_workers", "1")  # a speed-only key may change: same model
