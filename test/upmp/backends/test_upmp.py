@@ -1,4 +1,6 @@
 """The UPMP backend: shapes, masking, the parts' definitions (method.md)."""
+import copy
+
 import pytest
 import torch
 
@@ -264,3 +266,48 @@ def test_residual_reference_backward_through_the_fused_path_equals_the_plain_for
         m.frame_pooling(m.layer_pooling(h, full), full).pow(2).sum().backward()
         grads.append(torch.cat([x.grad.flatten()] + [p.grad.flatten() for p in m.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["upmp", "lap", "ltdnn_d3net", "ltdnn_ecapa"])
+def test_training_in_float64_follows_the_plain_formulation_step_by_step(name):
+    # Issue 21: the faster formulations (custom max-of-product backward, in-place ReLUs, fused
+    # residual, skipped masks) must train exactly as the plain maths does. In float64, where
+    # rounding cannot flip which layer or channel wins a max, 12 Adam steps on fresh batches with
+    # dropout on (the same draws) give the same losses and then the same eval-mode embeddings as the
+    # benchmark's plain formulation; a wrong gradient anywhere moves the weights apart.
+    from benchmarks.backend_step import SMALL, build, reference_of
+    ours = build(name, SMALL)
+    if name == "upmp":
+        with torch.no_grad():
+            ours.vads[0].mix_logits.normal_()
+    ref = reference_of(name, ours).double()  # weights copied in float32, so both start equal
+    ours.double()
+    if name == "lap":  # its reference lays the layer scores out (B*T, h, 1, L): other dropout draws
+        for m in [*ours.modules(), *ref.modules()]:
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    start = copy.deepcopy(ours)
+    L = SMALL["num_layers"] + (0 if name == "upmp" else 1)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(6, SMALL["input_dim"], L, 24, generator=g, dtype=torch.double),
+                torch.randn(6, ours.embed_dim, generator=g, dtype=torch.double)) for _ in range(13)]
+    mask = torch.ones(6, 24, dtype=torch.bool)
+    losses = {}
+    for key, model in (("ours", ours), ("plain", ref)):
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # Adam would blow up rounding noise
+        losses[key] = []
+        for step, (x, target) in enumerate(batches[:-1]):
+            torch.manual_seed(step)  # the same dropout draws for both
+            loss = (model(x, mask) - target).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[key].append(loss.item())
+    torch.testing.assert_close(torch.tensor(losses["ours"], dtype=torch.double), torch.tensor(losses["plain"], dtype=torch.double),
+                               rtol=1e-9, atol=0)
+    with torch.no_grad():
+        ours.eval(), ref.eval(), start.eval()
+        held_out = batches[-1][0]
+        torch.testing.assert_close(ours(held_out, mask), ref(held_out, mask), rtol=1e-9, atol=1e-9)
+        assert (ours(held_out, mask) - start(held_out, mask)).abs().max() > 0.1  # the weights did move
