@@ -304,8 +304,8 @@ def test_training_in_float64_follows_the_plain_formulation_step_by_step(name):
             loss.backward()
             opt.step()
             losses[key].append(loss.item())
-    torch.testing.assert_close(torch.tensor(losses["ours"], dtype=torch.double), torch.tensor(losses["plain"], dtype=torch.double),
-                               rtol=1e-9, atol=0)
+    ours_loss, plain_loss = (torch.tensor(losses[k], dtype=torch.double) for k in ("ours", "plain"))
+    torch.testing.assert_close(ours_loss, plain_loss, rtol=1e-9, atol=0)
     with torch.no_grad():
         ours.eval(), ref.eval(), start.eval()
         held_out = batches[-1][0]
