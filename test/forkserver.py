@@ -17,6 +17,15 @@ a server started with the same values (one per set of values; the suite uses two
 OMP_NUM_THREADS is applied in the child with torch.set_num_threads. A fresh interpreter runs the
 call instead with `fresh=True` (a test about start-up itself: what an entry point imports) and for
 every call when the test's environment has UPMP_TEST_FORK=0.
+
+Recipes (bash calling `python3 -m upmp.bin.*`, directly or through the job launcher) reach the same
+warm interpreter through `recipe_env`: it puts a `python3` / `python` shim first on the PATH. The
+shim, a Python without site-packages or torch, passes its own stdin, stdout and stderr, argv, cwd and
+environment over a Unix socket; the server forks a child that becomes the call, and answers with
+its exit status (a signal as a signal). The shim forwards SIGTERM, SIGINT and SIGHUP to the child
+and the child dies with the shim (killed by a signal included). Everything else runs the real
+interpreter: other modules and `-c` (torchrun, scripts), a start-up environment other than the
+server's, and jobs under Slurm (the scheduler's accounting and kills see the real process).
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ PRELOAD = ("numpy", "scipy.special", "scipy.linalg", "yaml", "soundfile", "kaldi
            "torch.nn.functional", "upmp.checkpoint", "upmp.bin.common", "upmp.data.kaldi_dir",
            "upmp.data.layer_stacks", "upmp.embeddings", "upmp.scoring.stage", "upmp.train.trainer")
 START_UP = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "LD_")
+# start-up variables a recipe server's child applies itself (path.sh sets the two Python ones)
+APPLIED = ("OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED")
 
 
 def _start_up_env(env: dict) -> dict:
@@ -89,6 +100,70 @@ def run(module: str, *args, env: Optional[dict] = None, cwd=None, fresh: bool = 
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
+_listeners: dict = {}  # start-up environment -> (its server process, the shim directory)
+
+SHIM = """#!{python} -S
+# test/forkserver.py: python -m upmp.bin.* from the recipe server ({socket}); anything else: the real python
+import os, sys
+REAL, SOCK, START_UP = {python!r}, {socket!r}, {start_up!r}
+args = sys.argv[1:]
+SERVER_PATH = {server_path!r}
+ROUTED = ("upmp.bin.", *filter(None, os.environ.get("UPMP_TEST_SHIM_ROUTE", "").split(",")))  # the latter: tests
+if (len(args) < 2 or args[0] != "-m" or not args[1].startswith(ROUTED) or "SLURM_JOB_ID" in os.environ
+        or {{k: v for k, v in os.environ.items() if k.startswith({prefixes!r}) and k not in {applied!r}}} != START_UP
+        or not all(os.path.abspath(p) in SERVER_PATH for p in os.environ.get("PYTHONPATH", "").split(":") if p)
+        or not os.path.exists(SOCK)):
+    os.execv(REAL, [REAL, *args])
+import json, signal, socket
+conn = socket.socket(socket.AF_UNIX)
+conn.connect(SOCK)
+socket.send_fds(conn, [b"F"], [0, 1, 2])
+conn.sendall(json.dumps({{"module": args[1], "args": args[2:], "env": dict(os.environ), "cwd": os.getcwd()}}).encode() + b"\\n")
+answers = conn.makefile("rb")
+child, forwarded = int(answers.readline()), []
+def forward(sig, _frame):
+    forwarded.append(sig)
+    try:
+        os.kill(child, sig)
+    except ProcessLookupError:
+        pass
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, forward)
+line = answers.readline()
+code = int(line) if line else -(forwarded[-1] if forwarded else signal.SIGKILL)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
+def recipe_env(env: dict) -> dict:
+    """env with the python shim first on its PATH, served by a warm server started with env's
+    start-up variables (unchanged when the test's environment has UPMP_TEST_FORK=0)."""
+    if os.environ.get("UPMP_TEST_FORK", "1") == "0":
+        return env
+    start_up = {k: v for k, v in _start_up_env(env).items() if k not in APPLIED}
+    key = tuple(sorted(start_up.items()))
+    entry = _listeners.get(key)
+    if entry is None or entry[0].poll() is not None:
+        shim_dir = tempfile.mkdtemp(prefix="upmp-shim-")
+        socket_path = os.path.join(shim_dir, "server.sock")
+        proc = subprocess.Popen([sys.executable, __file__, "--listen", socket_path], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=dict(env, LC_ALL="C"), cwd="/")  # path.sh's locale
+        ready = proc.stdout.readline().split(b" ", 1)
+        if ready[0] != b"ready":
+            proc.kill()
+            raise RuntimeError(f"test recipe fork server did not start: {ready!r}")
+        for name in ("python3", "python"):
+            path = os.path.join(shim_dir, name)
+            Path(path).write_text(SHIM.format(python=sys.executable, socket=socket_path, start_up=start_up,
+                                              prefixes=START_UP, applied=APPLIED, server_path=json.loads(ready[1])))
+            os.chmod(path, 0o755)
+        entry = _listeners[key] = (proc, shim_dir)
+    return dict(env, PATH=entry[1] + os.pathsep + env.get("PATH", ""))
+
+
 # --- the server side --------------------------------------------------------------------------------
 
 def _child(request: dict) -> None:
@@ -102,6 +177,8 @@ def _child(request: dict) -> None:
         os.environ.update(request["env"])
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
                                 (2, request["stderr"], os.O_WRONLY | os.O_CREAT)):
+            if request["stdout"] is None:  # a shim's call: its own streams are already in place
+                break
             target = os.open(path, flags, 0o644)
             os.dup2(target, fd)
             os.close(target)
@@ -109,6 +186,9 @@ def _child(request: dict) -> None:
             import torch
             torch.set_num_threads(max(1, int(request["env"]["OMP_NUM_THREADS"] or 1)))
         sys.path.insert(0, request["cwd"])  # what `python -m` puts first
+        if request["env"].get("PYTHONUNBUFFERED"):
+            for stream in (sys.stdout, sys.stderr):
+                stream.reconfigure(write_through=True)
         sys.argv = [request["module"], *request["args"]]
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
@@ -134,17 +214,83 @@ def _child(request: dict) -> None:
         os._exit(code)
 
 
-def _serve() -> None:
+def _socket_child(conn) -> None:
+    """In the forked child of the listener: take the shim's streams and request, then become the call."""
+    import socket
+    _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+    request = json.loads(conn.makefile("rb").readline())
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    conn.sendall(f"{os.getpid()}\n".encode())
+
+    def die_with_the_shim():  # EOF: the shim is gone (exited or killed), so is this call
+        conn.recv(1)
+        os.kill(os.getpid(), 9)
+    threading.Thread(target=die_with_the_shim, daemon=True).start()
+    _child(dict(request, stdout=None, stderr=None))
+
+
+def _preload() -> None:
     import importlib
+    del sys.path[0]  # this file's directory: test/upmp would shadow the package
+    for name in PRELOAD:
+        importlib.import_module(name)
+    assert threading.active_count() == 1, threading.enumerate()  # a fork copies only this thread
+
+
+def _listen(path: str) -> None:
+    """Serve shim calls on a Unix socket until stdin closes: a child per call, answered with its exit status."""
+    import selectors
+    import socket
+    null = os.open(os.devnull, os.O_RDWR)
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(null, 1)
+    _preload()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(64)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(0, selectors.EVENT_READ)
+    proto_out.write(b"ready " + json.dumps([os.path.abspath(p) for p in sys.path if p]).encode() + b"\n")
+    proto_out.flush()
+    calls = {}  # child pid -> its connection
+    while True:
+        for key, _ in selector.select(timeout=0.02):
+            if key.fileobj == 0:  # the test process ended
+                for conn in calls.values():
+                    conn.close()
+                return
+            conn, _ = listener.accept()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                selector.close()
+                listener.close()
+                os.dup2(null, 0)
+                _socket_child(conn)
+            calls[pid] = conn
+        while calls:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = calls.pop(pid, None)
+            if conn is not None:
+                try:
+                    conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+                except OSError:
+                    pass
+                conn.close()
+
+
+def _serve() -> None:
     proto_in = os.fdopen(os.dup(0), "rb")
     proto_out = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(2, 1)  # nothing the imports print reaches the protocol pipe
-    del sys.path[0]  # this file's directory: test/upmp would shadow the package
-    for name in PRELOAD:
-        importlib.import_module(name)
-    assert threading.active_count() == 1, threading.enumerate()  # a fork copies only this thread
+    _preload()
     proto_out.write(b"ready\n")
     proto_out.flush()
     for line in proto_in:
@@ -164,3 +310,5 @@ def _serve() -> None:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
     _serve()
+elif __name__ == "__main__" and sys.argv[1:2] == ["--listen"]:
+    _listen(sys.argv[2])

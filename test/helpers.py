@@ -112,10 +112,13 @@ def make_recipe(tmp_path: Path, corpus: str = "mini") -> Path:
     return d
 
 
-def run(recipe: Path, *args, env=None):
-    """./run.sh <args> in a recipe dir, output captured."""
+def run(recipe: Path, *args, env=None, fresh: bool = False):
+    """./run.sh <args> in a recipe dir, output captured; its `python3 -m upmp.bin.*` calls are forked
+    from a warm interpreter (forkserver.recipe_env) unless fresh."""
     e = dict(os.environ)
     e.update(env or {})
+    if not fresh:
+        e = forkserver.recipe_env(e)
     return subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True, env=e)
 
 

@@ -2,9 +2,13 @@
 interpreter does (exit status, stdout, stderr with its traceback), in the call's directory and
 environment, and leave nothing behind for the next call. Every fault test's "no traceback" rests on
 the second point."""
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+import time
 
 import pytest
 
@@ -89,3 +93,72 @@ def test_start_up_variables_are_the_calls(tmp_path):
     forked, fresh = both(tmp_path, name, env=seeded)
     assert forked.stdout == fresh.stdout
     assert forkserver.run(name, cwd=tmp_path).stdout != fresh.stdout  # without the seed, another hash
+
+
+# --- recipes: the python shim (forkserver.recipe_env) -------------------------------------------------
+
+def shim_calls(tmp_path, script, route=True, **popen):
+    """bash -c script in tmp_path with the recipe shim on the PATH (probe_* modules routed when route)."""
+    root = Path(forkserver.__file__).resolve().parent.parent  # the probe modules are found in the cwd
+    env = forkserver.recipe_env(dict(os.environ, PYTHONPATH=str(root)))
+    env["UPMP_TEST_SHIM_ROUTE"] = "probe_" if route else ""
+    return subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_recipe_calls_through_the_shim_answer_as_a_fresh_interpreter(tmp_path):
+    module(tmp_path, "probe_echo", """
+        import os, sys
+        line = sys.stdin.readline().strip()
+        parent = open(f"/proc/{os.getppid()}/cmdline").read().replace(chr(0), " ")
+        print(f"read {line!r} args {sys.argv[1:]} cwd {os.getcwd()} served {'--listen' in parent}")
+        print("to stderr", file=sys.stderr)
+        if sys.argv[1:] == ["fail"]:
+            raise RuntimeError("the call failed")
+        sys.exit(int(sys.argv[1]))
+    """)
+    script = 'out=$(echo hello | python3 -m probe_echo "$@"); rc=$?; echo "$out"; echo "rc=$rc"'
+    answers = {}
+    for route in (True, False):
+        for args in (["3"], ["fail"]):
+            p = shim_calls(tmp_path, script.replace('"$@"', " ".join(args)), route=route)
+            out, err = p.communicate(timeout=60)
+            answers[route, args[0]] = (out.replace(f"served {route}", "served"), err)
+            assert f"served {route}" in out  # the forked call's parent is the server; the other is a fresh python
+    assert answers[True, "3"] == answers[False, "3"]
+    assert answers[True, "3"][0] == f"read 'hello' args ['3'] cwd {tmp_path} served\nrc=3\n"
+    forked, fresh = answers[True, "fail"], answers[False, "fail"]
+    assert forked[0] == fresh[0] and forked[0].endswith("rc=1\n")
+    assert "Traceback (most recent call last)" in forked[1] and forked[1].splitlines()[-1] == fresh[1].splitlines()[-1]
+
+
+def test_a_signal_reaches_the_call_and_the_call_dies_with_the_shim(tmp_path):
+    module(tmp_path, "probe_wait", """
+        import os, signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: (print("terminated", flush=True), sys.exit(5)))
+        open(sys.argv[1], "w").write(str(os.getpid()))
+        time.sleep(60)
+    """)
+    module(tmp_path, "probe_self_kill", """
+        import os, signal
+        os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    for route in (True, False):  # killed by a signal: the status a fresh interpreter gives
+        p = shim_calls(tmp_path, "exec python3 -m probe_self_kill", route=route)
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGTERM
+    for sig, code, out in ((signal.SIGTERM, 5, "terminated\n"), (signal.SIGKILL, -signal.SIGKILL, "")):
+        pid_file = tmp_path / f"pid.{sig}"
+        p = shim_calls(tmp_path, f"exec python3 -m probe_wait {pid_file}")  # the shim is the process bash was
+        deadline = time.time() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and p.poll() is None, p.communicate()
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert child != p.pid
+        os.kill(p.pid, sig)
+        assert p.communicate(timeout=30)[0] == out and p.returncode == code
+        deadline = time.time() + 10
+        while os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().split()[2] != "Z":
+            assert time.time() < deadline, f"the call {child} outlived its shim"
+            time.sleep(0.05)

@@ -22,7 +22,8 @@ def test_full_mini_recipe_stages_0_to_5(tmp_path):
     # wait on each other (docs/benchmarks.md, thread_contention: 3x slower), so take one core, as the
     # README advises for a shared machine; run alone (UPMP_TEST_WORKERS=1) it keeps the 2 threads
     threads = " --train_conf.num_threads 1" if os.environ.get("PYTEST_XDIST_WORKER") else ""
-    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--train_args", "--train_conf.steps 300" + threads)
+    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--train_args", "--train_conf.steps 300" + threads,
+            fresh=True)  # the README's command as a user runs it: every python a fresh interpreter
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = recipe / "exp" / "upmp_ge2e"
     assert (exp / "layer_usage.png").is_file()
