@@ -134,8 +134,11 @@ def ddp_dump(dump):
 
 
 # The longest files first, so that the parallel run (test/run.sh: whole files spread over the
-# workers, in this order) does not end on one of them alone; the rest keep their order.
-LONGEST_FIRST = ("recipes/test_mini_full.py", "recipes/test_mini.py", "recipes/test_slurm.py",
+# workers, in this order) does not end on one of them alone; the rest keep their order. xdist gives a
+# worker its next file as soon as 2 or fewer of its tests are pending, so the worker of the
+# one-test full recipe gets the third file at once, queued behind the recipe: test_metrics.py
+# (10 quick tests), so that test_slurm.py and the other long files go to the free worker.
+LONGEST_FIRST = ("recipes/test_mini_full.py", "recipes/test_mini.py", "upmp/test_metrics.py", "recipes/test_slurm.py",
                  "faults/test_security.py", "recipes/test_vctk.py", "recipes/test_import.py",
                  "upmp/train/test_trainer.py", "upmp/train/test_distributed.py", "faults/test_data_loss.py",
                  "faults/test_tracebacks.py", "recipes/test_multinode.py")

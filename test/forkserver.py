@@ -149,8 +149,10 @@ def recipe_env(env: dict) -> dict:
     if entry is None or entry[0].poll() is not None:
         shim_dir = tempfile.mkdtemp(prefix="upmp-shim-")
         socket_path = os.path.join(shim_dir, "server.sock")
+        root = str(Path(__file__).resolve().parent.parent)  # path.sh puts the repository first on PYTHONPATH
+        server_env = dict(env, LC_ALL="C", PYTHONPATH=os.pathsep.join(filter(None, (root, env.get("PYTHONPATH")))))
         proc = subprocess.Popen([sys.executable, __file__, "--listen", socket_path], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=dict(env, LC_ALL="C"), cwd="/")  # path.sh's locale
+                                stdout=subprocess.PIPE, env=server_env, cwd="/")
         ready = proc.stdout.readline().split(b" ", 1)
         if ready[0] != b"ready":
             proc.kill()
@@ -161,7 +163,11 @@ def recipe_env(env: dict) -> dict:
                                               prefixes=START_UP, applied=APPLIED, server_path=json.loads(ready[1])))
             os.chmod(path, 0o755)
         entry = _listeners[key] = (proc, shim_dir)
-    return dict(env, PATH=entry[1] + os.pathsep + env.get("PATH", ""))
+    env = dict(env, PATH=entry[1] + os.pathsep + env.get("PATH", ""))
+    if not env.get("VIRTUAL_ENV") and sys.prefix != sys.base_prefix:  # else path.sh's activation would
+        env["VIRTUAL_ENV"] = sys.prefix                                 # put the venv before the shim
+        env["PATH"] = entry[1] + os.pathsep + os.path.join(sys.prefix, "bin") + env["PATH"][len(entry[1]):]
+    return env
 
 
 # --- the server side --------------------------------------------------------------------------------
