@@ -244,6 +244,13 @@ def test_a_killed_writer_leaves_no_stale_lock(tiny_experiment, tmp_path):
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the embed process and the pipe's shell
         first.wait()
+        end = time.monotonic() + 30  # and every other process of the group gone (a forked one holds the lock too)
+        while time.monotonic() < end:
+            try:
+                os.killpg(first.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
     assert (out / ".embed.lock").is_file()
     scp.write_text(f"spk0-utt0 {wav}/spk0-utt0.wav\nspk1-utt1 {wav}/spk1-utt1.wav\n")
     r = run("upmp.bin.embed", *args)
