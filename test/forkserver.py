@@ -29,8 +29,10 @@ server's, and jobs under Slurm (the scheduler's accounting and kills see the rea
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,7 +149,8 @@ def recipe_env(env: dict) -> dict:
     key = tuple(sorted(start_up.items()))
     entry = _listeners.get(key)
     if entry is None or entry[0].poll() is not None:
-        shim_dir = tempfile.mkdtemp(prefix="upmp-shim-")
+        shim_dir = tempfile.mkdtemp(prefix="upmp-shim-")  # 0700: only this user reaches the socket
+        atexit.register(shutil.rmtree, shim_dir, True)
         socket_path = os.path.join(shim_dir, "server.sock")
         root = str(Path(__file__).resolve().parent.parent)  # path.sh puts the repository first on PYTHONPATH
         server_env = dict(env, LC_ALL="C", PYTHONPATH=os.pathsep.join(filter(None, (root, env.get("PYTHONPATH")))))
@@ -181,10 +184,9 @@ def _child(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
-                                (2, request["stderr"], os.O_WRONLY | os.O_CREAT)):
-            if request["stdout"] is None:  # a shim's call: its own streams are already in place
-                break
+        streams = ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
+                   (2, request["stderr"], os.O_WRONLY | os.O_CREAT))
+        for fd, path, flags in streams if request["stdout"] is not None else ():  # a shim's call has its own
             target = os.open(path, flags, 0o644)
             os.dup2(target, fd)
             os.close(target)
