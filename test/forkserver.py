@@ -42,9 +42,15 @@ from typing import Optional, Sequence
 
 # Imported by the server before it serves: what most entry points load (not upmp.bin.*: runpy
 # runs those as __main__ and warns when they are already imported).
-PRELOAD = ("numpy", "scipy.special", "scipy.linalg", "yaml", "soundfile", "kaldiio", "tqdm", "torch",
-           "torch.nn.functional", "upmp.checkpoint", "upmp.bin.common", "upmp.data.kaldi_dir",
-           "upmp.data.layer_stacks", "upmp.embeddings", "upmp.scoring.stage", "upmp.train.trainer")
+# Measured on test/recipes/test_mini.py (231 calls): S3PRL's upstream code (with torchaudio and sympy,
+# ~1 s) came in 30 calls, scipy.stats / scipy.optimize (~1 s) in 21, matplotlib (~1 s) in 17, sklearn
+# in 10. S3PRL's hub stays the package's lazy one (upmp.upstream.s3prl_hub.install, as the package does).
+PRELOAD = ("numpy", "scipy.special", "scipy.linalg", "scipy.stats", "scipy.optimize", "yaml", "soundfile",
+           "kaldiio", "tqdm", "torch", "torch.nn.functional", "sympy", "torchaudio", "matplotlib",
+           "sklearn.linear_model", "sklearn.discriminant_analysis", "upmp.checkpoint", "upmp.bin.common",
+           "upmp.data.kaldi_dir", "upmp.data.layer_stacks", "upmp.embeddings", "upmp.scoring.stage",
+           "upmp.train.trainer", "upmp.upstream.s3prl_hub", "s3prl.nn", "s3prl.upstream.wavlm.WavLM",
+           "s3prl.upstream.hubert.hubert_model", "s3prl.upstream.wav2vec2.wav2vec2_model")
 START_UP = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "LD_")
 # start-up variables a recipe server's child applies itself (path.sh sets the two Python ones)
 APPLIED = ("OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED")
@@ -243,7 +249,12 @@ def _preload() -> None:
     import importlib
     del sys.path[0]  # this file's directory: test/upmp would shadow the package
     for name in PRELOAD:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        if name == "matplotlib":  # the package's plots use Agg (set before pyplot, as they do)
+            module.use("Agg")
+            importlib.import_module("matplotlib.pyplot")
+        elif name == "upmp.upstream.s3prl_hub":
+            module.install()
     assert threading.active_count() == 1, threading.enumerate()  # a fork copies only this thread
 
 

@@ -5,9 +5,8 @@ the paper-default configs are cut down by flags (steps, batch, sizes, CPU).
 """
 import json
 import os
-import subprocess
 
-from helpers import ROOT, make_recipe
+from helpers import ROOT, make_recipe, run
 from fakes.vctk import SPEAKERS, expected_utts, make_vctk_092
 from upmp.data.kaldi_dir import DataDir
 from upmp.data.trials import read_kaldi_trials
@@ -21,12 +20,11 @@ FAST = ("--train_conf.steps 20 --train_conf.batch_size 8 --train_conf.crop_secon
 def test_vctk_recipe_stages_0_to_5(tmp_path):
     corpus = make_vctk_092(tmp_path / "VCTK-Corpus-0.92", seconds=1.2, mics=("mic1",))
     recipe = make_recipe(tmp_path, "vctk")
-    r = subprocess.run(
-        ["./run.sh", "--stage", "0", "--stop_stage", "5", "--vctk_root", str(corpus),
-         "--local_data_opts", f"--protocol_url {(tmp_path / 'no-repo').as_uri()}",
-         "--upstream", "wavlm_local", "--tiny_upstream", "true", "--extract_device", "cpu",
-         "--nj", "1", "--score_norm", "none asnorm", "--cohort_top_n", "4", "--train_args", FAST],
-        cwd=recipe, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run(recipe, "--stage", "0", "--stop_stage", "5", "--vctk_root", str(corpus),
+            "--local_data_opts", f"--protocol_url {(tmp_path / 'no-repo').as_uri()}",
+            "--upstream", "wavlm_local", "--tiny_upstream", "true", "--extract_device", "cpu",
+            "--nj", "1", "--score_norm", "none asnorm", "--cohort_top_n", "4", "--train_args", FAST,
+            env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "protocol source: regenerated (the paper's repository is not reachable)" in r.stderr
     utts = []
