@@ -17,9 +17,9 @@ through a random-init WavLM of Base shape (13 hidden states x 768, 50 frames/s; 
                 original), on these stacks and, with --stacks, on a real cache (e.g. the mini
                 recipe's GE2E stacks, read and re-stored in each type)
 Ratios are against float32 of all hidden states, in the same run. The projected disk for VoxCeleb1
-dev (~352 h) and VoxCeleb2 dev (~2,300 h) at 50 frames/s is the format's bytes per frame: float32
-4 L D, float16 2 L D, int8 L (D + 4), compressed: the measured bytes per value here times L D
-(per-utterance headers, ~100 bytes, left out).
+dev (340.4 h) and VoxCeleb2 dev (2,360.2 h; the corpora's published durations) at 50 frames/s is
+the format's bytes per frame: float32 4 L D, float16 2 L D, int8 L (D + 4), compressed: the measured
+bytes per value here times L D (per-utterance headers, ~100 bytes, left out).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 STORAGES = ("float32", "float16", "compressed", "int8")
-HOURS = {"VoxCeleb1 dev": 352, "VoxCeleb2 dev": 2300}
+HOURS = {"VoxCeleb1 dev": 340.4, "VoxCeleb2 dev": 2360.2}
 SHAPES = {"Base (13 x 768)": (13, 768), "Large (25 x 1024)": (25, 1024)}
 FPS = 50
 
