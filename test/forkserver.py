@@ -51,7 +51,10 @@ PRELOAD = ("numpy", "scipy.special", "scipy.linalg", "scipy.stats", "scipy.optim
            "upmp.data.kaldi_dir", "upmp.data.layer_stacks", "upmp.embeddings", "upmp.scoring.stage",
            "upmp.train.trainer", "upmp.upstream.s3prl_hub", "s3prl.nn", "s3prl.upstream.wavlm.WavLM",
            "s3prl.upstream.hubert.hubert_model", "s3prl.upstream.wav2vec2.wav2vec2_model")
-START_UP = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "LD_")
+# Variables read at import time: a child whose value differs needs a server started with it. HOME,
+# XDG_* and MPL* too: preloaded modules keep paths under them (S3PRL's download cache, matplotlib's
+# config and backend); SKLEARN_* (sklearn's global config).
+START_UP = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "LD_", "HOME", "XDG_", "MPL", "SKLEARN_")
 # start-up variables a recipe server's child applies itself (path.sh sets the two Python ones)
 APPLIED = ("OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED")
 
