@@ -105,10 +105,11 @@ def rel_error(directory: Path, stacks, layers, num_layers: int) -> float:
 
 
 def size(n: float) -> str:
+    """Decimal units (1 GB = 1e9 bytes), as disk sizes and the README's figures are given."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+        if n < 1000 or unit == "TB":
             return f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return ""
 
 
