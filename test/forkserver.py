@@ -46,10 +46,10 @@ from typing import Optional, Sequence
 # ~1 s) came in 30 calls, scipy.stats / scipy.optimize (~1 s) in 21, matplotlib (~1 s) in 17, sklearn
 # in 10. S3PRL's hub stays the package's lazy one (upmp.upstream.s3prl_hub.install, as the package does).
 PRELOAD = ("numpy", "scipy.special", "scipy.linalg", "scipy.stats", "scipy.optimize", "yaml", "soundfile",
-           "kaldiio", "tqdm", "torch", "torch.nn.functional", "sympy", "torchaudio", "matplotlib",
+           "kaldiio", "tqdm", "torch", "torch.nn.functional", "sympy", "torchaudio", "matplotlib.pyplot",
            "sklearn.linear_model", "sklearn.discriminant_analysis", "upmp.checkpoint", "upmp.bin.common",
            "upmp.data.kaldi_dir", "upmp.data.layer_stacks", "upmp.embeddings", "upmp.scoring.stage",
-           "upmp.train.trainer", "upmp.upstream.s3prl_hub", "s3prl.nn", "s3prl.upstream.wavlm.WavLM",
+           "upmp.train.trainer", "s3prl.nn", "s3prl.upstream.wavlm.WavLM",
            "s3prl.upstream.hubert.hubert_model", "s3prl.upstream.wav2vec2.wav2vec2_model")
 # Variables read at import time: a child whose value differs needs a server started with it. HOME,
 # XDG_* and MPL* too: preloaded modules keep paths under them (S3PRL's download cache, matplotlib's
@@ -251,13 +251,12 @@ def _socket_child(conn) -> None:
 def _preload() -> None:
     import importlib
     del sys.path[0]  # this file's directory: test/upmp would shadow the package
+    import matplotlib
+    matplotlib.use("Agg")  # before pyplot, as the package's plots do
+    from upmp.upstream import s3prl_hub
+    s3prl_hub.install()  # the package's lazy s3prl.hub, in place before s3prl.nn (as the package does)
     for name in PRELOAD:
-        module = importlib.import_module(name)
-        if name == "matplotlib":  # the package's plots use Agg (set before pyplot, as they do)
-            module.use("Agg")
-            importlib.import_module("matplotlib.pyplot")
-        elif name == "upmp.upstream.s3prl_hub":
-            module.install()
+        importlib.import_module(name)
     assert threading.active_count() == 1, threading.enumerate()  # a fork copies only this thread
 
 
