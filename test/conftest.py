@@ -17,6 +17,13 @@ from pathlib import Path
 # parallel) slow each other down by the share of the cores they take, not several times over
 # (benchmarks/thread_contention.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No test reaches the network (CI's machine has only package registries). Libraries that download on
+# import wait on a network that drops packets instead of refusing them: S3PRL's own hub imports
+# g2p_en, which asks NLTK for two data packages (120 s per stalled read, up to 2 h per package), and
+# CI hung there once. A proxy on a closed local port makes every urllib / requests / NLTK fetch fail at
+# once, in this process and in every process a test starts; loopback stays direct.
+os.environ.update({**dict.fromkeys(("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"), "http://127.0.0.1:9"),
+                   **dict.fromkeys(("no_proxy", "NO_PROXY"), "localhost,127.0.0.1")})
 
 import numpy as np
 import pytest

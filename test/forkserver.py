@@ -32,7 +32,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,19 @@ PRELOAD = ("numpy", "scipy.special", "scipy.linalg", "scipy.stats", "scipy.optim
 START_UP = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "LD_", "HOME", "XDG_", "MPL", "SKLEARN_")
 # start-up variables a recipe server's child applies itself (path.sh sets the two Python ones)
 APPLIED = ("OMP_NUM_THREADS", "PYTHONPATH", "PYTHONUNBUFFERED")
+
+
+# A forked call running longer than this (UPMP_TEST_CALL_LIMIT_S in the call's environment overrides
+# it) is sent SIGUSR2, on which it prints the stack of each of its threads to its stderr (faulthandler),
+# and is killed 5 s later (by the server for run(), by the shim for a recipe's call): the test sees the
+# stacks and a call killed by SIGKILL instead of a suite that never ends. A whole test has
+# pytest-timeout's limit (pytest.ini).
+CALL_LIMIT_S = 600
+STACKS_SIGNAL = signal.SIGUSR2
+
+
+def _call_limit(env: dict) -> float:
+    return float(env.get("UPMP_TEST_CALL_LIMIT_S") or CALL_LIMIT_S)
 
 
 def _start_up_env(env: dict) -> dict:
@@ -140,10 +155,19 @@ def forward(sig, _frame):
         pass
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, forward)
+def past_limit(_sig, _frame):  # test/forkserver.py, CALL_LIMIT_S: the call's stacks, then its end
+    past.append(signal.SIGKILL if past else {stacks_signal})
+    os.kill(child, past[-1])
+    signal.alarm(5)
+past = []
+signal.signal(signal.SIGALRM, past_limit)
+signal.alarm(max(1, round(float(os.environ.get("UPMP_TEST_CALL_LIMIT_S") or {call_limit}))))
 line = answers.readline()
 code = int(line) if line else -(forwarded[-1] if forwarded else signal.SIGKILL)
+signal.alarm(0)
 if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
+    if -code != signal.SIGKILL:  # SIGKILL's action is the default already, and cannot be set
+        signal.signal(-code, signal.SIG_DFL)
     os.kill(os.getpid(), -code)
 sys.exit(code)
 """
@@ -172,7 +196,8 @@ def recipe_env(env: dict) -> dict:
         for name in ("python3", "python"):
             path = os.path.join(shim_dir, name)
             Path(path).write_text(SHIM.format(python=sys.executable, socket=socket_path, start_up=start_up,
-                                              prefixes=START_UP, applied=APPLIED, server_path=json.loads(ready[1])))
+                                              prefixes=START_UP, applied=APPLIED, server_path=json.loads(ready[1]),
+                                              stacks_signal=int(STACKS_SIGNAL), call_limit=CALL_LIMIT_S))
             os.chmod(path, 0o755)
         entry = _listeners[key] = (proc, shim_dir)
     env = dict(env, PATH=entry[1] + os.pathsep + env.get("PATH", ""))
@@ -199,6 +224,8 @@ def _child(request: dict) -> None:
             target = os.open(path, flags, 0o644)
             os.dup2(target, fd)
             os.close(target)
+        import faulthandler
+        faulthandler.register(STACKS_SIGNAL, all_threads=True)  # sent at the call's limit (CALL_LIMIT_S)
         if "OMP_NUM_THREADS" in request["env"]:
             import torch
             torch.set_num_threads(max(1, int(request["env"]["OMP_NUM_THREADS"] or 1)))
@@ -305,6 +332,16 @@ def _listen(path: str) -> None:
                 conn.close()
 
 
+def _wait(pid: int, limit: float) -> int:
+    """The exit code of child pid, asked for its stacks once past limit seconds and killed 5 s later."""
+    with os.fdopen(os.pidfd_open(pid), "rb", buffering=0) as pidfd:
+        for sig, wait in ((STACKS_SIGNAL, limit), (signal.SIGKILL, 5.0)):
+            if select.select([pidfd], [], [], wait)[0]:
+                break
+            os.kill(pid, sig)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def _serve() -> None:
     proto_in = os.fdopen(os.dup(0), "rb")
     proto_out = os.fdopen(os.dup(1), "wb")
@@ -323,8 +360,7 @@ def _serve() -> None:
             proto_in.close()
             proto_out.close()
             _child(request)
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = _wait(pid, _call_limit(request["env"]))
         proto_out.write(json.dumps({"code": code}).encode() + b"\n")
         proto_out.flush()
 

@@ -162,3 +162,32 @@ def test_a_signal_reaches_the_call_and_the_call_dies_with_the_shim(tmp_path):
         while os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().split()[2] != "Z":
             assert time.time() < deadline, f"the call {child} outlived its shim"
             time.sleep(0.05)
+
+
+STUCK = """
+    import threading, time
+    def waiting_forever():
+        threading.Event().wait()
+    threading.Thread(target=waiting_forever, daemon=True).start()
+    time.sleep(120)
+"""
+
+
+def test_a_call_past_its_limit_prints_its_stacks_and_is_killed(tmp_path):
+    name = module(tmp_path, "stuck", STUCK)
+    start = time.monotonic()
+    answer = forkserver.run(name, cwd=tmp_path, env=dict(os.environ, UPMP_TEST_CALL_LIMIT_S="1"))
+    assert time.monotonic() - start < 30  # 1 s, then 5 s between the stacks and the kill
+    assert answer.returncode == -signal.SIGKILL
+    assert f'File "{tmp_path}/stuck.py", line 6 in <module>' in answer.stderr  # the main thread
+    assert "line 4 in waiting_forever" in answer.stderr  # and the other one
+
+
+def test_a_recipe_call_past_its_limit_prints_its_stacks_and_is_killed(tmp_path):
+    module(tmp_path, "probe_stuck", STUCK)
+    start = time.monotonic()
+    p = shim_calls(tmp_path, "UPMP_TEST_CALL_LIMIT_S=1 exec python3 -m probe_stuck")
+    _, err = p.communicate(timeout=60)
+    assert time.monotonic() - start < 30
+    assert p.returncode == -signal.SIGKILL, err
+    assert f'File "{tmp_path}/probe_stuck.py", line 6 in <module>' in err and "line 4 in waiting_forever" in err
