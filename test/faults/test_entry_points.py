@@ -47,10 +47,9 @@ def test_score_on_an_empty_trial_list(tmp_path):
 # --- upstreams ------------------------------------------------------------------------------------
 
 def test_s3prl_download_without_network(tmp_path):
-    """A name whose weights S3PRL must download, with no network (a proxy on a closed port makes
-    that deterministic) and an empty cache: which name, where S3PRL looked, the two ways out."""
-    env = dict(os.environ, HOME=str(tmp_path), HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-               https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9", PYTHONPATH=str(ROOT))
+    """A name whose weights S3PRL must download, with no network (conftest.py's proxy on a closed port
+    makes that deterministic) and an empty cache: which name, where S3PRL looked, the two ways out."""
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(ROOT))
     r = run("upmp.bin.check_upstream", "--upstream", "wavlm_base_plus", env=env)
     one_line_error(r, "--upstream wavlm_base_plus:", f"{tmp_path}/.cache/s3prl/download",
                    "S3PRLUpstream('wavlm_base_plus')", "--upstream wavlm_local --upstream_ckpt", "hf:")
@@ -157,13 +156,14 @@ def test_stage1_killed_midway_resumes_and_cleans_up(small_data_dir, tiny_wavlm, 
     keeps job 1's stacks, and removes the killed job's ark."""
     import kaldiio
     from upmp.data.kaldi_dir import split_data_dir
-    from upmp.upstream.extract import join_layer_stacks, plan_extraction
+    from upmp.upstream.extract import join_layer_stacks, plan_extraction, weights_id
     from upmp.data.layer_stacks import LayerStackWriter
+    weights = weights_id("wavlm_local", str(tiny_wavlm))  # the stacks name the checkpoint's bytes
     data = tmp_path / "data" / "set"
     import shutil
     shutil.copytree(small_data_dir, data)
     out = tmp_path / "dump" / "set"
-    plan = plan_extraction(str(data), str(out), [], "wavlm_local", "float32")
+    plan = plan_extraction(str(data), str(out), [], "wavlm_local", "float32", weights=weights)
     assert len(plan.todo) == 9 and not plan.reused
     jobs = split_data_dir(out / "todo", 2, per_utt=True)
     _extract(jobs[0], out / "layers.r1.1", tiny_wavlm)
@@ -182,7 +182,7 @@ def test_stage1_killed_midway_resumes_and_cleans_up(small_data_dir, tiny_wavlm, 
     job1 = dict(kaldiio.load_scp(str(out / "layers.r1.1.scp")))
     job2_utts = sorted((Path(jobs[1]) / "utt2spk").read_text().split()[::2])
 
-    plan = plan_extraction(str(data), str(out), [], "wavlm_local", "float32")  # the rerun
+    plan = plan_extraction(str(data), str(out), [], "wavlm_local", "float32", weights=weights)  # the rerun
     assert sorted(plan.todo) == job2_utts and sorted(plan.reused) == sorted(job1) and plan.resumed == len(job1)
     _extract(out / "todo", out / "layers.r2.1", tiny_wavlm)
     assert join_layer_stacks(str(data), str(out), "r2") == 9
@@ -194,7 +194,8 @@ def test_stage1_killed_midway_resumes_and_cleans_up(small_data_dir, tiny_wavlm, 
         np.testing.assert_array_equal(joined[utt], mat)
     from upmp.upstream.extract import layer_stacks_done
     meta = json.loads((out / "layer_stack.json").read_text())
-    assert layer_stacks_done(str(data), str(out), meta["upstream"], "float32")   # the join wrote the record
+    assert layer_stacks_done(str(data), str(out), meta["upstream"], "float32", weights=weights)   # the join wrote the record
+    assert meta["weights_sha256"] == weights
     mtime = (out / "layers.scp").stat().st_mtime_ns
     assert join_layer_stacks(str(data), str(out)) == 9 and (out / "layers.scp").stat().st_mtime_ns == mtime  # same lines
 

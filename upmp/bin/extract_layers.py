@@ -18,7 +18,7 @@ from upmp.bin.common import add_device_args, check_device, make_parser, run_main
 from upmp.data.audio import MIN_SAMPLES
 from upmp.data.kaldi_dir import DataDir
 from upmp.upstream import build_upstream
-from upmp.upstream.extract import extract_layer_stacks
+from upmp.upstream.extract import extract_layer_stacks, weights_id
 from upmp.data.layer_stacks import LAYERS_FORMS, STORAGE_TYPES, parse_layers
 
 
@@ -56,7 +56,8 @@ def main(argv=None) -> None:
     extract_layer_stacks(extractor, data, args.out_prefix, args.storage, args.max_batch_seconds, args.chunk_size,
                          args.device, source_dir=args.source_data_dir or args.data_dir,
                          upstream_name=args.upstream, desc=f"layers {Path(args.data_dir).name}",
-                         min_samples=MIN_SAMPLES, strict=args.purpose == "train", layers=layers)
+                         min_samples=MIN_SAMPLES, strict=args.purpose == "train", layers=layers,
+                         weights=weights_id(args.upstream, args.upstream_ckpt))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m upmp.bin.reuse_layers --data_dir data/voxceleb1_h --out_dir dump/wavlm/voxceleb1_h \
         --sets voxceleb1_e voxceleb1_h voxceleb1_test --upstream wavlm_base_plus --storage float32 \
-        [--layers 0-12] [--from dump/other_run/voxceleb1_e] [--check]
+        [--upstream_ckpt ckpt.pt] [--layers 0-12] [--from dump/other_run/voxceleb1_e] [--check]
 
 With --check nothing is planned: it prints `complete` (and logs that it skips) when the set's
 done-record <out_dir>/layers.scp.done matches its data dir and the stacks asked for, else `stale`
@@ -21,7 +21,7 @@ from upmp.bin.common import make_parser, run_main, setup_logging
 from upmp.data.layer_stacks import LAYERS_FORMS, parse_layers
 from pathlib import Path
 
-from upmp.upstream.extract import JOINED_SCP, layer_stacks_done, plan_set
+from upmp.upstream.extract import JOINED_SCP, layer_stacks_done, plan_set, weights_id
 
 logger = logging.getLogger("reuse_layers")
 
@@ -35,6 +35,8 @@ def get_parser():
     p.add_argument("--from", dest="sources", nargs="*", default=[],
                    help="dump dirs of other sets (<dump>/<set>, with data/<set> beside the data dir)")
     p.add_argument("--upstream", required=True, help="the upstream of this extraction (must match)")
+    p.add_argument("--upstream_ckpt", default=None, help="its checkpoint, if any: stacks made with other bytes under "
+                   "the same name are not reused (SHA-256)")
     p.add_argument("--storage", required=True)
     p.add_argument("--layers", default="all", help=f"hidden states kept (must match): {LAYERS_FORMS}")
     p.add_argument("--check", action="store_true", help="plan nothing: print complete (the stacks are up to "
@@ -45,9 +47,10 @@ def get_parser():
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging(args.verbose)
+    weights = weights_id(args.upstream, args.upstream_ckpt)
     if args.check:
         verdict = layer_stacks_done(args.data_dir, args.out_dir, args.upstream, args.storage,
-                                    parse_layers(args.layers))
+                                    parse_layers(args.layers), weights)
         if verdict:
             logger.info("%s/layers.scp is complete, skipping (delete it to extract again)", args.out_dir)
         elif Path(args.out_dir, JOINED_SCP).is_file():
@@ -55,7 +58,7 @@ def main(argv=None) -> None:
         print("complete" if verdict else "stale")
         return
     plan = plan_set(args.data_dir, args.out_dir, args.sets, args.upstream, args.storage, args.sources,
-                    parse_layers(args.layers))
+                    parse_layers(args.layers), weights)
     logger.info("%s: %d of %d utterances reused (%d from this set's earlier jobs), %d to extract", args.data_dir,
                 len(plan.reused), len(plan.reused) + len(plan.todo), plan.resumed, len(plan.todo))
     print(len(plan.todo))

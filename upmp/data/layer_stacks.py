@@ -63,6 +63,8 @@ class LayerStackMeta:
     upstream: str
     storage: str = "float32"
     layers: Optional[List[int]] = None  # the upstream's hidden states stored, in order (None: all)
+    weights_sha256: Optional[str] = None  # the upstream's weights when a file names them (--upstream_ckpt,
+    #                                       an hf:<dir>), upmp.upstream.extract.weights_id; None: the name does
     layout: str = "T x (L*D), column l*D+d = channel d of hidden state l (0 = CNN output)"
 
     def write(self, directory: str) -> None:

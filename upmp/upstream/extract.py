@@ -15,8 +15,9 @@ Layout of a set's dump dir <dump>/<upstream>/<set> (see upmp.data.layer_stacks f
     layers.scp                 the join: one line per utterance of data/<set> (atomic)
     layers.scp.done            the done-record (upmp.done), written last: data/<set>'s wav.scp,
                                segments and utt2spk (by content: stage 0 rewrites them unchanged),
-                               the stacks' upstream, storage and layers, layers.scp and
-                               layer_stack.json as written
+                               the stacks' upstream, storage and layers (and the SHA-256 of the
+                               weights when files hold them: --upstream_ckpt, hf:<dir>), layers.scp
+                               and layer_stack.json as written
 
 A rerun after a kill or a failed job reuses every finished job's stacks and extracts only the
 rest; arks that no scp of the dump points into are removed at the join. A set is complete (skipped)
@@ -26,6 +27,7 @@ layers.scp's stacks are reused, no upstream runs, and the join writes the record
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -74,27 +76,28 @@ class ExtractionPlan:
 
 
 def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstream: str, storage: str,
-                    layers: Optional[List[int]] = None) -> ExtractionPlan:
+                    layers: Optional[List[int]] = None, weights: Optional[str] = None) -> ExtractionPlan:
     """Which utterances of data_dir need extracting into out_dir, and which stacks are reused.
 
     Reused, in this order: this set's own finished job outputs (a killed or failed earlier run)
-    and its last layers.scp, when its layer_stack.json has the same upstream, storage and layer subset and
+    and its last layers.scp, when its layer_stack.json has the same upstream, weights (weights_id: a
+    checkpoint rewritten under the same name is other weights), storage and layer subset and
     the audio is the one they were made from (none of them when the set's previous done-record names
     another wav.scp or segments: the same ids, other audio; a dump without a record reuses by id); then,
     from the other sets' complete dumps in `sources` (<dump>/<other set>, data/<other set> beside
     data_dir), stacks of the same utterance id made from the same audio (same wav.scp entry and
-    segment) with the same upstream, storage and layers. Writes <out_dir>/plan_inputs.json, reused.scp, layer_stack.json
+    segment) with the same upstream, weights, storage and layers. Writes <out_dir>/plan_inputs.json, reused.scp, layer_stack.json
     (when anything is reused) and <out_dir>/todo/ (a Kaldi data dir; absent when nothing is left).
     """
     out = Path(out_dir)
-    _, inputs, _, _, hashed = layer_stacks_record(data_dir, out_dir, upstream, storage, layers)
+    _, inputs, _, _, hashed = layer_stacks_record(data_dir, out_dir, upstream, storage, layers, weights)
     seen = snapshot(inputs, hashed)  # before the tables are read: join_layer_stacks records them (PLAN_INPUTS)
     data = DataDir.load(data_dir)
     wanted = {u: audio_key(data, u) for u in data.utts}
     plan, meta_from = ExtractionPlan(), None
     own = read_meta(out)
-    wanted_kind = (upstream, storage, layers)
-    if own is not None and (own.upstream, own.storage, own.layers) == wanted_kind \
+    wanted_kind = (upstream, storage, layers, weights)
+    if own is not None and _kind(own) == wanted_kind \
             and not _audio_changed(data_dir, out):
         for scp in job_scps(out) + ([out / JOINED_SCP] if (out / JOINED_SCP).is_file() else []):
             for utt, entry in read_table(scp).items():
@@ -108,7 +111,7 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
         if src.resolve() == out.resolve() or not (src / JOINED_SCP).is_file() or not src_data.is_dir():
             continue
         meta = read_meta(src)
-        if meta is None or (meta.upstream, meta.storage, meta.layers) != wanted_kind:
+        if meta is None or _kind(meta) != wanted_kind:
             continue
         scp = read_table(src / JOINED_SCP)
         if len(scp) != len(read_table(src_data / "utt2spk")):
@@ -132,29 +135,57 @@ def plan_extraction(data_dir: str, out_dir: str, sources: Sequence[str], upstrea
     return plan
 
 
-def layer_stacks_record(data_dir: str, out_dir: str, upstream: str, storage: str, layers: Optional[List[int]]):
+def _kind(meta: LayerStackMeta) -> tuple:
+    """What makes two stacks of the same audio the same: (upstream, storage, layers, weights)."""
+    return meta.upstream, meta.storage, meta.layers, meta.weights_sha256
+
+
+def weights_id(upstream: str, ckpt: Optional[str] = None) -> Optional[str]:
+    """The SHA-256 that names an upstream's weights when files hold them (None when its name fixes
+    them: S3PRL hub names, ge2e): the checkpoint's bytes for --upstream_ckpt; for hf:<dir>, a digest
+    of the names and SHA-256s of its config.json and weight files. Each file is hashed once per process."""
+    if ckpt:
+        return stamp(ckpt, hashed=True)
+    if not upstream.startswith("hf:"):
+        return None
+    root = Path(upstream[3:])
+    files = sorted(f for f in root.rglob("*") if f.is_file() and (f.name == "config.json" or f.suffix.lower()
+                   in (".bin", ".pt", ".pth", ".ckpt", ".safetensors")))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root)} {stamp(f, hashed=True)}\n".encode())
+    return digest.hexdigest()
+
+
+def layer_stacks_record(data_dir: str, out_dir: str, upstream: str, storage: str, layers: Optional[List[int]],
+                        weights: Optional[str] = None):
     """(record, inputs, options, outputs, inputs hashed) of stage 1's done-record for a set (module
-    docstring)."""
+    docstring); `weights`: weights_id of the upstream."""
     out = Path(out_dir)
     inputs = [str(Path(data_dir) / n) for n in ("wav.scp", "segments", "utt2spk")]
     options = {"upstream": upstream, "storage": storage, "layers": layers}
+    if weights is not None:  # absent otherwise: the records of stacks of hub-named upstreams stay valid
+        options["weights_sha256"] = weights
     return done_path(out / JOINED_SCP), inputs, options, [str(out / JOINED_SCP), str(out / META_NAME)], inputs
 
 
 def layer_stacks_done(data_dir: str, out_dir: str, upstream: str, storage: str,
-                      layers: Optional[List[int]] = None) -> Verdict:
+                      layers: Optional[List[int]] = None, weights: Optional[str] = None) -> Verdict:
     """Whether stage 1's stacks of a set are complete: its record matches data_dir's tables and the
-    stacks asked for (upstream, storage, layers); else why not."""
-    return is_done(*layer_stacks_record(data_dir, out_dir, upstream, storage, layers))
+    stacks asked for (upstream, weights, storage, layers); else why not."""
+    return is_done(*layer_stacks_record(data_dir, out_dir, upstream, storage, layers, weights))
 
 
 def plan_set(data_dir: str, out_dir: str, sets: Sequence[str], upstream: str, storage: str,
-             sources: Sequence[str] = (), layers: Optional[List[int]] = None) -> ExtractionPlan:
+             sources: Sequence[str] = (), layers: Optional[List[int]] = None,
+             weights: Optional[str] = None) -> ExtractionPlan:
     """Stage 1's plan for one set of a run: plan_extraction reusing from `sources` and from the dumps
     of the run's other `sets` (names: <out_dir>/../<set>, their data dirs beside data_dir)."""
     dump = Path(out_dir).parent
     others = [str(dump / s) for s in sets if (dump / s).resolve() != Path(out_dir).resolve()]
-    return plan_extraction(data_dir, out_dir, list(sources) + others, upstream, storage, layers)
+    return plan_extraction(data_dir, out_dir, list(sources) + others, upstream, storage, layers, weights)
 
 
 def num_lines(path: Path) -> int:
@@ -217,7 +248,8 @@ def check_stack(mat: np.ndarray, utt: str, upstream: str, storage: str) -> None:
 def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str = "float32",
                          max_batch_seconds: float = 0.0, chunk_size: int = 256, device: str = "cpu",
                          source_dir: Optional[str] = None, upstream_name: str = "", desc: str = "layers",
-                         min_samples: int = 0, strict: bool = True, layers: Optional[List[int]] = None) -> int:
+                         min_samples: int = 0, strict: bool = True, layers: Optional[List[int]] = None,
+                         weights: Optional[str] = None) -> int:
     """All (L, T, D) layer stacks of `data` into <out_prefix>.ark / .scp (and layer_stack.json
     beside them); returns the number of frames written.
 
@@ -227,6 +259,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     DiskFullError naming the directory and the bytes this job had written and still needed.
     max_batch_seconds = 0: one utterance per forward (features independent of batching).
     layers: the upstream's hidden states to keep, ascending (None: all; upmp.data.layer_stacks.parse_layers).
+    weights: weights_id of the upstream, recorded in layer_stack.json.
     Audio shorter than min_samples (the upstream's receptive field) is an error when strict
     (training data), a logged warning otherwise (upmp.data.audio.load_utterance).
     """
@@ -237,7 +270,7 @@ def extract_layer_stacks(extractor, data: DataDir, out_prefix: str, storage: str
     if layers is not None and (not layers or layers[-1] >= extractor.num_layers):
         raise ValueError(f"layers {layers} outside the upstream's {extractor.num_layers} hidden states")
     LayerStackMeta(num_layers, extractor.dim, extractor.frame_shift,
-                   upstream_name or getattr(extractor, "name", ""), storage, layers).write(str(out_dir))
+                   upstream_name or getattr(extractor, "name", ""), storage, layers, weights).write(str(out_dir))
     utts = data.utts
     source_lines = wav_scp_lines(source_dir) if source_dir else None
     max_samples = int(max_batch_seconds * SAMPLE_RATE)
@@ -330,7 +363,8 @@ def join_layer_stacks(data_dir: str, out_dir: str, run_id: Optional[str] = None)
         seen = None
     if not isinstance(seen, dict):
         seen = None
-    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers), seen=seen)
+    write_done(*layer_stacks_record(data_dir, out_dir, meta.upstream, meta.storage, meta.layers,
+                                    meta.weights_sha256), seen=seen)
     return len(utts)
 
 

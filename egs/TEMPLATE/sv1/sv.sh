@@ -226,7 +226,7 @@ elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     out=${dump}/${set}
     # shellcheck disable=SC2206
     reuse_layers=(${python} -m upmp.bin.reuse_layers --data_dir "data/${set}" --out_dir "${out}" --upstream "${upstream}"
-                  --storage "${storage}" --layers "${layers}")
+                  ${upstream_ckpt:+--upstream_ckpt "${upstream_ckpt}"} --storage "${storage}" --layers "${layers}")
     # complete (logged, skipped) while ${out}/layers.scp.done matches data/${set} and the stacks asked for
     state=$("${reuse_layers[@]}" --check)
     [ "${state}" == stale ] || continue

@@ -160,3 +160,50 @@ def test_a_malformed_plan_or_record_is_read_as_none(tmp_path):
     assert plan_extraction(args[0], args[1], [], *args[2:]).todo == []
     (e / PLAN_INPUTS).write_text("not json")
     assert join_layer_stacks(str(d), str(e)) == 3 and layer_stacks_done(*args)
+
+
+def test_checkpoint_rewritten_in_place_gives_new_stacks(small_data_dir, tiny_wavlm, tmp_path):
+    """Stage 1 end to end with --upstream_ckpt: the record and layer_stack.json name the checkpoint's bytes
+    (SHA-256); the same file rewritten with other weights makes the set stale (--check), nothing of its own
+    or of another set's dump made with the old weights is reused, and the new stacks are the new weights'."""
+    import shutil
+
+    import kaldiio
+    import numpy as np
+
+    from upmp.bin.extract_layers import main
+    from upmp.fileio import file_sha256
+    from upmp.upstream.extract import join_layer_stacks
+    from upmp.upstream.tiny import build_tiny_checkpoint
+
+    ckpt = tmp_path / "wavlm_tiny.pt"
+    shutil.copy(tiny_wavlm, ckpt)
+    for name in ("a", "b"):
+        shutil.copytree(small_data_dir, tmp_path / "data" / name)
+    with_ckpt = ("--upstream_ckpt", str(ckpt))
+
+    def stage1(name, run_id):
+        r = plan(tmp_path, name, "--sets", "a", "b", *with_ckpt)
+        assert r.returncode == 0, r.stderr
+        out = tmp_path / "dump" / name
+        if int(r.stdout):
+            main(["--data_dir", str(out / "todo"), "--out_prefix", str(out / f"layers.{run_id}.1"),
+                  "--upstream", "wavlm_local", *with_ckpt])
+        join_layer_stacks(str(tmp_path / "data" / name), str(out), run_id)
+        return int(r.stdout), dict(kaldiio.load_scp(str(out / "layers.scp")))
+
+    n, old = stage1("a", "r1")
+    assert n == 9 and LayerStackMeta.read(str(tmp_path / "dump" / "a")).weights_sha256 == file_sha256(ckpt)
+    assert plan(tmp_path, "a", "--check", *with_ckpt).stdout == "complete\n"
+    assert plan(tmp_path, "a", "--check").stdout == "stale\n"   # the name alone is not these stacks
+    assert stage1("b", "r1")[0] == 0   # the same audio, the same weights: set a's stacks reused
+
+    build_tiny_checkpoint("wavlm", str(ckpt), num_layers=2, dim=32, ffn_dim=64, heads=2, conv_dim=32, seed=1)
+    r = plan(tmp_path, "a", "--check", *with_ckpt)
+    assert r.stdout == "stale\n" and "weights_sha256" in r.stderr, r.stderr
+    shutil.rmtree(tmp_path / "dump" / "b")
+    n, new = stage1("a", "r2")
+    assert n == 9 and sorted(new) == sorted(old)   # nothing reused: every stack extracted again
+    assert all(not np.allclose(new[u], old[u]) for u in old)
+    assert LayerStackMeta.read(str(tmp_path / "dump" / "a")).weights_sha256 == file_sha256(ckpt)
+    np.testing.assert_allclose(stage1("b", "r2")[1][sorted(old)[0]], new[sorted(old)[0]])   # b reuses the new ones
