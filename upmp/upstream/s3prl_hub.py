@@ -11,18 +11,45 @@ precedence (the last import that defines a name wins).
 
 Anything this does not recognise falls back to S3PRL's own module: a hub.py with other
 statements than imports and `options()` is left alone (install() returns False), and a name no
-hubconf defines at top level (one a hubconf itself imports) imports the real hub on first use.
+hubconf defines at top level (one a hubconf itself imports) imports the real hub on first use,
+with NLTK's downloader set aside meanwhile: g2p_en (imported by one hubconf, used by none of the
+speech upstreams) asks NLTK for two data packages at import, which on a network that drops packets
+waits 120 s per read and up to hours per package; it gets "not downloaded" at once instead.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
+import logging
 import sys
 import types
 from pathlib import Path
 from typing import Dict, List, Optional
 
 HUB = "s3prl.hub"
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def no_nltk_downloads():
+    """nltk.download answers False (not downloaded) without a network attempt, then is restored."""
+    try:
+        import nltk
+    except ImportError:
+        yield
+        return
+    download = nltk.download
+
+    def refused(info_or_id=None, *args, **kwargs):
+        logger.info("not downloading NLTK data %r while importing S3PRL's hub (no S3PRL upstream uses it)",
+                    info_or_id)
+        return False
+    nltk.download = refused
+    try:
+        yield
+    finally:
+        nltk.download = download
 
 
 def _top_level_names(path: Path) -> List[str]:
@@ -85,7 +112,8 @@ class LazyHub(types.ModuleType):
             import s3prl
             del sys.modules[HUB]
             try:
-                self._real = importlib.import_module(HUB)
+                with no_nltk_downloads():
+                    self._real = importlib.import_module(HUB)
             except BaseException:
                 sys.modules[HUB] = self
                 raise

@@ -23,9 +23,18 @@ def stack():
 lazy = stack()
 out = {"lazy_hub": isinstance(sys.modules["s3prl.hub"], LazyHub),
        "heavy_imported": [m for m in ("g2p_en", "nltk", "espnet2.tasks.hubert") if m in sys.modules]}
+import nltk
+nltk.data.path[:] = [sys.argv[2]]   # an empty dir: g2p_en finds no data and asks for a download
+asked = []
+def record(*args, **kwargs):
+    asked.append(args)
+    return False
+nltk.download = record
 import s3prl.hub as hub
 out["options"] = hub.options()
 out["fallback_module"] = hub.vq_apc_url.__module__   # defined by no hubconf at top level: S3PRL's own hub
+out["nltk_downloads"] = len(asked)   # reached nltk.download during the real hub's import
+out["nltk_restored"] = nltk.download is record
 out["real_hub_now"] = not isinstance(sys.modules["s3prl.hub"], LazyHub)
 real = sys.modules["s3prl.hub"]
 out["real_options"] = real.options()
@@ -35,9 +44,9 @@ print(json.dumps(out))
 """
 
 
-def test_lazy_hub_builds_what_s3prl_builds_without_the_other_upstreams(tiny_wavlm):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_wavlm)], capture_output=True, text=True,
-                       env=bash_env(), timeout=300)  # ~15 s: S3PRL's own hub tries NLTK downloads (conftest)
+def test_lazy_hub_builds_what_s3prl_builds_without_the_other_upstreams(tiny_wavlm, tmp_path):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_wavlm), str(tmp_path)], capture_output=True,
+                       text=True, env=bash_env(), timeout=300)  # ~15 s
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["lazy_hub"] and out["heavy_imported"] == []
@@ -51,6 +60,8 @@ def test_lazy_hub_builds_what_s3prl_builds_without_the_other_upstreams(tiny_wavl
     missing = set(out["real_options"]) - set(out["options"])
     assert "wavlm_base_plus" in out["options"] and "vq_apc_url" in missing and len(missing) < 10
     assert out["fallback_module"] == "s3prl.upstream.apc.hubconf" and out["real_hub_now"]
+    # g2p_en's import-time downloads never reach NLTK's downloader (a stalled network waited hours)
+    assert out["nltk_downloads"] == 0 and out["nltk_restored"]
     assert out["same_stack"]  # the upstream built through the real hub afterwards gives the same stack
 
 
