@@ -62,8 +62,13 @@ def _read(path, kind: str, device="cpu") -> Dict[str, Any]:
     obj = load_torch_data(p, what, f"upmp never writes such files; expected {what}", map_location=device,
                           zip_only=True)
     if not isinstance(obj, dict) or obj.get("format") != kind:
-        found = (f"format {obj.get('format')!r}" if isinstance(obj, dict) and "format" in obj
-                 else "no upmp format tag (not written by this version of upmp)")
+        if isinstance(obj, dict) and "format" in obj:
+            found = f"format {obj.get('format')!r}"
+        elif isinstance(obj, dict) and all(k in obj for k in _REQUIRED[kind]):  # the layout before the tags
+            found = (f"no upmp format tag: written by upmp before 2026-12-01 (commit f48a2cd), whose files this "
+                     f"version does not read; retrain it, or use a upmp checkout older than f48a2cd")
+        else:
+            found = "no upmp format tag (not written by upmp)"
         raise ModelFileError(f"{path}: {found}; expected {what}")
     if obj.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: {what} of format version {obj.get('version')!r}; this upmp reads "

@@ -354,7 +354,10 @@ def test_broken_model_files_are_one_line_errors(dump):
     for name, (data, _) in cases.items():
         (dump / name).write_bytes(data)
     torch.save({"model": state["model"]}, dump / "foreign.pt")  # a state dict, not our model.pt
-    cases["foreign.pt"] = (None, "no upmp format tag")
+    cases["foreign.pt"] = (None, "no upmp format tag (not written by upmp)")
+    torch.save({k: v for k, v in state.items() if k not in ("format", "version")}, dump / "old.pt")  # before the tags
+    cases["old.pt"] = (None, "written by upmp before 2026-12-01 (commit f48a2cd), whose files this version does not "
+                             "read; retrain it, or use a upmp checkout older than f48a2cd; expected a upmp model")
     torch.save({k: v for k, v in state.items() if k != "layer_stack"}, dump / "partial.pt")
     cases["partial.pt"] = (None, "incomplete a upmp model (model.pt): missing layer_stack")
     torch.save(dict(state, version=99), dump / "future.pt")
