@@ -99,6 +99,24 @@ def memory_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def widen_int8(x: torch.Tensor) -> torch.Tensor:
+    """int8 records (B, T, L, 4 + D) uint8 on the CPU -> float32 (B, D, L, T): numpy's transposing cast
+    of the codes, then scale and offset in place, 4x faster here than widen_int8_torch's four passes
+    over the float32 batch (benchmarks/cache_storage.py), with the same numbers."""
+    a = x.numpy()
+    head = np.ascontiguousarray(a[..., :INT8_HEAD]).view("<f2").astype(np.float32)  # (B, T, L, 2)
+    head = torch.from_numpy(btld_to_bdlt(head))                                     # (B, 2, L, T)
+    out = torch.from_numpy(btld_to_bdlt(a[..., INT8_HEAD:].view(np.int8)).astype(np.float32, order="C"))
+    return out.mul_(head[:, :1]).add_(head[:, 1:])
+
+
+def widen_int8_torch(x: torch.Tensor) -> torch.Tensor:
+    """widen_int8 in torch ops, on the device x is on (a GPU: the loader moved the bytes only)."""
+    head = x[..., :INT8_HEAD].contiguous().view(torch.float16).to(torch.float32)  # (B, T, L, 2)
+    x = x[..., INT8_HEAD:].view(torch.int8).to(torch.float32) * head[..., :1] + head[..., 1:]
+    return btld_to_bdlt(x).contiguous()
+
+
 def to_model_input(x: torch.Tensor, device) -> torch.Tensor:
     """A loader batch -> the model's input on `device`.
 
@@ -108,10 +126,7 @@ def to_model_input(x: torch.Tensor, device) -> torch.Tensor:
     device, not in the loader; waveform crops (B, S) just move.
     """
     if x.dim() == 4 and x.dtype == torch.uint8:
-        x = x.to(device, non_blocking=True)
-        head = x[..., :INT8_HEAD].contiguous().view(torch.float16).to(torch.float32)  # (B, T, L, 2)
-        x = x[..., INT8_HEAD:].view(torch.int8).to(torch.float32) * head[..., :1] + head[..., 1:]
-        return btld_to_bdlt(x).contiguous()
+        return widen_int8(x) if torch.device(device).type == "cpu" else widen_int8_torch(x.to(device, non_blocking=True))
     if x.dim() == 4 and torch.device(device).type == "cpu":  # numpy's strided cast is ~3x torch's here
         return torch.from_numpy(btld_to_bdlt(x.numpy()).astype(np.float32, order="C"))
     x = x.to(device, non_blocking=True)

@@ -80,6 +80,8 @@ def test_int8_crops_read_by_offset_equal_whole_reads(tmp_path):
     x = to_model_input(raw, "cpu")
     assert x.dtype == torch.float32 and x.shape == (4, 16, 3, 20)
     torch.testing.assert_close(to_model_input(crops[True].raw_batch(2)[0], "cpu"), x, rtol=0, atol=0)
+    from upmp.train.data import widen_int8_torch   # what a GPU runs: the same numbers
+    torch.testing.assert_close(widen_int8_torch(raw), x, rtol=0, atol=0)
     c = crops[False]
     index = c.step_rows(2, range(4))
     from upmp.train.data import crop_start
