@@ -207,3 +207,29 @@ def test_checkpoint_rewritten_in_place_gives_new_stacks(small_data_dir, tiny_wav
     assert all(not np.allclose(new[u], old[u]) for u in old)
     assert LayerStackMeta.read(str(tmp_path / "dump" / "a")).weights_sha256 == file_sha256(ckpt)
     np.testing.assert_allclose(stage1("b", "r2")[1][sorted(old)[0]], new[sorted(old)[0]])   # b reuses the new ones
+
+
+def test_weights_id_names_the_bytes_of_the_weights(tmp_path):
+    """A checkpoint file: its SHA-256 (as sha256sum prints it). An hf:<dir>: one digest of its config and
+    weight files, changed by any of their bytes, not by other files there. Hub names: None."""
+    import hashlib
+
+    from upmp.upstream.extract import weights_id
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"weights")
+    assert weights_id("wavlm_local", str(ckpt)) == hashlib.sha256(b"weights").hexdigest()
+    assert weights_id("wavlm_base_plus") is None and weights_id("ge2e") is None
+    hf = tmp_path / "hf"
+    (hf / "sub").mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    (hf / "sub" / "model.safetensors").write_bytes(b"a")
+    first = weights_id(f"hf:{hf}")
+    assert first is not None and len(first) == 64
+    (hf / "README.md").write_text("notes")   # not weights
+    assert weights_id(f"hf:{hf}") == first
+    (hf / "sub" / "model.safetensors").write_bytes(b"b")
+    os.utime(hf / "sub" / "model.safetensors", ns=(1, 1))   # a new stamp: hashed again
+    second = weights_id(f"hf:{hf}")
+    assert second != first
+    (hf / "config.json").write_text('{"num_hidden_layers": 2}')
+    assert weights_id(f"hf:{hf}") not in (first, second)
