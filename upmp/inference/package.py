@@ -62,7 +62,7 @@ MANIFEST_SCHEMA = {
     "format": "str", "format_version": "int", "upmp_version": "str", "created": "str", "experiment": "str",
     "config": {"backend": "str", "use_hidden0": "bool", "backend_conf": "dict", "*": "any"},
     "layer_stack": {"num_layers": "int", "dim": "int", "frame_shift": "num", "upstream": "str", "storage?": "str",
-                    "layers?": (("list", "int"), None), "layout?": "str"},
+                    "layers?": (("list", "int"), None), "weights_sha256?": ("str", None), "layout?": "str"},
     "embed_dim": "int", "num_params?": ("int", None),
     "upstream": {"name": "str", "ckpt": ("str", None), "provider?": "str", "versions?": ("map", "str")},
     "finetuned_upstream": "bool", "train_set": ("str", None), "num_train_embeddings": "int",
@@ -146,6 +146,22 @@ def _upstream_entry(inputs: dict, exp: Path, layer_upstream: str) -> dict:
     return entry
 
 
+def _check_same_weights(meta, upstream: dict, model_path: Path) -> None:
+    """A model trained on cached stacks whose layer_stack.json names the upstream's weights (their
+    SHA-256, upmp.upstream.extract.weights_id) is packaged with those weights, not other bytes under
+    the same name: else a ModelFileError naming both digests."""
+    from upmp.upstream.extract import weights_id
+    wanted = getattr(meta, "weights_sha256", None)
+    if wanted is None or upstream["source"] is None:
+        return
+    name = upstream["name"]
+    got = weights_id(f"hf:{upstream['source']}") if name.startswith("hf:") else weights_id(name, str(upstream["source"]))
+    if got != wanted:
+        raise ModelFileError(f"{upstream['source']}: sha256 {got[:12]}..., but {model_path} was trained on layer "
+                             f"stacks of {name} with weights sha256 {wanted[:12]}... (layer_stack.json): package it "
+                             f"with the checkpoint those stacks were extracted with (--upstream_ckpt)")
+
+
 def _check_embedded_by(model_path: Path, exp: Path, inputs: dict, used: Dict[str, Path]) -> None:
     """The training mean, calibration and threshold must come from embeddings of the model packaged:
     each xvector.scp used ({"train": scp, "valid": scp}) must have been made by model_path (stage 3's
@@ -215,6 +231,7 @@ def collect_experiment(exp_dir: str, model_path: Optional[str] = None, train_emb
         inputs = dict(inputs, upstream=upstream or inputs.get("upstream") or meta.upstream,
                       upstream_ckpt=upstream_ckpt or inputs.get("upstream_ckpt"))
     upstream = _upstream_entry(inputs, exp, meta.upstream)
+    _check_same_weights(meta, upstream, model_path)
 
     train_set = _set_name(inputs.get("train_scp") or inputs.get("train_data_dir"))
     train_scp = Path(train_embeddings) if train_embeddings else exp / "embeddings" / str(train_set) / "xvector.scp"

@@ -235,6 +235,19 @@ def test_package_cached_training_on_a_local_upstream(small_data_dir, tiny_wavlm,
     assert err[0].split(": error: ", 1)[1] == (f"{exp}: the upstream wavlm_local was trained from a local checkpoint "
                       "that the experiment does not record (cached layer stacks); give it with --upstream_ckpt")
     assert snapshot(tmp_path, dirs=True) == before  # no package, lock, temporary or parent dir left
+    from upmp.fileio import file_sha256
+    from upmp.upstream.tiny import build_tiny_checkpoint
+    other = build_tiny_checkpoint("wavlm", str(tmp_path / "other" / "wavlm_tiny.pt"), num_layers=2, dim=32,
+                                  ffn_dim=64, heads=2, conv_dim=32, seed=1)   # the same shape, other weights
+    before = snapshot(tmp_path, dirs=True)
+    code, err = package_in_process(capsys, "--exp_dir", exp, "--out", tmp_path / "models/cached",
+                                   "--upstream_ckpt", other)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].split(": error: ", 1)[1] == (
+        f"{other}: sha256 {file_sha256(other)[:12]}..., but {exp / 'model.pt'} was trained on layer stacks of "
+        f"wavlm_local with weights sha256 {file_sha256(tiny_wavlm)[:12]}... (layer_stack.json): package it with "
+        f"the checkpoint those stacks were extracted with (--upstream_ckpt)")
+    assert snapshot(tmp_path, dirs=True) == before
 
     code, err = package_in_process(capsys, "--exp_dir", exp, "--out", tmp_path / "models/cached",
                                    "--upstream_ckpt", tiny_wavlm)
