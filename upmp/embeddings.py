@@ -61,7 +61,8 @@ def check_stacks_fit(stacks: LayerStackMeta, model: LayerStackMeta, source: str,
                      allow_other_upstream: bool = False) -> None:
     """Layer stacks fed to a model must come from the upstream it was trained on: the same L x D,
     and the same upstream name (another upstream with the same L x D gives embeddings without a
-    word otherwise) unless allow_other_upstream, and the same hidden states (--layers of stage 1)."""
+    word otherwise) unless allow_other_upstream, and the same hidden states (--layers of stage 1); when
+    both record the upstream's weights (weights_sha256: a checkpoint file's), the same weights."""
     if stacks.layers != model.layers:
         raise UpstreamError(f"{source}: layer stacks of hidden states {layers_text(stacks.layers)} of {stacks.upstream}, "
                             f"but the model was trained on hidden states {layers_text(model.layers)}; extract the "
@@ -73,6 +74,12 @@ def check_stacks_fit(stacks: LayerStackMeta, model: LayerStackMeta, source: str,
         raise UpstreamError(f"{source}: layer stacks of upstream {stacks.upstream!r}, but the model was trained on "
                             f"{model.upstream!r} (same L={model.num_layers} x D={model.dim}); extract the stacks "
                             f"with --upstream {model.upstream}, or pass --allow_other_upstream if this is intended")
+    if None not in (stacks.weights_sha256, model.weights_sha256) and stacks.weights_sha256 != model.weights_sha256 \
+            and not allow_other_upstream:
+        raise UpstreamError(f"{source}: layer stacks of {stacks.upstream} with weights sha256 "
+                            f"{stacks.weights_sha256[:12]}..., but the model was trained on stacks of its weights "
+                            f"sha256 {model.weights_sha256[:12]}...; give the checkpoint the training stacks were "
+                            f"extracted with (--upstream_ckpt), or pass --allow_other_upstream if this is intended")
 
 
 def embed_all(model, utts: Sequence[str], stacks_of: Callable[[Sequence[str]], Iterable[np.ndarray]],

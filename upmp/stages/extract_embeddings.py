@@ -55,7 +55,11 @@ def stack_source(model, meta: LayerStackMeta, model_path: str, layers_scp: Optio
     extractor = load_upstream(name, ckpt, device, finetuned)
     if meta.layers is not None and meta.layers[-1] < extractor.num_layers:  # the subset the model was trained on
         extractor.keep_layers(meta.layers)
-    return UpstreamStacks(extractor, data_dir, name, device, data=data)
+    source = UpstreamStacks(extractor, data_dir, name, device, data=data)
+    if finetuned is None:  # the original weights: check_stacks_fit compares them with the stacks trained on
+        from upmp.upstream.extract import weights_id
+        source.meta.weights_sha256 = weights_id(name, ckpt)
+    return source
 
 
 def embeddings_record(model_path: str, out_dir: str, layers_scp: Optional[str] = None,
@@ -129,7 +133,7 @@ def extract_embeddings(model_path: str, out_dir: str, layers_scp: Optional[str] 
     source = stack_source(model, meta, model_path, layers_scp, data_dir, upstream, upstream_ckpt, device)
     if isinstance(source, UpstreamStacks):
         spk_of = source.data.utt2spk
-        fit_source = f"--upstream {source.meta.upstream}"
+        fit_source = f"--upstream {source.meta.upstream}" + (f" --upstream_ckpt {upstream_ckpt}" if upstream_ckpt else "")
     else:
         spk_of = read_table(utt2spk) if utt2spk else None
         fit_source = layers_scp

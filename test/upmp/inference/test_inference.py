@@ -248,6 +248,19 @@ def test_package_cached_training_on_a_local_upstream(small_data_dir, tiny_wavlm,
         f"wavlm_local with weights sha256 {file_sha256(tiny_wavlm)[:12]}... (layer_stack.json): package it with "
         f"the checkpoint those stacks were extracted with (--upstream_ckpt)")
     assert snapshot(tmp_path, dirs=True) == before
+    # stage 3 with those other weights, from audio or from their stacks: refused as well
+    extract_layers.main(["--data_dir", str(small_data_dir), "--out_prefix", str(tmp_path / "dump/other/layers"),
+                         "--upstream", "wavlm_local", "--upstream_ckpt", str(other)])
+    for source in (["--data_dir", str(small_data_dir), "--upstream", "wavlm_local", "--upstream_ckpt", str(other)],
+                   ["--layers_scp", str(tmp_path / "dump/other/layers.scp")]):
+        from upmp.errors import UpstreamError   # (run_main makes it the one-line error, exit 1)
+        with pytest.raises(UpstreamError) as e:
+            extract_embeddings.main(["--model", str(exp / "model.pt"), *source, "--out_dir", str(tmp_path / "emb_other")])
+        assert not (tmp_path / "emb_other" / "xvector.scp").exists()
+        assert str(e.value).endswith(f"layer stacks of wavlm_local with weights sha256 {file_sha256(other)[:12]}..., but the "
+                               f"model was trained on stacks of its weights sha256 {file_sha256(tiny_wavlm)[:12]}...; "
+                               f"give the checkpoint the training stacks were extracted with (--upstream_ckpt), or "
+                               f"pass --allow_other_upstream if this is intended"), e.value
 
     code, err = package_in_process(capsys, "--exp_dir", exp, "--out", tmp_path / "models/cached",
                                    "--upstream_ckpt", tiny_wavlm)
