@@ -65,8 +65,8 @@ def _read(path, kind: str, device="cpu") -> Dict[str, Any]:
         if isinstance(obj, dict) and "format" in obj:
             found = f"format {obj.get('format')!r}"
         elif isinstance(obj, dict) and all(k in obj for k in _REQUIRED[kind]):  # the layout before the tags
-            found = (f"no upmp format tag: written by upmp before 2026-12-01 (commit f48a2cd), whose files this "
-                     f"version does not read; retrain it, or use a upmp checkout older than f48a2cd")
+            found = ("no upmp format tag: written by upmp before 2026-12-01 (commit f48a2cd), whose files this "
+                     "version does not read; retrain it, or use a upmp checkout older than f48a2cd")
         else:
             found = "no upmp format tag (not written by upmp)"
         raise ModelFileError(f"{path}: {found}; expected {what}")
