@@ -151,7 +151,7 @@ def _check_same_weights(meta, upstream: dict, model_path: Path) -> None:
     SHA-256, upmp.upstream.extract.weights_id) is packaged with those weights, not other bytes under
     the same name: else a ModelFileError naming both digests."""
     from upmp.upstream.extract import weights_id
-    wanted = getattr(meta, "weights_sha256", None)
+    wanted = meta.weights_sha256
     if wanted is None or upstream["source"] is None:
         return
     name = upstream["name"]

@@ -56,7 +56,7 @@ def stack_source(model, meta: LayerStackMeta, model_path: str, layers_scp: Optio
     if meta.layers is not None and meta.layers[-1] < extractor.num_layers:  # the subset the model was trained on
         extractor.keep_layers(meta.layers)
     source = UpstreamStacks(extractor, data_dir, name, device, data=data)
-    if finetuned is None:  # the original weights: check_stacks_fit compares them with the stacks trained on
+    if finetuned is None and meta.weights_sha256 is not None:  # check_stacks_fit compares the two
         from upmp.upstream.extract import weights_id
         source.meta.weights_sha256 = weights_id(name, ckpt)
     return source

@@ -44,6 +44,7 @@ from upmp.data.kaldi_dir import DataDir, read_table, write_table
 from upmp.done import Verdict, done_path, is_done, snapshot, stamp, write_done
 from upmp.errors import DataDirError, DiskFullError, UpstreamError
 from upmp.fileio import atomic_write_text
+from upmp.safe_load import PICKLE_SUFFIXES
 from upmp.data.layer_stacks import META_NAME, LayerStackMeta, LayerStackWriter, batches_by_length
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def weights_id(upstream: str, ckpt: Optional[str] = None) -> Optional[str]:
         return None
     root = Path(upstream[3:])
     files = sorted(f for f in root.rglob("*") if f.is_file() and (f.name == "config.json" or f.suffix.lower()
-                   in (".bin", ".pt", ".pth", ".ckpt", ".safetensors")))
+                   in PICKLE_SUFFIXES + (".safetensors",)))
     if not files:
         return None
     digest = hashlib.sha256()
